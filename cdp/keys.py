@@ -1,0 +1,88 @@
+"""Every Redis key and stream name, in one place.
+
+The layout (``{...}`` is a Redis Cluster hash tag: every key of one profile shares its
+canonical id's tag, every partition stream its own)::
+
+    cdp:events:{p<N>}                    stream, partition N of the ingest firehose
+    cdp:lease:{p<N>}                     string, worker id owning partition N (PX lease)
+    cdp:dedup:{p<N>}:<bucket>            hash, eventId -> 1, seen event ids (expires)
+    cdp:events:dropped                   stream, events past the grace period + reason
+    cdp:events:dead                      stream, events the apply script failed on
+    cdp:workers                          zset, worker id -> heartbeat expiry (ms)
+    cdp:metrics                          hash, counter name -> value (all processes)
+    cdp:metrics:buffered                 hash, worker id -> events in its buffer
+    cdp:seq:profile                      string, last canonical profile number issued
+    cdp:identifier:{<type>:<value>}      string, identifier -> canonical id
+    cdp:profile:{<cid>}                  hash, firstSeen, lastSeen, createdAt (ISO-8601)
+    cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
+    cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
+    cdp:profile:{<cid>}:counters         set of event names that have counters
+    cdp:profile:{<cid>}:counter:<name>   zset, bucket start (13-digit ms) -> count
+    cdp:merges                           stream, identity links that met two profiles
+    cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
+
+Nothing outside this module builds a key with an f-string.
+"""
+
+from __future__ import annotations
+
+PREFIX = "cdp"
+
+GROUP = "cdp-workers"
+DROPPED = f"{PREFIX}:events:dropped"
+DEAD = f"{PREFIX}:events:dead"
+WORKERS = f"{PREFIX}:workers"
+METRICS = f"{PREFIX}:metrics"
+METRICS_BUFFERED = f"{PREFIX}:metrics:buffered"
+PROFILE_SEQ = f"{PREFIX}:seq:profile"
+MERGES = f"{PREFIX}:merges"
+SEGMENT_EVENTS = f"{PREFIX}:segment-events"
+CLOCK = f"{PREFIX}:clock"
+
+# Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
+# import this module); kept next to the functions that build the same names.
+IDENTIFIER_PREFIX = f"{PREFIX}:identifier:"
+PROFILE_PREFIX = f"{PREFIX}:profile:"
+
+# Counter name under which every TRACK event is counted, whatever its name.
+ALL_TRACK = "$track"
+
+
+def partition_tag(partition: int) -> str:
+    return f"{{p{partition}}}"
+
+
+def stream(partition: int) -> str:
+    return f"{PREFIX}:events:{partition_tag(partition)}"
+
+
+def lease(partition: int) -> str:
+    return f"{PREFIX}:lease:{partition_tag(partition)}"
+
+
+def dedup(partition: int, bucket: int) -> str:
+    return f"{PREFIX}:dedup:{partition_tag(partition)}:{bucket}"
+
+
+def identifier(typed_id: str) -> str:
+    return f"{IDENTIFIER_PREFIX}{{{typed_id}}}"
+
+
+def profile(cid: str) -> str:
+    return f"{PROFILE_PREFIX}{{{cid}}}"
+
+
+def traits(cid: str) -> str:
+    return profile(cid) + ":traits"
+
+
+def identifiers(cid: str) -> str:
+    return profile(cid) + ":identifiers"
+
+
+def counters(cid: str) -> str:
+    return profile(cid) + ":counters"
+
+
+def counter(cid: str, name: str) -> str:
+    return profile(cid) + ":counter:" + name

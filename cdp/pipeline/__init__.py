@@ -1,0 +1,1 @@
+"""From partition streams to applied events: leases, the window buffer, the apply."""

@@ -1,0 +1,76 @@
+"""Partition ownership: heartbeats, a deterministic share per worker, leases with expiry.
+
+Every worker heartbeats into ``cdp:workers`` (a zset scored by expiry). From the live
+set, sorted, partition ``p`` belongs to ``live[p % len(live)]``: every worker computes
+the same assignment, so a joining worker gets its share once the others see its
+heartbeat, and a dead worker's share moves once its heartbeat expires. Ownership itself
+is the lease ``cdp:lease:{pN}`` (SET PX, renewed by its holder); the apply script checks
+it, so a worker that lost a lease cannot apply to that partition any more.
+"""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+from cdp import keys
+from cdp.scripts import Scripts
+
+
+def assignment(live: list[str], partitions: int) -> dict[int, str]:
+    """partition -> worker id, the same on every worker that sees the same live set."""
+    if not live:
+        return {}
+    ordered = sorted(live)
+    return {p: ordered[p % len(ordered)] for p in range(partitions)}
+
+
+class LeaseManager:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, worker_id: str, partitions: int, ttl_ms: int
+    ) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self.worker_id = worker_id
+        self.partitions = partitions
+        self.ttl_ms = ttl_ms
+
+    async def heartbeat(self) -> list[str]:
+        """Announce this worker and return the live worker ids (wall time, not event time)."""
+        now = time.time_ns() // 1_000_000
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.WORKERS, {self.worker_id: now + self.ttl_ms})
+            pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
+            pipe.zrange(keys.WORKERS, 0, -1)
+            *_, live = await pipe.execute()
+        return [w.decode() if isinstance(w, bytes) else w for w in live]
+
+    async def rebalance(self, owned: set[int]) -> tuple[set[int], set[int]]:
+        """Renew, take and give back leases; returns (gained, lost) partitions."""
+        live = await self.heartbeat()
+        wanted = {p for p, w in assignment(live, self.partitions).items() if w == self.worker_id}
+        to_release = sorted(owned - wanted)
+        to_hold = sorted(wanted)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in to_release:
+                await self._scripts.lease_release(
+                    keys=[keys.lease(p)], args=[self.worker_id], client=pipe
+                )
+            for p in to_hold:
+                await self._scripts.lease_acquire(
+                    keys=[keys.lease(p)], args=[self.worker_id, self.ttl_ms], client=pipe
+                )
+            replies = await pipe.execute()
+        held = {p for p, ok in zip(to_hold, replies[len(to_release) :], strict=True) if ok}
+        return held - owned, owned - held
+
+    async def release_all(self, owned: set[int]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in sorted(owned):
+                await self._scripts.lease_release(
+                    keys=[keys.lease(p)], args=[self.worker_id], client=pipe
+                )
+            pipe.zrem(keys.WORKERS, self.worker_id)
+            pipe.hdel(keys.METRICS_BUFFERED, self.worker_id)
+            await pipe.execute()

@@ -1,0 +1,391 @@
+"""The worker: read owned partitions, buffer to the watermark, apply, acknowledge.
+
+Three loops share one process and one event loop:
+
+- leases: every lease-ttl/3, heartbeat and rebalance; a gained partition starts with
+  an empty buffer and claims every entry still pending in the group for it (a dead
+  owner's, or this worker's own from before); a lost one has its buffer forgotten;
+- read: XREADGROUP over the owned partitions into their buffers, classifying each
+  event as on time, late or dropped; it stops reading while the buffers hold
+  ``max-buffer`` events (backpressure);
+- tick: every ticker-interval, pop what is ready (ts <= now - window-size) from each
+  buffer and apply it with one pipelined round trip of ``apply_batch`` calls, which
+  acknowledge what they applied; the metrics go in the same round trip.
+
+Stopping (SIGTERM/SIGINT) ends reading, finishes the tick in hand, hands the leases
+back and logs one summary line; whatever was buffered stays pending for the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from cdp import keys
+from cdp.clock import Clock
+from cdp.events import StreamEvent, stream_decoder
+from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
+from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify
+from cdp.pipeline.leases import LeaseManager
+from cdp.scripts import Scripts
+from cdp.settings import Settings
+
+log = structlog.get_logger("cdp.worker")
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def ensure_groups(redis: Redis, partitions: int) -> None:
+    """Create the consumer group on every partition stream (idempotent)."""
+    for p in range(partitions):
+        try:
+            await redis.xgroup_create(keys.stream(p), keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+class Worker:
+    def __init__(
+        self, redis: Redis, settings: Settings, clock: Clock, worker_id: str | None = None
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.clock = clock
+        self.worker_id = worker_id or new_worker_id()
+        self.scripts = Scripts(redis)
+        self.leases = LeaseManager(
+            redis, self.scripts, self.worker_id, settings.partitions, settings.lease_ttl_ms
+        )
+        self.buffers: dict[int, PartitionBuffer[StreamEvent]] = {}
+        self.stats: Counter[str] = Counter()
+        self._unflushed: Counter[str] = Counter()
+        self._stopping = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._owned_changed = asyncio.Event()
+        self._log = log.bind(worker=self.worker_id)
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self.buffers)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(b) for b in self.buffers.values())
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._has_room.set()
+        self._owned_changed.set()
+
+    async def run(self) -> None:
+        await ensure_groups(self.redis, self.settings.partitions)
+        self._log.info("worker started", partitions=self.settings.partitions)
+        started = time.monotonic()
+        loops = [self._lease_loop(), self._read_loop(), self._tick_loop()]
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            await self._stopping.wait()
+        finally:
+            tasks[1].cancel()  # reading stops at once
+            await asyncio.gather(tasks[1], return_exceptions=True)
+            tasks[0].cancel()
+            await asyncio.gather(tasks[0], return_exceptions=True)
+            await asyncio.gather(tasks[2], return_exceptions=True)  # finishes its tick
+            with contextlib.suppress(RedisError):
+                await self.leases.release_all(self.owned)
+            self._log.info(
+                "worker stopped",
+                seconds=round(time.monotonic() - started, 1),
+                left_pending=self.buffered,
+                **dict(self.stats),
+            )
+
+    # -- leases ---------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        interval = self.settings.lease_ttl_ms / 3000
+        last_trim = 0.0
+        while not self._stopping.is_set():
+            try:
+                await self.rebalance()
+                if time.monotonic() - last_trim > 10:
+                    last_trim = time.monotonic()
+                    await self.trim()
+            except RedisError as exc:
+                self._log.warning("lease loop: redis error", error=str(exc))
+            await asyncio.sleep(interval)
+
+    async def rebalance(self) -> None:
+        gained, lost = await self.leases.rebalance(self.owned)
+        for p in lost:
+            self._forget(p)
+        for p in sorted(gained):
+            self.buffers[p] = PartitionBuffer()
+            claimed = await self._claim_pending(p)
+            self._log.info("partition acquired", partition=p, claimed=claimed)
+        if gained or lost:
+            self._owned_changed.set()
+
+    def _forget(self, partition: int) -> None:
+        buffer = self.buffers.pop(partition, None)
+        if buffer is not None:
+            self._log.info("partition released", partition=partition, forgotten=len(buffer))
+
+    async def _claim_pending(self, partition: int) -> int:
+        """Take over every entry still pending for ``partition``, whoever read it."""
+        stream = keys.stream(partition)
+        cursor: Any = "0-0"
+        claimed = 0
+        while True:
+            reply = await self.redis.xautoclaim(
+                stream, keys.GROUP, self.worker_id, min_idle_time=0, start_id=cursor, count=1000
+            )
+            cursor, entries = reply[0], reply[1]
+            claimed += await self._ingest_entries(partition, entries, claimed=True)
+            if cursor in (b"0-0", "0-0"):
+                return claimed
+
+    async def trim(self) -> None:
+        """Trim owned streams below the oldest entry the group still needs.
+
+        Nothing at or after the group's oldest pending entry, nor after its last
+        delivered entry, is removed: an entry leaves the stream only once acknowledged.
+        """
+        now = time.time_ns() // 1_000_000
+        for p in sorted(self.owned):
+            stream = keys.stream(p)
+            groups = await self.redis.xinfo_groups(stream)
+            group = next(
+                (g for g in groups if g["name"] in (keys.GROUP, keys.GROUP.encode())), None
+            )
+            if group is None:
+                continue
+            last = group["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else last
+            ms, seq = (int(x) for x in last.split("-"))
+            threshold = (ms, seq + 1)
+            pending = await self.redis.xpending(stream, keys.GROUP)
+            if pending["pending"]:
+                low = (
+                    pending["min"].decode() if isinstance(pending["min"], bytes) else pending["min"]
+                )
+                pm, ps = (int(x) for x in low.split("-"))
+                threshold = min(threshold, (pm, ps))
+            if self.settings.stream_retention_ms:
+                threshold = min(threshold, (now - self.settings.stream_retention_ms, 0))
+            await self.redis.xtrim(stream, minid=f"{threshold[0]}-{threshold[1]}", approximate=True)
+
+    # -- read -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while not self._stopping.is_set():
+            if self.buffered >= self.settings.max_buffer:
+                self._has_room.clear()
+                await self._has_room.wait()
+                continue
+            owned = sorted(self.owned)
+            if not owned:
+                self._owned_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._owned_changed.wait(), 1)
+                continue
+            room = self.settings.max_buffer - self.buffered
+            try:
+                reply = await self.redis.xreadgroup(
+                    keys.GROUP,
+                    self.worker_id,
+                    {keys.stream(p): ">" for p in owned},
+                    count=min(self.settings.read_count, room),
+                    block=200,
+                )
+            except RedisError as exc:
+                self._log.warning("read: redis error", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for stream, entries in reply or []:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
+                await self._ingest_entries(partition, entries)
+
+    async def _ingest_entries(
+        self, partition: int, entries: list[Entry], claimed: bool = False
+    ) -> int:
+        """Classify and buffer entries of ``partition``; returns how many were buffered."""
+        buffer = self.buffers.get(partition)
+        if buffer is None:  # lost while reading: the entries stay pending for the new owner
+            return 0
+        s = self.settings
+        dropped: list[tuple[str, StreamEvent | None, bytes, str]] = []
+        count = 0
+        for entry_id, fields in entries:
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            raw = (fields or {}).get(b"e")
+            if raw is None:  # deleted from the stream under us: nothing to apply
+                dropped.append((eid, None, b"", "missing"))
+                continue
+            try:
+                event = stream_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                dropped.append((eid, None, raw, f"undecodable: {exc}"))
+                continue
+            arrival = classify(
+                event.ts,
+                event.receivedAt,
+                s.window_size_ms,
+                s.grace_period_ms,
+                backfill=claimed or event.mode == "import",
+            )
+            if arrival is Arrival.DROPPED:
+                dropped.append((eid, event, raw, "older than watermark - grace-period at arrival"))
+                continue
+            if arrival is Arrival.LATE and not claimed:
+                self._unflushed["late"] += 1
+            if buffer.push(event.ts, event.eventId, eid, event):
+                count += 1
+        if dropped:
+            await self._drop(partition, dropped)
+        return count
+
+    async def _drop(
+        self, partition: int, dropped: list[tuple[str, StreamEvent | None, bytes, str]]
+    ) -> None:
+        """Record each dropped entry in cdp:events:dropped (or dead), then acknowledge it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for eid, event, raw, reason in dropped:
+                stream = keys.DROPPED if event is not None else keys.DEAD
+                pipe.xadd(
+                    stream,
+                    {"e": raw, "reason": reason, "partition": partition, "entryId": eid},
+                    maxlen=self.settings.dropped_stream_maxlen,
+                    approximate=True,
+                )
+                pipe.xack(keys.stream(partition), keys.GROUP, eid)
+            n = sum(1 for _, event, _, _ in dropped if event is not None)
+            if n:
+                pipe.hincrby(keys.METRICS, "dropped", n)
+            await pipe.execute()
+        self.stats["dropped"] += len(dropped)
+
+    # -- tick -----------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.ticker_interval_ms / 1000
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except RedisError as exc:
+                self._log.warning("tick: redis error", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), max(0.0, interval - (time.monotonic() - started))
+                )
+
+    async def tick(self) -> int:
+        """Apply every buffered event at or below the watermark; returns events applied."""
+        now = await self.clock.now_ms()
+        watermark = now - self.settings.window_size_ms
+        ready = {p: b.pop_ready(watermark) for p, b in list(self.buffers.items())}
+        ready = {p: batch for p, batch in ready.items() if batch}
+        ctx = ApplyContext(now_ms=now, worker_id=self.worker_id)
+        calls: list[tuple[int, list[tuple[str, StreamEvent]]]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, batch in ready.items():
+                size = self.settings.batch_size
+                for start in range(0, len(batch), size):
+                    chunk = batch[start : start + size]
+                    await queue_apply(pipe, self.scripts, self.settings, ctx, p, chunk)
+                    calls.append((p, chunk))
+            for name, value in self._unflushed.items():
+                pipe.hincrby(keys.METRICS, name, value)
+            pipe.hset(keys.METRICS_BUFFERED, self.worker_id, self.buffered)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except RedisError:
+                self._requeue(calls)
+                raise
+        self.stats.update(self._unflushed)
+        self._unflushed.clear()
+        applied = 0
+        for (p, chunk), reply in zip(calls, replies, strict=False):
+            if isinstance(reply, Exception):
+                applied += await self._apply_one_by_one(p, chunk, ctx, reply)
+                continue
+            result = parse_result(reply)
+            if result.lease_lost:
+                self._forget(p)
+                continue
+            applied += self._count(result)
+        if self.buffered < self.settings.max_buffer:
+            self._has_room.set()
+        return applied
+
+    def _requeue(self, calls: list[tuple[int, list[tuple[str, StreamEvent]]]]) -> None:
+        """The round trip failed: the events go back to their buffers for the next tick."""
+        for p, chunk in calls:
+            buffer = self.buffers.get(p)
+            if buffer is not None:
+                for entry_id, event in chunk:
+                    buffer.push(event.ts, event.eventId, entry_id, event)
+
+    def _count(self, result: BatchResult) -> int:
+        self.stats["applied"] += result.applied
+        self.stats["duplicates"] += result.duplicates
+        return result.applied
+
+    async def _apply_one_by_one(
+        self,
+        partition: int,
+        chunk: list[tuple[str, StreamEvent]],
+        ctx: ApplyContext,
+        error: Exception,
+    ) -> int:
+        """A batch failed: apply its events alone, parking any that fail on their own."""
+        self._log.error(
+            "apply failed, retrying event by event",
+            partition=partition,
+            error=str(error),
+            events=len(chunk),
+        )
+        applied = 0
+        for item in chunk:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await queue_apply(pipe, self.scripts, self.settings, ctx, partition, [item])
+                (reply,) = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, ResponseError):
+                eid, event = item
+                self._log.error(
+                    "event parked in dead-letter stream",
+                    partition=partition,
+                    eventId=event.eventId,
+                    error=str(reply),
+                )
+                await self._drop(
+                    partition, [(eid, None, msgspec.json.encode(event), f"apply failed: {reply}")]
+                )
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                result = parse_result(reply)
+                if result.lease_lost:
+                    self._forget(partition)
+                    return applied
+                applied += self._count(result)
+        return applied

@@ -1,0 +1,196 @@
+"""Configuration: one frozen Settings object, read once at start-up.
+
+Sources, later ones winning: the defaults below, an optional TOML file (``--config``
+or ``CDP_CONFIG``; keys as in the seed, e.g. ``window-size = "5s"``, either at top
+level or under ``[cdp]``), then environment variables (``CDP_WINDOW_SIZE=5s``,
+``CDP_REDIS_URL=redis://...``). Durations are written ``500ms``, ``5s``, ``2m``,
+``24h``, ``7d`` (or a bare number of seconds). A bad value raises SettingsError naming
+the key, and the CLI stops with that message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cdp.errors import SettingsError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration_ms(text: str | int | float, key: str = "duration") -> int:
+    """``"5s"`` -> 5000. A bare number is seconds."""
+    if isinstance(text, bool):
+        raise SettingsError(f"{key}: expected a duration like '5s', got {text!r}")
+    if isinstance(text, int | float):
+        return int(text * 1000)
+    match = _DURATION.match(text)
+    if not match:
+        raise SettingsError(
+            f"{key}: {text!r} is not a duration; write it like '500ms', '5s', '2m', '24h' or '7d'"
+        )
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def format_duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0 and ms >= size:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the service. Durations are in milliseconds (``*_ms``)."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    # Windowing (DESIGN.md "Windowing").
+    window_size_ms: int = 5_000
+    grace_period_ms: int = 120_000
+    dedup_ttl_ms: int = 600_000
+    ticker_interval_ms: int = 1_000
+    max_future_skew_ms: int = 300_000
+    # Partitioning and workers.
+    partitions: int = 16
+    lease_ttl_ms: int = 5_000
+    max_buffer: int = 100_000
+    batch_size: int = 200
+    read_count: int = 1_000
+    stream_retention_ms: int = 0
+    dropped_stream_maxlen: int = 100_000
+    # Rolling counters.
+    counter_bucket_ms: int = 60_000
+    counter_retention_ms: int = 86_400_000
+    # Segments (seed defaults; used by the segment engine).
+    power_user_threshold: int = 5
+    power_user_window_ms: int = 86_400_000
+    reengage_inactivity_threshold_ms: int = 600_000
+    reengage_duration_ms: int = 3_600_000
+    # Ingest.
+    max_event_bytes: int = 32 * 1024
+    # "system", or "redis": read the time from the key cdp:clock (tests drive it).
+    clock: str = "system"
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def counter_window_ms(self) -> int:
+        """Buckets older than this are pruned: the longest window anything asks for."""
+        return max(self.counter_retention_ms, self.power_user_window_ms)
+
+
+_DURATION_KEYS = {f.name for f in fields(Settings) if f.name.endswith("_ms")}
+_INT_KEYS = {
+    f.name for f in fields(Settings) if f.type in ("int", int) and f.name not in _DURATION_KEYS
+}
+_POSITIVE = {
+    "window_size_ms",
+    "dedup_ttl_ms",
+    "ticker_interval_ms",
+    "partitions",
+    "lease_ttl_ms",
+    "max_buffer",
+    "batch_size",
+    "read_count",
+    "counter_bucket_ms",
+    "counter_retention_ms",
+    "power_user_threshold",
+    "power_user_window_ms",
+    "max_event_bytes",
+}
+_CHOICES = {
+    "clock": ("system", "redis"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("auto", "json", "console"),
+}
+
+
+def _external_name(field: str) -> str:
+    """``window_size_ms`` -> ``window-size`` (the seed's spelling)."""
+    name = field[:-3] if field.endswith("_ms") else field
+    return name.replace("_", "-")
+
+
+def _env_name(field: str) -> str:
+    return "CDP_" + _external_name(field).replace("-", "_").upper()
+
+
+KEYS: dict[str, str] = {_external_name(f.name): f.name for f in fields(Settings)}
+
+
+def _coerce(field: str, raw: Any) -> Any:
+    key = _external_name(field)
+    if field in _DURATION_KEYS:
+        value: Any = parse_duration_ms(raw, key)
+        if value < 0:
+            raise SettingsError(f"{key}: must not be negative, got {raw!r}")
+    elif field in _INT_KEYS:
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{key}: expected a whole number, got {raw!r}") from None
+        if isinstance(raw, bool) or (isinstance(raw, float) and raw != value):
+            raise SettingsError(f"{key}: expected a whole number, got {raw!r}")
+    else:
+        if not isinstance(raw, str):
+            raise SettingsError(f"{key}: expected a string, got {raw!r}")
+        value = raw.strip()
+        if field in _CHOICES and value not in _CHOICES[field]:
+            allowed = ", ".join(_CHOICES[field])
+            raise SettingsError(f"{key}: {raw!r} is not one of {allowed}")
+    if field in _POSITIVE and value <= 0:
+        raise SettingsError(f"{key}: must be greater than zero, got {raw!r}")
+    return value
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults, then the TOML file, then the environment, then ``overrides`` (tests)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get("CDP_CONFIG") or None
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        section = document.get("cdp", document)
+        for key, raw in section.items():
+            if isinstance(raw, dict):
+                continue
+            field = KEYS.get(key)
+            if field is None:
+                known = ", ".join(sorted(KEYS))
+                raise SettingsError(f"{key}: unknown setting in {path} (known: {known})")
+            values[field] = _coerce(field, raw)
+    for f in fields(Settings):
+        raw = env.get(_env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, raw)
+    values.update(overrides)
+    settings = Settings(**values)
+    if settings.grace_period_ms + settings.window_size_ms > settings.counter_window_ms:
+        raise SettingsError("grace-period: window-size + grace-period exceeds counter-retention")
+    return settings
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(key, environment variable, default) rows for the README and ``cdp config``."""
+    rows = []
+    default = Settings()
+    for f in fields(Settings):
+        value = getattr(default, f.name)
+        shown = format_duration(value) if f.name in _DURATION_KEYS else str(value)
+        rows.append((_external_name(f.name), _env_name(f.name), shown))
+    return rows

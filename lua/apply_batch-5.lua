@@ -1,0 +1,159 @@
+--[=[
+  apply_batch-5.lua: apply an ordered batch of events of one partition, atomically
+  per event, and acknowledge them.
+
+  The caller has sorted the batch by (ts, eventId) and normalised every identifier
+  (user:, anon:, email:). For each event, in order:
+    1. dedup: an eventId seen in the current or previous dedup bucket is skipped
+       (counted as a dedup hit); otherwise it is recorded in the current bucket;
+    2. identity: each identifier is looked up in the index; unknown ones get linked
+       to the event's profile, which is new (cdp:seq:profile) if none is known;
+       when the identifiers already belong to several profiles, the event applies
+       to the oldest and the meeting is recorded in cdp:merges (merging is a
+       separate concern);
+    3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
+       tombstone that keeps its ts;
+    4. firstSeen / lastSeen: min / max of the event time;
+    5. TRACK: the bucket of the event time is incremented in the counter of the
+       event name and in the all-TRACK counter; buckets older than the cutoff are
+       pruned and late events that fall before it are not counted.
+  Finally the batch's stream entries are XACKed: an entry is acknowledged only
+  by the call that applied it (or found it a duplicate).
+
+  Fencing: when ARGV[2] is not empty, nothing is applied unless the partition's
+  lease (KEYS[2]) still names that worker.
+
+  KEYS[1]  partition stream               cdp:events:{pN}
+  KEYS[2]  partition lease                cdp:lease:{pN}
+  KEYS[3]  dedup hash, current bucket     cdp:dedup:{pN}:<b>
+  KEYS[4]  dedup hash, previous bucket    cdp:dedup:{pN}:<b-1>
+  KEYS[5]  metrics hash                   cdp:metrics
+
+  ARGV[1]  consumer group
+  ARGV[2]  worker id holding the lease, or "" to skip the check
+  ARGV[3]  dedup bucket expiry, epoch ms (PEXPIREAT of KEYS[3])
+  ARGV[4]  counter cutoff: 13-digit bucket start; older buckets are pruned
+  ARGV[5]  now, ISO-8601 (createdAt of new profiles)
+  ARGV[6]  key prefix ("cdp")
+  ARGV[7]  JSON array of events, each
+             {"id": eventId, "sid": stream entry id, "ts": ISO-8601 fixed width,
+              "b": 13-digit bucket start, "t": type, "ids": [typed identifiers],
+              "tr": [[trait, raw JSON value], ...], "n": event name or absent}
+
+  Returns  {"OK", applied, duplicates, cid of each applied event...}
+        or {"LEASE_LOST"}
+]=]
+local rcall = redis.call
+
+local stream_key, lease_key = KEYS[1], KEYS[2]
+local dedup_cur, dedup_prev, metrics_key = KEYS[3], KEYS[4], KEYS[5]
+local group, owner, dedup_expire_at = ARGV[1], ARGV[2], ARGV[3]
+local cutoff, now_iso, prefix = ARGV[4], ARGV[5], ARGV[6]
+local events = cjson.decode(ARGV[7])
+
+if owner ~= "" and rcall("GET", lease_key) ~= owner then
+  return {"LEASE_LOST"}
+end
+
+local function identifier_key(id) return prefix .. ":identifier:{" .. id .. "}" end
+local function profile_key(cid) return prefix .. ":profile:{" .. cid .. "}" end
+local function seq_of(cid) return tonumber(string.sub(cid, 2)) or 0 end
+
+-- The profile an event applies to: the oldest owner of its identifiers, or a new one.
+local function resolve(ev)
+  local owners, seen, free = {}, {}, {}
+  for _, id in ipairs(ev.ids) do
+    local cid = rcall("GET", identifier_key(id))
+    if cid then
+      if not seen[cid] then seen[cid] = true; owners[#owners + 1] = cid end
+    else
+      free[#free + 1] = id
+    end
+  end
+  local cid
+  if #owners == 0 then
+    cid = "p" .. rcall("INCR", prefix .. ":seq:profile")
+    rcall("HSET", profile_key(cid), "createdAt", now_iso)
+  else
+    table.sort(owners, function(a, b) return seq_of(a) < seq_of(b) end)
+    cid = owners[1]
+    if #owners > 1 then
+      rcall("XADD", prefix .. ":merges", "MAXLEN", "~", "100000", "*",
+        "status", "unmerged", "survivor", cid, "profiles", table.concat(owners, ","),
+        "eventId", ev.id, "ts", ev.ts)
+    end
+  end
+  for _, id in ipairs(free) do
+    rcall("SET", identifier_key(id), cid)
+    rcall("SADD", profile_key(cid) .. ":identifiers", id)
+  end
+  return cid
+end
+
+local function apply_traits(pkey, ev)
+  local traits = ev.tr
+  if traits == nil or #traits == 0 then return end
+  local tkey = pkey .. ":traits"
+  local names = {}
+  for i, kv in ipairs(traits) do names[i] = kv[1] end
+  local current = rcall("HMGET", tkey, unpack(names))
+  local stamp = ',"ts":"' .. ev.ts .. '","eventId":' .. cjson.encode(ev.id) .. '}'
+  for i, kv in ipairs(traits) do
+    local newer = true
+    if current[i] then
+      local c = cjson.decode(current[i])
+      if c.ts > ev.ts or (c.ts == ev.ts and c.eventId >= ev.id) then newer = false end
+    end
+    if newer then rcall("HSET", tkey, kv[1], '{"v":' .. kv[2] .. stamp) end
+  end
+end
+
+local function apply_seen(pkey, ev)
+  local seen = rcall("HMGET", pkey, "firstSeen", "lastSeen")
+  if not seen[1] or ev.ts < seen[1] then rcall("HSET", pkey, "firstSeen", ev.ts) end
+  if not seen[2] or ev.ts > seen[2] then rcall("HSET", pkey, "lastSeen", ev.ts) end
+end
+
+local pruned = {}
+local function count(pkey, name, bucket)
+  local ckey = pkey .. ":counter:" .. name
+  rcall("ZINCRBY", ckey, 1, bucket)
+  if not pruned[ckey] then
+    pruned[ckey] = true
+    rcall("SADD", pkey .. ":counters", name)
+    rcall("ZREMRANGEBYLEX", ckey, "-", "(" .. cutoff)
+  end
+end
+
+local applied, dups, recorded = 0, 0, false
+local result = {"OK", 0, 0}
+local acks = {}
+for _, ev in ipairs(events) do
+  acks[#acks + 1] = ev.sid
+  if rcall("HEXISTS", dedup_prev, ev.id) == 1 or rcall("HSETNX", dedup_cur, ev.id, "1") == 0 then
+    dups = dups + 1
+  elseif #ev.ids > 0 then
+    recorded = true
+    local cid = resolve(ev)
+    local pkey = profile_key(cid)
+    apply_traits(pkey, ev)
+    apply_seen(pkey, ev)
+    if ev.t == "TRACK" and ev.b >= cutoff then
+      count(pkey, ev.n, ev.b)
+      count(pkey, "$track", ev.b)
+    end
+    applied = applied + 1
+    result[#result + 1] = cid
+  else
+    recorded = true
+  end
+end
+
+if recorded then rcall("PEXPIREAT", dedup_cur, dedup_expire_at) end
+if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
+if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
+for i = 1, #acks, 500 do
+  rcall("XACK", stream_key, group, unpack(acks, i, math.min(i + 499, #acks)))
+end
+result[2], result[3] = applied, dups
+return result

@@ -1,0 +1,1 @@
+"""Worker processes: thin entry points around ``cdp.pipeline.worker.Worker``."""
