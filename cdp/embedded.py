@@ -119,7 +119,11 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            if self.process.stderr is not None:
+                self.process.stderr.close()
             return
         with contextlib.suppress(redis.RedisError):
             client = redis.Redis(port=self.port, socket_timeout=5)
@@ -130,6 +134,9 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        finally:
+            if self.process.stderr is not None:
+                self.process.stderr.close()
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -99,6 +99,11 @@ def validate_rules(
         raise EventRejected(
             "at least one of `payload.userId`, `payload.anonymousId` or `payload.email` is required"
         )
+    if not typed_identifiers(payload.userId, payload.anonymousId, payload.email):
+        raise EventRejected(
+            "no usable identifier: `payload.userId`, `payload.anonymousId` and `payload.email` "
+            "hold only placeholder values (such as 'null', 'undefined', '0', 'anonymous')"
+        )
     if payload.type == "TRACK" and not (payload.name or "").strip():
         raise EventRejected("TRACK events require a `payload.name`")
     if payload.type == "ALIAS" and not (

@@ -31,7 +31,7 @@
 
   ARGV[1]  consumer group
   ARGV[2]  worker id holding the lease, or "" to skip the check
-  ARGV[3]  dedup bucket expiry, epoch ms (PEXPIREAT of KEYS[3])
+  ARGV[3]  dedup bucket time to live, ms (PEXPIRE of KEYS[3])
   ARGV[4]  counter cutoff: 13-digit bucket start; older buckets are pruned
   ARGV[5]  now, ISO-8601 (createdAt of new profiles)
   ARGV[6]  key prefix ("cdp")
@@ -47,7 +47,7 @@ local rcall = redis.call
 
 local stream_key, lease_key = KEYS[1], KEYS[2]
 local dedup_cur, dedup_prev, metrics_key = KEYS[3], KEYS[4], KEYS[5]
-local group, owner, dedup_expire_at = ARGV[1], ARGV[2], ARGV[3]
+local group, owner, dedup_expire_in = ARGV[1], ARGV[2], ARGV[3]
 local cutoff, now_iso, prefix = ARGV[4], ARGV[5], ARGV[6]
 local events = cjson.decode(ARGV[7])
 
@@ -149,7 +149,7 @@ for _, ev in ipairs(events) do
   end
 end
 
-if recorded then rcall("PEXPIREAT", dedup_cur, dedup_expire_at) end
+if recorded then rcall("PEXPIRE", dedup_cur, dedup_expire_in) end
 if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
 if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
 for i = 1, #acks, 500 do

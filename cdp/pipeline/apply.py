@@ -66,9 +66,10 @@ class ApplyContext:
     def dedup_keys(self, partition: int, settings: Settings) -> tuple[str, str, int]:
         bucket = self.now_ms // settings.dedup_ttl_ms
         # An id recorded in bucket b is checked until the end of bucket b+1: at least
-        # dedup-ttl, at most twice that.
-        expire_at = (bucket + 2) * settings.dedup_ttl_ms
-        return keys.dedup(partition, bucket), keys.dedup(partition, bucket - 1), expire_at
+        # dedup-ttl, at most twice that. The expiry is relative (PEXPIRE), so that it
+        # holds whether ``now`` is the server's time or a test clock's.
+        expire_in = (bucket + 2) * settings.dedup_ttl_ms - self.now_ms
+        return keys.dedup(partition, bucket), keys.dedup(partition, bucket - 1), expire_in
 
 
 async def queue_apply(
@@ -80,7 +81,7 @@ async def queue_apply(
     batch: Sequence[tuple[str, StreamEvent]],
 ) -> None:
     """Queue one ``apply_batch`` call for a slice of one partition's ordered events."""
-    dedup_cur, dedup_prev, expire_at = ctx.dedup_keys(partition, settings)
+    dedup_cur, dedup_prev, expire_in = ctx.dedup_keys(partition, settings)
     cutoff_ms = max(ctx.now_ms - settings.counter_window_ms, 0)
     payload = _encoder.encode(
         [script_event(eid, ev, settings.counter_bucket_ms) for eid, ev in batch]
@@ -90,7 +91,7 @@ async def queue_apply(
         args=[
             keys.GROUP,
             ctx.worker_id,
-            expire_at,
+            expire_in,
             bucket_member(cutoff_ms, settings.counter_bucket_ms),
             iso_ms(ctx.now_ms),
             keys.PREFIX,
