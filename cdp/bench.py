@@ -1,51 +1,74 @@
 """``cdp bench``: measure a running stack, and the bare Redis under it, on one screen.
 
 1. ingest: a mixed workload (~70% TRACK, ~20% IDENTIFY, ~10% ALIAS over ``users``
-   users, ``ts`` = now minus up to 2 s) POSTed to ``/cdp/ingest`` with ``concurrency``
+   users, ``ts`` = now minus up to 0.5 s) POSTed to ``/cdp/ingest`` with ``concurrency``
    requests in flight: accepted events/s, p50/p99 latency, answers other than 202;
 2. end to end: from the first request until ``processed + dedup_hits + dropped`` in
-   ``cdp:metrics`` has grown by the number accepted; this includes the window
-   (window-size) the workers hold every event for, so it is not a pure apply rate;
-3. bare Redis, same server, keys ``bench:<run>:*`` only (deleted afterwards): XADD
-   pipelined by 100, EVALSHA of a trivial 5-command script pipelined by 100, and the
-   real ``apply_batch`` script over real stream entries (pending in a consumer group of
-   its own) at batch sizes 1, 10, 100 and batch-size, 100 calls per round trip;
-4. memory: growth of ``used_memory`` per dedup entry, and per profile (IDENTIFY with 3
+   ``cdp:metrics`` has grown by the number accepted. It includes the window-size the
+   workers hold every event for, so it is not a pure apply rate;
+3. bare Redis, same server, keys ``bench:<run>:*`` only (deleted afterwards): XADD and
+   EVALSHA of a trivial 5-command script, pipelined by 100; the worker's own
+   ``queue_apply`` (every key renamed under ``bench:<run>``, no lease) on real stream
+   entries pending in a group of their own, at batch sizes 1, 10, 100 and batch-size,
+   ~10,000 events per round trip, encoding included in the timing;
+4. memory: ``used_memory`` growth per dedup entry, and per profile (an IDENTIFY with 3
    traits and an email, then 2 TRACKs: 3 traits, 2 identifiers, 3 counters).
 
-Compare with DESIGN.md, "Measured on this kind of machine". A table, then one JSON line.
+It prints a table next to DESIGN.md's reference figures, then one JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
 
 from cdp import keys
 from cdp.events import StreamEvent, decode_ingest, iso_ms, stream_encoder
-from cdp.pipeline.apply import bucket_member, parse_result, script_event
-from cdp.scripts import Scripts
+from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
+from cdp.scripts import Scripts, source
 from cdp.settings import Settings, format_duration
 
-Spec = tuple[str, dict[str, Any], int]  # eventId, payload, ms before "now" of its ts
+Spec = tuple[str, dict[str, Any], int]  # eventId, payload, ms its ts lies before "now"
 NAMES = ("Page Viewed", "Product Viewed", "Added to Cart", "Checkout Started", "Order Completed")
 TRIVIAL_LUA = """redis.call('HINCRBY', KEYS[1], 'n', 1)
 redis.call('HGET', KEYS[1], 'n')
 redis.call('ZINCRBY', KEYS[2], 1, ARGV[1])
 redis.call('SET', KEYS[3], ARGV[1], 'PX', 60000)
 return redis.call('EXISTS', KEYS[3])"""
+ROWS = [  # result key, label, DESIGN.md reference
+    ("ingest_eps", "ingest: accepted events/s", "4.7k (1 XADD/request), 15.5k bare aiohttp"),
+    ("p50_ms", "ingest: latency p50 ms", ""),
+    ("p99_ms", "ingest: latency p99 ms", "41 (1 XADD/request)"),
+    ("not_accepted", "ingest: answers other than 202", "none"),
+    ("e2e_eps", "end to end: applied events/s", "(includes the window)"),
+    ("late", "end to end: counted late", "(ts <= receipt - window-size)"),
+    ("e2e_seconds", "end to end: first send -> all done, s", ""),
+    ("drain_s", "end to end: last 202 -> all done, s", "~window-size + ticker"),
+    ("xadd_eps", "redis: XADD by 100, events/s", "64k"),
+    ("evalsha_cps", "redis: EVALSHA 5 cmds by 100, calls/s", "35k"),
+    ("apply_eps_batch_1", "apply_batch, 1 event/call: events/s", "19k (prototype)"),
+    ("apply_eps_batch_10", "apply_batch, 10 events/call: events/s", "46k"),
+    ("apply_eps_batch_100", "apply_batch, 100 events/call: events/s", "65k"),
+    ("dedup_bytes_per_entry", "memory: bytes per dedup entry", "133 (one SET NX PX key)"),
+    ("profile_bytes", "memory: bytes per profile", "870"),
+    ("keys_per_profile", "memory: keys per profile", "(counted by DBSIZE)"),
+]
+CDP = keys.PREFIX
+BEYOND = 1_000_000  # partition numbers no worker owns
 _encoder = msgspec.json.Encoder()
 
 
@@ -71,7 +94,7 @@ def workload(run: str, tag: str, n: int, users: int, rng: random.Random) -> list
                 payload["email"] = f"{uid}@example.com"
         else:
             payload = {"type": "ALIAS", "anonymousId": anon, "userId": uid}
-        out.append((f"bench-{run}-{tag}-{i}", payload, rng.randrange(2000)))
+        out.append((f"bench-{run}-{tag}-{i}", payload, rng.randrange(500)))
     return out
 
 
@@ -79,8 +102,9 @@ def body(spec: Spec, now: int) -> bytes:
     return _encoder.encode({"eventId": spec[0], "ts": iso_ms(now - spec[2]), "payload": spec[1]})
 
 
-def stream_event(spec: Spec, now: int, settings: Settings) -> StreamEvent:
-    """The event exactly as the API would put it on a partition stream."""
+def stream_event(spec: Spec, settings: Settings) -> StreamEvent:
+    """The event exactly as the API puts it on a partition stream."""
+    now = now_ms()
     return decode_ingest(
         body(spec, now),
         now_ms=now,
@@ -90,26 +114,24 @@ def stream_event(spec: Spec, now: int, settings: Settings) -> StreamEvent:
 
 
 async def send_all(url: str, specs: Sequence[Spec], concurrency: int) -> dict[str, Any]:
-    """POST every event, ``concurrency`` in flight; rates and latencies."""
+    """POST every event with ``concurrency`` requests in flight."""
     latencies: list[float] = []
     answers: Counter[str] = Counter()
-    pending = iter(specs)
-    last_accept = 0.0
+    pending, last_accept = iter(specs), 0.0
     headers = {"Content-Type": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client() -> None:
             nonlocal last_accept
-            for spec in pending:  # one iterator shared by all clients
+            for spec in pending:  # one iterator shared by every client
                 started = time.perf_counter()
                 try:
                     async with session.post(url, data=body(spec, now_ms()), headers=headers) as r:
                         await r.read()
                         answers[str(r.status)] += 1
-                        if r.status == 202:
-                            last_accept = time.perf_counter()
+                        last_accept = time.perf_counter() if r.status == 202 else last_accept
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     answers[type(exc).__name__] += 1
                 latencies.append(time.perf_counter() - started)
@@ -127,67 +149,91 @@ async def send_all(url: str, specs: Sequence[Spec], concurrency: int) -> dict[st
     }  # fmt: skip
 
 
-async def done_count(redis: Redis) -> int:
-    values = await redis.hmget(keys.METRICS, ["processed", "dedup_hits", "dropped"])
-    return sum(int(v or 0) for v in values)
+async def done_count(redis: Redis) -> tuple[int, int]:
+    """(processed + dedup_hits + dropped, late) from cdp:metrics."""
+    values = await redis.hmget(keys.METRICS, ["processed", "dedup_hits", "dropped", "late"])
+    *done, late = (int(v or 0) for v in values)
+    return sum(done), late
 
 
-async def wait_applied(redis: Redis, target: int, deadline: float) -> tuple[float, int]:
-    """Poll cdp:metrics until ``target`` events are done; (perf_counter at the end, count)."""
-    while (done := await done_count(redis)) < target and time.perf_counter() < deadline:
-        await asyncio.sleep(0.02)
-    return time.perf_counter(), done
-
-
-async def timed(calls: int, queue: Any, redis: Redis, per_trip: int = 100) -> float:
-    """Calls per second of ``queue(pipe, i)`` with ``per_trip`` calls per round trip."""
+async def timed(
+    calls: int, queue: Callable[[Any, int], Awaitable[Any] | Any], redis: Redis, per_trip: int
+) -> tuple[float, list[Any]]:
+    """Calls/s of ``queue(pipe, i)`` for i < calls, ``per_trip`` calls per round trip."""
+    replies: list[Any] = []
     start = time.perf_counter()
     for first in range(0, calls, per_trip):
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(first, min(first + per_trip, calls)):
-                await queue(pipe, i)
-            await pipe.execute()
-    return calls / (time.perf_counter() - start)
+                queued = queue(pipe, i)
+                if asyncio.iscoroutine(queued):
+                    await queued
+            replies += await pipe.execute()
+    return calls / (time.perf_counter() - start), replies
+
+
+class _Renamed(AsyncScript):
+    """``apply_batch`` with the ``cdp:`` keys and the ``cdp`` prefix argument renamed."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        super().__init__(redis, source("apply_batch"))
+        self.prefix = prefix
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Iterable[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        keys = [rename(k, self.prefix) for k in keys or []]
+        args = [self.prefix if a == CDP else a for a in args or []]
+        return await super().__call__(keys, args, client)
+
+
+def rename(key: str, prefix: str) -> str:
+    return prefix + key[len(CDP) :] if key.startswith(CDP + ":") else key
 
 
 class RawApply:
-    """``apply_batch`` as a worker calls it, on keys under ``prefix`` with no lease."""
+    """The worker's ``queue_apply`` on ``partition`` with every key renamed under ``prefix``.
 
-    def __init__(self, redis: Redis, settings: Settings, prefix: str) -> None:
-        self.redis, self.settings, self.prefix = redis, settings, prefix
-        self.scripts, self.stream, self.applied = Scripts(redis), f"{prefix}:events", 0
+    No lease (worker id ""); the partition number is beyond any real one.
+    """
 
-    async def stream_entries(self, events: list[StreamEvent]) -> list[tuple[str, StreamEvent]]:
-        """XADD the events to a stream of our own and read them into its group's PEL."""
+    def __init__(self, redis: Redis, settings: Settings, prefix: str, partition: int) -> None:
+        self.redis, self.settings, self.partition = redis, settings, partition
+        self.scripts = Scripts(redis)
+        self.scripts.apply_batch = _Renamed(redis, prefix)
+        self.stream = rename(keys.stream(partition), prefix)
+
+    async def pending(self, events: list[StreamEvent]) -> list[tuple[str, StreamEvent]]:
+        """XADD the events to our stream, read them into our group: real XACK work."""
         r = self.redis
-        if not await r.exists(self.stream):
+        with contextlib.suppress(RedisError):  # BUSYGROUP after the first call
             await r.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
-        ids: list[Any] = []
-        for i in range(0, len(events), 500):
-            async with r.pipeline(transaction=False) as pipe:
-                for ev in events[i : i + 500]:
-                    pipe.xadd(self.stream, {"e": stream_encoder.encode(ev)})
-                ids += await pipe.execute()
+        encoded = [stream_encoder.encode(ev) for ev in events]
+        _, ids = await timed(
+            len(events), lambda p, i: p.xadd(self.stream, {"e": encoded[i]}), r, 500
+        )
         while await r.xreadgroup(keys.GROUP, "bench", {self.stream: ">"}, count=1000):
             pass
-        pairs = [(i.decode() if isinstance(i, bytes) else str(i), ev) for i, ev in zip(ids, events)]
-        return sorted(pairs, key=lambda p: (p[1].ts, p[1].eventId))
+        pairs = [(i.decode(), e) for i, e in zip(ids, events, strict=True)]
+        return sorted(pairs, key=lambda p: (p[1].ts, p[1].eventId))  # as a tick orders them
 
-    async def run(self, batch: list[tuple[str, StreamEvent]], size: int) -> float:
-        s, now = self.settings, now_ms()
-        bucket = now // s.dedup_ttl_ms
-        cutoff = bucket_member(max(now - s.counter_window_ms, 0), s.counter_bucket_ms)
-        dedup = [f"{self.prefix}:dedup:{bucket}", f"{self.prefix}:dedup:{bucket - 1}"]
-        key_list = [self.stream, f"{self.prefix}:lease", *dedup, f"{self.prefix}:metrics"]
+    async def run(self, batch: list[tuple[str, StreamEvent]], size: int) -> tuple[float, int]:
+        """Apply ``batch`` ``size`` events per call; (events/s, events applied)."""
+        ctx = ApplyContext(now_ms=now_ms(), worker_id="")
         chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
 
         async def queue(pipe: Any, i: int) -> None:
-            payload = _encoder.encode([script_event(e, ev, s.counter_bucket_ms) for e, ev in chunks[i]])
-            args = [keys.GROUP, "", (bucket + 2) * s.dedup_ttl_ms, cutoff, iso_ms(now), self.prefix]
-            await self.scripts.apply_batch(keys=key_list, args=[*args, payload], client=pipe)
+            await queue_apply(pipe, self.scripts, self.settings, ctx, self.partition, chunks[i])
 
-        calls_per_s = await timed(len(chunks), queue, self.redis, per_trip=max(1, 10_000 // size))
-        return calls_per_s * len(batch) / len(chunks)
+        try:
+            calls_s, replies = await timed(len(chunks), queue, self.redis, max(1, 10_000 // size))
+        except ResponseError as exc:
+            raise RuntimeError(f"apply_batch failed: {exc}") from None
+        applied = sum(parse_result(r).applied for r in replies)
+        return calls_s * len(batch) / len(chunks), applied
 
 
 async def used_memory(redis: Redis) -> int:
@@ -195,49 +241,139 @@ async def used_memory(redis: Redis) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
 
-async def raw_redis(redis: Redis, settings: Settings, run: str, n: int, users: int) -> dict[str, Any]:
-    prefix, rng, out = f"bench:{run}", random.Random(7), {}
-    sample = stream_encoder.encode(stream_event(workload(run, "x", 1, users, rng)[0], now_ms(), settings))
-    out["xadd_eps"] = await timed(n, lambda p, i: p.xadd(f"{prefix}:xadd", {"e": sample}), redis)
+async def raw_redis(redis: Redis, s: Settings, run: str, n: int, users: int) -> dict[str, int]:
+    prefix, rng, out = f"bench:{run}", random.Random(7), dict[str, float]()
+    sample = stream_encoder.encode(stream_event(workload(run, "x", 1, users, rng)[0], s))
+    xadd = lambda p, i: p.xadd(f"{prefix}:x", {"e": sample})  # noqa: E731
+    out["xadd_eps"], _ = await timed(n, xadd, redis, 100)
     trivial = redis.register_script(TRIVIAL_LUA)
-    lua_keys = [f"{prefix}:lua:h", f"{prefix}:lua:z", f"{prefix}:lua:s"]
-    out["evalsha_cps"] = await timed(n, lambda p, i: trivial(lua_keys, [i % 100], client=p), redis)
-    apply = RawApply(redis, settings, prefix)
-    for size in (settings.batch_size, 1, 10, 100, settings.batch_size):  # the first warms up
-        events = [stream_event(sp, now_ms(), settings) for sp in workload(run, f"b{size}-{rng.random()}", n, users, rng)]
-        out[f"apply_eps_batch_{size}"] = await apply.run(await apply.stream_entries(events), size)
-    mem = RawApply(redis, settings, f"{prefix}:mem")  # memory: fresh keys, nothing pending
-    nobody = [(f"bench-{run}-d{i}", {"type": "TRACK", "name": "x", "userId": "anonymous"}, 0) for i in range(n)]
-    m0 = await used_memory(redis)
-    await mem.run([("0-1", stream_event(sp, now_ms(), settings)) for sp in nobody], 100)
-    m1 = await used_memory(redis)
-    people = max(1, n // 3)
-    specs: list[Spec] = []
+    lua_keys = [f"{prefix}:lua:{k}" for k in "hzs"]
+    out["evalsha_cps"], _ = await timed(n, lambda p, i: trivial(lua_keys, [i % 100], p), redis, 100)
+    apply = RawApply(redis, s, prefix, BEYOND)
+    for size in (s.batch_size, 1, 10, 100, s.batch_size):  # the first run warms the profiles up
+        specs = workload(run, f"b{size}-{rng.randrange(10**9)}", n, users, rng)
+        batch = await apply.pending([stream_event(sp, s) for sp in specs])
+        out[f"apply_eps_batch_{size}"], applied = await apply.run(batch, size)
+        if applied != n:
+            print(f"cdp bench: warning: apply_batch applied {applied} of {n} events")
+    return {k: round(v) for k, v in (out | await memory(redis, s, prefix, run, n)).items()}
+
+
+async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
+    """used_memory growth per dedup entry, then per profile (dedup entries deducted)."""
+    mem = RawApply(redis, s, prefix, BEYOND + 1)  # fresh dedup keys; XACK of ids not pending
+    m0, now = await used_memory(redis), now_ms()
+    dedup_only = [  # no identifier: the script records the eventId and nothing else
+        StreamEvent(str(uuid.uuid4()), now, now, "TRACK", name="x") for _ in range(n)
+    ]
+    await mem.run([("0-1", ev) for ev in dedup_only], 100)
+    m1, keys1 = await used_memory(redis), await redis.dbsize()
+    people, events = max(1, n // 3), []
     for u in range(people):
         uid = f"bench-{run}-m{u}"
         traits = {"plan": "pro", "visits": u, "country": "FR"}
-        specs.append((f"{uid}-i", {"type": "IDENTIFY", "userId": uid, "email": f"{uid}@x.io", "traits": traits}, 0))
-        specs += [(f"{uid}-{n}", {"type": "TRACK", "userId": uid, "name": n}, 0) for n in NAMES[:2]]
-    await mem.run([("0-1", stream_event(sp, now_ms(), settings)) for sp in specs], 100)
-    m2 = await used_memory(redis)
-    out["dedup_bytes_per_entry"] = (m1 - m0) / n
-    out["profile_bytes"] = (m2 - m1 - len(specs) * out["dedup_bytes_per_entry"]) / people
-    return {k: round(v) for k, v in out.items()}
+        ident = {"type": "IDENTIFY", "userId": uid, "email": f"{uid}@example.com", "traits": traits}
+        events.append(stream_event((str(uuid.uuid4()), ident, 0), s))
+        for name in NAMES[:2]:
+            track = {"type": "TRACK", "userId": uid, "name": name}
+            events.append(stream_event((str(uuid.uuid4()), track, 0), s))
+    await mem.run([("0-1", ev) for ev in events], 100)
+    m2, keys2 = await used_memory(redis), await redis.dbsize()
+    if await redis.exists(keys.identifier(f"user:bench-{run}-m0")):
+        print("cdp bench: warning: apply_batch wrote keys outside bench:<run>:*")
+    dedup = (m1 - m0) / n
+    keys_per_profile = (keys2 - keys1) / people
+    # Our key names are longer than cdp's: count each key as if its prefix were "cdp".
+    longer = keys_per_profile * (len(prefix) - len(CDP))
+    profile = (m2 - m1 - len(events) * dedup) / people - longer
+    return {
+        "dedup_bytes_per_entry": dedup,
+        "profile_bytes": profile,
+        "keys_per_profile": keys_per_profile,
+    }
 
 
-async def cleanup(redis: Redis, run: str) -> int:
-    deleted = 0
-    async for batch in _scan_batches(redis, f"bench:{run}:*"):
-        deleted += await redis.unlink(*batch)
-    return deleted
+async def cleanup(redis: Redis, run: str) -> None:
+    """Delete the keys this run created: ``bench:<run>:*``, nothing else."""
+    found = [key async for key in redis.scan_iter(match=f"bench:{run}:*", count=1000)]
+    for i in range(0, len(found), 500):
+        await redis.unlink(*found[i : i + 500])
 
 
-async def _scan_batches(redis: Redis, pattern: str) -> Any:
-    batch: list[Any] = []
-    async for key in redis.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+async def check_api(url: str) -> None:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async with session.get(url + "/readyz") as r:
+                status = r.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RuntimeError(f"cannot reach the API at {url}: {exc or type(exc).__name__}") from None
+    if status != 200:
+        raise RuntimeError(f"the API at {url} is not ready: /readyz answered {status}")
+
+
+async def run_bench(
+    settings: Settings, url: str, events: int, concurrency: int, users: int
+) -> None:
+    """Measure the stack at ``url`` and the Redis at ``settings.redis_url``; print both."""
+    if min(events, concurrency, users) < 1:
+        raise RuntimeError("--events, --concurrency and --users must be at least 1")
+    run, url = uuid.uuid4().hex[:8], url.rstrip("/")
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=30)
+    try:
+        try:
+            info = await redis.info()
+        except RedisError as exc:
+            raise RuntimeError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+        await check_api(url)
+        workers = await redis.zcount(keys.WORKERS, now_ms(), "+inf")
+        result: dict[str, Any] = {
+            "run": run, "events": events, "concurrency": concurrency, "users": users,
+            "window_size": format_duration(settings.window_size_ms), "workers": workers,
+            "partitions": settings.partitions, "batch_size": settings.batch_size,
+            "redis": info["redis_version"], "aof": bool(info.get("aof_enabled")),
+        }  # fmt: skip
+        specs = workload(run, "http", events, users, random.Random(run))
+        before, late_before = await done_count(redis)
+        ingest = await send_all(url + "/cdp/ingest", specs, concurrency)
+        start, last_accept = ingest.pop("start"), ingest.pop("last_accept")
+        result.update(ingest)
+        if not workers:
+            print("cdp bench: no live worker (cdp:workers): end-to-end not measured")
+        elif ingest["accepted"]:
+            deadline = time.perf_counter() + 120 + settings.window_size_ms / 1000
+            while (done := (await done_count(redis))[0] - before) < ingest["accepted"]:
+                if time.perf_counter() > deadline:
+                    print(f"cdp bench: timed out: {done} of {ingest['accepted']} events done")
+                    break
+                await asyncio.sleep(0.02)
+            end, late = time.perf_counter(), (await done_count(redis))[1] - late_before
+            result.update(e2e_done=done, late=late, e2e_seconds=round(end - start, 2))
+            result.update(e2e_eps=round(done / (end - start)), drain_s=round(end - last_accept, 2))
+        result.update(await raw_redis(redis, settings, run, events, users))
+    finally:
+        with contextlib.suppress(RedisError):
+            await cleanup(redis, run)
+        await redis.aclose()
+    report(result)
+
+
+def report(result: dict[str, Any]) -> None:
+    r = result
+    print(
+        f"\ncdp bench, run {r['run']}: {r['events']} events, {r['concurrency']} in flight,"
+        f" {r['users']} users; window-size {r['window_size']} (as set for this command),"
+        f" {r['partitions']} partitions, {r['workers']} workers, batch-size {r['batch_size']};"
+        f" Redis {r['redis']} (AOF {'on' if r['aof'] else 'off'})\n"
+    )
+    rows = list(ROWS)
+    if r["batch_size"] not in (1, 10, 100):
+        key, label = f"apply_eps_batch_{r['batch_size']}", f"{r['batch_size']} events/call"
+        rows.insert(13, (key, f"apply_batch, {label}: events/s", "42k at 500"))
+    print(f"{'':42} {'measured':>12}   DESIGN.md, this kind of machine")
+    for key, label, reference in rows:
+        value = r.get(key, "-")
+        shown = f"{value:,}" if isinstance(value, int) else str(value)
+        shown = "none" if value == {} else shown
+        print(f"{label:42} {shown:>12}   {reference}")
+    print()
+    print(json.dumps(result, separators=(",", ":")))

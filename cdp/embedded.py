@@ -73,7 +73,9 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not port_is_free(self.port):
-            raise RuntimeError(f"port {self.port} is already in use; pick another with --redis-port")
+            raise RuntimeError(
+                f"port {self.port} is already in use; pick another with --redis-port"
+            )
         args = [
             find_redis_server(),
             "--port",

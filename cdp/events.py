@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from cdp.errors import EventRejected, EventTooLarge
-from cdp.identity import typed_identifiers
+from cdp.identity import BLOCKED_VALUES, typed_identifiers
 
 EventType = Literal["IDENTIFY", "TRACK", "ALIAS"]
 Identifier = Annotated[str, msgspec.Meta(max_length=512)]
@@ -57,9 +57,8 @@ class StreamEvent(msgspec.Struct, omit_defaults=True):
     # "import": historical backfill, never dropped for lateness.
     mode: str | None = None
 
-    @property
-    def identifiers(self) -> list[str]:
-        return typed_identifiers(self.userId, self.anonymousId, self.email)
+    def identifiers(self, blocked: frozenset[str] = BLOCKED_VALUES) -> list[str]:
+        return typed_identifiers(self.userId, self.anonymousId, self.email, blocked)
 
 
 _ingest_decoder = msgspec.json.Decoder(IngestEvent)
@@ -91,6 +90,7 @@ def validate_rules(
     payload: Payload,
     now_ms: int,
     max_future_skew_ms: int,
+    blocked: frozenset[str] = BLOCKED_VALUES,
 ) -> None:
     """The rules msgspec's types cannot say (DESIGN.md, seed's "Validation Rules")."""
     if not event_id.strip():
@@ -99,7 +99,7 @@ def validate_rules(
         raise EventRejected(
             "at least one of `payload.userId`, `payload.anonymousId` or `payload.email` is required"
         )
-    if not typed_identifiers(payload.userId, payload.anonymousId, payload.email):
+    if not typed_identifiers(payload.userId, payload.anonymousId, payload.email, blocked):
         raise EventRejected(
             "no usable identifier: `payload.userId`, `payload.anonymousId` and `payload.email` "
             "hold only placeholder values (such as 'null', 'undefined', '0', 'anonymous')"
@@ -124,6 +124,7 @@ def decode_ingest(
     max_event_bytes: int,
     max_future_skew_ms: int,
     source: str | None = None,
+    blocked: frozenset[str] = BLOCKED_VALUES,
 ) -> StreamEvent:
     """Validate one ``POST /cdp/ingest`` body; raise EventRejected with the reason."""
     if len(body) > max_event_bytes:
@@ -138,7 +139,7 @@ def decode_ingest(
         raise EventRejected(rejection_message(exc)) from None
     payload = event.payload
     ts_ms = to_ms(event.ts)
-    validate_rules(event.eventId, ts_ms, payload, now_ms, max_future_skew_ms)
+    validate_rules(event.eventId, ts_ms, payload, now_ms, max_future_skew_ms, blocked)
     return StreamEvent(
         eventId=event.eventId,
         ts=ts_ms,

@@ -17,20 +17,27 @@ BLOCKED_VALUES = frozenset(
 )
 
 
-def is_blocked(value: str) -> bool:
-    return value.strip().lower() in BLOCKED_VALUES
+def is_blocked(value: str, blocked: frozenset[str] = BLOCKED_VALUES) -> bool:
+    return value.strip().lower() in blocked
 
 
 def typed_identifiers(
-    user_id: str | None, anonymous_id: str | None, email: str | None
+    user_id: str | None,
+    anonymous_id: str | None,
+    email: str | None,
+    blocked: frozenset[str] = BLOCKED_VALUES,
 ) -> list[str]:
-    """The event's usable identifiers, user first, then email, then anon."""
+    """The event's usable identifiers, user first, then email, then anon.
+
+    The order matters: the apply script takes the profile of the first as the
+    event's own, so an event applies to the profile of its userId when it has one.
+    """
     out = []
-    if user_id is not None and not is_blocked(user_id):
+    if user_id is not None and not is_blocked(user_id, blocked):
         out.append("user:" + user_id.strip())
-    if email is not None and not is_blocked(email):
+    if email is not None and not is_blocked(email, blocked):
         out.append("email:" + email.strip().lower())
-    if anonymous_id is not None and not is_blocked(anonymous_id):
+    if anonymous_id is not None and not is_blocked(anonymous_id, blocked):
         out.append("anon:" + anonymous_id.strip())
     return out
 

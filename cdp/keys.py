@@ -13,12 +13,15 @@ canonical id's tag, every partition stream its own)::
     cdp:metrics:buffered                 hash, worker id -> events in its buffer
     cdp:seq:profile                      string, last canonical profile number issued
     cdp:identifier:{<type>:<value>}      string, identifier -> canonical id
-    cdp:profile:{<cid>}                  hash, firstSeen, lastSeen, createdAt (ISO-8601)
+    cdp:profile:{<cid>}                  hash, firstSeen, lastSeen, createdAt (ISO-8601),
+                                         user, users/emails/anons (counts), merges;
+                                         for a merged-away id only mergedInto (+ when)
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
     cdp:profile:{<cid>}:counters         set of event names that have counters
+    cdp:profile:{<cid>}:merged           set of canonical ids merged into this one
     cdp:profile:{<cid>}:counter:<name>   zset, bucket start (13-digit ms) -> count
-    cdp:merges                           stream, identity links that met two profiles
+    cdp:merges                           stream, merges and refused links (guard rails)
     cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
 
 Nothing outside this module builds a key with an f-string.
@@ -78,6 +81,10 @@ def traits(cid: str) -> str:
 
 def identifiers(cid: str) -> str:
     return profile(cid) + ":identifiers"
+
+
+def merged(cid: str) -> str:
+    return profile(cid) + ":merged"
 
 
 def counters(cid: str) -> str:

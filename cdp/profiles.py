@@ -18,6 +18,7 @@ from cdp.errors import ProfileNotFound
 from cdp.identity import typed_identifiers
 
 _TYPES = {"user": "userId", "anon": "anonymousId", "email": "email"}
+MAX_HOPS = 16
 
 
 def normalise(identifier: str) -> str:
@@ -46,15 +47,23 @@ def _s(raw: Any) -> str:
 
 
 async def resolve(redis: Redis, identifier: str) -> str:
+    """The live canonical id behind an identifier or any canonical id ever issued."""
     typed = normalise(identifier)
-    if ":" not in typed:
-        if await redis.exists(keys.profile(typed)):
-            return typed
-        raise ProfileNotFound(f"no profile with canonical id {typed!r}")
-    cid = await redis.get(keys.identifier(typed))
-    if cid is None:
-        raise ProfileNotFound(f"no profile knows the identifier {typed!r}")
-    return _s(cid)
+    if ":" in typed:
+        cid = await redis.get(keys.identifier(typed))
+        if cid is None:
+            raise ProfileNotFound(f"no profile knows the identifier {typed!r}")
+        return _s(cid)
+    cid = typed
+    for _ in range(MAX_HOPS):  # merges repoint absorbed ids: one hop, more only mid-merge
+        meta = await redis.hmget(keys.profile(cid), "mergedInto", "createdAt")
+        if meta[0] is not None:
+            cid = _s(meta[0])
+        elif meta[1] is not None:
+            return cid
+        else:
+            raise ProfileNotFound(f"no profile with canonical id {typed!r}")
+    raise ProfileNotFound(f"canonical id {typed!r}: merge pointers do not end")
 
 
 async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
@@ -64,7 +73,8 @@ async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
         pipe.hgetall(keys.traits(cid))
         pipe.smembers(keys.identifiers(cid))
         pipe.smembers(keys.counters(cid))
-        meta, raw_traits, ids, counter_names = await pipe.execute()
+        pipe.smembers(keys.merged(cid))
+        meta, raw_traits, ids, counter_names, merged = await pipe.execute()
     names = sorted(_s(n) for n in counter_names)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
@@ -87,6 +97,7 @@ async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
         "firstSeen": meta.get("firstSeen"),
         "lastSeen": meta.get("lastSeen"),
         "createdAt": meta.get("createdAt"),
+        "mergedFrom": sorted((_s(m) for m in merged), key=lambda c: (len(c), c)),
         "counters": {
             name: {
                 "total": int(sum(score for _, score in rows)),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cdp.errors import SettingsError
+from cdp.identity import BLOCKED_VALUES
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -72,12 +73,26 @@ class Settings:
     power_user_window_ms: int = 86_400_000
     reengage_inactivity_threshold_ms: int = 600_000
     reengage_duration_ms: int = 3_600_000
+    # Identity guard rails (README "Identity resolution").
+    max_user_ids: int = 1
+    max_emails: int = 5
+    max_anonymous_ids: int = 100
+    max_merges: int = 100
+    merge_different_users: bool = False
+    # Extra placeholder values never used as identifiers, comma-separated (added to
+    # the built-in null, undefined, 0, -1, anonymous, unknown, [object Object]...).
+    blocked_identifiers: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).
     clock: str = "system"
     log_level: str = "info"
     log_format: str = "auto"
+
+    @property
+    def blocked_values(self) -> frozenset[str]:
+        extra = (v.strip().lower() for v in self.blocked_identifiers.split(","))
+        return BLOCKED_VALUES | frozenset(v for v in extra if v)
 
     @property
     def counter_window_ms(self) -> int:
@@ -89,6 +104,8 @@ _DURATION_KEYS = {f.name for f in fields(Settings) if f.name.endswith("_ms")}
 _INT_KEYS = {
     f.name for f in fields(Settings) if f.type in ("int", int) and f.name not in _DURATION_KEYS
 }
+_BOOL_KEYS = {f.name for f in fields(Settings) if f.type in ("bool", bool)}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _POSITIVE = {
     "window_size_ms",
     "dedup_ttl_ms",
@@ -103,6 +120,10 @@ _POSITIVE = {
     "power_user_threshold",
     "power_user_window_ms",
     "max_event_bytes",
+    "max_user_ids",
+    "max_emails",
+    "max_anonymous_ids",
+    "max_merges",
 }
 _CHOICES = {
     "clock": ("system", "redis"),
@@ -130,6 +151,14 @@ def _coerce(field: str, raw: Any) -> Any:
         value: Any = parse_duration_ms(raw, key)
         if value < 0:
             raise SettingsError(f"{key}: must not be negative, got {raw!r}")
+    elif field in _BOOL_KEYS:
+        text = str(raw).strip().lower()
+        if isinstance(raw, bool):
+            value = raw
+        elif text in _TRUE or text in _FALSE:
+            value = text in _TRUE
+        else:
+            raise SettingsError(f"{key}: expected true or false, got {raw!r}")
     elif field in _INT_KEYS:
         try:
             value = int(raw)

@@ -6,11 +6,10 @@
   (user:, anon:, email:). For each event, in order:
     1. dedup: an eventId seen in the current or previous dedup bucket is skipped
        (counted as a dedup hit); otherwise it is recorded in the current bucket;
-    2. identity: each identifier is looked up in the index; unknown ones get linked
-       to the event's profile, which is new (cdp:seq:profile) if none is known;
-       when the identifiers already belong to several profiles, the event applies
-       to the oldest and the meeting is recorded in cdp:merges (merging is a
-       separate concern);
+    2. identity (includes/identity.lua): each identifier is looked up in the
+       index; when they belong to several profiles, those the guard rails allow are
+       merged into the oldest (a record goes to cdp:merges, as does every refusal);
+       unknown identifiers are linked to the event's profile, new if none is known;
     3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
        tombstone that keeps its ts;
     4. firstSeen / lastSeen: min / max of the event time;
@@ -39,6 +38,8 @@
              {"id": eventId, "sid": stream entry id, "ts": ISO-8601 fixed width,
               "b": 13-digit bucket start, "t": type, "ids": [typed identifiers],
               "tr": [[trait, raw JSON value], ...], "n": event name or absent}
+  ARGV[8]  JSON guard rails: {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
+           "mergeUsers"}
 
   Returns  {"OK", applied, duplicates, cid of each applied event...}
         or {"LEASE_LOST"}
@@ -47,48 +48,17 @@ local rcall = redis.call
 
 local stream_key, lease_key = KEYS[1], KEYS[2]
 local dedup_cur, dedup_prev, metrics_key = KEYS[3], KEYS[4], KEYS[5]
-local group, owner, dedup_expire_in = ARGV[1], ARGV[2], ARGV[3]
+local consumer_group, owner, dedup_expire_in = ARGV[1], ARGV[2], ARGV[3]
 local cutoff, now_iso, prefix = ARGV[4], ARGV[5], ARGV[6]
 local events = cjson.decode(ARGV[7])
+local limits = cjson.decode(ARGV[8])
 
 if owner ~= "" and rcall("GET", lease_key) ~= owner then
   return {"LEASE_LOST"}
 end
 
-local function identifier_key(id) return prefix .. ":identifier:{" .. id .. "}" end
-local function profile_key(cid) return prefix .. ":profile:{" .. cid .. "}" end
-local function seq_of(cid) return tonumber(string.sub(cid, 2)) or 0 end
-
--- The profile an event applies to: the oldest owner of its identifiers, or a new one.
-local function resolve(ev)
-  local owners, seen, free = {}, {}, {}
-  for _, id in ipairs(ev.ids) do
-    local cid = rcall("GET", identifier_key(id))
-    if cid then
-      if not seen[cid] then seen[cid] = true; owners[#owners + 1] = cid end
-    else
-      free[#free + 1] = id
-    end
-  end
-  local cid
-  if #owners == 0 then
-    cid = "p" .. rcall("INCR", prefix .. ":seq:profile")
-    rcall("HSET", profile_key(cid), "createdAt", now_iso)
-  else
-    table.sort(owners, function(a, b) return seq_of(a) < seq_of(b) end)
-    cid = owners[1]
-    if #owners > 1 then
-      rcall("XADD", prefix .. ":merges", "MAXLEN", "~", "100000", "*",
-        "status", "unmerged", "survivor", cid, "profiles", table.concat(owners, ","),
-        "eventId", ev.id, "ts", ev.ts)
-    end
-  end
-  for _, id in ipairs(free) do
-    rcall("SET", identifier_key(id), cid)
-    rcall("SADD", profile_key(cid) .. ":identifiers", id)
-  end
-  return cid
-end
+--@include profile
+--@include identity
 
 local function apply_traits(pkey, ev)
   local traits = ev.tr
@@ -99,19 +69,10 @@ local function apply_traits(pkey, ev)
   local current = rcall("HMGET", tkey, unpack(names))
   local stamp = ',"ts":"' .. ev.ts .. '","eventId":' .. cjson.encode(ev.id) .. '}'
   for i, kv in ipairs(traits) do
-    local newer = true
-    if current[i] then
-      local c = cjson.decode(current[i])
-      if c.ts > ev.ts or (c.ts == ev.ts and c.eventId >= ev.id) then newer = false end
+    if cell_newer(ev.ts, ev.id, current[i]) then
+      rcall("HSET", tkey, kv[1], '{"v":' .. kv[2] .. stamp)
     end
-    if newer then rcall("HSET", tkey, kv[1], '{"v":' .. kv[2] .. stamp) end
   end
-end
-
-local function apply_seen(pkey, ev)
-  local seen = rcall("HMGET", pkey, "firstSeen", "lastSeen")
-  if not seen[1] or ev.ts < seen[1] then rcall("HSET", pkey, "firstSeen", ev.ts) end
-  if not seen[2] or ev.ts > seen[2] then rcall("HSET", pkey, "lastSeen", ev.ts) end
 end
 
 local pruned = {}
@@ -137,7 +98,7 @@ for _, ev in ipairs(events) do
     local cid = resolve(ev)
     local pkey = profile_key(cid)
     apply_traits(pkey, ev)
-    apply_seen(pkey, ev)
+    widen_seen(pkey, ev.ts, ev.ts)
     if ev.t == "TRACK" and ev.b >= cutoff then
       count(pkey, ev.n, ev.b)
       count(pkey, "$track", ev.b)
@@ -153,7 +114,7 @@ if recorded then rcall("PEXPIRE", dedup_cur, dedup_expire_in) end
 if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
 if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
 for i = 1, #acks, 500 do
-  rcall("XACK", stream_key, group, unpack(acks, i, math.min(i + 499, #acks)))
+  rcall("XACK", stream_key, consumer_group, unpack(acks, i, math.min(i + 499, #acks)))
 end
 result[2], result[3] = applied, dups
 return result

@@ -79,6 +79,7 @@ async def ingest(request: web.Request) -> web.Response:
         now_ms=await request.app[CLOCK].now_ms(),
         max_event_bytes=settings.max_event_bytes,
         max_future_skew_ms=settings.max_future_skew_ms,
+        blocked=settings.blocked_values,
     )
     await request.app[PUBLISHER].publish(event)
     return web.json_response({"status": "accepted", "eventId": event.eventId}, status=202)

@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from cdp import keys
 from cdp.events import StreamEvent, iso_ms
+from cdp.identity import BLOCKED_VALUES
 from cdp.scripts import Scripts
 from cdp.settings import Settings
 
@@ -42,7 +43,9 @@ def bucket_member(ts_ms: int, bucket_ms: int) -> str:
     return f"{ts_ms - ts_ms % bucket_ms:013d}"
 
 
-def script_event(entry_id: str, event: StreamEvent, bucket_ms: int) -> ScriptEvent:
+def script_event(
+    entry_id: str, event: StreamEvent, bucket_ms: int, blocked: frozenset[str] = BLOCKED_VALUES
+) -> ScriptEvent:
     traits = event.traits or {}
     return ScriptEvent(
         id=event.eventId,
@@ -50,9 +53,22 @@ def script_event(entry_id: str, event: StreamEvent, bucket_ms: int) -> ScriptEve
         ts=iso_ms(event.ts),
         b=bucket_member(event.ts, bucket_ms),
         t=event.type,
-        ids=event.identifiers,
+        ids=event.identifiers(blocked),
         tr=[(name, _encoder.encode(value).decode()) for name, value in traits.items()],
         n=event.name,
+    )
+
+
+def guard_rails(settings: Settings) -> bytes:
+    """ARGV[8] of ``apply_batch``: the identity guard rails."""
+    return _encoder.encode(
+        {
+            "maxEmails": settings.max_emails,
+            "maxAnons": settings.max_anonymous_ids,
+            "maxUsers": settings.max_user_ids,
+            "maxMerges": settings.max_merges,
+            "mergeUsers": settings.merge_different_users,
+        }
     )
 
 
@@ -84,7 +100,10 @@ async def queue_apply(
     dedup_cur, dedup_prev, expire_in = ctx.dedup_keys(partition, settings)
     cutoff_ms = max(ctx.now_ms - settings.counter_window_ms, 0)
     payload = _encoder.encode(
-        [script_event(eid, ev, settings.counter_bucket_ms) for eid, ev in batch]
+        [
+            script_event(eid, ev, settings.counter_bucket_ms, settings.blocked_values)
+            for eid, ev in batch
+        ]
     )
     await scripts.apply_batch(
         keys=[keys.stream(partition), keys.lease(partition), dedup_cur, dedup_prev, keys.METRICS],
@@ -96,6 +115,7 @@ async def queue_apply(
             iso_ms(ctx.now_ms),
             keys.PREFIX,
             payload,
+            guard_rails(settings),
         ],
         client=pipe,
     )

@@ -39,9 +39,25 @@ class Up:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cdp", "up", "--port", str(self.port), "--redis-port",
-             str(self.redis_port), "--data-dir", str(self.data_dir), "--workers", "2"],
-            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "cdp",
+                "up",
+                "--port",
+                str(self.port),
+                "--redis-port",
+                str(self.redis_port),
+                "--data-dir",
+                str(self.data_dir),
+                "--workers",
+                "2",
+            ],
+            env=_env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         wait_until(self._ready, timeout=30, message="cdp up to answer /readyz")
 
@@ -53,15 +69,24 @@ class Up:
             return False
 
     def send(self, event: dict[str, object]) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/cdp/ingest",
-                                     data=json.dumps(event).encode(), method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/cdp/ingest",
+            data=json.dumps(event).encode(),
+            method="POST",
+        )
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 202
 
     def profile(self, identifier: str) -> dict[str, object] | None:
         env = _env() | {"CDP_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
-        done = subprocess.run([sys.executable, "-m", "cdp", "profile", identifier], env=env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "cdp", "profile", identifier],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if done.returncode == 1:
             return None
         assert done.returncode == 0, done.stderr
@@ -81,12 +106,26 @@ def test_up_applies_events_survives_a_restart_and_stops_cleanly(tmp_path: Path) 
     try:
         now = datetime.now(UTC)
         ts = now.isoformat().replace("+00:00", "Z")
-        up.send({"eventId": "e1", "ts": ts, "payload": {"type": "IDENTIFY", "userId": "u1",
-                                                         "email": "U1@x.io",
-                                                         "traits": {"plan": "pro"}}})
+        up.send(
+            {
+                "eventId": "e1",
+                "ts": ts,
+                "payload": {
+                    "type": "IDENTIFY",
+                    "userId": "u1",
+                    "email": "U1@x.io",
+                    "traits": {"plan": "pro"},
+                },
+            }
+        )
         for i in range(10):
-            up.send({"eventId": f"t{i}", "ts": ts, "payload": {"type": "TRACK", "userId": "u1",
-                                                                "name": "Clicked"}})
+            up.send(
+                {
+                    "eventId": f"t{i}",
+                    "ts": ts,
+                    "payload": {"type": "TRACK", "userId": "u1", "name": "Clicked"},
+                }
+            )
         # Stop at once: the window (3 s) has not passed, nothing is applied yet.
         assert up.stop() == 0
         assert "cdp is up" in up.output and "cdp stopped." in up.output
@@ -95,8 +134,11 @@ def test_up_applies_events_survives_a_restart_and_stops_cleanly(tmp_path: Path) 
         assert _listening(up.port) is False and _listening(up.redis_port) is False
 
         up.start()  # same data dir: the accepted events are still pending, and get applied
-        profile = wait_until(lambda: _complete(up.profile("email:u1@x.io")), timeout=30,
-                             message="the profile with its ten TRACK events")
+        profile = wait_until(
+            lambda: _complete(up.profile("email:u1@x.io")),
+            timeout=30,
+            message="the profile with its ten TRACK events",
+        )
         assert profile["identifiers"] == ["email:u1@x.io", "user:u1"]
         assert profile["traits"]["plan"]["v"] == "pro"
         assert profile["counters"]["Clicked"]["total"] == 10
@@ -124,8 +166,14 @@ def _listening(port: int) -> bool:
 def test_a_bad_setting_stops_start_up_naming_the_key(tmp_path: Path) -> None:
     env = _env() | {"CDP_WINDOW_SIZE": "five seconds"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "cdp", "up", "--data-dir", str(tmp_path)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "cdp", "up", "--data-dir", str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "window-size" in done.stderr
     assert time.monotonic() - started < 30
@@ -133,7 +181,13 @@ def test_a_bad_setting_stops_start_up_naming_the_key(tmp_path: Path) -> None:
 
 def test_profile_of_an_unknown_identifier_exits_1_with_a_message(redis_url: str) -> None:
     env = _env() | {"CDP_REDIS_URL": redis_url}
-    done = subprocess.run([sys.executable, "-m", "cdp", "profile", "user:nobody"], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "cdp", "profile", "user:nobody"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 1
     assert "user:nobody" in done.stderr

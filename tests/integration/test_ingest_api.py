@@ -55,13 +55,19 @@ REJECTIONS = [
     ("eventId not a string", event(eventId=12), "eventId"),
     ("no identifier", event(payload_userId=None), "userId"),
     ("only blank identifiers", event(payload_userId=" ", payload_email=""), "userId"),
-    ("placeholder identifiers only", event(payload_userId="null", payload_anonymousId="undefined"),
-     "placeholder"),
+    (
+        "placeholder identifiers only",
+        event(payload_userId="null", payload_anonymousId="undefined"),
+        "placeholder",
+    ),
     ("TRACK without name", event(payload_type="TRACK"), "name"),
     ("TRACK with empty name", event(payload_type="TRACK", payload_name=""), "name"),
     ("ALIAS without anonymousId", event(payload_type="ALIAS"), "anonymousId"),
-    ("ALIAS without userId", event(payload_type="ALIAS", payload_userId=None,
-                                   payload_anonymousId="a1"), "userId"),
+    (
+        "ALIAS without userId",
+        event(payload_type="ALIAS", payload_userId=None, payload_anonymousId="a1"),
+        "userId",
+    ),
     ("unknown type", event(payload_type="PAGEVIEW"), "type"),
     ("missing type", event(payload_type=None), "type"),
     ("missing ts", event(ts=None), "ts"),
@@ -75,8 +81,9 @@ REJECTIONS = [
 
 
 @pytest.mark.parametrize(("case", "body", "field"), REJECTIONS, ids=[c[0] for c in REJECTIONS])
-def test_each_rule_answers_400_naming_the_field(api: Stack, case: str, body: object,
-                                                field: str) -> None:
+def test_each_rule_answers_400_naming_the_field(
+    api: Stack, case: str, body: object, field: str
+) -> None:
     resp = api.post("/cdp/ingest", body)
     assert resp.status == 400, (case, resp.body)
     answer = resp.json()
@@ -126,8 +133,7 @@ def test_unknown_routes_and_methods_answer_json_errors(api: Stack) -> None:
 def test_metrics_are_in_prometheus_text_format(api: Stack) -> None:
     api.post("/cdp/ingest", event())
     text = api.get("/metrics").body.decode()
-    for name in ("buffered", "processed_total", "late_total", "dropped_total",
-                 "dedup_hits_total"):
+    for name in ("buffered", "processed_total", "late_total", "dropped_total", "dedup_hits_total"):
         assert f"\ncdp_events_{name} " in text
     assert "cdp_events_accepted_total 1" in text
 

@@ -17,25 +17,40 @@ def profile(stack: Stack, identifier: str) -> dict[str, object]:
     cid = stack.r.get(keys.identifier(identifier))
     assert cid is not None, f"no profile for {identifier}"
     traits = {k: json.loads(v) for k, v in stack.r.hgetall(keys.traits(cid)).items()}
-    return {"cid": cid, "traits": traits, "ids": stack.r.smembers(keys.identifiers(cid)),
-            "meta": stack.r.hgetall(keys.profile(cid))}
+    return {
+        "cid": cid,
+        "traits": traits,
+        "ids": stack.r.smembers(keys.identifiers(cid)),
+        "meta": stack.r.hgetall(keys.profile(cid)),
+    }
 
 
 def counter_total(stack: Stack, cid: str, name: str) -> int:
-    return int(sum(score for _, score in stack.r.zrange(keys.counter(cid, name), 0, -1,
-                                                        withscores=True)))
+    return int(
+        sum(score for _, score in stack.r.zrange(keys.counter(cid, name), 0, -1, withscores=True))
+    )
 
 
 def _stale_identify(stack: Stack) -> None:
     """Event B (11:00, plan pro) is applied; Event A (10:00, plan free) arrives at 14:00."""
     stack.set_clock("2025-10-04T11:00:00Z")
-    stack.send("evt-B", "2025-10-04T11:00:00Z", type="IDENTIFY", userId="u123",
-               traits={"plan": "pro", "email": "new@example.com"})
+    stack.send(
+        "evt-B",
+        "2025-10-04T11:00:00Z",
+        type="IDENTIFY",
+        userId="u123",
+        traits={"plan": "pro", "email": "new@example.com"},
+    )
     stack.set_clock("2025-10-04T11:00:10Z")
     stack.wait_metric("processed", 1)
     stack.set_clock("2025-10-04T14:00:00Z")
-    stack.send("evt-A", "2025-10-04T10:00:00Z", type="IDENTIFY", userId="u123",
-               traits={"plan": "free", "email": "old@example.com"})
+    stack.send(
+        "evt-A",
+        "2025-10-04T10:00:00Z",
+        type="IDENTIFY",
+        userId="u123",
+        traits={"plan": "free", "email": "old@example.com"},
+    )
     stack.set_clock("2025-10-04T14:00:10Z")
 
 
@@ -100,11 +115,16 @@ def test_windowing_buffers_until_the_watermark_then_applies_once(stack: Stack) -
     stack.start_api()
     stack.start_worker()
     for name, ts in (("A", "10:00:00"), ("D", "10:00:15"), ("B", "10:00:05"), ("C", "10:00:10")):
-        payload = ({"type": "TRACK", "name": "Feature Used"} if name in "BC" else
-                   {"type": "IDENTIFY", "traits": {"plan": "pro" if name == "D" else "free"}})
+        payload = (
+            {"type": "TRACK", "name": "Feature Used"}
+            if name in "BC"
+            else {"type": "IDENTIFY", "traits": {"plan": "pro" if name == "D" else "free"}}
+        )
         stack.send(f"evt-{name}", f"2025-10-04T{ts}Z", userId="u123", **payload)
-    wait_until(lambda: sum(int(v) for v in stack.r.hvals(keys.METRICS_BUFFERED)) == 4,
-               message="four events buffered")
+    wait_until(
+        lambda: sum(int(v) for v in stack.r.hvals(keys.METRICS_BUFFERED)) == 4,
+        message="four events buffered",
+    )
     assert stack.metric("processed") == 0
     assert stack.r.get(keys.identifier("user:u123")) is None
     stack.set_clock("2025-10-04T10:00:12Z")  # watermark 10:00:07: A and B are ready
@@ -126,10 +146,12 @@ def test_identity_example_gives_one_canonical_profile(stack: Stack) -> None:
     stack.start_worker()
     stack.send("e1", "2025-10-04T09:00:00Z", type="IDENTIFY", anonymousId="anon-123")
     stack.send("e2", "2025-10-04T09:00:01Z", type="TRACK", anonymousId="anon-123", name="Viewed")
-    stack.send("e3", "2025-10-04T09:00:02Z", type="ALIAS", anonymousId="anon-123",
-               userId="user-456")
-    stack.send("e4", "2025-10-04T09:00:03Z", type="IDENTIFY", userId="user-456",
-               email="User@Example.com")
+    stack.send(
+        "e3", "2025-10-04T09:00:02Z", type="ALIAS", anonymousId="anon-123", userId="user-456"
+    )
+    stack.send(
+        "e4", "2025-10-04T09:00:03Z", type="IDENTIFY", userId="user-456", email="User@Example.com"
+    )
     stack.set_clock("2025-10-04T09:00:10Z")
     stack.wait_metric("processed", 4)
     p = profile(stack, "anon:anon-123")

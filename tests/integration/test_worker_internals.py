@@ -24,8 +24,12 @@ T0 = 1_759_572_000_000  # 2025-10-04T10:00:00Z
 
 
 def settings(redis_url: str, **overrides: object) -> Settings:
-    base = {"redis_url": redis_url, "clock": "redis", "ticker_interval_ms": 20,
-            "lease_ttl_ms": 1000}
+    base = {
+        "redis_url": redis_url,
+        "clock": "redis",
+        "ticker_interval_ms": 20,
+        "lease_ttl_ms": 1000,
+    }
     return load_settings(env={}, **(base | overrides))
 
 
@@ -39,8 +43,9 @@ async def publish(redis: Redis, n: int, ts: int, user: str = "u1") -> int:
     partition = partition_of(f"user:{user}", 16)
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(n):
-            event = StreamEvent(eventId=f"e{i}", ts=ts + i, receivedAt=ts, type="TRACK",
-                                userId=user, name="Clicked")
+            event = StreamEvent(
+                eventId=f"e{i}", ts=ts + i, receivedAt=ts, type="TRACK", userId=user, name="Clicked"
+            )
             pipe.xadd(keys.stream(partition), {"e": stream_encoder.encode(event)})
         await pipe.execute()
     return partition

@@ -24,8 +24,13 @@ def lease_owners(stack: Stack) -> Counter[str]:
 
 def send_tracks(stack: Stack, n: int, users: int = 40, prefix: str = "evt") -> None:
     for i in range(n):
-        stack.send(f"{prefix}-{i}", f"2025-10-04T10:00:{i % 60:02d}.{i // 60:03d}Z",
-                   type="TRACK", userId=f"u{i % users}", name="Clicked")
+        stack.send(
+            f"{prefix}-{i}",
+            f"2025-10-04T10:00:{i % 60:02d}.{i // 60:03d}Z",
+            type="TRACK",
+            userId=f"u{i % users}",
+            name="Clicked",
+        )
 
 
 def total_count(stack: Stack, users: int) -> int:
@@ -33,8 +38,12 @@ def total_count(stack: Stack, users: int) -> int:
     for u in range(users):
         cid = stack.r.get(keys.identifier(f"user:u{u}"))
         if cid:
-            total += int(sum(s for _, s in stack.r.zrange(keys.counter(cid, "Clicked"), 0, -1,
-                                                          withscores=True)))
+            total += int(
+                sum(
+                    s
+                    for _, s in stack.r.zrange(keys.counter(cid, "Clicked"), 0, -1, withscores=True)
+                )
+            )
     return total
 
 
@@ -53,8 +62,11 @@ def test_sigkill_mid_stream_then_redelivery_counts_every_event_once(stack: Stack
     # The client never heard back for some events and sends everything again.
     send_tracks(stack, n, users)
     stack.start_worker("heir")
-    wait_until(lambda: stack.metric("processed") + stack.metric("dedup_hits") >= 2 * n,
-               timeout=30, message="every delivery applied or recognised as a duplicate")
+    wait_until(
+        lambda: stack.metric("processed") + stack.metric("dedup_hits") >= 2 * n,
+        timeout=30,
+        message="every delivery applied or recognised as a duplicate",
+    )
     stack.wait_idle()
     assert stack.metric("processed") == n
     assert stack.metric("dedup_hits") == n
@@ -70,8 +82,11 @@ def test_a_second_worker_takes_over_partitions_and_both_apply(stack: Stack) -> N
     first = stack.start_worker("w1")
     wait_until(lambda: lease_owners(stack) == Counter({"w1": 16}), message="w1 owns all 16")
     second = stack.start_worker("w2")
-    wait_until(lambda: lease_owners(stack) == Counter({"w1": 8, "w2": 8}), timeout=10,
-               message="an even split of the leases")
+    wait_until(
+        lambda: lease_owners(stack) == Counter({"w1": 8, "w2": 8}),
+        timeout=10,
+        message="an even split of the leases",
+    )
     send_tracks(stack, n, users)
     stack.set_clock("2025-10-04T10:02:00Z")
     stack.wait_metric("processed", n)
@@ -95,13 +110,19 @@ def test_a_killed_workers_partitions_and_pending_entries_are_taken_over(stack: S
     stack.start_api()
     survivor = stack.start_worker("w1")
     victim = stack.start_worker("w2")
-    wait_until(lambda: lease_owners(stack) == Counter({"w1": 8, "w2": 8}), timeout=10,
-               message="an even split of the leases")
+    wait_until(
+        lambda: lease_owners(stack) == Counter({"w1": 8, "w2": 8}),
+        timeout=10,
+        message="an even split of the leases",
+    )
     send_tracks(stack, n, users)  # buffered: the watermark has not reached them
     wait_until(lambda: stack.pending() == n, message="every event read into a buffer")
     stack.kill(victim, signal.SIGKILL)
-    wait_until(lambda: lease_owners(stack) == Counter({"w1": 16}), timeout=10,
-               message="w1 to take over the dead worker's leases")
+    wait_until(
+        lambda: lease_owners(stack) == Counter({"w1": 16}),
+        timeout=10,
+        message="w1 to take over the dead worker's leases",
+    )
     stack.set_clock("2025-10-04T10:02:00Z")
     stack.wait_metric("processed", n)
     stack.wait_idle()

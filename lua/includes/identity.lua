@@ -1,0 +1,138 @@
+-- includes/identity.lua: resolve an event's identifiers to one profile, merging the
+-- profiles they link, within the guard rails. Expects `rcall`, `prefix`, `now_iso`,
+-- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers) and the helpers of
+-- includes/profile.lua.
+
+local function record(ev, fields)
+  local args = {prefix .. ":merges", "MAXLEN", "~", "100000", "*"}
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  args[#args + 1] = "eventId"; args[#args + 1] = ev.id
+  args[#args + 1] = "ts"; args[#args + 1] = ev.ts
+  rcall("XADD", unpack(args))
+end
+
+local function new_profile()
+  local cid = "p" .. rcall("INCR", prefix .. ":seq:profile")
+  rcall("HSET", profile_key(cid), "createdAt", now_iso, "users", 0, "emails", 0, "anons", 0,
+    "merges", 0)
+  return cid
+end
+
+local function link(cid, id)
+  local pkey = profile_key(cid)
+  rcall("SET", identifier_key(id), cid)
+  rcall("SADD", pkey .. ":identifiers", id)
+  rcall("HINCRBY", pkey, TYPE_FIELD[id_type(id)], 1)
+  if id_type(id) == "user" and not rcall("HGET", pkey, "user") then rcall("HSET", pkey, "user", id) end
+end
+
+-- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
+-- by union, counters by sum per bucket, first/lastSeen by min/max. The loser keeps only
+-- a forward pointer; every id that pointed to it now points to the survivor (one hop).
+local function merge(loser, survivor, ev)
+  local lkey, skey = profile_key(loser), profile_key(survivor)
+  local ltraits = rcall("HGETALL", lkey .. ":traits")
+  for i = 1, #ltraits, 2 do
+    local cell = cjson.decode(ltraits[i + 1])
+    if cell_newer(cell.ts, cell.eventId, rcall("HGET", skey .. ":traits", ltraits[i])) then
+      rcall("HSET", skey .. ":traits", ltraits[i], ltraits[i + 1])
+    end
+  end
+  for _, id in ipairs(rcall("SMEMBERS", lkey .. ":identifiers")) do
+    rcall("SET", identifier_key(id), survivor)
+    rcall("SADD", skey .. ":identifiers", id)
+  end
+  for _, name in ipairs(rcall("SMEMBERS", lkey .. ":counters")) do
+    local s_counter, l_counter = skey .. ":counter:" .. name, lkey .. ":counter:" .. name
+    rcall("ZUNIONSTORE", s_counter, 2, s_counter, l_counter, "AGGREGATE", "SUM")
+    rcall("SADD", skey .. ":counters", name)
+    rcall("DEL", l_counter)
+  end
+  local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges", "user")
+  widen_seen(skey, lmeta[1], lmeta[2])
+  rcall("HINCRBY", skey, "users", tonumber(lmeta[3]) or 0)
+  rcall("HINCRBY", skey, "emails", tonumber(lmeta[4]) or 0)
+  rcall("HINCRBY", skey, "anons", tonumber(lmeta[5]) or 0)
+  rcall("HINCRBY", skey, "merges", (tonumber(lmeta[6]) or 0) + 1)
+  if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
+  local absorbed = rcall("SMEMBERS", lkey .. ":merged")
+  absorbed[#absorbed + 1] = loser
+  for _, old in ipairs(absorbed) do
+    rcall("HSET", profile_key(old), "mergedInto", survivor)
+    rcall("SADD", skey .. ":merged", old)
+  end
+  rcall("DEL", lkey .. ":traits", lkey .. ":identifiers", lkey .. ":counters", lkey .. ":merged")
+  rcall("DEL", lkey)
+  rcall("HSET", lkey, "mergedInto", survivor, "mergedAt", ev.ts, "mergeEventId", ev.id)
+  record(ev, {"status", "merged", "survivor", survivor, "merged", loser})
+end
+
+-- The profile `ev` applies to. Owners of its identifiers are taken in the event's
+-- identifier order (user, email, anon): an owner carrying a different userId than the
+-- group is refused (unless mergeUsers), as is one reached only through an anonymousId
+-- when it already holds more than maxAnons of them, or any past maxMerges. The rest
+-- merge into the oldest of them; unknown identifiers are linked within the limits.
+local function resolve(ev)
+  local owners, reached, free = {}, {}, {}
+  for _, id in ipairs(ev.ids) do
+    local cid = rcall("GET", identifier_key(id))
+    if not cid then
+      free[#free + 1] = id
+    elseif not reached[cid] then
+      reached[cid] = {cid = cid, anon_only = id_type(id) == "anon"}
+      owners[#owners + 1] = reached[cid]
+    elseif id_type(id) ~= "anon" then
+      reached[cid].anon_only = false
+    end
+  end
+  local group_user, group_users = nil, 0
+  if ev.ids[1] and id_type(ev.ids[1]) == "user" then group_user = ev.ids[1] end
+  local group = {}
+  for _, o in ipairs(owners) do
+    local meta = rcall("HMGET", profile_key(o.cid), "user", "users", "anons")
+    local reason
+    if meta[1] and group_user and meta[1] ~= group_user then
+      if not limits.mergeUsers then
+        reason = "different userIds"
+      elseif group_users + tonumber(meta[2]) > limits.maxUsers then
+        reason = "userId limit"
+      end
+    elseif o.anon_only and #group > 0 and tonumber(meta[3]) > limits.maxAnons then
+      reason = "anonymousId limit"
+    end
+    if reason then
+      record(ev, {"status", "refused", "reason", reason, "profile", o.cid})
+    else
+      group[#group + 1] = o.cid
+      if meta[1] then group_user = group_user or meta[1]; group_users = group_users + tonumber(meta[2]) end
+    end
+  end
+  local cid
+  if #group == 0 then
+    cid = new_profile()
+  else
+    table.sort(group, function(a, b) return seq_of(a) < seq_of(b) end)
+    cid = group[1]
+    for i = 2, #group do
+      if tonumber(rcall("HGET", profile_key(cid), "merges")) < limits.maxMerges then
+        merge(group[i], cid, ev)
+      else
+        record(ev, {"status", "refused", "reason", "merge limit", "survivor", cid, "profile", group[i]})
+      end
+    end
+  end
+  local counts = rcall("HMGET", profile_key(cid), "users", "emails")
+  local users, emails = tonumber(counts[1]), tonumber(counts[2])
+  for _, id in ipairs(free) do
+    local t = id_type(id)
+    if t == "user" and users >= limits.maxUsers then
+      record(ev, {"status", "refused", "reason", "userId limit", "profile", cid, "identifier", id})
+    elseif t == "email" and emails >= limits.maxEmails then
+      record(ev, {"status", "refused", "reason", "email limit", "profile", cid, "identifier", id})
+    else
+      link(cid, id)
+      if t == "user" then users = users + 1 elseif t == "email" then emails = emails + 1 end
+    end
+  end
+  return cid
+end
