@@ -32,8 +32,12 @@ from cdp.embedded import RedisServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 15.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -115,8 +119,13 @@ class Stack:
     def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         self._n += 1
         log = open(self.log_dir / f"{self._n:02d}-{args[0]}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "cdp", *args], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdp", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.processes.append(proc)
         return proc
@@ -132,7 +141,9 @@ class Stack:
         except OSError:
             return False
 
-    def start_worker(self, worker_id: str | None = None, **settings: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, worker_id: str | None = None, **settings: str
+    ) -> subprocess.Popen[bytes]:
         args = ["worker"] + (["--id", worker_id] if worker_id else [])
         return self._spawn(args, self.env(**settings))
 
@@ -141,11 +152,20 @@ class Stack:
         self.r.set(keys.CLOCK, value)
         return value
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         assert self.api_port is not None, "start_api() first"
-        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", data=body,
-                                     method=method, headers=headers or {})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}{path}",
+            data=body,
+            method=method,
+            headers=headers or {},
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return Response(resp.status, resp.read(), dict(resp.headers))
@@ -169,25 +189,39 @@ class Stack:
         return int(self.r.hget(keys.METRICS, name) or 0)
 
     def wait_metric(self, name: str, at_least: int, timeout: float = 20.0) -> int:
-        return wait_until(lambda: self.metric(name) >= at_least and self.metric(name),
-                          timeout=timeout, message=f"metric {name} >= {at_least}") or 0
+        return (
+            wait_until(
+                lambda: self.metric(name) >= at_least and self.metric(name),
+                timeout=timeout,
+                message=f"metric {name} >= {at_least}",
+            )
+            or 0
+        )
 
     def pending(self) -> int:
+        """Entries read by a worker and not yet acknowledged, over all partitions."""
         total = 0
         for p in range(16):
-            stream = keys.stream(p)
-            if self.r.exists(stream):
-                total += int(self.r.xpending(stream, keys.GROUP)["pending"])
+            for group in self._groups(keys.stream(p)):
+                if group["name"] == keys.GROUP:
+                    total += int(group["pending"])
         return total
+
+    def _groups(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            return list(self.r.xinfo_groups(stream))
+        except redis_sync.ResponseError:  # no stream yet
+            return []
 
     def wait_idle(self, timeout: float = 20.0) -> None:
         """Wait until every accepted event has been acknowledged by the group."""
+
         def idle() -> bool:
             for p in range(16):
                 stream = keys.stream(p)
                 if not self.r.exists(stream):
                     continue
-                groups = {g["name"]: g for g in self.r.xinfo_groups(stream)}
+                groups = {g["name"]: g for g in self._groups(stream)}
                 group = groups.get(keys.GROUP)
                 if group is None or group["pending"]:
                     return False
@@ -195,6 +229,7 @@ class Stack:
                 if last and last[0][0] != group["last-delivered-id"]:
                     return False
             return True
+
         wait_until(idle, timeout=timeout, message="all partitions to be read and acknowledged")
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -213,13 +248,15 @@ class Stack:
                 proc.wait()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}"
-                         for p in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
 
 
 @pytest.fixture
-def stack(redis_url: str, r: redis_sync.Redis, tmp_path: Path,
-          request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    redis_url: str, r: redis_sync.Redis, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     s = Stack(redis_url, r, tmp_path)
     yield s
     s.close()

@@ -1,0 +1,75 @@
+"""Convergence through the real pipeline: generated event sets POSTed to the API in a
+random order, applied by three worker processes of which one is SIGKILLed mid-run and
+restarted, must end in exactly the reference model's state."""
+
+from __future__ import annotations
+
+import random
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cdp.embedded import RedisServer
+from cdp.events import StreamEvent, iso_ms
+from cdp.settings import Settings
+from tests.conftest import Stack, wait_until
+from tests.generators import T0, event_sets
+from tests.model import Model, canonical, snapshot
+
+pytestmark = pytest.mark.integration
+
+
+def body(ev: StreamEvent) -> dict[str, object]:
+    payload = {k: v for k, v in (("type", ev.type), ("userId", ev.userId),
+                                 ("anonymousId", ev.anonymousId), ("email", ev.email),
+                                 ("traits", ev.traits), ("name", ev.name)) if v is not None}
+    return {"eventId": ev.eventId, "ts": iso_ms(ev.ts), "payload": payload}
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(events=event_sets(max_events=40), rng=st.randoms(use_true_random=False))
+def test_pipeline_with_a_sigkill_converges_to_the_model(
+    redis_server: RedisServer, events: list[StreamEvent], rng: random.Random
+) -> None:
+    client = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    with tempfile.TemporaryDirectory() as logs:
+        stack = Stack(redis_server.url, client, Path(logs))
+        try:
+            run(stack, events, rng)
+        except BaseException:
+            print(stack.logs())
+            raise
+        finally:
+            stack.close()
+            client.close()
+
+
+def run(stack: Stack, events: list[StreamEvent], rng: random.Random) -> None:
+    stack.set_clock(T0)
+    stack.start_api()
+    workers = [stack.start_worker(f"w{i}") for i in range(3)]
+    order = events[:]
+    rng.shuffle(order)
+    for ev in order:
+        assert stack.post("/cdp/ingest", body(ev)).status == 202
+    wait_until(lambda: stack.pending() == len(events), message="every event buffered")
+    stack.set_clock(T0 + 61_000)  # the watermark passes part of the events
+    if any(ev.ts <= T0 + 56_000 for ev in events):
+        stack.wait_metric("processed", 1)
+    victim = workers[rng.randrange(3)]
+    stack.kill(victim, signal.SIGKILL)
+    stack.start_worker("w-restarted")
+    stack.set_clock(T0 + 600_000)
+    wait_until(lambda: stack.metric("processed") + stack.metric("dedup_hits") == len(events),
+               timeout=30, message="every delivery applied or recognised as a duplicate")
+    stack.wait_idle()
+    expected = Model(Settings()).apply(events)
+    assert canonical(snapshot(stack.r)) == canonical(list(expected.profiles.values()))
+    assert stack.metric("processed") == len({ev.eventId for ev in events})
