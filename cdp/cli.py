@@ -1,4 +1,4 @@
-"""The ``cdp`` command.
+"""The cdp command: a real-time Customer Data Platform on Redis Streams.
 
     cdp up        everything locally: embedded Redis (AOF), the API, N worker processes
     cdp api       the HTTP API alone, against CDP_REDIS_URL
@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cdp.errors import CdpError, ProfileNotFound, SettingsError
 from cdp.settings import Settings, describe, format_duration, load_settings
@@ -100,8 +102,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (CdpError, FileNotFoundError, RuntimeError) as exc:
         print(f"cdp: {exc}", file=sys.stderr)
         sys.exit(2)
-    except RedisError as exc:
+    except (RedisConnectionError, RedisTimeoutError) as exc:
         print(f"cdp: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except RedisError as exc:
+        print(f"cdp: Redis answered with an error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -147,6 +152,7 @@ def _profile(identifier: str, settings: Settings) -> int:
 
 def _config(settings: Settings) -> None:
     defaults = {row[0]: row for row in describe()}
+    print(f"{'key':34} {'value':28} environment variable")
     for f in fields(Settings):
         key = f.name[:-3] if f.name.endswith("_ms") else f.name
         key = key.replace("_", "-")

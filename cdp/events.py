@@ -8,7 +8,7 @@ Every rejection raises ``EventRejected`` whose message names the field and the r
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -72,8 +72,12 @@ def iso_ms(ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
+    """Exact milliseconds since the epoch (no float rounding), sub-milliseconds dropped."""
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
 def rejection_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
@@ -106,6 +110,8 @@ def validate_rules(
         )
     if payload.type == "TRACK" and not (payload.name or "").strip():
         raise EventRejected("TRACK events require a `payload.name`")
+    if (payload.name or "").startswith("$"):
+        raise EventRejected("`payload.name`: names starting with '$' are reserved")
     if payload.type == "ALIAS" and not (
         (payload.anonymousId or "").strip() and (payload.userId or "").strip()
     ):

@@ -42,13 +42,24 @@ def typed_identifiers(
     return out
 
 
-def routing_id(user_id: str | None, anonymous_id: str | None, email: str | None) -> str:
-    """userId, else anonymousId, else email (DESIGN.md), as a typed identifier."""
-    if user_id and user_id.strip():
+def routing_id(
+    user_id: str | None,
+    anonymous_id: str | None,
+    email: str | None,
+    blocked: frozenset[str] = BLOCKED_VALUES,
+) -> str:
+    """userId, else anonymousId, else email (DESIGN.md), as a typed identifier.
+
+    Placeholder values are skipped, or every ``userId: "null"`` would land on one
+    partition, and so on one worker.
+    """
+    if user_id is not None and not is_blocked(user_id, blocked):
         return "user:" + user_id.strip()
-    if anonymous_id and anonymous_id.strip():
+    if anonymous_id is not None and not is_blocked(anonymous_id, blocked):
         return "anon:" + anonymous_id.strip()
-    return "email:" + (email or "").strip().lower()
+    if email is not None and not is_blocked(email, blocked):
+        return "email:" + email.strip().lower()
+    return "user:" + (user_id or anonymous_id or email or "").strip()
 
 
 def partition_of(routing: str, partitions: int) -> int:

@@ -18,10 +18,11 @@ canonical id's tag, every partition stream its own)::
                                          for a merged-away id only mergedInto (+ when)
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
-    cdp:profile:{<cid>}:counters         set of event names that have counters
+    cdp:profile:{<cid>}:counters         hash, event name -> oldest bucket it holds
     cdp:profile:{<cid>}:merged           set of canonical ids merged into this one
     cdp:profile:{<cid>}:counter:<name>   zset, bucket start (13-digit ms) -> count
     cdp:merges                           stream, merges and refused links (guard rails)
+    cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
 
 Nothing outside this module builds a key with an f-string.

@@ -72,7 +72,7 @@ async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
         pipe.hgetall(keys.profile(cid))
         pipe.hgetall(keys.traits(cid))
         pipe.smembers(keys.identifiers(cid))
-        pipe.smembers(keys.counters(cid))
+        pipe.hkeys(keys.counters(cid))
         pipe.smembers(keys.merged(cid))
         meta, raw_traits, ids, counter_names, merged = await pipe.execute()
     names = sorted(_s(n) for n in counter_names)

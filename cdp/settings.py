@@ -31,6 +31,8 @@ def parse_duration_ms(text: str | int | float, key: str = "duration") -> int:
         raise SettingsError(f"{key}: expected a duration like '5s', got {text!r}")
     if isinstance(text, int | float):
         return int(text * 1000)
+    if not isinstance(text, str):
+        raise SettingsError(f"{key}: expected a duration like '5s', got {text!r}")
     match = _DURATION.match(text)
     if not match:
         raise SettingsError(
@@ -170,6 +172,8 @@ def _coerce(field: str, raw: Any) -> Any:
         if not isinstance(raw, str):
             raise SettingsError(f"{key}: expected a string, got {raw!r}")
         value = raw.strip()
+        if field in _CHOICES:
+            value = value.lower()
         if field in _CHOICES and value not in _CHOICES[field]:
             allowed = ", ".join(_CHOICES[field])
             raise SettingsError(f"{key}: {raw!r} is not one of {allowed}")
@@ -194,10 +198,17 @@ def load_settings(
             raise SettingsError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
-        section = document.get("cdp", document)
+        # Keys at top level and under [cdp] both count; other tables are not ours.
+        section = {
+            k: v
+            for k, v in document.items()
+            if k != "cdp" and (not isinstance(v, dict) or k in KEYS)
+        }
+        cdp_table = document.get("cdp", {})
+        if not isinstance(cdp_table, dict):
+            raise SettingsError(f"cdp: expected a table in {path}")
+        section.update(cdp_table)
         for key, raw in section.items():
-            if isinstance(raw, dict):
-                continue
             field = KEYS.get(key)
             if field is None:
                 known = ", ".join(sorted(KEYS))
@@ -210,7 +221,10 @@ def load_settings(
     values.update(overrides)
     settings = Settings(**values)
     if settings.grace_period_ms + settings.window_size_ms > settings.counter_window_ms:
-        raise SettingsError("grace-period: window-size + grace-period exceeds counter-retention")
+        raise SettingsError(
+            "grace-period: window-size + grace-period must not exceed the longest counter "
+            "window, max(counter-retention, power-user-window)"
+        )
     return settings
 
 
@@ -220,6 +234,9 @@ def describe() -> list[tuple[str, str, str]]:
     default = Settings()
     for f in fields(Settings):
         value = getattr(default, f.name)
-        shown = format_duration(value) if f.name in _DURATION_KEYS else str(value)
+        if f.name in _DURATION_KEYS:
+            shown = format_duration(value)
+        else:
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
         rows.append((_external_name(f.name), _env_name(f.name), shown))
     return rows

@@ -15,7 +15,8 @@
     4. firstSeen / lastSeen: min / max of the event time;
     5. TRACK: the bucket of the event time is incremented in the counter of the
        event name and in the all-TRACK counter; buckets older than the cutoff are
-       pruned and late events that fall before it are not counted.
+       pruned (when the counter's oldest bucket has passed it) and late events that
+       fall before it are not counted.
   Finally the batch's stream entries are XACKed: an entry is acknowledged only
   by the call that applied it (or found it a duplicate).
 
@@ -75,15 +76,17 @@ local function apply_traits(pkey, ev)
   end
 end
 
-local pruned = {}
+-- Per counter, the oldest bucket it holds is kept in the profile's counters hash.
+-- Only the first event of a bucket looks at it (ZINCRBY answered 1): that is when the
+-- oldest may change, and when buckets past the cutoff are pruned, so a counter holds
+-- at most the buckets of its window plus the one being opened.
 local function count(pkey, name, bucket)
   local ckey = pkey .. ":counter:" .. name
-  rcall("ZINCRBY", ckey, 1, bucket)
-  if not pruned[ckey] then
-    pruned[ckey] = true
-    rcall("SADD", pkey .. ":counters", name)
-    rcall("ZREMRANGEBYLEX", ckey, "-", "(" .. cutoff)
-  end
+  if tonumber(rcall("ZINCRBY", ckey, 1, bucket)) ~= 1 then return end
+  local oldest = rcall("HGET", pkey .. ":counters", name)
+  if oldest and oldest < cutoff then oldest = prune_counter(ckey, cutoff) end
+  if not oldest or bucket < oldest then oldest = bucket end
+  rcall("HSET", pkey .. ":counters", name, oldest)
 end
 
 local applied, dups, recorded = 0, 0, false

@@ -188,7 +188,7 @@ def snapshot(client: redis_sync.Redis) -> list[Profile]:
             cell = json.loads(raw)
             p.traits[name] = (cell["ts"], cell["eventId"], cell["v"])
         p.first_seen, p.last_seen = meta.get("firstSeen"), meta.get("lastSeen")
-        for name in client.smembers(keys.counters(cid)):
+        for name in client.hkeys(keys.counters(cid)):
             rows = client.zrange(keys.counter(cid, _s(name)), 0, -1, withscores=True)
             p.counters[_s(name)] = Counter({_s(m): int(score) for m, score in rows})
         out.append(p)

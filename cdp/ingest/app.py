@@ -58,7 +58,8 @@ async def errors_middleware(
         return _error(413, f"request body too large: {exc.text}")
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return _error(exc.status, exc.reason)
+            kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+            return _error(exc.status, exc.reason, **kept)
         raise
 
 

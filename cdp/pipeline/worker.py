@@ -43,7 +43,12 @@ from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.worker")
 
-Entry = tuple[bytes, dict[bytes, bytes] | None]
+# (entry id, fields or None when the entry was deleted), as redis-py returns them.
+Entry = Any
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def new_worker_id() -> str:
@@ -121,10 +126,13 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_ttl_ms / 3000
-        last_trim = 0.0
+        last_trim = last_reclaim = 0.0
         while not self._stopping.is_set():
             try:
                 await self.rebalance()
+                if time.monotonic() - last_reclaim > self.settings.lease_ttl_ms / 1000:
+                    last_reclaim = time.monotonic()
+                    await self.reclaim_strays()
                 if time.monotonic() - last_trim > 10:
                     last_trim = time.monotonic()
                     await self.trim()
@@ -162,6 +170,38 @@ class Worker:
             if cursor in (b"0-0", "0-0"):
                 return claimed
 
+    async def reclaim_strays(self) -> int:
+        """Claim entries other consumers read from partitions this worker owns.
+
+        A worker whose lease has expired can read a few more entries before its next
+        rebalance notices; they wait, idle, in its pending list. Once idle for a lease
+        time they are claimed here, so nothing accepted waits for the next handover.
+        """
+        idle = self.settings.lease_ttl_ms
+        claimed = 0
+        for p in sorted(self.owned):
+            stream = keys.stream(p)
+            summary = await self.redis.xpending(stream, keys.GROUP)
+            for consumer in summary["consumers"]:
+                name = _text(consumer["name"])
+                if name == self.worker_id:
+                    continue
+                while True:
+                    rows = await self.redis.xpending_range(
+                        stream, keys.GROUP, "-", "+", 500, consumername=name, idle=idle
+                    )
+                    if not rows:
+                        break
+                    entries = await self.redis.xclaim(
+                        stream, keys.GROUP, self.worker_id, idle, [r["message_id"] for r in rows]
+                    )
+                    claimed += await self._ingest_entries(p, entries, claimed=True)
+                    if len(rows) < 500:
+                        break
+        if claimed:
+            self._log.info("stray entries claimed", claimed=claimed)
+        return claimed
+
     async def trim(self) -> None:
         """Trim owned streams below the oldest entry the group still needs.
 
@@ -172,21 +212,14 @@ class Worker:
         for p in sorted(self.owned):
             stream = keys.stream(p)
             groups = await self.redis.xinfo_groups(stream)
-            group = next(
-                (g for g in groups if g["name"] in (keys.GROUP, keys.GROUP.encode())), None
-            )
+            group = next((g for g in groups if _text(g["name"]) == keys.GROUP), None)
             if group is None:
                 continue
-            last = group["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else last
-            ms, seq = (int(x) for x in last.split("-"))
+            ms, seq = (int(x) for x in _text(group["last-delivered-id"]).split("-"))
             threshold = (ms, seq + 1)
             pending = await self.redis.xpending(stream, keys.GROUP)
             if pending["pending"]:
-                low = (
-                    pending["min"].decode() if isinstance(pending["min"], bytes) else pending["min"]
-                )
-                pm, ps = (int(x) for x in low.split("-"))
+                pm, ps = (int(x) for x in _text(pending["min"]).split("-"))
                 threshold = min(threshold, (pm, ps))
             if self.settings.stream_retention_ms:
                 threshold = min(threshold, (now - self.settings.stream_retention_ms, 0))
@@ -219,8 +252,9 @@ class Worker:
                 self._log.warning("read: redis error", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
-            for stream, entries in reply or []:
-                name = stream.decode() if isinstance(stream, bytes) else stream
+            streams: Any = reply or []  # RESP2: [[stream, entries], ...]
+            for stream, entries in streams:
+                name = _text(stream)
                 partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
                 await self._ingest_entries(partition, entries)
 
@@ -235,7 +269,7 @@ class Worker:
         dropped: list[tuple[str, StreamEvent | None, bytes, str]] = []
         count = 0
         for entry_id, fields in entries:
-            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            eid = _text(entry_id)
             raw = (fields or {}).get(b"e")
             if raw is None:  # deleted from the stream under us: nothing to apply
                 dropped.append((eid, None, b"", "missing"))
@@ -245,12 +279,14 @@ class Worker:
             except msgspec.DecodeError as exc:
                 dropped.append((eid, None, raw, f"undecodable: {exc}"))
                 continue
+            # Judged on receivedAt, so a claimed entry is classified as its first reader
+            # did: a crash never changes which events are applied.
             arrival = classify(
                 event.ts,
                 event.receivedAt,
                 s.window_size_ms,
                 s.grace_period_ms,
-                backfill=claimed or event.mode == "import",
+                backfill=event.mode == "import",
             )
             if arrival is Arrival.DROPPED:
                 dropped.append((eid, event, raw, "older than watermark - grace-period at arrival"))

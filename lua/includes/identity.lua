@@ -42,10 +42,13 @@ local function merge(loser, survivor, ev)
     rcall("SET", identifier_key(id), survivor)
     rcall("SADD", skey .. ":identifiers", id)
   end
-  for _, name in ipairs(rcall("SMEMBERS", lkey .. ":counters")) do
+  local lcounters = rcall("HGETALL", lkey .. ":counters")
+  for i = 1, #lcounters, 2 do
+    local name, l_oldest = lcounters[i], lcounters[i + 1]
     local s_counter, l_counter = skey .. ":counter:" .. name, lkey .. ":counter:" .. name
     rcall("ZUNIONSTORE", s_counter, 2, s_counter, l_counter, "AGGREGATE", "SUM")
-    rcall("SADD", skey .. ":counters", name)
+    local s_oldest = rcall("HGET", skey .. ":counters", name)
+    if not s_oldest or l_oldest < s_oldest then rcall("HSET", skey .. ":counters", name, l_oldest) end
     rcall("DEL", l_counter)
   end
   local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges", "user")

@@ -20,3 +20,16 @@ local function widen_seen(pkey, first, last)
   if first and (not seen[1] or first < seen[1]) then rcall("HSET", pkey, "firstSeen", first) end
   if last and (not seen[2] or last > seen[2]) then rcall("HSET", pkey, "lastSeen", last) end
 end
+
+-- Remove a counter's buckets older than `cutoff`; returns the oldest bucket left.
+local function prune_counter(ckey, cutoff)
+  local oldest
+  for _, member in ipairs(rcall("ZRANGE", ckey, 0, -1)) do
+    if member < cutoff then
+      rcall("ZREM", ckey, member)
+    elseif not oldest or member < oldest then
+      oldest = member
+    end
+  end
+  return oldest
+end

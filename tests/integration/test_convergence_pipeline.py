@@ -25,14 +25,26 @@ pytestmark = pytest.mark.integration
 
 
 def body(ev: StreamEvent) -> dict[str, object]:
-    payload = {k: v for k, v in (("type", ev.type), ("userId", ev.userId),
-                                 ("anonymousId", ev.anonymousId), ("email", ev.email),
-                                 ("traits", ev.traits), ("name", ev.name)) if v is not None}
+    payload = {
+        k: v
+        for k, v in (
+            ("type", ev.type),
+            ("userId", ev.userId),
+            ("anonymousId", ev.anonymousId),
+            ("email", ev.email),
+            ("traits", ev.traits),
+            ("name", ev.name),
+        )
+        if v is not None
+    }
     return {"eventId": ev.eventId, "ts": iso_ms(ev.ts), "payload": payload}
 
 
-@settings(max_examples=3, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(events=event_sets(max_events=40), rng=st.randoms(use_true_random=False))
 def test_pipeline_with_a_sigkill_converges_to_the_model(
     redis_server: RedisServer, events: list[StreamEvent], rng: random.Random
@@ -67,8 +79,11 @@ def run(stack: Stack, events: list[StreamEvent], rng: random.Random) -> None:
     stack.kill(victim, signal.SIGKILL)
     stack.start_worker("w-restarted")
     stack.set_clock(T0 + 600_000)
-    wait_until(lambda: stack.metric("processed") + stack.metric("dedup_hits") == len(events),
-               timeout=30, message="every delivery applied or recognised as a duplicate")
+    wait_until(
+        lambda: stack.metric("processed") + stack.metric("dedup_hits") == len(events),
+        timeout=30,
+        message="every delivery applied or recognised as a duplicate",
+    )
     stack.wait_idle()
     expected = Model(Settings()).apply(events)
     assert canonical(snapshot(stack.r)) == canonical(list(expected.profiles.values()))

@@ -140,3 +140,34 @@ def test_a_worker_that_lost_its_lease_applies_nothing(redis_url: str) -> None:
         await redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_entries_a_stale_consumer_read_are_claimed_by_the_owner(redis_url: str) -> None:
+    """A worker that lost its lease may read a few more entries before it notices."""
+
+    async def scenario() -> None:
+        redis = Redis.from_url(redis_url)
+        await redis.set(keys.CLOCK, T0 + 60_000)
+        s = settings(redis_url, lease_ttl_ms=200)
+        await ensure_groups(redis, s.partitions)
+        partition = await publish(redis, 5, T0)
+        stream = keys.stream(partition)
+        await redis.xreadgroup(keys.GROUP, "stale", {stream: ">"}, count=100)
+        worker = Worker(redis, s, RedisClock(redis), "owner")
+        await worker.rebalance()  # gains the partition, claims the 5 entries at once
+        assert worker.buffered == 5
+        worker.buffers[partition].clear()  # as if "stale" read them after the handover
+        await redis.xclaim(
+            stream, keys.GROUP, "stale", 0, [e for e, _ in (await redis.xrange(stream))]
+        )
+        await wait_for(lambda: _positive(worker.reclaim_strays()))
+        assert worker.buffered == 5
+        summary = await redis.xpending(stream, keys.GROUP)
+        assert summary["consumers"] == [{"name": b"owner", "pending": 5}]
+        await redis.aclose()
+
+    asyncio.run(scenario())
+
+
+async def _positive(awaitable: Awaitable[int]) -> bool:
+    return await awaitable > 0

@@ -138,7 +138,7 @@ class LuaHarness:
         return {member: int(score) for member, score in rows}
 
     def counter_names(self, cid: str) -> set[str]:
-        return set(self.r.smembers(keys.counters(cid)))
+        return set(self.r.hkeys(keys.counters(cid)))
 
     def metric(self, name: str) -> int:
         return int(self.r.hget(keys.METRICS, name) or 0)

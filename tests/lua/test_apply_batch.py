@@ -432,14 +432,6 @@ def test_buckets_older_than_the_cutoff_are_pruned(lua, now_ms):
     assert lua.counter("p1", "$track") == {bucket(later - MINUTE): 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "apply_batch prunes with ZREMRANGEBYLEX, which is only defined when every member "
-        "has the same score; counter buckets hold their counts as scores, so an old bucket "
-        "with a higher count than the newest one is never pruned (same on a real Redis)"
-    ),
-)
 def test_buckets_older_than_the_cutoff_are_pruned_whatever_their_counts(lua, now_ms):
     old = now_ms - HOUR
     lua.apply(*[track(f"e{i}", old, "Feature Used", user="u1") for i in range(3)])

@@ -252,14 +252,6 @@ def test_ts_in_the_past_is_accepted_here():
     assert decode({**SEED_IDENTIFY, "ts": "2020-01-01T00:00:00Z"}).ts == 1_577_836_800_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "to_ms computes int(dt.timestamp() * 1000) in floating point and truncates, so "
-        "some timestamps lose a millisecond (here .554 becomes .553; it happens for dates "
-        "around 2004 and 2036-2039); exact: (dt - EPOCH) // timedelta(milliseconds=1)"
-    ),
-)
 def test_ts_keeps_its_exact_millisecond():
     assert decode({**SEED_IDENTIFY, "ts": "2004-01-10T14:34:25.554Z"}).ts == 1_073_745_265_554
 

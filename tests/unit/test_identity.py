@@ -80,14 +80,6 @@ def test_routing_id_skips_empty_values():
     assert routing_id("", "", "x@example.com") == "email:x@example.com"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "routing_id does not skip blocked placeholder values: every event with "
-        "userId 'null' (and a real anonymousId) routes by 'user:null', so SDKs that "
-        "send placeholders funnel all anonymous traffic into one partition"
-    ),
-)
 def test_routing_id_skips_blocked_placeholder_values():
     assert routing_id("null", "a1", None) == "anon:a1"
 
