@@ -2,17 +2,26 @@
 
 1. ingest: a mixed workload (~70% TRACK, ~20% IDENTIFY, ~10% ALIAS over ``users``
    users, ``ts`` = now minus up to 0.5 s) POSTed to ``/cdp/ingest`` with ``concurrency``
-   requests in flight: accepted events/s, p50/p99 latency, answers other than 202;
+   requests in flight: accepted events/s, p50/p99 latency, answers other than 202.
+   With ``merge_ratio`` > 0 that share of the events is ALIAS anonymousId -> userId
+   between two profiles that already exist (one merge each): a warm-up phase (one
+   TRACK per side of each pair) is sent first and waited for until applied, and only
+   the phase after it is measured;
 2. end to end: from the first request until ``processed + dedup_hits + dropped`` in
    ``cdp:metrics`` has grown by the number accepted. It includes the window-size the
-   workers hold every event for, so it is not a pure apply rate;
+   workers hold every event for, so it is not a pure apply rate. The merges and
+   refusals this run's events recorded in ``cdp:merges`` are counted;
 3. bare Redis, same server, keys ``bench:<run>:*`` only (deleted afterwards): XADD and
    EVALSHA of a trivial 5-command script, pipelined by 100; the worker's own
    ``queue_apply`` (every key renamed under ``bench:<run>``, no lease) on real stream
    entries pending in a group of their own, at batch sizes 1, 10, 100 and batch-size,
    ~10,000 events per round trip, encoding included in the timing;
 4. memory: ``used_memory`` growth per dedup entry, and per profile (an IDENTIFY with 3
-   traits and an email, then 2 TRACKs: 3 traits, 2 identifiers, 3 counters).
+   traits and an email, then 2 TRACKs: 3 traits, 2 identifiers, 3 counters);
+5. merge cost, as Redis accounts it (``INFO commandstats``, EVALSHA usec): events/4
+   ALIAS that each merge two small profiles (3 traits, 2 counters of 3 buckets, 2 and 3
+   identifiers), then as many that each link a new anonymousId to one of the
+   survivors, both at batch-size: usec per event of each kind, and their difference.
 
 It prints a table next to DESIGN.md's reference figures, then one JSON line.
 """
@@ -55,6 +64,8 @@ ROWS = [  # result key, label, DESIGN.md reference
     ("p99_ms", "ingest: latency p99 ms", "41 (1 XADD/request)"),
     ("not_accepted", "ingest: answers other than 202", "none"),
     ("e2e_eps", "end to end: applied events/s", "(includes the window)"),
+    ("merges", "end to end: profiles merged", "(cdp:merges, this run's events)"),
+    ("refused", "end to end: merges or links refused", "(guard rails)"),
     ("late", "end to end: counted late", "(ts <= receipt - window-size)"),
     ("e2e_seconds", "end to end: first send -> all done, s", ""),
     ("drain_s", "end to end: last 202 -> all done, s", "~window-size + ticker"),
@@ -66,6 +77,9 @@ ROWS = [  # result key, label, DESIGN.md reference
     ("dedup_bytes_per_entry", "memory: bytes per dedup entry", "133 (one SET NX PX key)"),
     ("profile_bytes", "memory: bytes per profile", "870"),
     ("keys_per_profile", "memory: keys per profile", "(counted by DBSIZE)"),
+    ("merge_alias_us", "redis: usec per ALIAS merging 2 profiles", "(EVALSHA usec, batch-size)"),
+    ("link_alias_us", "redis: usec per ALIAS linking a new id", "(EVALSHA usec, batch-size)"),
+    ("merge_us", "redis: usec per merge (difference)", ""),
 ]
 CDP = keys.PREFIX
 BEYOND = 1_000_000  # partition numbers no worker owns
@@ -96,6 +110,61 @@ def workload(run: str, tag: str, n: int, users: int, rng: random.Random) -> list
             payload = {"type": "ALIAS", "anonymousId": anon, "userId": uid}
         out.append((f"bench-{run}-{tag}-{i}", payload, rng.randrange(500)))
     return out
+
+
+def pair_ids(run: str, tag: str, k: int) -> tuple[str, str]:
+    """(userId, anonymousId) of the k-th pair of profiles a merging ALIAS joins."""
+    return f"bench-{run}-{tag}u{k}", f"bench-{run}-{tag}a{k}"
+
+
+def plan(run: str, events: int, users: int, merge_ratio: float) -> tuple[list[Spec], list[Spec]]:
+    """(warm-up, measured) phases of the HTTP part.
+
+    The measured phase holds ``events`` events: ``round(events * merge_ratio)`` ALIAS
+    anonymousId -> userId, each between an anonymous and an identified profile that the
+    warm-up created (one TRACK on each side), shuffled into the mixed workload.
+    """
+    rng = random.Random(run)
+    pairs = round(events * merge_ratio)
+    measured, warmup = workload(run, "http", events - pairs, users, rng), list[Spec]()
+    for k in range(pairs):
+        uid, anon = pair_ids(run, "m", k)
+        for side, who in (("a", {"anonymousId": anon}), ("u", {"userId": uid})):
+            track = {"type": "TRACK", "name": rng.choice(NAMES), **who}
+            warmup.append((f"bench-{run}-warm-{k}{side}", track, rng.randrange(500)))
+        alias = {"type": "ALIAS", "anonymousId": anon, "userId": uid}
+        spec = (f"bench-{run}-merge-{k}", alias, rng.randrange(500))
+        measured.insert(rng.randrange(len(measured) + 1), spec)
+    return warmup, measured
+
+
+def small_profiles(run: str, n: int, bucket_ms: int) -> tuple[list[Spec], ...]:
+    """(setup, merging, linking) for the merge cost: ``n`` pairs of small profiles.
+
+    An anonymous one (anonymousId, email) created first, so it survives, and an
+    identified one (userId, email, another anonymousId); each with 3 traits and 3
+    TRACKs a bucket apart (2 counters of 3 buckets). ``merging`` is one ALIAS per pair;
+    ``linking`` one ALIAS per pair from a new anonymousId to its userId.
+    """
+    setup, merging, linking = list[Spec](), list[Spec](), list[Spec]()
+    for k in range(n):
+        uid, anon = pair_ids(run, "r", k)
+        traits = {"plan": "pro", "visits": k, "country": "FR"}
+        sides = (
+            {"anonymousId": anon, "email": f"{anon}@example.com"},
+            {"userId": uid, "email": f"{uid}@example.com", "anonymousId": anon + "-b"},
+        )
+        for side, who in enumerate(sides):
+            identify = {"type": "IDENTIFY", "traits": traits, **who}
+            setup.append((f"bench-{run}-r{k}-{side}", identify, 0))
+            for b in range(3):
+                track = {"type": "TRACK", "name": NAMES[0], **who}
+                setup.append((f"bench-{run}-r{k}-{side}-{b}", track, b * bucket_ms))
+        alias = {"type": "ALIAS", "anonymousId": anon, "userId": uid}
+        merging.append((f"bench-{run}-rm{k}", alias, 0))
+        alias = {"type": "ALIAS", "anonymousId": anon + "-c", "userId": uid}
+        linking.append((f"bench-{run}-rl{k}", alias, 0))
+    return setup, merging, linking
 
 
 def body(spec: Spec, now: int) -> bytes:
@@ -154,6 +223,51 @@ async def done_count(redis: Redis) -> tuple[int, int]:
     values = await redis.hmget(keys.METRICS, ["processed", "dedup_hits", "dropped", "late"])
     *done, late = (int(v or 0) for v in values)
     return sum(done), late
+
+
+async def send_and_wait(
+    redis: Redis, url: str, specs: Sequence[Spec], concurrency: int, s: Settings, workers: int
+) -> dict[str, Any]:
+    """``send_all``, then (with a live worker) wait until every accepted event is done."""
+    before, late_before = await done_count(redis)
+    out = await send_all(url + "/cdp/ingest", specs, concurrency)
+    start, last_accept = out.pop("start"), out.pop("last_accept")
+    if not workers or not out["accepted"]:
+        return out
+    deadline = time.perf_counter() + 120 + s.window_size_ms / 1000
+    while (done := (await done_count(redis))[0] - before) < out["accepted"]:
+        if time.perf_counter() > deadline:
+            print(f"cdp bench: timed out: {done} of {out['accepted']} events done")
+            break
+        await asyncio.sleep(0.02)
+    end, late = time.perf_counter(), (await done_count(redis))[1] - late_before
+    out.update(e2e_done=done, late=late, e2e_seconds=round(end - start, 2))
+    out.update(e2e_eps=round(done / (end - start)), drain_s=round(end - last_accept, 2))
+    return out
+
+
+def text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+async def last_merge_record(redis: Redis) -> str:
+    last: Any = await redis.xrevrange(keys.MERGES, count=1)
+    return text(last[0][0]) if last else "0-0"
+
+
+async def merge_records(redis: Redis, after: str, run: str) -> dict[str, int]:
+    """Records in ``cdp:merges`` past ``after`` whose eventId is this run's, by status."""
+    statuses: Counter[str] = Counter()
+    ours = f"bench-{run}-"
+    while True:
+        page: Any = await redis.xrange(keys.MERGES, min=f"({after}", count=1000)
+        if not page:
+            break
+        for entry_id, fields in page:
+            if text(fields.get(b"eventId", b"")).startswith(ours):
+                statuses[text(fields[b"status"])] += 1
+            after = text(entry_id)
+    return {"merges": statuses["merged"], "refused": statuses["refused"]}
 
 
 async def timed(
@@ -241,7 +355,7 @@ async def used_memory(redis: Redis) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
 
-async def raw_redis(redis: Redis, s: Settings, run: str, n: int, users: int) -> dict[str, int]:
+async def raw_redis(redis: Redis, s: Settings, run: str, n: int, users: int) -> dict[str, float]:
     prefix, rng, out = f"bench:{run}", random.Random(7), dict[str, float]()
     sample = stream_encoder.encode(stream_event(workload(run, "x", 1, users, rng)[0], s))
     xadd = lambda p, i: p.xadd(f"{prefix}:x", {"e": sample})  # noqa: E731
@@ -256,7 +370,10 @@ async def raw_redis(redis: Redis, s: Settings, run: str, n: int, users: int) -> 
         out[f"apply_eps_batch_{size}"], applied = await apply.run(batch, size)
         if applied != n:
             print(f"cdp bench: warning: apply_batch applied {applied} of {n} events")
-    return {k: round(v) for k, v in (out | await memory(redis, s, prefix, run, n)).items()}
+    out |= await memory(redis, s, prefix, run, n)
+    return {k: round(v) for k, v in out.items()} | await merge_cost(
+        redis, s, prefix, run, max(1, n // 4)
+    )
 
 
 async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
@@ -293,6 +410,36 @@ async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> di
     }
 
 
+async def evalsha_stats(redis: Redis) -> tuple[int, int]:
+    """(calls, usec) of EVALSHA since the server started: Lua time as Redis counts it."""
+    stats = (await redis.info("commandstats")).get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+async def merge_cost(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
+    """EVALSHA usec per ALIAS that merges two small profiles, and per ALIAS that links."""
+    setup, merging, linking = small_profiles(run, n, s.counter_bucket_ms)
+    apply = RawApply(redis, s, prefix, BEYOND + 2)
+    await apply.run([("0-1", stream_event(spec, s)) for spec in setup], 100)
+    out, merges = dict[str, float](), f"{prefix}:merges"
+    for kind, specs, records in (("merge", merging, n), ("link", linking, 0)):
+        batch = await apply.pending([stream_event(spec, s) for spec in specs])
+        (calls0, usec0), len0 = await evalsha_stats(redis), await redis.xlen(merges)
+        _, applied = await apply.run(batch, s.batch_size)
+        (calls1, usec1), len1 = await evalsha_stats(redis), await redis.xlen(merges)
+        if applied != n or len1 - len0 != records:
+            print(
+                f"cdp bench: warning: {kind} ALIAS: {applied} of {n} applied,"
+                f" {len1 - len0} merge records instead of {records}"
+            )
+        others = calls1 - calls0 - -(-n // s.batch_size)  # the workers' lease scripts
+        if others > 10:
+            print(f"cdp bench: note: {others} other EVALSHA calls during the {kind} ALIAS")
+        out[f"{kind}_alias_us"] = round((usec1 - usec0) / n, 1)
+    out["merge_us"] = round(out["merge_alias_us"] - out["link_alias_us"], 1)
+    return out
+
+
 async def cleanup(redis: Redis, run: str) -> None:
     """Delete the keys this run created: ``bench:<run>:*``, nothing else."""
     found = [key async for key in redis.scan_iter(match=f"bench:{run}:*", count=1000)]
@@ -312,11 +459,18 @@ async def check_api(url: str) -> None:
 
 
 async def run_bench(
-    settings: Settings, url: str, events: int, concurrency: int, users: int
+    settings: Settings,
+    url: str,
+    events: int,
+    concurrency: int,
+    users: int,
+    merge_ratio: float = 0.0,
 ) -> None:
     """Measure the stack at ``url`` and the Redis at ``settings.redis_url``; print both."""
     if min(events, concurrency, users) < 1:
         raise RuntimeError("--events, --concurrency and --users must be at least 1")
+    if not 0 <= merge_ratio <= 1:
+        raise RuntimeError("--merge-ratio must be between 0 and 1")
     run, url = uuid.uuid4().hex[:8], url.rstrip("/")
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=30)
     try:
@@ -326,29 +480,23 @@ async def run_bench(
             raise RuntimeError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
         await check_api(url)
         workers = await redis.zcount(keys.WORKERS, now_ms(), "+inf")
+        warmup, specs = plan(run, events, users, merge_ratio)
         result: dict[str, Any] = {
             "run": run, "events": events, "concurrency": concurrency, "users": users,
+            "merge_ratio": merge_ratio, "warmup_events": len(warmup),
             "window_size": format_duration(settings.window_size_ms), "workers": workers,
             "partitions": settings.partitions, "batch_size": settings.batch_size,
             "redis": info["redis_version"], "aof": bool(info.get("aof_enabled")),
         }  # fmt: skip
-        specs = workload(run, "http", events, users, random.Random(run))
-        before, late_before = await done_count(redis)
-        ingest = await send_all(url + "/cdp/ingest", specs, concurrency)
-        start, last_accept = ingest.pop("start"), ingest.pop("last_accept")
-        result.update(ingest)
         if not workers:
             print("cdp bench: no live worker (cdp:workers): end-to-end not measured")
-        elif ingest["accepted"]:
-            deadline = time.perf_counter() + 120 + settings.window_size_ms / 1000
-            while (done := (await done_count(redis))[0] - before) < ingest["accepted"]:
-                if time.perf_counter() > deadline:
-                    print(f"cdp bench: timed out: {done} of {ingest['accepted']} events done")
-                    break
-                await asyncio.sleep(0.02)
-            end, late = time.perf_counter(), (await done_count(redis))[1] - late_before
-            result.update(e2e_done=done, late=late, e2e_seconds=round(end - start, 2))
-            result.update(e2e_eps=round(done / (end - start)), drain_s=round(end - last_accept, 2))
+        if warmup:  # the profiles the merging ALIAS join must exist before they are sent
+            done = await send_and_wait(redis, url, warmup, concurrency, settings, workers)
+            result["warmup_seconds"] = done.get("e2e_seconds")
+        merges_before = await last_merge_record(redis)
+        result.update(await send_and_wait(redis, url, specs, concurrency, settings, workers))
+        if workers:
+            result.update(await merge_records(redis, merges_before, run))
         result.update(await raw_redis(redis, settings, run, events, users))
     finally:
         with contextlib.suppress(RedisError):
@@ -359,16 +507,19 @@ async def run_bench(
 
 def report(result: dict[str, Any]) -> None:
     r = result
+    merging = f", merge-ratio {r['merge_ratio']} after a warm-up of {r['warmup_events']}"
     print(
         f"\ncdp bench, run {r['run']}: {r['events']} events, {r['concurrency']} in flight,"
-        f" {r['users']} users; window-size {r['window_size']} (as set for this command),"
+        f" {r['users']} users{merging if r['merge_ratio'] else ''};"
+        f" window-size {r['window_size']} (as set for this command),"
         f" {r['partitions']} partitions, {r['workers']} workers, batch-size {r['batch_size']};"
         f" Redis {r['redis']} (AOF {'on' if r['aof'] else 'off'})\n"
     )
     rows = list(ROWS)
     if r["batch_size"] not in (1, 10, 100):
         key, label = f"apply_eps_batch_{r['batch_size']}", f"{r['batch_size']} events/call"
-        rows.insert(13, (key, f"apply_batch, {label}: events/s", "42k at 500"))
+        at = [row[0] for row in rows].index("apply_eps_batch_100") + 1
+        rows.insert(at, (key, f"apply_batch, {label}: events/s", "42k at 500"))
     print(f"{'':42} {'measured':>12}   DESIGN.md, this kind of machine")
     for key, label, reference in rows:
         value = r.get(key, "-")

@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=20_000)
     bench.add_argument("--concurrency", type=int, default=64)
     bench.add_argument("--users", type=int, default=2_000, help="distinct users in the workload")
+    bench.add_argument(
+        "--merge-ratio",
+        type=float,
+        default=0.0,
+        help="share of the events that are ALIAS merging two existing profiles (after a warm-up)",
+    )
     return parser
 
 
@@ -95,7 +101,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "bench":
             from cdp.bench import run_bench
 
-            asyncio.run(run_bench(settings, args.url, args.events, args.concurrency, args.users))
+            asyncio.run(
+                run_bench(
+                    settings,
+                    args.url,
+                    args.events,
+                    args.concurrency,
+                    args.users,
+                    args.merge_ratio,
+                )
+            )
     except SettingsError as exc:
         print(f"cdp: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -21,7 +21,21 @@ canonical id's tag, every partition stream its own)::
     cdp:profile:{<cid>}:counters         hash, event name -> oldest bucket it holds
     cdp:profile:{<cid>}:merged           set of canonical ids merged into this one
     cdp:profile:{<cid>}:counter:<name>   zset, bucket start (13-digit ms) -> count
+    cdp:profile:{<cid>}:returns          zset, event time (ms) -> inactivity before it (ms)
+    cdp:profile:{<cid>}:segments         hash, segment -> {"in", "n" (transitions), "since"}
+    cdp:profiles                         zset, live canonical id -> its number
     cdp:merges                           stream, merges and refused links (guard rails)
+    cdp:segments                         hash, custom segment name -> definition (JSON)
+    cdp:segments:version                 string, bumped on every definition change
+    cdp:segments:due                     zset, canonical id -> when to re-evaluate (ms)
+    cdp:segment:{<name>}:members         set of canonical ids in the segment
+    cdp:segment:{<name>}:backfill        hash, state, cursor, scanned, total
+    cdp:backfills                        set of segments whose backfill is running
+    cdp:lease:sweeper                    string, worker id running the due-time sweeper
+    cdp:webhooks                         hash, subscription id -> {url, secret, segments}
+    cdp:webhook:{<id>}                   hash, delivery state: cursor, attempts, nextAt...
+    cdp:webhooks:dead                    stream, deliveries given up after retry-for
+    cdp:lease:webhooks                   string, worker id running the webhook dispatcher
     cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
 
@@ -41,6 +55,15 @@ METRICS_BUFFERED = f"{PREFIX}:metrics:buffered"
 PROFILE_SEQ = f"{PREFIX}:seq:profile"
 MERGES = f"{PREFIX}:merges"
 SEGMENT_EVENTS = f"{PREFIX}:segment-events"
+SEGMENTS = f"{PREFIX}:segments"
+SEGMENTS_VERSION = f"{PREFIX}:segments:version"
+SEGMENTS_DUE = f"{PREFIX}:segments:due"
+BACKFILLS = f"{PREFIX}:backfills"
+PROFILES = f"{PREFIX}:profiles"
+SWEEPER_LEASE = f"{PREFIX}:lease:sweeper"
+WEBHOOKS = f"{PREFIX}:webhooks"
+WEBHOOKS_DEAD = f"{PREFIX}:webhooks:dead"
+WEBHOOKS_LEASE = f"{PREFIX}:lease:webhooks"
 CLOCK = f"{PREFIX}:clock"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
@@ -94,3 +117,23 @@ def counters(cid: str) -> str:
 
 def counter(cid: str, name: str) -> str:
     return profile(cid) + ":counter:" + name
+
+
+def returns(cid: str) -> str:
+    return profile(cid) + ":returns"
+
+
+def profile_segments(cid: str) -> str:
+    return profile(cid) + ":segments"
+
+
+def segment_members(name: str) -> str:
+    return f"{PREFIX}:segment:{{{name}}}:members"
+
+
+def segment_backfill(name: str) -> str:
+    return f"{PREFIX}:segment:{{{name}}}:backfill"
+
+
+def webhook_state(subscription_id: str) -> str:
+    return f"{PREFIX}:webhook:{{{subscription_id}}}"

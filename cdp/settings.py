@@ -84,6 +84,16 @@ class Settings:
     # Extra placeholder values never used as identifiers, comma-separated (added to
     # the built-in null, undefined, 0, -1, anonymous, unknown, [object Object]...).
     blocked_identifiers: str = ""
+    # Segments: cdp:segment-events is capped near this many entries (MAXLEN ~).
+    segment_events_maxlen: int = 1_000_000
+    # Webhooks: first retry after webhook-backoff, doubling up to 10 min; a delivery
+    # is given up (cdp:webhooks:dead) once it has failed for webhook-retry-for.
+    webhook_backoff_ms: int = 1_000
+    webhook_retry_for_ms: int = 3_600_000
+    webhook_timeout_ms: int = 10_000
+    # The admin token (Authorization: Bearer ...) for segment, webhook and profile
+    # routes; empty disables them (every admin route answers 401).
+    admin_token: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).
@@ -126,6 +136,10 @@ _POSITIVE = {
     "max_emails",
     "max_anonymous_ids",
     "max_merges",
+    "segment_events_maxlen",
+    "webhook_backoff_ms",
+    "webhook_retry_for_ms",
+    "webhook_timeout_ms",
 }
 _CHOICES = {
     "clock": ("system", "redis"),

@@ -12,7 +12,9 @@
        unknown identifiers are linked to the event's profile, new if none is known;
     3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
        tombstone that keeps its ts;
-    4. firstSeen / lastSeen: min / max of the event time;
+    4. firstSeen / lastSeen: min / max of the event time; an event after at least
+       minReturnGap of inactivity is recorded as a return; the profile's version is
+       bumped and it is marked due for segment evaluation (cdp:segments:due);
     5. TRACK: the bucket of the event time is incremented in the counter of the
        event name and in the all-TRACK counter; buckets older than the cutoff are
        pruned (when the counter's oldest bucket has passed it) and late events that
@@ -37,10 +39,12 @@
   ARGV[6]  key prefix ("cdp")
   ARGV[7]  JSON array of events, each
              {"id": eventId, "sid": stream entry id, "ts": ISO-8601 fixed width,
+              "m": event time, 13-digit epoch ms,
               "b": 13-digit bucket start, "t": type, "ids": [typed identifiers],
               "tr": [[trait, raw JSON value], ...], "n": event name or absent}
-  ARGV[8]  JSON guard rails: {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
-           "mergeUsers"}
+  ARGV[8]  JSON limits: guard rails {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
+           "mergeUsers"}, "minReturnGap" (ms) and "dirtyDue" (ms: when touched
+           profiles fall due for the sweeper if nobody evaluates them first)
 
   Returns  {"OK", applied, duplicates, cid of each applied event...}
         or {"LEASE_LOST"}
@@ -89,7 +93,22 @@ local function count(pkey, name, bucket)
   rcall("HSET", pkey .. ":counters", name, oldest)
 end
 
+-- An event that comes after at least a bucket of inactivity is a return: its time
+-- and the gap before it go to the profile's returns (read by "returned" rules).
+local function note_return(pkey, ev)
+  local last = rcall("HGET", pkey, "lastSeenMs")
+  if last and ev.m > last then
+    local gap = tonumber(ev.m) - tonumber(last)
+    if gap >= limits.minReturnGap then
+      rcall("ZADD", pkey .. ":returns", gap, ev.m)
+      prune_counter(pkey .. ":returns", cutoff)
+    end
+  end
+  if not last or ev.m > last then rcall("HSET", pkey, "lastSeenMs", ev.m) end
+end
+
 local applied, dups, recorded = 0, 0, false
+local dirty = {}
 local result = {"OK", 0, 0}
 local acks = {}
 for _, ev in ipairs(events) do
@@ -101,7 +120,10 @@ for _, ev in ipairs(events) do
     local cid = resolve(ev)
     local pkey = profile_key(cid)
     apply_traits(pkey, ev)
+    note_return(pkey, ev)
     widen_seen(pkey, ev.ts, ev.ts)
+    rcall("HINCRBY", pkey, "version", 1)
+    dirty[#dirty + 1] = cid
     if ev.t == "TRACK" and ev.b >= cutoff then
       count(pkey, ev.n, ev.b)
       count(pkey, "$track", ev.b)
@@ -114,6 +136,11 @@ for _, ev in ipairs(events) do
 end
 
 if recorded then rcall("PEXPIRE", dedup_cur, dedup_expire_in) end
+-- Touched profiles are due for segment evaluation: the worker evaluates them right
+-- after this call and reschedules them; if it dies first, the sweeper finds them here.
+for _, cid in ipairs(dirty) do
+  rcall("ZADD", prefix .. ":segments:due", "LT", limits.dirtyDue, cid)
+end
 if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
 if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
 for i = 1, #acks, 500 do

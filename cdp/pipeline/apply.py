@@ -28,6 +28,7 @@ class ScriptEvent(msgspec.Struct, omit_defaults=True):
     id: str
     sid: str
     ts: str
+    m: str
     b: str
     t: str
     ids: list[str]
@@ -51,6 +52,7 @@ def script_event(
         id=event.eventId,
         sid=entry_id,
         ts=iso_ms(event.ts),
+        m=f"{event.ts:013d}",
         b=bucket_member(event.ts, bucket_ms),
         t=event.type,
         ids=event.identifiers(blocked),
@@ -59,8 +61,8 @@ def script_event(
     )
 
 
-def guard_rails(settings: Settings) -> bytes:
-    """ARGV[8] of ``apply_batch``: the identity guard rails."""
+def script_limits(settings: Settings, now_ms: int) -> bytes:
+    """ARGV[8] of ``apply_batch``: the identity guard rails and segment bookkeeping."""
     return _encoder.encode(
         {
             "maxEmails": settings.max_emails,
@@ -68,6 +70,8 @@ def guard_rails(settings: Settings) -> bytes:
             "maxUsers": settings.max_user_ids,
             "maxMerges": settings.max_merges,
             "mergeUsers": settings.merge_different_users,
+            "minReturnGap": settings.counter_bucket_ms,
+            "dirtyDue": now_ms + settings.lease_ttl_ms,
         }
     )
 
@@ -115,7 +119,7 @@ async def queue_apply(
             iso_ms(ctx.now_ms),
             keys.PREFIX,
             payload,
-            guard_rails(settings),
+            script_limits(settings, ctx.now_ms),
         ],
         client=pipe,
     )

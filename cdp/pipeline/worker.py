@@ -10,7 +10,9 @@ Three loops share one process and one event loop:
   ``max-buffer`` events (backpressure);
 - tick: every ticker-interval, pop what is ready (ts <= now - window-size) from each
   buffer and apply it with one pipelined round trip of ``apply_batch`` calls, which
-  acknowledge what they applied; the metrics go in the same round trip.
+  acknowledge what they applied; the metrics go in the same round trip. Then the
+  profiles the tick touched are evaluated against the segments (once each), and, if
+  this worker holds the sweeper lease, the due-time sweep and backfills run.
 
 Stopping (SIGTERM/SIGINT) ends reading, finishes the tick in hand, hands the leases
 back and logs one summary line; whatever was buffered stays pending for the next owner.
@@ -39,6 +41,8 @@ from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_ap
 from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify
 from cdp.pipeline.leases import LeaseManager
 from cdp.scripts import Scripts
+from cdp.segments.engine import SegmentEngine
+from cdp.segments.sweeper import Sweeper
 from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.worker")
@@ -74,6 +78,11 @@ class Worker:
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
         self.scripts = Scripts(redis)
+        self.engine = SegmentEngine(redis, self.scripts, settings)
+        self.sweeper = Sweeper(
+            redis, self.scripts, self.engine, clock, self.worker_id, settings.lease_ttl_ms
+        )
+        self._touched: set[str] = set()
         self.leases = LeaseManager(
             redis, self.scripts, self.worker_id, settings.partitions, settings.lease_ttl_ms
         )
@@ -115,6 +124,7 @@ class Worker:
             await asyncio.gather(tasks[2], return_exceptions=True)  # finishes its tick
             with contextlib.suppress(RedisError):
                 await self.leases.release_all(self.owned)
+                await self.sweeper.release()
             self._log.info(
                 "worker stopped",
                 seconds=round(time.monotonic() - started, 1),
@@ -371,6 +381,11 @@ class Worker:
             applied += self._count(result)
         if self.buffered < self.settings.max_buffer:
             self._has_room.set()
+        # Segments: once per touched profile per tick, then whatever time made due.
+        touched, self._touched = self._touched, set()
+        if touched:
+            self.stats["transitions"] += len(await self.engine.evaluate(touched, now))
+        self.stats["transitions"] += await self.sweeper.run_once()
         return applied
 
     def _requeue(self, calls: list[tuple[int, list[tuple[str, StreamEvent]]]]) -> None:
@@ -382,6 +397,7 @@ class Worker:
                     buffer.push(event.ts, event.eventId, entry_id, event)
 
     def _count(self, result: BatchResult) -> int:
+        self._touched.update(result.profiles)
         self.stats["applied"] += result.applied
         self.stats["duplicates"] += result.duplicates
         return result.applied

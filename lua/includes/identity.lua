@@ -12,9 +12,11 @@ local function record(ev, fields)
 end
 
 local function new_profile()
-  local cid = "p" .. rcall("INCR", prefix .. ":seq:profile")
+  local seq = rcall("INCR", prefix .. ":seq:profile")
+  local cid = "p" .. seq
   rcall("HSET", profile_key(cid), "createdAt", now_iso, "users", 0, "emails", 0, "anons", 0,
-    "merges", 0)
+    "merges", 0, "version", 0)
+  rcall("ZADD", prefix .. ":profiles", seq, cid)
   return cid
 end
 
@@ -27,7 +29,8 @@ local function link(cid, id)
 end
 
 -- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
--- by union, counters by sum per bucket, first/lastSeen by min/max. The loser keeps only
+-- by union, counters by sum per bucket, first/lastSeen by min/max, returns by union;
+-- the loser's segment memberships are dropped (no EXIT). The loser keeps only
 -- a forward pointer; every id that pointed to it now points to the survivor (one hop).
 local function merge(loser, survivor, ev)
   local lkey, skey = profile_key(loser), profile_key(survivor)
@@ -58,13 +61,29 @@ local function merge(loser, survivor, ev)
   rcall("HINCRBY", skey, "anons", tonumber(lmeta[5]) or 0)
   rcall("HINCRBY", skey, "merges", (tonumber(lmeta[6]) or 0) + 1)
   if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
+  rcall("ZUNIONSTORE", skey .. ":returns", 2, skey .. ":returns", lkey .. ":returns",
+    "AGGREGATE", "MAX")
+  local l_last, s_last = rcall("HGET", lkey, "lastSeenMs"), rcall("HGET", skey, "lastSeenMs")
+  if l_last and (not s_last or l_last > s_last) then rcall("HSET", skey, "lastSeenMs", l_last) end
+  -- The loser's memberships end without an EXIT: its id lives on in the survivor (the
+  -- merge record says so), which is re-evaluated and ENTERs only what it newly matches.
+  local memberships = rcall("HGETALL", lkey .. ":segments")
+  for i = 1, #memberships, 2 do
+    if cjson.decode(memberships[i + 1])["in"] then
+      rcall("SREM", prefix .. ":segment:{" .. memberships[i] .. "}:members", loser)
+    end
+  end
+  rcall("ZREM", prefix .. ":segments:due", loser)
+  rcall("ZREM", prefix .. ":profiles", loser)
+  rcall("HINCRBY", skey, "version", 1)
   local absorbed = rcall("SMEMBERS", lkey .. ":merged")
   absorbed[#absorbed + 1] = loser
   for _, old in ipairs(absorbed) do
     rcall("HSET", profile_key(old), "mergedInto", survivor)
     rcall("SADD", skey .. ":merged", old)
   end
-  rcall("DEL", lkey .. ":traits", lkey .. ":identifiers", lkey .. ":counters", lkey .. ":merged")
+  rcall("DEL", lkey .. ":traits", lkey .. ":identifiers", lkey .. ":counters", lkey .. ":merged",
+    lkey .. ":returns", lkey .. ":segments")
   rcall("DEL", lkey)
   rcall("HSET", lkey, "mergedInto", survivor, "mergedAt", ev.ts, "mergeEventId", ev.id)
   record(ev, {"status", "merged", "survivor", survivor, "merged", loser})

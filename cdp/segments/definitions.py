@@ -1,0 +1,117 @@
+"""Segment definitions: the three built-ins (from settings) and custom ones (in Redis).
+
+A definition is ``{"rule": <rule>, "description": "..."}`` (cdp.segments.rules). Custom
+definitions live in the hash ``cdp:segments`` (name -> JSON) and every change bumps
+``cdp:segments:version`` so that workers reload them. Built-ins cannot be replaced or
+deleted over the API: their thresholds are settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cdp import keys
+from cdp.segments.rules import Rule, RuleError, parse_rule
+from cdp.settings import Settings, format_duration
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    name: str
+    rule: Rule
+    source: dict[str, Any]  # the JSON rule as written
+    description: str = ""
+    builtin: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rule": self.source,
+            "description": self.description,
+            "builtin": self.builtin,
+        }
+
+
+def builtins(settings: Settings) -> dict[str, Segment]:
+    inactivity = format_duration(settings.reengage_inactivity_threshold_ms)
+    sources = {
+        "power_user": (
+            {
+                "count": {
+                    "within": format_duration(settings.power_user_window_ms),
+                    "gte": settings.power_user_threshold,
+                }
+            },
+            "At least power-user-threshold TRACK events within power-user-window.",
+        ),
+        "pro_plan": ({"trait": "plan", "op": "eq", "value": "pro"}, 'Trait plan is "pro".'),
+        "reengage": (
+            {
+                "all": [
+                    {
+                        "returned": {
+                            "after": inactivity,
+                            "within": format_duration(settings.reengage_duration_ms),
+                        }
+                    },
+                    {"not": {"inactive": inactivity}},
+                ]
+            },
+            "Returned after reengage-inactivity-threshold of inactivity; leaves when inactive "
+            "again for the threshold or reengage-duration after the return.",
+        ),
+    }
+    return {
+        name: Segment(name, parse_rule(rule), rule, description, builtin=True)
+        for name, (rule, description) in sources.items()
+    }
+
+
+def parse_definition(name: str, body: Any) -> Segment:
+    """A PUT body -> Segment; RuleError (with the JSON path) when it is not valid."""
+    if not NAME.match(name):
+        raise RuleError(f"name {name!r}: use 1 to 64 letters, digits, '_', '-' or '.'")
+    if not isinstance(body, dict) or "rule" not in body:
+        raise RuleError('$: expected {"rule": {...}, "description": "..."}')
+    unknown = set(body) - {"rule", "description"}
+    if unknown:
+        raise RuleError(f"$: unknown fields {sorted(unknown)}")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise RuleError("$.description: expected a string")
+    return Segment(name, parse_rule(body["rule"], "$.rule"), body["rule"], description)
+
+
+async def load_segments(redis: Redis, settings: Settings) -> dict[str, Segment]:
+    segments = builtins(settings)
+    for raw_name, raw in (await redis.hgetall(keys.SEGMENTS)).items():
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        try:
+            segments[name] = parse_definition(name, json.loads(raw))
+        except (RuleError, ValueError):
+            continue  # written by a newer version; skipped rather than crashing workers
+    return segments
+
+
+class SegmentCache:
+    """A worker's copy of the definitions, reloaded when the version changes."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._version: bytes | None = b"-"
+        self.segments: dict[str, Segment] = {}
+
+    async def refresh(self) -> dict[str, Segment]:
+        version = await self._redis.get(keys.SEGMENTS_VERSION)
+        if version != self._version:
+            self.segments = await load_segments(self._redis, self._settings)
+            self._version = version
+        return self.segments

@@ -1,0 +1,159 @@
+"""Segment evaluation: profiles in, ENTER/EXIT transitions out, exactly once.
+
+``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (one
+script call for all of them, a consistent snapshot with each profile's version),
+evaluates every defined segment in Python (``cdp.segments.rules``), and writes the
+outcome per profile with ``segment_transition``, which changes memberships, appends the
+events to ``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due``
+atomically, and only if the profile has not changed since it was read.
+
+Who calls it: the worker, right after each tick's apply, for the profiles that tick
+touched (once per profile per tick); the sweeper, for profiles whose due time has
+come (time-driven exits, and profiles whose worker died before evaluating them); and
+the backfill of a new or changed definition, for every profile.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+
+from cdp import keys
+from cdp.events import iso_ms
+from cdp.scripts import Scripts
+from cdp.segments.definitions import Segment, SegmentCache
+from cdp.segments.rules import ProfileView, evaluate
+from cdp.settings import Settings
+
+log = structlog.get_logger("cdp.segments")
+
+_encoder = msgspec.json.Encoder()
+READ_CHUNK = 200
+MAX_RETRIES = 3
+
+
+def _s(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    cid: str
+    version: str
+    view: ProfileView
+    who: dict[str, str]
+
+
+def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
+    """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
+    version, merged_into, user, last_seen, traits, counters, returns, _, anon = row
+    if not version or merged_into:
+        return None
+    trait_values: dict[str, Any] = {}
+    for i in range(0, len(traits), 2):
+        value = json.loads(traits[i + 1])["v"]
+        if value is not None:
+            trait_values[_s(traits[i])] = value
+    counter_values = {_s(counters[i]): _pairs(counters[i + 1]) for i in range(0, len(counters), 2)}
+    who: dict[str, str] = {}
+    if user:
+        who["userId"] = _s(user).removeprefix("user:")
+    elif anon:
+        kind, _, value = _s(anon).partition(":")
+        who[{"anon": "anonymousId", "email": "email", "user": "userId"}[kind]] = value
+    view = ProfileView(
+        traits=trait_values,
+        counters=counter_values,
+        last_seen_ms=int(last_seen) if last_seen else None,
+        returns=tuple(sorted(_pairs(returns).items())),
+        bucket_ms=bucket_ms,
+    )
+    return Snapshot(cid, _s(version), view, who)
+
+
+def _pairs(flat: list[Any]) -> dict[int, int]:
+    """ZRANGE ... WITHSCORES as RESP2 returns it -> {member: score}."""
+    return {int(flat[j]): int(float(flat[j + 1])) for j in range(0, len(flat), 2)}
+
+
+class SegmentEngine:
+    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.settings = settings
+        self.cache = SegmentCache(redis, settings)
+
+    async def evaluate(self, cids: Iterable[str], now_ms: int) -> list[str]:
+        """Evaluate every segment for ``cids``; returns the eventIds of the transitions."""
+        pending = sorted(set(cids))
+        emitted: list[str] = []
+        segments = await self.cache.refresh()
+        for _ in range(MAX_RETRIES):
+            if not pending:
+                break
+            stale: list[str] = []
+            for start in range(0, len(pending), READ_CHUNK):
+                chunk = pending[start : start + READ_CHUNK]
+                done, again = await self._evaluate_chunk(chunk, segments, now_ms)
+                emitted += done
+                stale += again
+            pending = stale
+        return emitted
+
+    async def _evaluate_chunk(
+        self, cids: list[str], segments: dict[str, Segment], now_ms: int
+    ) -> tuple[list[str], list[str]]:
+        rows = await self.scripts.profile_view(args=[keys.PREFIX, *cids])
+        snapshots = [self.snapshot(cid, row) for cid, row in zip(cids, rows, strict=True)]
+        calls: list[str] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid, snap in zip(cids, snapshots, strict=True):
+                if snap is None:  # merged away or erased meanwhile: nothing to evaluate
+                    pipe.zrem(keys.SEGMENTS_DUE, cid)
+                    continue
+                wanted, due = self.decide(snap.view, segments, now_ms)
+                await self.scripts.segment_transition(
+                    args=[
+                        keys.PREFIX,
+                        cid,
+                        snap.version,
+                        iso_ms(now_ms),
+                        "" if due is None else due,
+                        _encoder.encode(wanted),
+                        _encoder.encode(snap.who),
+                        self.settings.segment_events_maxlen,
+                    ],
+                    client=pipe,
+                )
+                calls.append(cid)
+            replies = await pipe.execute()
+        emitted: list[str] = []
+        stale: list[str] = []
+        transitions = (r for r, snap in zip(replies, snapshots, strict=True) if snap is not None)
+        for cid, reply in zip(calls, transitions, strict=True):
+            if _s(reply[0]) == "STALE":
+                stale.append(cid)
+            emitted += [_s(e) for e in reply[1:]]
+        return emitted, stale
+
+    def snapshot(self, cid: str, row: list[Any]) -> Snapshot | None:
+        return parse_view(cid, row, self.settings.counter_bucket_ms)
+
+    @staticmethod
+    def decide(
+        view: ProfileView, segments: dict[str, Segment], now_ms: int
+    ) -> tuple[dict[str, bool], int | None]:
+        wanted: dict[str, bool] = {}
+        due: int | None = None
+        for name, segment in segments.items():
+            matches, next_change = evaluate(segment.rule, view, now_ms)
+            wanted[name] = matches
+            if next_change is not None and (due is None or next_change < due):
+                due = next_change
+        return wanted, due

@@ -1,0 +1,286 @@
+"""The segment rule language: JSON in, a tree of conditions out, evaluated purely.
+
+A rule is one JSON object of one of these shapes (combine freely)::
+
+    {"all": [rule, ...]}          every rule holds            (at least one)
+    {"any": [rule, ...]}          at least one rule holds     (at least one)
+    {"not": rule}                 the rule does not hold
+    {"trait": "plan", "op": "eq", "value": "pro"}
+        op: eq, ne, in (value is a list), exists (no value), contains (a string or
+        list trait contains value), gt, gte, lt, lte (numbers, or ISO-8601 times)
+    {"count": {"event": "Clicked", "within": "24h", "gte": 5}}
+        at least ``gte`` TRACK events named ``event`` (any TRACK when absent) whose
+        time falls within the last ``within`` (to counter-bucket granularity)
+    {"inactive": "10m"}           no event for at least this long
+    {"returned": {"after": "10m", "within": "1h"}}
+        an event arrived after at least ``after`` of inactivity, in the last ``within``
+
+``parse_rule(obj)`` validates (msgspec for each node's fields) and raises
+``RuleError`` whose message starts with the JSON path of the offending node
+(``$.all[1].count.within``). ``evaluate(rule, view, now_ms)`` returns whether the
+profile matches and, when time alone can change that answer, the earliest time at
+which it may (the due time the sweeper waits for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from cdp import keys
+from cdp.errors import CdpError
+from cdp.settings import parse_duration_ms
+
+
+class RuleError(CdpError):
+    """An invalid rule; the message starts with the path of the offending node."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView:
+    """What rules read of a profile (times in epoch ms)."""
+
+    traits: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, dict[int, int]] = field(default_factory=dict)  # name -> bucket -> n
+    last_seen_ms: int | None = None
+    returns: tuple[tuple[int, int], ...] = ()  # (time of the event, inactivity before it)
+    bucket_ms: int = 60_000
+
+
+# -- the nodes ---------------------------------------------------------------------
+
+TraitOp = Literal["eq", "ne", "in", "exists", "contains", "gt", "gte", "lt", "lte"]
+
+
+class Trait(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    trait: str
+    op: TraitOp
+    value: Any = None
+
+
+class CountSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    within: str
+    gte: int
+    event: str | None = None
+
+
+class ReturnedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    after: str
+    within: str
+
+
+@dataclass(frozen=True, slots=True)
+class All:
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Any_:
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class TraitRule:
+    name: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    event: str  # counter name; keys.ALL_TRACK for any TRACK
+    within_ms: int
+    gte: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inactive:
+    for_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    after_ms: int
+    within_ms: int
+
+
+Rule = All | Any_ | Not | TraitRule | Count | Inactive | Returned
+
+_SHAPES = "all, any, not, trait, count, inactive or returned"
+
+
+def parse_rule(obj: Any, path: str = "$") -> Rule:
+    """Validate a decoded JSON rule; RuleError names the path of what is wrong."""
+    if not isinstance(obj, dict) or not obj:
+        raise RuleError(f"{path}: a rule is a JSON object with one of {_SHAPES}")
+    if "trait" in obj:
+        node = _convert(obj, Trait, path)
+        if node.op == "in" and not isinstance(node.value, list):
+            raise RuleError(f"{path}.value: op 'in' needs a list")
+        if node.op != "exists" and "value" not in obj:
+            raise RuleError(f"{path}.value: op {node.op!r} needs a value")
+        if node.op in ("gt", "gte", "lt", "lte") and not _orderable(node.value):
+            raise RuleError(f"{path}.value: op {node.op!r} needs a number or an ISO-8601 time")
+        return TraitRule(node.trait, node.op, node.value)
+    if len(obj) != 1:
+        raise RuleError(f"{path}: expected exactly one of {_SHAPES}, got {sorted(obj)}")
+    ((kind, body),) = obj.items()
+    here = f"{path}.{kind}"
+    if kind in ("all", "any"):
+        if not isinstance(body, list) or not body:
+            raise RuleError(f"{here}: expected a non-empty list of rules")
+        rules = tuple(parse_rule(r, f"{here}[{i}]") for i, r in enumerate(body))
+        return All(rules) if kind == "all" else Any_(rules)
+    if kind == "not":
+        return Not(parse_rule(body, here))
+    if kind == "count":
+        spec = _convert(body, CountSpec, here)
+        if spec.gte < 1:
+            raise RuleError(f"{here}.gte: must be at least 1")
+        return Count(
+            spec.event or keys.ALL_TRACK, _duration(spec.within, f"{here}.within"), spec.gte
+        )
+    if kind == "inactive":
+        return Inactive(_duration(body, here))
+    if kind == "returned":
+        spec = _convert(body, ReturnedSpec, here)
+        return Returned(
+            _duration(spec.after, f"{here}.after"), _duration(spec.within, f"{here}.within")
+        )
+    raise RuleError(f"{path}: unknown rule {kind!r}; expected one of {_SHAPES}")
+
+
+def _convert(obj: Any, kind: type[Any], path: str) -> Any:
+    try:
+        return msgspec.convert(obj, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if " - at `$" in message:
+            text, _, where = message.rpartition(" - at `$")
+            return _raise(f"{path}{where.rstrip('`')}: {text}")
+        return _raise(f"{path}: {message}")
+
+
+def _raise(message: str) -> Any:
+    raise RuleError(message)
+
+
+def _duration(raw: Any, path: str) -> int:
+    if not isinstance(raw, str):
+        raise RuleError(f"{path}: expected a duration like '10m', got {raw!r}")
+    try:
+        value = parse_duration_ms(raw, path)
+    except CdpError as exc:
+        raise RuleError(str(exc)) from None
+    if value <= 0:
+        raise RuleError(f"{path}: must be longer than zero")
+    return value
+
+
+def _time(value: Any) -> float | None:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed.timestamp() if parsed.tzinfo else None
+    return None
+
+
+def _orderable(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        _time(value) is not None
+    )
+
+
+# -- evaluation ----------------------------------------------------------------------
+
+Result = tuple[bool, int | None]  # (matches, earliest time it may change by time alone)
+
+
+def _earliest(*times: int | None) -> int | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def evaluate(rule: Rule, view: ProfileView, now_ms: int) -> Result:
+    match rule:
+        case All(rules) | Any_(rules):
+            results = [evaluate(r, view, now_ms) for r in rules]
+            due = _earliest(*(d for _, d in results))
+            ok = all(m for m, _ in results) if isinstance(rule, All) else any(m for m, _ in results)
+            return ok, due
+        case Not(inner):
+            ok, due = evaluate(inner, view, now_ms)
+            return not ok, due
+        case TraitRule(name, op, value):
+            return _trait(view.traits, name, op, value), None
+        case Count(event, within_ms, gte):
+            return _count(view, event, within_ms, gte, now_ms)
+        case Inactive(for_ms):
+            if view.last_seen_ms is None:
+                return False, None
+            since = view.last_seen_ms + for_ms
+            return (True, None) if now_ms >= since else (False, since)
+        case Returned(after_ms, within_ms):
+            qualifying = [t for t, gap in view.returns if gap >= after_ms]
+            current = [t for t in qualifying if now_ms - within_ms <= t <= now_ms]
+            upcoming = [t for t in qualifying if t > now_ms]
+            if current:
+                return True, max(current) + within_ms + 1
+            return False, min(upcoming) if upcoming else None
+    raise TypeError(f"not a rule: {rule!r}")  # pragma: no cover
+
+
+def _trait(traits: dict[str, Any], name: str, op: str, value: Any) -> bool:
+    if op == "exists":
+        return traits.get(name) is not None
+    if name not in traits or traits[name] is None:
+        return op == "ne"
+    have = traits[name]
+    if op == "eq":
+        return bool(have == value)
+    if op == "ne":
+        return bool(have != value)
+    if op == "in":
+        return have in value
+    if op == "contains":
+        if isinstance(have, str) and isinstance(value, str):
+            return value in have
+        return isinstance(have, list) and value in have
+    left, right = have, value
+    if isinstance(value, str):
+        left, right = _time(have), _time(value)
+    elif isinstance(have, bool) or not isinstance(have, int | float):
+        return False
+    if left is None or right is None:
+        return False
+    return bool(
+        {"gt": left > right, "gte": left >= right, "lt": left < right, "lte": left <= right}[op]
+    )
+
+
+def _count(view: ProfileView, event: str, within_ms: int, gte: int, now_ms: int) -> Result:
+    """Buckets whose span overlaps (now - within, now] count; exact to a bucket."""
+    buckets = view.counters.get(event, {})
+    start = now_ms - within_ms
+    live = sorted((b, n) for b, n in buckets.items() if b + view.bucket_ms > start and b <= now_ms)
+    total = sum(n for _, n in live)
+    if total >= gte:
+        # It stops holding once enough of the oldest buckets have left the window.
+        remaining = total
+        for bucket, n in live:
+            remaining -= n
+            if remaining < gte:
+                return True, bucket + view.bucket_ms + within_ms
+        return True, None  # pragma: no cover (remaining reaches 0 < gte)
+    future = [b for b in buckets if b > now_ms]
+    return False, min(future) if future else None

@@ -1,0 +1,114 @@
+"""The sweeper: time-driven re-evaluation and definition backfills, one at a time.
+
+Whatever the number of workers, exactly one runs the sweeper: the holder of the lease
+``cdp:lease:sweeper``. On each tick it re-evaluates the profiles whose due time has
+come in ``cdp:segments:due`` (a power user 24 h after their fifth event, a reengaged
+profile whose hour is up, or a profile whose worker died between apply and
+evaluation), then advances every running backfill by one chunk of profiles. A backfill
+keeps its cursor in Redis, so another sweeper resumes it after a crash.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from redis.asyncio import Redis
+
+from cdp import keys
+from cdp.clock import Clock
+from cdp.scripts import Scripts
+from cdp.segments.engine import SegmentEngine
+
+log = structlog.get_logger("cdp.sweeper")
+
+DUE_CHUNK = 500
+BACKFILL_CHUNK = 500
+
+
+def _s(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+async def start_backfill(redis: Redis, name: str) -> None:
+    """Queue an evaluation of segment ``name`` for every live profile."""
+    total = await redis.zcard(keys.PROFILES)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.segment_backfill(name))
+        pipe.hset(
+            keys.segment_backfill(name),
+            mapping={
+                "state": "running",
+                "cursor": 0,
+                "scanned": 0,
+                "total": total,
+                "startedAt": int(time.time() * 1000),
+            },
+        )
+        pipe.sadd(keys.BACKFILLS, name)
+        await pipe.execute()
+
+
+class Sweeper:
+    def __init__(
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        engine: SegmentEngine,
+        clock: Clock,
+        worker_id: str,
+        lease_ttl_ms: int,
+    ) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.engine = engine
+        self.clock = clock
+        self.worker_id = worker_id
+        self.lease_ttl_ms = lease_ttl_ms
+        self.holding = False
+
+    async def run_once(self) -> int:
+        """One sweep if this worker holds the lease; returns transitions emitted."""
+        held = await self.scripts.lease_acquire(
+            keys=[keys.SWEEPER_LEASE], args=[self.worker_id, self.lease_ttl_ms]
+        )
+        if bool(held) != self.holding:
+            self.holding = bool(held)
+            log.info("sweeper lease", worker=self.worker_id, holding=self.holding)
+        if not held:
+            return 0
+        now = await self.clock.now_ms()
+        due = [
+            _s(c)
+            for c in await self.redis.zrangebyscore(
+                keys.SEGMENTS_DUE, "-inf", now, start=0, num=DUE_CHUNK
+            )
+        ]
+        emitted = len(await self.engine.evaluate(due, now)) if due else 0
+        for name in sorted(_s(n) for n in await self.redis.smembers(keys.BACKFILLS)):
+            emitted += await self._backfill_step(name, now)
+        return emitted
+
+    async def _backfill_step(self, name: str, now: int) -> int:
+        key = keys.segment_backfill(name)
+        cursor = int(await self.redis.hget(key, "cursor") or 0)
+        rows = await self.redis.zrangebyscore(
+            keys.PROFILES, f"({cursor}", "+inf", start=0, num=BACKFILL_CHUNK, withscores=True
+        )
+        if not rows:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"state": "done", "finishedAt": int(time.time() * 1000)})
+                pipe.srem(keys.BACKFILLS, name)
+                await pipe.execute()
+            log.info("backfill done", segment=name)
+            return 0
+        emitted = await self.engine.evaluate([_s(cid) for cid, _ in rows], now)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "cursor", int(rows[-1][1]))
+            pipe.hincrby(key, "scanned", len(rows))
+            await pipe.execute()
+        return len(emitted)
+
+    async def release(self) -> None:
+        if self.holding:
+            await self.scripts.lease_release(keys=[keys.SWEEPER_LEASE], args=[self.worker_id])

@@ -1,0 +1,41 @@
+--[[
+  profile_view-0.lua: read what segment rules need of several profiles, in one
+  consistent snapshot.
+
+  ARGV[1]  key prefix ("cdp")
+  ARGV[2..] canonical ids
+
+  Returns, per canonical id, an array:
+    {version or false, mergedInto or false, user identifier or false,
+     lastSeenMs or false, {trait, cell JSON, ...}, {bucket-name pairs: name, {bucket, count, ...}, ...},
+     {return time ms, gap ms, ...}, {segment, state JSON, ...}, first anon identifier}
+  A profile that does not exist (or was merged away) has a false version.
+]]
+local rcall = redis.call
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local cid = ARGV[i]
+  local pkey = prefix .. ":profile:{" .. cid .. "}"
+  local meta = rcall("HMGET", pkey, "version", "mergedInto", "user", "lastSeenMs")
+  local counters = {}
+  for _, name in ipairs(rcall("HKEYS", pkey .. ":counters")) do
+    counters[#counters + 1] = name
+    counters[#counters + 1] = rcall("ZRANGE", pkey .. ":counter:" .. name, 0, -1, "WITHSCORES")
+  end
+  local anon = false
+  if not meta[3] then
+    local ids = rcall("SMEMBERS", pkey .. ":identifiers")
+    table.sort(ids)
+    anon = ids[1] or false
+  end
+  out[#out + 1] = {
+    meta[1], meta[2], meta[3], meta[4],
+    rcall("HGETALL", pkey .. ":traits"),
+    counters,
+    rcall("ZRANGE", pkey .. ":returns", 0, -1, "WITHSCORES"),
+    rcall("HGETALL", pkey .. ":segments"),
+    anon,
+  }
+end
+return out

@@ -1,0 +1,78 @@
+--[[
+  segment_transition-0.lua: move one profile into or out of segments and emit each
+  transition, in one atomic step, exactly once.
+
+  For each segment of ARGV[6] whose wanted membership differs from the profile's
+  current one: the membership changes (per-profile hash and per-segment set), the
+  transition count n grows by one, and a seed-format TRACK event named
+  "<segment> ENTER" / "<segment> EXIT" with the deterministic eventId
+  "seg:<segment>:<cid>:<n>" is appended to cdp:segment-events. A segment that
+  already has the wanted state emits nothing, so a retry, a second evaluator or a
+  crash between evaluation and this call can neither duplicate nor lose a transition.
+  Memberships of segments that are no longer defined are dropped silently.
+  Then the profile's next due time is written to (or removed from) the due index.
+
+  Nothing is written when the profile changed since it was read (version differs):
+  whoever changed it has marked it due and will evaluate it again.
+
+  ARGV[1]  key prefix ("cdp")
+  ARGV[2]  canonical id
+  ARGV[3]  profile version the evaluation read
+  ARGV[4]  now, ISO-8601 (the event's ts)
+  ARGV[5]  next due time in ms, or "" when time alone cannot change anything
+  ARGV[6]  JSON {segment: wanted membership (true/false)} for every defined segment
+  ARGV[7]  JSON {"userId": ..} or {"anonymousId": ..} for the event's payload
+  ARGV[8]  approximate MAXLEN of cdp:segment-events
+
+  Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
+]]
+local rcall = redis.call
+local prefix, cid, version, now_iso, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local wanted = cjson.decode(ARGV[6])
+local who = cjson.decode(ARGV[7])
+local maxlen = ARGV[8]
+
+local pkey = prefix .. ":profile:{" .. cid .. "}"
+local due_key = prefix .. ":segments:due"
+local meta = rcall("HMGET", pkey, "version", "mergedInto")
+if meta[2] or not meta[1] then
+  rcall("ZREM", due_key, cid)
+  return {"GONE"}
+end
+if meta[1] ~= version then return {"STALE"} end
+
+local skey = pkey .. ":segments"
+local names = {}
+for name in pairs(wanted) do names[#names + 1] = name end
+table.sort(names)
+
+local out = {"OK"}
+for _, name in ipairs(names) do
+  local want = wanted[name]
+  local raw = rcall("HGET", skey, name)
+  local state = raw and cjson.decode(raw) or {["in"] = false, n = 0}
+  if state["in"] ~= want then
+    local n = state.n + 1
+    rcall("HSET", skey, name, cjson.encode({["in"] = want, n = n, since = now_iso}))
+    local members = prefix .. ":segment:{" .. name .. "}:members"
+    if want then rcall("SADD", members, cid) else rcall("SREM", members, cid) end
+    local transition = want and "ENTER" or "EXIT"
+    local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
+    local payload = {type = "TRACK", name = name .. " " .. transition,
+      properties = {canonicalId = cid, segment = name, transition = transition}}
+    for k, v in pairs(who) do payload[k] = v end
+    local event = cjson.encode({eventId = event_id, ts = now_iso, payload = payload})
+    rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", maxlen, "*",
+      "eventId", event_id, "segment", name, "transition", transition, "canonicalId", cid,
+      "e", event)
+    out[#out + 1] = event_id
+  end
+end
+for _, name in ipairs(rcall("HKEYS", skey)) do
+  if wanted[name] == nil then
+    rcall("HDEL", skey, name)
+    rcall("SREM", prefix .. ":segment:{" .. name .. "}:members", cid)
+  end
+end
+if due == "" then rcall("ZREM", due_key, cid) else rcall("ZADD", due_key, due, cid) end
+return out
