@@ -104,7 +104,8 @@ class Model:
             elif not identifier.startswith("anon:"):
                 anon_only[seq] = False
         group_user = ids[0] if ids[0].startswith("user:") else None
-        group_users = 0
+        user_owner = self.owner.get(ids[0]) if group_user else None
+        group_users = 1 if group_user and user_owner is None else 0
         group: list[int] = []
         for seq in owners:
             p = self.profiles[seq]
@@ -129,12 +130,15 @@ class Model:
             self.profiles[seq] = Profile(seq)
             group = [seq]
         group.sort()
-        survivor = self.profiles[group[0]]
+        survivor = target = self.profiles[group[0]]
         for seq in group[1:]:
             if survivor.merges < s.max_merges:
                 self.merge(self.profiles.pop(seq), survivor)
             else:
                 self.refusals.append((event_id, "merge limit"))
+                if seq == user_owner:  # the event still applies to its userId's profile
+                    target = self.profiles[seq]
+        survivor = target
         for identifier in free:
             kind = identifier.split(":", 1)[0]
             if kind == "user" and survivor.count("user") >= s.max_user_ids:

@@ -107,8 +107,12 @@ local function resolve(ev)
       reached[cid].anon_only = false
     end
   end
-  local group_user, group_users = nil, 0
-  if ev.ids[1] and id_type(ev.ids[1]) == "user" then group_user = ev.ids[1] end
+  -- The event's own userId anchors the group; a new one counts as one userId already.
+  local group_user, group_users, user_owner = nil, 0, nil
+  if ev.ids[1] and id_type(ev.ids[1]) == "user" then
+    group_user = ev.ids[1]
+    if free[1] == group_user then group_users = 1 else user_owner = owners[1].cid end
+  end
   local group = {}
   for _, o in ipairs(owners) do
     local meta = rcall("HMGET", profile_key(o.cid), "user", "users", "anons")
@@ -135,13 +139,16 @@ local function resolve(ev)
   else
     table.sort(group, function(a, b) return seq_of(a) < seq_of(b) end)
     cid = group[1]
+    local target = cid
     for i = 2, #group do
       if tonumber(rcall("HGET", profile_key(cid), "merges")) < limits.maxMerges then
         merge(group[i], cid, ev)
       else
         record(ev, {"status", "refused", "reason", "merge limit", "survivor", cid, "profile", group[i]})
+        if group[i] == user_owner then target = user_owner end
       end
     end
+    cid = target  -- the profile of the event's userId, even when its merge was refused
   end
   local counts = rcall("HMGET", profile_key(cid), "users", "emails")
   local users, emails = tonumber(counts[1]), tonumber(counts[2])
