@@ -215,9 +215,15 @@ def evaluate(rule: Rule, view: ProfileView, now_ms: int) -> Result:
     match rule:
         case All(rules) | Any_(rules):
             results = [evaluate(r, view, now_ms) for r in rules]
-            due = _earliest(*(d for _, d in results))
-            ok = all(m for m, _ in results) if isinstance(rule, All) else any(m for m, _ in results)
-            return ok, due
+            # A child with the absorbing value (false for all, true for any) decides the
+            # result; it can only change once every such child has changed.
+            absorbing = isinstance(rule, Any_)
+            deciding = [due for ok, due in results if ok == absorbing]
+            if not deciding:
+                return not absorbing, _earliest(*(due for _, due in results))
+            if any(due is None for due in deciding):
+                return absorbing, None
+            return absorbing, _earliest(*deciding)
         case Not(inner):
             ok, due = evaluate(inner, view, now_ms)
             return not ok, due
