@@ -17,19 +17,17 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cdp.clock import Clock, make_clock
+from cdp.clock import make_clock
 from cdp.errors import EventRejected
 from cdp.events import decode_ingest
+from cdp.ingest.admin import add_admin_routes
+from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS
 from cdp.ingest.publisher import Publisher
 from cdp.metrics import read_metrics, render_prometheus
 from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.api")
 
-SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
-PUBLISHER = web.AppKey("publisher", Publisher)
-CLOCK = web.AppKey("clock", Clock)
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 RETRY_AFTER_S = "1"
@@ -133,4 +131,5 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    add_admin_routes(app)
     return app

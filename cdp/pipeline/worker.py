@@ -1,6 +1,6 @@
 """The worker: read owned partitions, buffer to the watermark, apply, acknowledge.
 
-Three loops share one process and one event loop:
+Four loops share one process and one event loop:
 
 - leases: every lease-ttl/3, heartbeat and rebalance; a gained partition starts with
   an empty buffer and claims every entry still pending in the group for it (a dead
@@ -12,7 +12,8 @@ Three loops share one process and one event loop:
   buffer and apply it with one pipelined round trip of ``apply_batch`` calls, which
   acknowledge what they applied; the metrics go in the same round trip. Then the
   profiles the tick touched are evaluated against the segments (once each), and, if
-  this worker holds the sweeper lease, the due-time sweep and backfills run.
+  this worker holds the sweeper lease, the due-time sweep and backfills run;
+- webhooks: if this worker holds the dispatcher lease, deliver segment events.
 
 Stopping (SIGTERM/SIGINT) ends reading, finishes the tick in hand, hands the leases
 back and logs one summary line; whatever was buffered stays pending for the next owner.
@@ -29,6 +30,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import msgspec
 import structlog
 from redis.asyncio import Redis
@@ -43,6 +45,7 @@ from cdp.pipeline.leases import LeaseManager
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
+from cdp.segments.webhooks import Dispatcher
 from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.worker")
@@ -82,6 +85,7 @@ class Worker:
         self.sweeper = Sweeper(
             redis, self.scripts, self.engine, clock, self.worker_id, settings.lease_ttl_ms
         )
+        self.dispatcher = Dispatcher(redis, self.scripts, settings, clock, self.worker_id)
         self._touched: set[str] = set()
         self.leases = LeaseManager(
             redis, self.scripts, self.worker_id, settings.partitions, settings.lease_ttl_ms
@@ -112,11 +116,13 @@ class Worker:
         await ensure_groups(self.redis, self.settings.partitions)
         self._log.info("worker started", partitions=self.settings.partitions)
         started = time.monotonic()
-        loops = [self._lease_loop(), self._read_loop(), self._tick_loop()]
+        loops = [self._lease_loop(), self._read_loop(), self._tick_loop(), self._webhook_loop()]
         tasks = [asyncio.create_task(loop) for loop in loops]
         try:
             await self._stopping.wait()
         finally:
+            tasks[3].cancel()
+            await asyncio.gather(tasks[3], return_exceptions=True)
             tasks[1].cancel()  # reading stops at once
             await asyncio.gather(tasks[1], return_exceptions=True)
             tasks[0].cancel()
@@ -125,6 +131,7 @@ class Worker:
             with contextlib.suppress(RedisError):
                 await self.leases.release_all(self.owned)
                 await self.sweeper.release()
+                await self.dispatcher.release()
             self._log.info(
                 "worker stopped",
                 seconds=round(time.monotonic() - started, 1),
@@ -328,6 +335,18 @@ class Worker:
                 pipe.hincrby(keys.METRICS, "dropped", n)
             await pipe.execute()
         self.stats["dropped"] += len(dropped)
+
+    # -- webhooks -------------------------------------------------------------------
+
+    async def _webhook_loop(self) -> None:
+        interval = self.settings.ticker_interval_ms / 1000
+        async with aiohttp.ClientSession() as session:
+            while not self._stopping.is_set():
+                try:
+                    await self.dispatcher.run_once(session)
+                except RedisError as exc:
+                    self._log.warning("webhooks: redis error", error=str(exc))
+                await asyncio.sleep(interval)
 
     # -- tick -----------------------------------------------------------------------
 

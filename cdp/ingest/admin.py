@@ -1,0 +1,275 @@
+"""Admin routes: segment management, webhook subscriptions, the live segment stream.
+
+Every route here needs ``Authorization: Bearer <CDP_ADMIN_TOKEN>``; without the token
+configured they all answer 401 (write keys never reach them). Definitions are
+validated before anything is stored (400 with the JSON path of the offending node);
+a new or changed definition starts a backfill that the sweeper runs and reports on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from cdp import keys
+from cdp.errors import EventRejected
+from cdp.ingest.appkeys import REDIS, SETTINGS
+from cdp.segments.definitions import builtins, load_segments, parse_definition
+from cdp.segments.rules import RuleError
+from cdp.segments.sweeper import start_backfill
+from cdp.segments.webhooks import Subscription, parse_subscription
+
+PAGE_MAX = 1000
+
+
+class Unauthorized(EventRejected):
+    status = 401
+
+
+class NotFound(EventRejected):
+    status = 404
+
+
+class Conflict(EventRejected):
+    status = 409
+
+
+def require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].admin_token
+    if not token:
+        raise Unauthorized("admin routes are disabled: set CDP_ADMIN_TOKEN on the server")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
+
+
+def _s(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read() or b"null")
+    except ValueError as exc:
+        raise EventRejected(f"body is not valid JSON: {exc}") from None
+
+
+# -- segments ------------------------------------------------------------------------
+
+
+async def _segment_info(redis: Redis, name: str) -> dict[str, Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.scard(keys.segment_members(name))
+        pipe.hgetall(keys.segment_backfill(name))
+        members, backfill = await pipe.execute()
+    info: dict[str, Any] = {"members": members}
+    if backfill:
+        fields = {_s(k): _s(v) for k, v in backfill.items()}
+        info["backfill"] = {
+            "state": fields.get("state"),
+            "scanned": int(fields.get("scanned", 0)),
+            "total": int(fields.get("total", 0)),
+        }
+    return info
+
+
+async def list_segments(request: web.Request) -> web.Response:
+    require_admin(request)
+    redis = request.app[REDIS]
+    segments = await load_segments(redis, request.app[SETTINGS])
+    out = []
+    for name in sorted(segments):
+        out.append(segments[name].as_json() | await _segment_info(redis, name))
+    return web.json_response({"segments": out})
+
+
+async def get_segment(request: web.Request) -> web.Response:
+    require_admin(request)
+    name = request.match_info["name"]
+    redis = request.app[REDIS]
+    segment = (await load_segments(redis, request.app[SETTINGS])).get(name)
+    if segment is None:
+        raise NotFound(f"no segment named {name!r}")
+    return web.json_response(segment.as_json() | await _segment_info(redis, name))
+
+
+async def put_segment(request: web.Request) -> web.Response:
+    require_admin(request)
+    name = request.match_info["name"]
+    if name in builtins(request.app[SETTINGS]):
+        raise Conflict(f"{name!r} is built in; its thresholds are settings (README)")
+    try:
+        segment = parse_definition(name, await _json_body(request))
+    except RuleError as exc:
+        raise EventRejected(f"invalid segment definition: {exc}") from None
+    redis = request.app[REDIS]
+    created = not await redis.hexists(keys.SEGMENTS, name)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            keys.SEGMENTS,
+            name,
+            json.dumps({"rule": segment.source, "description": segment.description}),
+        )
+        pipe.incr(keys.SEGMENTS_VERSION)
+        await pipe.execute()
+    await start_backfill(redis, name)
+    body = segment.as_json() | await _segment_info(redis, name)
+    return web.json_response(body, status=201 if created else 200)
+
+
+async def delete_segment(request: web.Request) -> web.Response:
+    require_admin(request)
+    name = request.match_info["name"]
+    if name in builtins(request.app[SETTINGS]):
+        raise Conflict(f"{name!r} is built in and cannot be deleted")
+    redis = request.app[REDIS]
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.SEGMENTS, name)
+        pipe.incr(keys.SEGMENTS_VERSION)
+        pipe.delete(keys.segment_members(name), keys.segment_backfill(name))
+        pipe.srem(keys.BACKFILLS, name)
+        removed, *_ = await pipe.execute()
+    if not removed:
+        raise NotFound(f"no segment named {name!r}")
+    return web.Response(status=204)
+
+
+async def segment_members(request: web.Request) -> web.Response:
+    require_admin(request)
+    name = request.match_info["name"]
+    redis = request.app[REDIS]
+    if name not in await load_segments(redis, request.app[SETTINGS]):
+        raise NotFound(f"no segment named {name!r}")
+    cursor = _int_param(request, "cursor", 0, 0, None)
+    limit = _int_param(request, "limit", 100, 1, PAGE_MAX)
+    next_cursor, members = await redis.sscan(keys.segment_members(name), cursor, count=limit)
+    return web.json_response(
+        {
+            "segment": name,
+            "members": sorted(_s(m) for m in members),
+            "cursor": str(next_cursor) if int(next_cursor) else None,
+        }
+    )
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise EventRejected(f"query parameter {name!r} must be a whole number") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise EventRejected(f"query parameter {name!r} must be {bound}")
+    return value
+
+
+# -- webhooks ------------------------------------------------------------------------
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    require_admin(request)
+    try:
+        sub = parse_subscription(
+            await _json_body(request), secrets.token_hex(8), time.time_ns() // 1_000_000
+        )
+    except ValueError as exc:
+        raise EventRejected(f"invalid webhook: {exc}") from None
+    redis = request.app[REDIS]
+    last = await redis.xrevrange(keys.SEGMENT_EVENTS, count=1)
+    cursor = _s(last[0][0]) if last else "0-0"
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.WEBHOOKS, sub.id, sub.encode())
+        pipe.hset(keys.webhook_state(sub.id), mapping={"cursor": cursor, "attempts": 0})
+        await pipe.execute()
+    return web.json_response(sub.public(), status=201)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    require_admin(request)
+    redis = request.app[REDIS]
+    subs = [Subscription.decode(v) for v in (await redis.hgetall(keys.WEBHOOKS)).values()]
+    out = []
+    for sub in sorted(subs, key=lambda s: s.id):
+        state = {_s(k): _s(v) for k, v in (await redis.hgetall(keys.webhook_state(sub.id))).items()}
+        out.append(sub.public(with_secret=False) | {"delivery": state})
+    return web.json_response({"webhooks": out})
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    require_admin(request)
+    sub_id = request.match_info["id"]
+    redis = request.app[REDIS]
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.WEBHOOKS, sub_id)
+        pipe.delete(keys.webhook_state(sub_id))
+        removed, _ = await pipe.execute()
+    if not removed:
+        raise NotFound(f"no webhook with id {sub_id!r}")
+    return web.Response(status=204)
+
+
+# -- live stream ---------------------------------------------------------------------
+
+
+async def stream_segment_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events of cdp:segment-events, from Last-Event-ID or from now."""
+    require_admin(request)
+    settings = request.app[SETTINGS]
+    start = request.headers.get("Last-Event-ID") or request.query.get("from") or "$"
+    segment_filter = set(request.query.getall("segment", []))
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    cursor = start
+    try:
+        if cursor == "$":
+            last = await redis.xrevrange(keys.SEGMENT_EVENTS, count=1)
+            cursor = _s(last[0][0]) if last else "0-0"
+        await response.write(b": connected\n\n")
+        while True:
+            reply = await redis.xread({keys.SEGMENT_EVENTS: cursor}, count=100, block=5000)
+            if not reply:
+                await response.write(b": keep-alive\n\n")
+                continue
+            for entry_id, fields in reply[0][1]:
+                cursor = _s(entry_id)
+                if segment_filter and _s(fields[b"segment"]) not in segment_filter:
+                    continue
+                data = _s(fields[b"e"])
+                await response.write(f"id: {cursor}\nevent: segment\ndata: {data}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+    return response
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/cdp/segments", list_segments)
+    app.router.add_get("/cdp/segments/{name}", get_segment)
+    app.router.add_put("/cdp/segments/{name}", put_segment)
+    app.router.add_delete("/cdp/segments/{name}", delete_segment)
+    app.router.add_get("/cdp/segments/{name}/members", segment_members)
+    app.router.add_post("/cdp/webhooks", create_webhook)
+    app.router.add_get("/cdp/webhooks", list_webhooks)
+    app.router.add_delete("/cdp/webhooks/{id}", delete_webhook)
+    app.router.add_get("/cdp/segment-events/stream", stream_segment_events)

@@ -1,0 +1,15 @@
+"""The typed keys under which the app keeps what its handlers share."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from cdp.clock import Clock
+from cdp.ingest.publisher import Publisher
+from cdp.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+PUBLISHER = web.AppKey("publisher", Publisher)
+CLOCK = web.AppKey("clock", Clock)

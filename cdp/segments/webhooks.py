@@ -1,0 +1,249 @@
+"""Webhook deliveries of segment events: signed, ordered, retried, resumable.
+
+A subscription (``cdp:webhooks``, created over the admin API) names a URL, a secret
+and optionally the segments it wants. The dispatcher runs in exactly one worker (the
+holder of ``cdp:lease:webhooks``) and, per subscription, walks ``cdp:segment-events``
+from the subscription's cursor, one event at a time, so each subscription sees its
+events in order. A delivery is a POST of the event's JSON with
+
+    X-CDP-Delivery:  <subscription id>:<eventId>          (stable across retries)
+    X-CDP-Timestamp: <unix seconds>
+    X-CDP-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+
+A 2xx moves the cursor past the event. Anything else (or no answer within
+webhook-timeout) is retried after webhook-backoff, doubling up to 10 minutes, until
+the event has failed for webhook-retry-for (1 h): then it goes to ``cdp:webhooks:dead``
+with its last error and the cursor moves on. Cursor, attempts and next retry time
+live in ``cdp:webhook:{id}``, so a restarted dispatcher resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+import structlog
+from redis.asyncio import Redis
+
+from cdp import keys
+from cdp.clock import Clock
+from cdp.events import iso_ms
+from cdp.scripts import Scripts
+from cdp.settings import Settings
+
+log = structlog.get_logger("cdp.webhooks")
+
+MAX_BACKOFF_MS = 600_000
+DELIVERIES_PER_RUN = 50
+
+
+class Subscription(msgspec.Struct, frozen=True):
+    id: str
+    url: str
+    secret: str
+    segments: list[str] | None = None
+    createdAt: str = ""
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Subscription:
+        return msgspec.json.decode(raw, type=cls)
+
+    def public(self, with_secret: bool = True) -> dict[str, Any]:
+        data = msgspec.to_builtins(self)
+        if not with_secret:
+            data["secret"] = self.secret[:4] + "..."
+        return data  # type: ignore[no-any-return]
+
+    def wants(self, segment: str) -> bool:
+        return self.segments is None or segment in self.segments
+
+
+def parse_subscription(body: Any, new_id: str, now_ms: int = 0) -> Subscription:
+    """A POST /cdp/webhooks body -> Subscription; ValueError says what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError('expected {"url": "https://...", "segments": [...], "secret": "..."}')
+    unknown = set(body) - {"url", "segments", "secret"}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    url = body.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("`url` must be an http:// or https:// URL")
+    segments = body.get("segments")
+    if segments is not None and (
+        not isinstance(segments, list) or not all(isinstance(s, str) and s for s in segments)
+    ):
+        raise ValueError("`segments` must be a list of segment names, or absent for all")
+    secret = body.get("secret") or secrets.token_hex(16)
+    if not isinstance(secret, str) or len(secret) < 16:
+        raise ValueError("`secret` must be a string of at least 16 characters")
+    return Subscription(new_id, url, secret, segments, iso_ms(now_ms) if now_ms else "")
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def backoff_ms(attempts: int, base_ms: int) -> int:
+    return int(min(base_ms * 2 ** max(attempts - 1, 0), MAX_BACKOFF_MS))
+
+
+def _s(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class Dispatcher:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, settings: Settings, clock: Clock, worker_id: str
+    ) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.settings = settings
+        self.clock = clock
+        self.worker_id = worker_id
+        self.holding = False
+
+    async def run_once(self, session: aiohttp.ClientSession) -> int:
+        """Deliver what is due for every subscription; returns deliveries that got a 2xx."""
+        held = bool(
+            await self.scripts.lease_acquire(
+                keys=[keys.WEBHOOKS_LEASE], args=[self.worker_id, self.settings.lease_ttl_ms]
+            )
+        )
+        if held != self.holding:
+            self.holding = held
+            log.info("webhook dispatcher lease", worker=self.worker_id, holding=held)
+        if not held:
+            return 0
+        subs = [Subscription.decode(v) for v in (await self.redis.hgetall(keys.WEBHOOKS)).values()]
+        done = await asyncio.gather(*(self._pump(sub, session) for sub in subs))
+        return sum(done)
+
+    async def _pump(self, sub: Subscription, session: aiohttp.ClientSession) -> int:
+        state_key = keys.webhook_state(sub.id)
+        state = {_s(k): _s(v) for k, v in (await self.redis.hgetall(state_key)).items()}
+        now = await self.clock.now_ms()
+        if int(state.get("nextAt", 0)) > now:
+            return 0
+        cursor = state.get("cursor", "0-0")
+        entries = await self.redis.xrange(
+            keys.SEGMENT_EVENTS, f"({cursor}", "+", count=DELIVERIES_PER_RUN
+        )
+        delivered = 0
+        for entry_id, fields in entries:
+            if not sub.wants(_s(fields[b"segment"])):
+                cursor = _s(entry_id)
+                continue
+            error = await self._deliver(sub, session, _s(fields[b"eventId"]), fields[b"e"], now)
+            if error is None:
+                cursor = _s(entry_id)
+                delivered += 1
+                await self.redis.hset(
+                    state_key,
+                    mapping={"cursor": cursor, "attempts": 0, "nextAt": 0, "firstFailedAt": 0},
+                )
+                await self.redis.hincrby(state_key, "delivered", 1)
+                state = {"attempts": "0", "firstFailedAt": "0"}
+                continue
+            attempts = int(state.get("attempts", 0)) + 1
+            first_failed = int(state.get("firstFailedAt", 0)) or now
+            if now - first_failed >= self.settings.webhook_retry_for_ms:
+                await self._give_up(sub, state_key, _s(entry_id), fields, attempts, error)
+                return delivered
+            await self.redis.hset(
+                state_key,
+                mapping={
+                    "cursor": cursor,
+                    "attempts": attempts,
+                    "firstFailedAt": first_failed,
+                    "nextAt": now + backoff_ms(attempts, self.settings.webhook_backoff_ms),
+                    "lastError": error,
+                },
+            )
+            return delivered
+        if entries:
+            await self.redis.hset(state_key, "cursor", cursor)
+        return delivered
+
+    async def _deliver(
+        self,
+        sub: Subscription,
+        session: aiohttp.ClientSession,
+        event_id: str,
+        body: bytes,
+        now_ms: int,
+    ) -> str | None:
+        """POST one event; None on a 2xx, else the reason."""
+        timestamp = now_ms // 1000
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "cdp-webhooks/0.1",
+            "X-CDP-Delivery": f"{sub.id}:{event_id}",
+            "X-CDP-Timestamp": str(timestamp),
+            "X-CDP-Signature": signature(sub.secret, timestamp, body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_ms / 1000)
+        try:
+            async with session.post(sub.url, data=body, headers=headers, timeout=timeout) as r:
+                if 200 <= r.status < 300:
+                    return None
+                return f"HTTP {r.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    async def _give_up(
+        self,
+        sub: Subscription,
+        state_key: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        attempts: int,
+        error: str,
+    ) -> None:
+        log.warning(
+            "webhook delivery given up",
+            subscription=sub.id,
+            entry=entry_id,
+            attempts=attempts,
+            error=error,
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                keys.WEBHOOKS_DEAD,
+                {
+                    "subscription": sub.id,
+                    "entryId": entry_id,
+                    "eventId": fields[b"eventId"],
+                    "e": fields[b"e"],
+                    "attempts": attempts,
+                    "error": error,
+                },
+                maxlen=100_000,
+                approximate=True,
+            )
+            pipe.hset(
+                state_key,
+                mapping={
+                    "cursor": entry_id,
+                    "attempts": 0,
+                    "nextAt": 0,
+                    "firstFailedAt": 0,
+                    "lastError": error,
+                },
+            )
+            pipe.hincrby(state_key, "dead", 1)
+            await pipe.execute()
+
+    async def release(self) -> None:
+        if self.holding:
+            await self.scripts.lease_release(keys=[keys.WEBHOOKS_LEASE], args=[self.worker_id])
