@@ -4,6 +4,7 @@
     cdp api       the HTTP API alone, against CDP_REDIS_URL
     cdp worker    one worker process, against CDP_REDIS_URL
     cdp profile   print a profile as JSON, by any identifier or canonical id
+    cdp segments  list segments, or watch ENTER/EXIT events live
     cdp config    print the effective configuration
     cdp bench     send a mixed workload to a running stack and print the rates
 
@@ -66,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
         "identifier", help="user:<id>, anon:<id>, email:<address> or a canonical id"
     )
 
+    segments = sub.add_parser("segments", help="list segments, or watch ENTER/EXIT live")
+    seg_sub = segments.add_subparsers(dest="segments_command", required=True)
+    seg_sub.add_parser("list", help="segments with their member counts")
+    watch = seg_sub.add_parser("watch", help="print segment events as they happen (JSON lines)")
+    watch.add_argument(
+        "--from",
+        dest="start",
+        default="$",
+        help="stream id to start after (0-0: everything kept; default: now)",
+    )
+    watch.add_argument(
+        "--segment", action="append", default=[], help="only this segment (repeatable)"
+    )
+
     sub.add_parser("config", help="print the effective configuration")
 
     bench = sub.add_parser("bench", help="measure a running stack")
@@ -96,6 +111,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             worker_main(settings, args.worker_id)
         elif args.command == "profile":
             sys.exit(_profile(args.identifier, settings))
+        elif args.command == "segments":
+            from cdp.segments.watch import list_segments, watch_segments
+
+            if args.segments_command == "list":
+                asyncio.run(list_segments(settings))
+            else:
+                asyncio.run(watch_segments(settings, args.start, set(args.segment)))
         elif args.command == "config":
             _config(settings)
         elif args.command == "bench":
@@ -173,6 +195,8 @@ def _config(settings: Settings) -> None:
         key = key.replace("_", "-")
         value = getattr(settings, f.name)
         shown = format_duration(value) if f.name.endswith("_ms") else value
+        if "token" in key and value:
+            shown = "(set)"
         print(f"{key:34} {str(shown):28} {defaults[key][1]}")
 
 

@@ -14,7 +14,8 @@ canonical id's tag, every partition stream its own)::
     cdp:seq:profile                      string, last canonical profile number issued
     cdp:identifier:{<type>:<value>}      string, identifier -> canonical id
     cdp:profile:{<cid>}                  hash, firstSeen, lastSeen, createdAt (ISO-8601),
-                                         user, users/emails/anons (counts), merges;
+                                         lastSeenMs, user, users/emails/anons (counts),
+                                         merges, version (bumped by every change);
                                          for a merged-away id only mergedInto (+ when)
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
