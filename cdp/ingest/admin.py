@@ -26,6 +26,7 @@ from cdp.segments.definitions import builtins, load_segments, parse_definition
 from cdp.segments.rules import RuleError
 from cdp.segments.sweeper import start_backfill
 from cdp.segments.webhooks import Subscription, parse_subscription
+from cdp.streams import last_id, tail, text
 
 PAGE_MAX = 1000
 
@@ -187,8 +188,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise EventRejected(f"invalid webhook: {exc}") from None
     redis = request.app[REDIS]
-    last = await redis.xrevrange(keys.SEGMENT_EVENTS, count=1)
-    cursor = _s(last[0][0]) if last else "0-0"
+    cursor = await last_id(redis, keys.SEGMENT_EVENTS)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.WEBHOOKS, sub.id, sub.encode())
         pipe.hset(keys.webhook_state(sub.id), mapping={"cursor": cursor, "attempts": 0})
@@ -238,23 +238,17 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    cursor = start
     try:
-        if cursor == "$":
-            last = await redis.xrevrange(keys.SEGMENT_EVENTS, count=1)
-            cursor = _s(last[0][0]) if last else "0-0"
         await response.write(b": connected\n\n")
-        while True:
-            reply = await redis.xread({keys.SEGMENT_EVENTS: cursor}, count=100, block=5000)
-            if not reply:
+        async for item in tail(redis, keys.SEGMENT_EVENTS, start):
+            if item is None:
                 await response.write(b": keep-alive\n\n")
                 continue
-            for entry_id, fields in reply[0][1]:
-                cursor = _s(entry_id)
-                if segment_filter and _s(fields[b"segment"]) not in segment_filter:
-                    continue
-                data = _s(fields[b"e"])
-                await response.write(f"id: {cursor}\nevent: segment\ndata: {data}\n\n".encode())
+            entry_id, fields = item
+            if segment_filter and text(fields[b"segment"]) not in segment_filter:
+                continue
+            data = text(fields[b"e"])
+            await response.write(f"id: {entry_id}\nevent: segment\ndata: {data}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

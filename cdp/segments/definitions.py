@@ -41,7 +41,7 @@ class Segment:
 
 def builtins(settings: Settings) -> dict[str, Segment]:
     inactivity = format_duration(settings.reengage_inactivity_threshold_ms)
-    sources = {
+    sources: dict[str, tuple[dict[str, Any], str]] = {
         "power_user": (
             {
                 "count": {
@@ -106,7 +106,7 @@ class SegmentCache:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
-        self._version: bytes | None = b"-"
+        self._version: Any = b"-"
         self.segments: dict[str, Segment] = {}
 
     async def refresh(self) -> dict[str, Segment]:

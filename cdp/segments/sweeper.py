@@ -11,6 +11,7 @@ keeps its cursor in Redis, so another sweeper resumes it after a crash.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -78,12 +79,10 @@ class Sweeper:
         if not held:
             return 0
         now = await self.clock.now_ms()
-        due = [
-            _s(c)
-            for c in await self.redis.zrangebyscore(
-                keys.SEGMENTS_DUE, "-inf", now, start=0, num=DUE_CHUNK
-            )
-        ]
+        due_ids: Any = await self.redis.zrangebyscore(
+            keys.SEGMENTS_DUE, "-inf", now, start=0, num=DUE_CHUNK
+        )
+        due = [_s(c) for c in due_ids]
         emitted = len(await self.engine.evaluate(due, now)) if due else 0
         for name in sorted(_s(n) for n in await self.redis.smembers(keys.BACKFILLS)):
             emitted += await self._backfill_step(name, now)
@@ -92,7 +91,7 @@ class Sweeper:
     async def _backfill_step(self, name: str, now: int) -> int:
         key = keys.segment_backfill(name)
         cursor = int(await self.redis.hget(key, "cursor") or 0)
-        rows = await self.redis.zrangebyscore(
+        rows: Any = await self.redis.zrangebyscore(
             keys.PROFILES, f"({cursor}", "+inf", start=0, num=BACKFILL_CHUNK, withscores=True
         )
         if not rows:

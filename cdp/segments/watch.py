@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.segments.definitions import load_segments
 from cdp.settings import Settings
-
-
-def _s(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
+from cdp.streams import tail, text
 
 
 async def list_segments(settings: Settings) -> None:
@@ -32,18 +28,12 @@ async def list_segments(settings: Settings) -> None:
 async def watch_segments(settings: Settings, start: str, only: set[str]) -> None:
     """Print each segment event as one JSON line, until interrupted."""
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    cursor = start
     try:
-        if cursor == "$":
-            last = await redis.xrevrange(keys.SEGMENT_EVENTS, count=1)
-            cursor = _s(last[0][0]) if last else "0-0"
-        while True:
-            reply = await redis.xread({keys.SEGMENT_EVENTS: cursor}, count=100, block=5000)
-            for entry_id, fields in reply[0][1] if reply else []:
-                cursor = _s(entry_id)
-                if only and _s(fields[b"segment"]) not in only:
-                    continue
-                print(_s(fields[b"e"]), flush=True)
+        async for item in tail(redis, keys.SEGMENT_EVENTS, start):
+            if item is None:
+                continue
+            _, fields = item
+            if not only or text(fields[b"segment"]) in only:
+                print(text(fields[b"e"]), flush=True)
     finally:
         await redis.aclose()
-        sys.stdout.flush()

@@ -76,7 +76,12 @@ def parse_subscription(body: Any, new_id: str, now_ms: int = 0) -> Subscription:
         raise ValueError(f"unknown fields {sorted(unknown)}")
     url = body.get("url")
     parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if (
+        not isinstance(url, str)
+        or parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+    ):
         raise ValueError("`url` must be an http:// or https:// URL")
     segments = body.get("segments")
     if segments is not None and (
@@ -136,7 +141,7 @@ class Dispatcher:
         if int(state.get("nextAt", 0)) > now:
             return 0
         cursor = state.get("cursor", "0-0")
-        entries = await self.redis.xrange(
+        entries: Any = await self.redis.xrange(
             keys.SEGMENT_EVENTS, f"({cursor}", "+", count=DELIVERIES_PER_RUN
         )
         delivered = 0
