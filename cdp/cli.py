@@ -195,7 +195,7 @@ def _config(settings: Settings) -> None:
         key = key.replace("_", "-")
         value = getattr(settings, f.name)
         shown = format_duration(value) if f.name.endswith("_ms") else value
-        if "token" in key and value:
+        if key in ("admin-token", "write-keys") and value:
             shown = "(set)"
         print(f"{key:34} {str(shown):28} {defaults[key][1]}")
 

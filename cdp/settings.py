@@ -94,6 +94,8 @@ class Settings:
     # The admin token (Authorization: Bearer ...) for segment, webhook and profile
     # routes; empty disables them (every admin route answers 401).
     admin_token: str = ""
+    # Write keys of the Segment-compatible /v1 routes: "key1=web,key2=ios" (key=source).
+    write_keys: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).

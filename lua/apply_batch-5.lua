@@ -14,9 +14,11 @@
        tombstone that keeps its ts;
     4. firstSeen / lastSeen: min / max of the event time; an event after at least
        minReturnGap of inactivity is recorded as a return; the profile's version is
-       bumped and it is marked due for segment evaluation (cdp:segments:due);
+       bumped and, unless imported, it is marked due for segment evaluation
+       (cdp:segments:due);
     5. TRACK: the bucket of the event time is incremented in the counter of the
-       event name and in the all-TRACK counter; buckets older than the cutoff are
+       event name and in the all-TRACK counter ($track); PAGE and SCREEN in $page
+       and $screen; buckets older than the cutoff are
        pruned (when the counter's oldest bucket has passed it) and late events that
        fall before it are not counted.
   Finally the batch's stream entries are XACKed: an entry is acknowledged only
@@ -41,7 +43,8 @@
              {"id": eventId, "sid": stream entry id, "ts": ISO-8601 fixed width,
               "m": event time, 13-digit epoch ms,
               "b": 13-digit bucket start, "t": type, "ids": [typed identifiers],
-              "tr": [[trait, raw JSON value], ...], "n": event name or absent}
+              "tr": [[trait, raw JSON value], ...], "n": event name or absent,
+              "imp": true for a historical import (its profile is not marked due)}
   ARGV[8]  JSON limits: guard rails {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
            "mergeUsers"}, "minReturnGap" (ms) and "dirtyDue" (ms: when touched
            profiles fall due for the sweeper if nobody evaluates them first)
@@ -123,10 +126,16 @@ for _, ev in ipairs(events) do
     note_return(pkey, ev)
     widen_seen(pkey, ev.ts, ev.ts)
     rcall("HINCRBY", pkey, "version", 1)
-    dirty[#dirty + 1] = cid
-    if ev.t == "TRACK" and ev.b >= cutoff then
-      count(pkey, ev.n, ev.b)
-      count(pkey, "$track", ev.b)
+    if not ev.imp then dirty[#dirty + 1] = cid end
+    if ev.b >= cutoff then
+      if ev.t == "TRACK" then
+        count(pkey, ev.n, ev.b)
+        count(pkey, "$track", ev.b)
+      elseif ev.t == "PAGE" then
+        count(pkey, "$page", ev.b)
+      elseif ev.t == "SCREEN" then
+        count(pkey, "$screen", ev.b)
+      end
     end
     applied = applied + 1
     result[#result + 1] = cid

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -23,6 +24,7 @@ from cdp.events import decode_ingest
 from cdp.ingest.admin import add_admin_routes
 from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS
 from cdp.ingest.publisher import Publisher
+from cdp.ingest.tracking import add_tracking_routes, segment_error
 from cdp.metrics import read_metrics, render_prometheus
 from cdp.settings import Settings
 
@@ -43,22 +45,33 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """Every failure as a JSON answer: ours ``{status, message}``, Segment's on /v1."""
+    shape = segment_error if request.path.startswith("/v1/") else _error_for
     try:
         return await handler(request)
     except EventRejected as exc:
-        return _error(exc.status, str(exc))
+        return shape(exc, exc.status, str(exc))
     except RedisError as exc:
         log.warning("redis unavailable", path=request.path, error=str(exc))
-        return _error(
-            503, "the event store is unavailable; retry shortly", **{"Retry-After": RETRY_AFTER_S}
-        )
+        response = shape(exc, 503, "the event store is unavailable; retry shortly")
+        response.headers["Retry-After"] = RETRY_AFTER_S
+        return response
+    except RequestPayloadError as exc:  # e.g. a body that is not the gzip it claims
+        return shape(exc, 400, f"the body could not be read: {exc}")
     except web.HTTPRequestEntityTooLarge as exc:
-        return _error(413, f"request body too large: {exc.text}")
+        return shape(exc, 413, f"request body too large: {exc.text}")
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
-            return _error(exc.status, exc.reason, **kept)
+            response = shape(exc, exc.status, exc.reason)
+            for header in ("Allow", "Retry-After"):
+                if header in exc.headers:
+                    response.headers[header] = exc.headers[header]
+            return response
         raise
+
+
+def _error_for(exc: Exception, status: int, message: str) -> web.Response:
+    return _error(status, message)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -132,4 +145,5 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     add_admin_routes(app)
+    add_tracking_routes(app)
     return app

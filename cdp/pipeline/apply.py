@@ -34,6 +34,7 @@ class ScriptEvent(msgspec.Struct, omit_defaults=True):
     ids: list[str]
     tr: list[tuple[str, str]]
     n: str | None = None
+    imp: bool = False
 
 
 _encoder = msgspec.json.Encoder()
@@ -58,6 +59,7 @@ def script_event(
         ids=event.identifiers(blocked),
         tr=[(name, _encoder.encode(value).decode()) for name, value in traits.items()],
         n=event.name,
+        imp=event.mode == "import",
     )
 
 

@@ -1,0 +1,256 @@
+"""Segment-compatible tracking routes: point an SDK's host here and nothing else changes.
+
+``POST /v1/{identify,track,alias,page,screen,group}`` (and analytics.js' short
+``/v1/{i,t,a,p,s,g}``), ``POST /v1/batch`` (``/v1/b``) and ``POST /v1/import``
+(historical backfill: never dropped as late, and it emits no segment transitions for
+the past). Auth is the write key: HTTP Basic with the key as user name, or
+``writeKey`` in the body (analytics.js sends ``text/plain`` bodies that way). Bodies
+may be gzip-encoded; browsers get CORS headers and preflight answers.
+
+Answers are Segment's: ``200 {"success": true}``; ``400 {"code", "message"}``; a
+batch accepts its valid calls and lists the rejected ones; 413 past 32 KB per call or
+500 KB per request; 401 for an unknown write key. Late events are always accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cdp.errors import EventTooLarge
+from cdp.ingest.appkeys import CLOCK, PUBLISHER, SETTINGS
+from cdp.segment_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
+
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_ITEMS = 2500
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def _answer(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, headers=CORS)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _answer({"code": code, "message": message}, status)
+
+
+def segment_error(exc: Exception, status: int, message: str) -> web.Response:
+    """An error on a /v1 route, in Segment's shape, with CORS so browsers can read it."""
+    code = getattr(exc, "code", None) or {
+        401: "unauthorized",
+        413: "request_too_large",
+        503: "unavailable",
+    }.get(status, "invalid_request")
+    return _error(status, code, message)
+
+
+def write_keys(raw: str) -> dict[str, str]:
+    """``"key1=web,key2=ios"`` -> {key: source}; a key without ``=`` names itself."""
+    out = {}
+    for item in raw.split(","):
+        key, _, source = item.strip().partition("=")
+        if key:
+            out[key] = source or key
+    return out
+
+
+def _source(request: web.Request, body_key: Any) -> str:
+    keys = write_keys(request.app[SETTINGS].write_keys)
+    key = None
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            key = base64.b64decode(header[6:].strip()).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            raise CallRejected(
+                "the Authorization header is not valid Basic auth", "unauthorized", 401
+            ) from None
+    if not key and isinstance(body_key, str):
+        key = body_key
+    if not keys:
+        raise CallRejected(
+            "no write keys are configured on this server: set CDP_WRITE_KEYS", "unauthorized", 401
+        )
+    if not key:
+        raise CallRejected(
+            "a write key is required: HTTP Basic user name, or `writeKey`", "unauthorized", 401
+        )
+    if key not in keys:
+        raise CallRejected("unknown write key", "unauthorized", 401)
+    return keys[key]
+
+
+async def _body(request: web.Request, limit: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise EventTooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
+    raw = await request.read()
+    if len(raw) > limit:
+        raise EventTooLarge(f"body is {len(raw)} bytes; the limit is {limit}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CallRejected(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CallRejected("body must be a JSON object")
+    return body
+
+
+def _check_size(call: Any, limit: int) -> None:
+    size = len(json.dumps(call, separators=(",", ":")))
+    if size > limit:
+        raise CallRejected(
+            f"call is {size} bytes; the limit is {limit} per call", "request_too_large", 413
+        )
+
+
+async def single(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    kind = SHORT.get(kind, kind)
+    if kind not in TYPES:
+        raise CallRejected(
+            f"no such call type {kind!r}: use {', '.join(TYPES)} or batch", "not_found", 404
+        )
+    settings = request.app[SETTINGS]
+    body = await _body(request, settings.max_event_bytes)
+    source = _source(request, body.get("writeKey"))
+    now = await request.app[CLOCK].now_ms()
+    event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, request)
+    await request.app[PUBLISHER].publish(event)
+    return _answer({"success": True})
+
+
+def _convert(
+    call: Any,
+    kind: str | None,
+    now: int,
+    sent_at: int | None,
+    source: str,
+    mode: str | None,
+    request: web.Request,
+) -> Any:
+    settings = request.app[SETTINGS]
+    event = to_stream_event(
+        call,
+        kind,
+        received_at=now,
+        sent_at=sent_at,
+        source=source,
+        mode=mode,
+        blocked=settings.blocked_values,
+    )
+    if event.ts > now + settings.max_future_skew_ms:
+        raise CallRejected("the call's time is more than max-future-skew ahead of the server")
+    return event
+
+
+async def batch(request: web.Request) -> web.Response:
+    return await _batch(request, mode=None)
+
+
+async def import_batch(request: web.Request) -> web.Response:
+    return await _batch(request, mode="import")
+
+
+async def _batch(request: web.Request, mode: str | None) -> web.Response:
+    settings = request.app[SETTINGS]
+    body = await _body(request, MAX_BATCH_BYTES)
+    source = _source(request, body.get("writeKey"))
+    calls = body.get("batch")
+    if not isinstance(calls, list) or not calls:
+        raise CallRejected("`batch` must be a non-empty list of calls")
+    if len(calls) > MAX_BATCH_ITEMS:
+        raise CallRejected(f"`batch` has {len(calls)} calls; at most {MAX_BATCH_ITEMS}")
+    shared_context: dict[str, Any] = (
+        body["context"] if isinstance(body.get("context"), dict) else {}
+    )
+    shared_integrations = body.get("integrations")
+    now = await request.app[CLOCK].now_ms()
+    sent_at = _time(body.get("sentAt"), "sentAt")
+    events, rejected = [], []
+    for index, call in enumerate(calls):
+        try:
+            _check_size(call, settings.max_event_bytes)
+            if isinstance(call, dict):
+                call = {**call, "context": {**shared_context, **(call.get("context") or {})}}
+                if shared_integrations is not None and "integrations" not in call:
+                    call["integrations"] = shared_integrations
+            events.append(
+                _convert(
+                    call,
+                    None,
+                    now,
+                    _time(call.get("sentAt"), "sentAt")
+                    if isinstance(call, dict) and call.get("sentAt")
+                    else sent_at,
+                    source,
+                    mode,
+                    request,
+                )
+            )
+        except CallRejected as exc:
+            message_id = call.get("messageId") if isinstance(call, dict) else None
+            rejected.append(
+                {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
+            )
+    if not events:
+        return _answer(
+            {
+                "code": "invalid_request",
+                "message": "no valid call in the batch",
+                "rejected": rejected,
+            },
+            400,
+        )
+    await request.app[PUBLISHER].publish_many(events)
+    answer: dict[str, Any] = {"success": True}
+    if rejected:
+        answer["rejected"] = rejected
+    return _answer(answer)
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS)
+
+
+async def project_settings(request: web.Request) -> web.Response:
+    """What analytics.js loads first: where to send, and with which key."""
+    key = request.match_info["write_key"]
+    if key not in write_keys(request.app[SETTINGS].write_keys):
+        return _error(404, "not_found", "unknown write key")
+    host = f"{request.host}/v1"
+    return _answer(
+        {
+            "integrations": {
+                "Segment.io": {"apiKey": key, "apiHost": host, "protocol": request.scheme}
+            },
+            "plan": {
+                "track": {"__default": {"enabled": True}},
+                "identify": {"__default": {"enabled": True}},
+            },
+            "edgeFunction": {},
+            "analyticsNextEnabled": True,
+            "middlewareSettings": {},
+            "enabledMiddleware": {},
+            "metrics": {"sampleRate": 0},
+            "legacyVideoPluginsEnabled": False,
+            "remotePlugins": [],
+        }
+    )
+
+
+def add_tracking_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/batch", batch)
+    app.router.add_post("/v1/b", batch)
+    app.router.add_post("/v1/import", import_batch)
+    app.router.add_get("/v1/projects/{write_key}/settings", project_settings)
+    app.router.add_post("/v1/{kind}", single)
+    app.router.add_route("OPTIONS", "/v1/{tail:.*}", preflight)
