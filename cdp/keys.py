@@ -38,6 +38,9 @@ canonical id's tag, every partition stream its own)::
     cdp:webhooks:dead                    stream, deliveries given up after retry-for
     cdp:lease:webhooks                   string, worker id running the webhook dispatcher
     cdp:segment-events                   stream, segment ENTER/EXIT events
+    cdp:suppressed                       set of identifiers of erased people (discarded)
+    cdp:audit                            stream, erasures: who, when, which canonical id
+    cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days)
     cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
 
 Nothing outside this module builds a key with an f-string.
@@ -66,6 +69,8 @@ WEBHOOKS = f"{PREFIX}:webhooks"
 WEBHOOKS_DEAD = f"{PREFIX}:webhooks:dead"
 WEBHOOKS_LEASE = f"{PREFIX}:lease:webhooks"
 CLOCK = f"{PREFIX}:clock"
+SUPPRESSED = f"{PREFIX}:suppressed"
+AUDIT = f"{PREFIX}:audit"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
 # import this module); kept next to the functions that build the same names.
@@ -138,3 +143,7 @@ def segment_backfill(name: str) -> str:
 
 def webhook_state(subscription_id: str) -> str:
     return f"{PREFIX}:webhook:{{{subscription_id}}}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{{{job_id}}}"

@@ -20,6 +20,7 @@ COUNTERS = {
     "dropped": "Events older than watermark - grace-period at arrival (see cdp:events:dropped).",
     "dedup_hits": "Events skipped because their eventId was already applied.",
     "accepted": "Events accepted by the ingest API.",
+    "suppressed": "Events discarded because they name an erased (suppressed) identifier.",
 }
 
 

@@ -3,12 +3,15 @@
 ``resolve(redis, "email:a@b.c")`` returns the canonical id owning an identifier (or
 the id itself when given a canonical id such as ``p12``); ``read_profile`` returns the
 JSON-ready view that ``cdp profile`` prints. Tombstoned traits are left out of
-``traits`` and listed, with their timestamps, under ``tombstones``.
+``traits`` and listed, with their timestamps, under ``tombstones``. ``read_profiles``
+reads many profiles (plus their segment memberships) in two round trips, and
+``read_page`` walks ``cdp:profiles`` in canonical-id order (the admin API, the export).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -16,9 +19,13 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.errors import ProfileNotFound
 from cdp.identity import typed_identifiers
+from cdp.segments.definitions import builtins
+from cdp.settings import Settings
 
 _TYPES = {"user": "userId", "anon": "anonymousId", "email": "email"}
 MAX_HOPS = 16
+# Always defined: their thresholds are settings, their names are not.
+BUILTIN_SEGMENTS = frozenset(builtins(Settings()))
 
 
 def normalise(identifier: str) -> str:
@@ -80,6 +87,18 @@ async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
         for name in names:
             pipe.zrange(keys.counter(cid, name), 0, -1, withscores=True)
         buckets = await pipe.execute()
+    return _document(cid, meta, raw_traits, ids, merged, names, buckets)
+
+
+def _document(
+    cid: str,
+    meta: dict[Any, Any],
+    raw_traits: dict[Any, Any],
+    ids: set[Any],
+    merged: set[Any],
+    names: list[str],
+    buckets: list[Any],
+) -> dict[str, Any]:
     traits: dict[str, Any] = {}
     tombstones: dict[str, Any] = {}
     for name, raw in sorted(raw_traits.items()):
@@ -106,3 +125,86 @@ async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
             for name, rows in zip(names, buckets, strict=True)
         },
     }
+
+
+# -- many profiles at once (the admin API's pages and the NDJSON export) ---------------
+
+_PARTS = 6  # replies per profile in read_profiles' first round trip
+
+
+def _is_live(meta: dict[Any, Any]) -> bool:
+    fields = {_s(k) for k in meta}
+    return "createdAt" in fields and "mergedInto" not in fields
+
+
+def _memberships(raw: dict[Any, Any], defined: frozenset[str]) -> dict[str, Any]:
+    """{segment: {"since": iso}} for every defined segment the profile is in."""
+    out: dict[str, Any] = {}
+    for name, value in sorted((_s(k), v) for k, v in raw.items()):
+        state = json.loads(value)
+        if state.get("in") is True and name in defined:
+            out[name] = {"since": state.get("since")}
+    return out
+
+
+async def read_profiles(
+    redis: Redis, cids: Sequence[str], *, counters: bool = True
+) -> list[dict[str, Any]]:
+    """The documents of the live profiles among ``cids``, in their order, in 2 round trips.
+
+    A document is ``read_profile``'s plus ``segments``: ``{name: {"since": iso}}`` for
+    each segment the profile is a member of (a deleted segment's leftover state in
+    ``cdp:profile:{cid}:segments`` is not shown). ``counters=False`` leaves the counters
+    out and needs one round trip. Ids merged away or unknown are skipped, not errors:
+    an id read from ``cdp:profiles`` a moment ago may have been merged since.
+    """
+    if not cids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hkeys(keys.SEGMENTS)
+        for cid in cids:
+            pipe.hgetall(keys.profile(cid))
+            pipe.hgetall(keys.traits(cid))
+            pipe.smembers(keys.identifiers(cid))
+            pipe.smembers(keys.merged(cid))
+            pipe.hgetall(keys.profile_segments(cid))
+            pipe.hkeys(keys.counters(cid))
+        custom, *replies = await pipe.execute()
+    defined = BUILTIN_SEGMENTS | {_s(n) for n in custom}
+    rows = [
+        (cid, replies[i * _PARTS : (i + 1) * _PARTS])
+        for i, cid in enumerate(cids)
+        if _is_live(replies[i * _PARTS])
+    ]
+    names = {cid: sorted(_s(n) for n in row[5]) if counters else [] for cid, row in rows}
+    flat: list[Any] = []
+    if any(names.values()):
+        async with redis.pipeline(transaction=False) as pipe:
+            for cid, _ in rows:
+                for name in names[cid]:
+                    pipe.zrange(keys.counter(cid, name), 0, -1, withscores=True)
+            flat = await pipe.execute()
+    docs = []
+    at = 0
+    for cid, (meta, raw_traits, ids, merged, segments, _) in rows:
+        n = len(names[cid])
+        doc = _document(cid, meta, raw_traits, ids, merged, names[cid], flat[at : at + n])
+        at += n
+        if not counters:
+            del doc["counters"]
+        doc["segments"] = _memberships(segments, defined)
+        docs.append(doc)
+    return docs
+
+
+async def read_page(
+    redis: Redis, after: int, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` live profiles numbered above ``after``, in ``cdp:profiles`` order,
+    and the cursor of the next page (the last number read), None after the last page."""
+    found: Any = await redis.zrangebyscore(
+        keys.PROFILES, f"({after}", "+inf", start=0, num=limit + 1, withscores=True
+    )
+    rows = found[:limit]
+    docs = await read_profiles(redis, [_s(cid) for cid, _ in rows])
+    return docs, int(rows[-1][1]) if len(found) > limit else None

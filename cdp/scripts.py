@@ -48,5 +48,6 @@ class Scripts:
         self.apply_batch: AsyncScript = redis.register_script(source("apply_batch"))
         self.lease_acquire: AsyncScript = redis.register_script(source("lease_acquire"))
         self.lease_release: AsyncScript = redis.register_script(source("lease_release"))
+        self.erase_profile: AsyncScript = redis.register_script(source("erase_profile"))
         self.profile_view: AsyncScript = redis.register_script(source("profile_view"))
         self.segment_transition: AsyncScript = redis.register_script(source("segment_transition"))

@@ -6,6 +6,7 @@
   (user:, anon:, email:). For each event, in order:
     1. dedup: an eventId seen in the current or previous dedup bucket is skipped
        (counted as a dedup hit); otherwise it is recorded in the current bucket;
+       an event naming an erased (suppressed) identifier is discarded and counted;
     2. identity (includes/identity.lua): each identifier is looked up in the
        index; when they belong to several profiles, those the guard rails allow are
        merged into the oldest (a record goes to cdp:merges, as does every refusal);
@@ -110,7 +111,18 @@ local function note_return(pkey, ev)
   if not last or ev.m > last then rcall("HSET", pkey, "lastSeenMs", ev.m) end
 end
 
-local applied, dups, recorded = 0, 0, false
+-- Erased people: an event naming a suppressed identifier is discarded (acknowledged,
+-- counted, never applied). The set is usually empty, so it is checked once per call.
+local suppressing = rcall("SCARD", prefix .. ":suppressed") > 0
+local function suppressed(ev)
+  if not suppressing or #ev.ids == 0 then return false end
+  for _, hit in ipairs(rcall("SMISMEMBER", prefix .. ":suppressed", unpack(ev.ids))) do
+    if hit == 1 then return true end
+  end
+  return false
+end
+
+local applied, dups, recorded, discarded = 0, 0, false, 0
 local dirty = {}
 local result = {"OK", 0, 0}
 local acks = {}
@@ -118,6 +130,9 @@ for _, ev in ipairs(events) do
   acks[#acks + 1] = ev.sid
   if rcall("HEXISTS", dedup_prev, ev.id) == 1 or rcall("HSETNX", dedup_cur, ev.id, "1") == 0 then
     dups = dups + 1
+  elseif suppressed(ev) then
+    recorded = true
+    discarded = discarded + 1
   elseif #ev.ids > 0 then
     recorded = true
     local cid = resolve(ev)
@@ -152,6 +167,7 @@ for _, cid in ipairs(dirty) do
 end
 if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
 if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
+if discarded > 0 then rcall("HINCRBY", metrics_key, "suppressed", discarded) end
 for i = 1, #acks, 500 do
   rcall("XACK", stream_key, consumer_group, unpack(acks, i, math.min(i + 499, #acks)))
 end

@@ -1,0 +1,63 @@
+--[[
+  erase_profile-0.lua: forget a person (GDPR erasure), atomically.
+
+  The profile's identifiers are suppressed (cdp:suppressed: later events naming any
+  of them are discarded at apply, including those already buffered or pending) and
+  removed from the index; every segment membership ends with an EXIT event (so
+  downstream systems forget the person too); traits, identifiers, counters, returns,
+  memberships, the forward pointers of ids merged into it and the profile itself are
+  deleted. An audit record without personal data goes to cdp:audit.
+
+  ARGV[1]  key prefix ("cdp")
+  ARGV[2]  canonical id (live, already resolved)
+  ARGV[3]  now, ISO-8601
+  ARGV[4]  job id
+  ARGV[5]  who asked (e.g. "admin")
+  ARGV[6]  approximate MAXLEN of cdp:segment-events
+
+  Returns {"OK", identifiers removed, EXIT events} or {"GONE"}
+]]
+local rcall = redis.call
+local prefix, cid, now_iso, job, who, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local pkey = prefix .. ":profile:{" .. cid .. "}"
+local meta = rcall("HMGET", pkey, "createdAt", "mergedInto", "user")
+if not meta[1] or meta[2] then return {"GONE"} end
+
+local ids = rcall("SMEMBERS", pkey .. ":identifiers")
+for _, id in ipairs(ids) do
+  rcall("SADD", prefix .. ":suppressed", id)
+  rcall("DEL", prefix .. ":identifier:{" .. id .. "}")
+end
+
+local exits = 0
+local memberships = rcall("HGETALL", pkey .. ":segments")
+for i = 1, #memberships, 2 do
+  local name, state = memberships[i], cjson.decode(memberships[i + 1])
+  if state["in"] then
+    rcall("SREM", prefix .. ":segment:{" .. name .. "}:members", cid)
+    local n = state.n + 1
+    local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
+    local payload = {type = "TRACK", name = name .. " EXIT",
+      properties = {canonicalId = cid, segment = name, transition = "EXIT", reason = "erased"}}
+    if meta[3] then payload.userId = string.sub(meta[3], 6) end
+    rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", maxlen, "*",
+      "eventId", event_id, "segment", name, "transition", "EXIT", "canonicalId", cid,
+      "e", cjson.encode({eventId = event_id, ts = now_iso, payload = payload}))
+    exits = exits + 1
+  end
+end
+
+for _, name in ipairs(rcall("HKEYS", pkey .. ":counters")) do
+  rcall("DEL", pkey .. ":counter:" .. name)
+end
+for _, old in ipairs(rcall("SMEMBERS", pkey .. ":merged")) do
+  rcall("DEL", prefix .. ":profile:{" .. old .. "}")
+end
+rcall("DEL", pkey, pkey .. ":traits", pkey .. ":identifiers", pkey .. ":counters",
+  pkey .. ":merged", pkey .. ":returns", pkey .. ":segments")
+rcall("ZREM", prefix .. ":profiles", cid)
+rcall("ZREM", prefix .. ":segments:due", cid)
+rcall("XADD", prefix .. ":audit", "MAXLEN", "~", "1000000", "*", "action", "erase",
+  "canonicalId", cid, "job", job, "by", who, "at", now_iso,
+  "identifiers", #ids, "exits", exits)
+return {"OK", #ids, exits}
