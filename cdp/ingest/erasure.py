@@ -61,7 +61,7 @@ async def erase(request: web.Request) -> web.Response:
     )
     if text(reply[0]) == "GONE":
         raise NotFound(f"profile {cid!r} no longer exists")
-    state: dict[str, str | int] = {
+    state: dict[Any, Any] = {
         "id": job_id,
         "state": "purging",
         "canonicalId": cid,
