@@ -256,18 +256,25 @@ async def last_merge_record(redis: Redis) -> str:
 
 
 async def merge_records(redis: Redis, after: str, run: str) -> dict[str, int]:
-    """Records in ``cdp:merges`` past ``after`` whose eventId is this run's, by status."""
+    """This run's records in ``cdp:merges`` past ``after``: merges, refusals, and the
+    merges made by the merging ALIAS events of ``plan`` (``alias_merges``)."""
     statuses: Counter[str] = Counter()
-    ours = f"bench-{run}-"
+    ours, alias_merges = f"bench-{run}-", 0
     while True:
         page: Any = await redis.xrange(keys.MERGES, min=f"({after}", count=1000)
         if not page:
             break
         for entry_id, fields in page:
-            if text(fields.get(b"eventId", b"")).startswith(ours):
-                statuses[text(fields[b"status"])] += 1
+            event_id, status = text(fields.get(b"eventId", b"")), text(fields[b"status"])
+            if event_id.startswith(ours):
+                statuses[status] += 1
+                alias_merges += status == "merged" and event_id.startswith(ours + "merge-")
             after = text(entry_id)
-    return {"merges": statuses["merged"], "refused": statuses["refused"]}
+    return {
+        "merges": statuses["merged"],
+        "refused": statuses["refused"],
+        "alias_merges": alias_merges,
+    }
 
 
 async def timed(
@@ -497,6 +504,11 @@ async def run_bench(
         result.update(await send_and_wait(redis, url, specs, concurrency, settings, workers))
         if workers:
             result.update(await merge_records(redis, merges_before, run))
+            if result["alias_merges"] != len(warmup) // 2:
+                print(
+                    f"cdp bench: warning: {result['alias_merges']} merge records for"
+                    f" {len(warmup) // 2} merging ALIAS events"
+                )
         result.update(await raw_redis(redis, settings, run, events, users))
     finally:
         with contextlib.suppress(RedisError):

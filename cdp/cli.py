@@ -5,6 +5,7 @@
     cdp worker    one worker process, against CDP_REDIS_URL
     cdp profile   print a profile as JSON, by any identifier or canonical id
     cdp segments  list segments, or watch ENTER/EXIT events live
+    cdp export    write every profile as NDJSON (FILE, or - for stdout)
     cdp config    print the effective configuration
     cdp bench     send a mixed workload to a running stack and print the rates
 
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         "--segment", action="append", default=[], help="only this segment (repeatable)"
     )
 
+    export = sub.add_parser("export", help="write every profile as NDJSON")
+    export.add_argument("file", help="output file, or - for stdout")
+
     sub.add_parser("config", help="print the effective configuration")
 
     bench = sub.add_parser("bench", help="measure a running stack")
@@ -118,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 asyncio.run(list_segments(settings))
             else:
                 asyncio.run(watch_segments(settings, args.start, set(args.segment)))
+        elif args.command == "export":
+            from cdp.export import main_export
+
+            sys.exit(main_export(settings, args.file))
         elif args.command == "config":
             _config(settings)
         elif args.command == "bench":

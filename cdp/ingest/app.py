@@ -24,6 +24,7 @@ from cdp.events import decode_ingest
 from cdp.ingest.admin import add_admin_routes
 from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS
 from cdp.ingest.erasure import add_erasure_routes
+from cdp.ingest.profiles_api import add_profile_routes
 from cdp.ingest.publisher import Publisher
 from cdp.ingest.tracking import add_tracking_routes, segment_error
 from cdp.metrics import read_metrics, render_prometheus
@@ -146,6 +147,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     add_admin_routes(app)
+    add_profile_routes(app)
     add_erasure_routes(app)
     add_tracking_routes(app)
     return app
