@@ -88,6 +88,16 @@ def rejection_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str
     return f"body is not valid JSON: {text}"
 
 
+# Event times are kept as epoch milliseconds and fixed-width ISO strings: 1970 to 9999.
+MIN_TS_MS = 0
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+def check_time_range(ts_ms: int, field: str = "ts") -> None:
+    if not MIN_TS_MS <= ts_ms <= MAX_TS_MS:
+        raise EventRejected(f"`{field}` must be between 1970-01-01 and 9999-12-31 (UTC)")
+
+
 def validate_rules(
     event_id: str,
     ts_ms: int,
@@ -116,6 +126,7 @@ def validate_rules(
         (payload.anonymousId or "").strip() and (payload.userId or "").strip()
     ):
         raise EventRejected("ALIAS events require both `payload.anonymousId` and `payload.userId`")
+    check_time_range(ts_ms)
     if ts_ms > now_ms + max_future_skew_ms:
         raise EventRejected(
             f"`ts` is {(ts_ms - now_ms) // 1000}s in the future; at most "

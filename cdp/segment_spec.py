@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from cdp.errors import EventRejected
-from cdp.events import StreamEvent, to_ms
+from cdp.events import StreamEvent, check_time_range, to_ms
 from cdp.identity import BLOCKED_VALUES, typed_identifiers
 
 TYPES = {
@@ -68,9 +68,15 @@ def event_time(call: dict[str, Any], sent_at: int | None, received_at: int) -> i
     """Segment's clock-skew correction, then ``timestamp``, then receipt time."""
     original = _time(call.get("originalTimestamp"), "originalTimestamp")
     if original is not None and sent_at is not None:
-        return received_at - (sent_at - original)
-    timestamp = _time(call.get("timestamp"), "timestamp")
-    return timestamp if timestamp is not None else received_at
+        ts = received_at - (sent_at - original)
+    else:
+        timestamp = _time(call.get("timestamp"), "timestamp")
+        ts = timestamp if timestamp is not None else received_at
+    try:
+        check_time_range(ts, "timestamp")
+    except EventRejected as exc:
+        raise CallRejected(str(exc)) from None
+    return ts
 
 
 def _string(call: dict[str, Any], field: str) -> str | None:

@@ -50,7 +50,7 @@
            "mergeUsers"}, "minReturnGap" (ms) and "dirtyDue" (ms: when touched
            profiles fall due for the sweeper if nobody evaluates them first)
 
-  Returns  {"OK", applied, duplicates, cid of each applied event...}
+  Returns  {"OK", applied, duplicates, cid of each applied live (not imported) event...}
         or {"LEASE_LOST"}
 ]=]
 local rcall = redis.call
@@ -153,7 +153,7 @@ for _, ev in ipairs(events) do
       end
     end
     applied = applied + 1
-    result[#result + 1] = cid
+    if not ev.imp then result[#result + 1] = cid end
   else
     recorded = true
   end

@@ -4,9 +4,9 @@
 atomically (``lua/erase_profile-0.lua``: identifiers suppressed and unindexed,
 memberships ended with EXIT events, every key of the profile deleted, an audit record
 in ``cdp:audit``), then removes the person's events from ``cdp:events:dropped`` and
-``cdp:events:dead``. Events naming a suppressed identifier are accepted and discarded
-(counted in ``cdp_events_suppressed_total``), including those already buffered or
-pending, until ``DELETE /cdp/suppressions/{id}`` lifts the suppression.
+``cdp:events:dead``, and the merge records about its profiles. Events naming a
+suppressed identifier are accepted and discarded (counted in
+``cdp_events_suppressed_total``), including those already buffered or pending, until ``DELETE /cdp/suppressions/{id}`` lifts the suppression.
 ``GET /cdp/jobs/{id}`` tells the job's state.
 """
 
@@ -47,6 +47,7 @@ async def erase(request: web.Request) -> web.Response:
     except ProfileNotFound as exc:
         raise NotFound(str(exc)) from None
     identifiers = sorted(text(i) for i in await redis.smembers(keys.identifiers(cid)))
+    cids = {cid} | {text(c) for c in await redis.smembers(keys.merged(cid))}
     job_id = uuid.uuid4().hex
     now = await request.app[CLOCK].now_ms()
     reply = await Scripts(redis).erase_profile(
@@ -71,23 +72,23 @@ async def erase(request: web.Request) -> web.Response:
     }
     await redis.hset(keys.job(job_id), mapping=state)
     await redis.expire(keys.job(job_id), JOB_TTL_S)
-    task = asyncio.create_task(_purge(redis, job_id, set(identifiers)))
+    task = asyncio.create_task(_purge(redis, job_id, set(identifiers), cids))
     request.app[JOBS].add(task)
     task.add_done_callback(request.app[JOBS].discard)
     return web.json_response(state | {"href": f"/cdp/jobs/{job_id}"}, status=202)
 
 
-async def _purge(redis: Redis, job_id: str, identifiers: set[str]) -> None:
-    """Delete the erased person's events from the dropped and dead-letter streams."""
+async def _purge(redis: Redis, job_id: str, identifiers: set[str], cids: set[str]) -> None:
+    """Delete the erased person's events and merge records (dropped, dead, merges)."""
     removed = 0
     try:
-        for stream in (keys.DROPPED, keys.DEAD):
+        for stream in (keys.DROPPED, keys.DEAD, keys.MERGES):
             cursor = "-"
             while True:
                 entries: Any = await redis.xrange(stream, cursor, "+", count=PURGE_CHUNK)
                 if not entries:
                     break
-                doomed = [eid for eid, fields in entries if _names(fields, identifiers)]
+                doomed = [eid for eid, fields in entries if _names(fields, identifiers, cids)]
                 if doomed:
                     removed += await redis.xdel(stream, *doomed)
                 if len(entries) < PURGE_CHUNK:
@@ -106,7 +107,11 @@ async def _purge(redis: Redis, job_id: str, identifiers: set[str]) -> None:
         await redis.hset(keys.job(job_id), mapping={"state": "failed", "error": str(exc)})
 
 
-def _names(fields: dict[bytes, bytes], identifiers: set[str]) -> bool:
+def _names(fields: dict[bytes, bytes], identifiers: set[str], cids: set[str]) -> bool:
+    """Does a dropped/dead event, or a merge record, concern the erased person?"""
+    if b"status" in fields:  # a record of cdp:merges
+        named = {text(fields[f]) for f in (b"profile", b"survivor", b"merged") if f in fields}
+        return bool(named & cids) or text(fields.get(b"identifier", b"")) in identifiers
     try:
         event = json.loads(fields.get(b"e") or b"{}")
     except ValueError:

@@ -105,7 +105,7 @@ async def _body(request: web.Request, limit: int) -> dict[str, Any]:
 
 
 def _check_size(call: Any, limit: int) -> None:
-    size = len(json.dumps(call, separators=(",", ":")))
+    size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
     if size > limit:
         raise CallRejected(
             f"call is {size} bytes; the limit is {limit} per call", "request_too_large", 413
@@ -180,7 +180,10 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
         try:
             _check_size(call, settings.max_event_bytes)
             if isinstance(call, dict):
-                call = {**call, "context": {**shared_context, **(call.get("context") or {})}}
+                own_context = call.get("context") or {}
+                if not isinstance(own_context, dict):
+                    raise CallRejected("`context` must be a JSON object")
+                call = {**call, "context": {**shared_context, **own_context}}
                 if shared_integrations is not None and "integrations" not in call:
                     call["integrations"] = shared_integrations
             events.append(

@@ -358,6 +358,8 @@ class Worker:
                 await self.tick()
             except RedisError as exc:
                 self._log.warning("tick: redis error", error=str(exc))
+            except Exception:  # a bug must not stop the ticks of every partition
+                self._log.exception("tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._stopping.wait(), max(0.0, interval - (time.monotonic() - started))
@@ -371,12 +373,17 @@ class Worker:
         ready = {p: batch for p, batch in ready.items() if batch}
         ctx = ApplyContext(now_ms=now, worker_id=self.worker_id)
         calls: list[tuple[int, list[tuple[str, StreamEvent]]]] = []
+        unencodable: list[tuple[int, list[tuple[str, StreamEvent]], Exception]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for p, batch in ready.items():
                 size = self.settings.batch_size
                 for start in range(0, len(batch), size):
                     chunk = batch[start : start + size]
-                    await queue_apply(pipe, self.scripts, self.settings, ctx, p, chunk)
+                    try:
+                        await queue_apply(pipe, self.scripts, self.settings, ctx, p, chunk)
+                    except (ValueError, TypeError, OverflowError) as exc:
+                        unencodable.append((p, chunk, exc))  # sorted out event by event
+                        continue
                     calls.append((p, chunk))
             for name, value in self._unflushed.items():
                 pipe.hincrby(keys.METRICS, name, value)
@@ -389,6 +396,8 @@ class Worker:
         self.stats.update(self._unflushed)
         self._unflushed.clear()
         applied = 0
+        for p, chunk, error in unencodable:
+            applied += await self._apply_one_by_one(p, chunk, ctx, error)
         for (p, chunk), reply in zip(calls, replies, strict=False):
             if isinstance(reply, Exception):
                 applied += await self._apply_one_by_one(p, chunk, ctx, reply)
@@ -437,9 +446,13 @@ class Worker:
         )
         applied = 0
         for item in chunk:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await queue_apply(pipe, self.scripts, self.settings, ctx, partition, [item])
-                (reply,) = await pipe.execute(raise_on_error=False)
+            reply: Any
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await queue_apply(pipe, self.scripts, self.settings, ctx, partition, [item])
+                    (reply,) = await pipe.execute(raise_on_error=False)
+            except (ValueError, TypeError, OverflowError) as exc:
+                reply = ResponseError(f"cannot encode the event: {exc}")
             if isinstance(reply, ResponseError):
                 eid, event = item
                 self._log.error(

@@ -1,0 +1,223 @@
+"""The official Segment Python library (``segment-analytics-python``) pointed at our
+``/v1`` routes: what it sends becomes one profile with the right traits, identifiers
+and counters, and a messageId sent twice counts once.
+
+The library stamps ``timestamp`` and ``sentAt`` from the machine clock, so these tests
+run the API and the worker on the system clock with a short window.
+
+The profile is read through the admin profile API (``GET /cdp/profiles/{id}``) when
+the app registers it, else with ``cdp.profiles.read_profile`` straight from Redis;
+the helpers here are shared with ``test_analytics_js.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from redis.asyncio import Redis
+
+from cdp.errors import ProfileNotFound
+from cdp.ingest.app import create_app
+from cdp.profiles import read_profile
+from cdp.settings import load_settings
+from tests.conftest import Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "t"
+WRITE_KEYS = "wk1=web,wk2=ios"
+FAST = {"clock": "system", "window_size": "200ms"}
+
+
+def basic(key: str, password: str = "") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:{password}".encode()).decode()}
+
+
+def profile_api_registered() -> bool:
+    """Whether the app serves ``GET /cdp/profiles/{id}`` (the admin profile API)."""
+    app = create_app(load_settings(env={}))
+    return any(
+        route.method == "GET"
+        and route.resource is not None
+        and route.resource.canonical == "/cdp/profiles/{id}"
+        for route in app.router.routes()
+    )
+
+
+PROFILE_API = profile_api_registered()
+
+
+async def _read(redis_url: str, identifier: str) -> dict[str, Any] | None:
+    redis = Redis.from_url(redis_url)
+    try:
+        return await read_profile(redis, identifier)
+    except ProfileNotFound:
+        return None
+    finally:
+        await redis.aclose()
+
+
+def read_doc(stack: Stack, identifier: str, token: str = TOKEN) -> dict[str, Any] | None:
+    """The profile document of ``identifier``, or None when no profile answers to it."""
+    if PROFILE_API:
+        resp = stack.request(
+            "GET",
+            "/cdp/profiles/" + quote(identifier, safe=":@"),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if resp.status == 404:
+            return None
+        assert resp.status == 200, (resp.status, resp.body)
+        doc: dict[str, Any] = resp.json()
+        return doc
+    return asyncio.run(_read(stack.redis_url, identifier))
+
+
+def total(doc: dict[str, Any] | None, counter: str) -> int:
+    if not doc:
+        return 0
+    return int(doc["counters"].get(counter, {}).get("total", 0))
+
+
+def wait_doc(stack: Stack, identifier: str, wanted: dict[str, int]) -> dict[str, Any]:
+    """Wait until the profile of ``identifier`` has at least these counter totals."""
+
+    def ready() -> dict[str, Any] | None:
+        doc = read_doc(stack, identifier)
+        if doc and all(total(doc, name) >= n for name, n in wanted.items()):
+            return doc
+        return None
+
+    doc: dict[str, Any] = wait_until(ready, timeout=20, message=f"profile {identifier} {wanted}")
+    return doc
+
+
+def assert_person(
+    doc: dict[str, Any],
+    *,
+    user: str,
+    email: str,
+    anon: str,
+    event: str,
+    pages: int,
+    screens: int = 0,
+) -> None:
+    """What an identify + track + alias + page (+ screen) + group session leaves."""
+    assert sorted(doc["identifiers"]) == sorted(
+        [f"user:{user}", f"email:{email.strip().lower()}", f"anon:{anon}"]
+    ), doc["identifiers"]
+    traits = {name: cell["v"] for name, cell in doc["traits"].items()}
+    assert traits["plan"] == "pro"
+    assert traits["email"] == email
+    assert traits["groupId"] == "acme-1"
+    assert traits["groupTraits"] == {"name": "Acme Inc", "employees": 42}
+    counters = {name: c["total"] for name, c in doc["counters"].items()}
+    assert counters[event] == 1
+    assert counters["$track"] == 1
+    assert counters["$page"] == pages
+    if screens:
+        assert counters["$screen"] == screens
+    else:
+        assert "$screen" not in counters
+
+
+@pytest.fixture
+def analytics(stack: Stack) -> Iterator[tuple[Any, list[Any]]]:
+    """The library's module-level client, aimed at our API and reset afterwards, and
+    the errors its ``on_error`` reported."""
+    from segment import analytics as lib
+
+    saved = {
+        name: getattr(lib, name)
+        for name in ("write_key", "host", "on_error", "max_retries", "default_client")
+    }
+    errors: list[Any] = []
+    lib.write_key = "wk1"
+    lib.host = f"http://127.0.0.1:{stack.api_port}"
+    lib.on_error = lambda error, items: errors.append((error, items))
+    lib.max_retries = 1
+    lib.default_client = None
+    yield lib, errors
+    if lib.default_client is not None:
+        lib.shutdown()
+    for name, value in saved.items():
+        setattr(lib, name, value)
+
+
+@pytest.fixture
+def live(stack: Stack) -> Stack:
+    stack.start_api(write_keys=WRITE_KEYS, admin_token=TOKEN, **FAST)
+    stack.start_worker(**FAST)
+    return stack
+
+
+def test_the_official_library_builds_one_profile(
+    live: Stack, analytics: tuple[Any, list[Any]]
+) -> None:
+    lib, errors = analytics
+    user, anon = f"sdk-{uuid.uuid4().hex[:8]}", f"anon-{uuid.uuid4().hex[:8]}"
+    email = "Ada.Lovelace@Example.COM"
+
+    # the anonymous visitor has events of its own before the alias
+    lib.page(anonymous_id=anon, name="Pricing", properties={"path": "/pricing"})
+    lib.identify(user, {"email": email, "plan": "pro", "name": "Ada"})
+    lib.track(user, "Plan Upgraded", {"from": "free", "to": "pro"})
+    lib.alias(anon, user)
+    lib.page(user, name="Dashboard")
+    lib.screen(user, name="Home")
+    lib.group(user, "acme-1", {"name": "Acme Inc", "employees": 42})
+    lib.flush()
+    assert errors == []
+
+    cid = wait_doc(live, f"user:{user}", {"Plan Upgraded": 1, "$page": 2, "$screen": 1})[
+        "canonicalId"
+    ]
+    # the merge with the anonymous profile has happened once the anon id answers too
+    wait_until(
+        lambda: (d := read_doc(live, f"anon:{anon}")) and d["canonicalId"] == cid,
+        message="the anonymous id to resolve to the user's profile",
+    )
+    live.wait_idle()
+    doc = read_doc(live, f"user:{user}")
+    assert doc is not None and doc["canonicalId"] == cid
+    assert_person(doc, user=user, email=email, anon=anon, event="Plan Upgraded", pages=2, screens=1)
+    assert doc["traits"]["name"]["v"] == "Ada"
+    # every identifier, the lower-cased email included, finds the same profile
+    for identifier in (f"email:{email.lower()}", f"anon:{anon}"):
+        other = read_doc(live, identifier)
+        assert other is not None and other["canonicalId"] == doc["canonicalId"]
+
+
+def test_a_message_id_sent_twice_counts_once(live: Stack) -> None:
+    user = f"dup-{uuid.uuid4().hex[:8]}"
+    call = {
+        "userId": user,
+        "event": "Order Completed",
+        "messageId": f"msg-{uuid.uuid4().hex}",
+        "properties": {"total": 30},
+    }
+    headers = {"Content-Type": "application/json", **basic("wk1")}
+    first = live.request("POST", "/v1/track", json.dumps(call).encode(), headers)
+    again = live.request(
+        "POST", "/v1/batch", json.dumps({"batch": [{**call, "type": "track"}]}).encode(), headers
+    )
+    assert (first.status, first.json()) == (200, {"success": True})
+    assert (again.status, again.json()) == (200, {"success": True})
+    # a second, distinct messageId to know when everything sent has been applied
+    marker = {"userId": user, "event": "Marker", "messageId": f"msg-{uuid.uuid4().hex}"}
+    live.request("POST", "/v1/track", json.dumps(marker).encode(), headers)
+
+    live.wait_metric("dedup_hits", 1)
+    wait_doc(live, f"user:{user}", {"Marker": 1})
+    live.wait_idle()
+    doc = read_doc(live, f"user:{user}")
+    assert doc is not None
+    assert total(doc, "Order Completed") == 1
+    assert total(doc, "$track") == 2
