@@ -6,8 +6,9 @@ memberships ended with EXIT events, every key of the profile deleted, an audit r
 in ``cdp:audit``), then removes the person's events from ``cdp:events:dropped`` and
 ``cdp:events:dead``, and the merge records about its profiles. Events naming a
 suppressed identifier are accepted and discarded (counted in
-``cdp_events_suppressed_total``), including those already buffered or pending, until ``DELETE /cdp/suppressions/{id}`` lifts the suppression.
-``GET /cdp/jobs/{id}`` tells the job's state.
+``cdp_events_suppressed_total``), including those already buffered or pending, until
+``DELETE /cdp/suppressions/{id}`` lifts the suppression. ``GET /cdp/jobs/{id}`` tells
+the job's state.
 """
 
 from __future__ import annotations
