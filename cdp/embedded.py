@@ -127,6 +127,8 @@ class RedisServer:
             if self.process.stderr is not None:
                 self.process.stderr.close()
             return
+        if not self.appendonly:  # nothing to flush: a scratch server (tests) just ends
+            self.process.terminate()
         with contextlib.suppress(redis.RedisError):
             client = redis.Redis(port=self.port, socket_timeout=5)
             client.shutdown()

@@ -29,7 +29,7 @@ canonical id's tag, every partition stream its own)::
     cdp:segments                         hash, custom segment name -> definition (JSON)
     cdp:segments:version                 string, bumped on every definition change
     cdp:segments:due                     zset, canonical id -> when to re-evaluate (ms)
-    cdp:segment:{<name>}:members         set of canonical ids in the segment
+    cdp:segment:{<name>}:members         zset, canonical id -> its number (the members)
     cdp:segment:{<name>}:backfill        hash, state, cursor, scanned, total
     cdp:backfills                        set of segments whose backfill is running
     cdp:lease:sweeper                    string, worker id running the due-time sweeper

@@ -34,7 +34,7 @@ local memberships = rcall("HGETALL", pkey .. ":segments")
 for i = 1, #memberships, 2 do
   local name, state = memberships[i], cjson.decode(memberships[i + 1])
   if state["in"] then
-    rcall("SREM", prefix .. ":segment:{" .. name .. "}:members", cid)
+    rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
     local n = state.n + 1
     local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
     local payload = {type = "TRACK", name = name .. " EXIT",

@@ -3,7 +3,7 @@
   transition, in one atomic step, exactly once.
 
   For each segment of ARGV[6] whose wanted membership differs from the profile's
-  current one: the membership changes (per-profile hash and per-segment set), the
+  current one: the membership changes (per-profile hash and per-segment zset), the
   transition count n grows by one, and a seed-format TRACK event named
   "<segment> ENTER" / "<segment> EXIT" with the deterministic eventId
   "seg:<segment>:<cid>:<n>" is appended to cdp:segment-events. A segment that
@@ -55,7 +55,11 @@ for _, name in ipairs(names) do
     local n = state.n + 1
     rcall("HSET", skey, name, cjson.encode({["in"] = want, n = n, since = now_iso}))
     local members = prefix .. ":segment:{" .. name .. "}:members"
-    if want then rcall("SADD", members, cid) else rcall("SREM", members, cid) end
+    if want then
+      rcall("ZADD", members, tonumber(string.sub(cid, 2)) or 0, cid)
+    else
+      rcall("ZREM", members, cid)
+    end
     local transition = want and "ENTER" or "EXIT"
     local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
     local payload = {type = "TRACK", name = name .. " " .. transition,
@@ -71,7 +75,7 @@ end
 for _, name in ipairs(rcall("HKEYS", skey)) do
   if wanted[name] == nil then
     rcall("HDEL", skey, name)
-    rcall("SREM", prefix .. ":segment:{" .. name .. "}:members", cid)
+    rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
   end
 end
 if due == "" then rcall("ZREM", due_key, cid) else rcall("ZADD", due_key, due, cid) end

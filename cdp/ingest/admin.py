@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -29,6 +30,8 @@ from cdp.segments.webhooks import Subscription, parse_subscription
 from cdp.streams import last_id, tail, text
 
 PAGE_MAX = 1000
+STREAM_ID = re.compile(r"^(\$|\d+(-\d+)?)$")
+OPEN_STREAMS = web.AppKey("open_streams", set[asyncio.Task[Any]])
 
 
 class Unauthorized(EventRejected):
@@ -49,7 +52,11 @@ def require_admin(request: web.Request) -> None:
         raise Unauthorized("admin routes are disabled: set CDP_ADMIN_TOKEN on the server")
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
+        given.strip().encode("utf-8", "surrogateescape"),
+        token.encode(),
+    ):
         raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
 
 
@@ -69,7 +76,7 @@ async def _json_body(request: web.Request) -> Any:
 
 async def _segment_info(redis: Redis, name: str) -> dict[str, Any]:
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.scard(keys.segment_members(name))
+        pipe.zcard(keys.segment_members(name))
         pipe.hgetall(keys.segment_backfill(name))
         members, backfill = await pipe.execute()
     info: dict[str, Any] = {"members": members}
@@ -136,12 +143,27 @@ async def delete_segment(request: web.Request) -> web.Response:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(keys.SEGMENTS, name)
         pipe.incr(keys.SEGMENTS_VERSION)
-        pipe.delete(keys.segment_members(name), keys.segment_backfill(name))
+        pipe.delete(keys.segment_backfill(name))
         pipe.srem(keys.BACKFILLS, name)
         removed, *_ = await pipe.execute()
     if not removed:
         raise NotFound(f"no segment named {name!r}")
+    await _forget_memberships(redis, name)
     return web.Response(status=204)
+
+
+async def _forget_memberships(redis: Redis, name: str) -> None:
+    """End a deleted segment's memberships (no events), chunk by chunk."""
+    members_key = keys.segment_members(name)
+    while True:
+        chunk = [_s(cid) for cid in await redis.zrange(members_key, 0, 499)]
+        if not chunk:
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for cid in chunk:
+                pipe.hdel(keys.profile_segments(cid), name)
+            pipe.zrem(members_key, *chunk)
+            await pipe.execute()
 
 
 async def segment_members(request: web.Request) -> web.Response:
@@ -152,12 +174,14 @@ async def segment_members(request: web.Request) -> web.Response:
         raise NotFound(f"no segment named {name!r}")
     cursor = _int_param(request, "cursor", 0, 0, None)
     limit = _int_param(request, "limit", 100, 1, PAGE_MAX)
-    next_cursor, members = await redis.sscan(keys.segment_members(name), cursor, count=limit)
+    rows: Any = await redis.zrangebyscore(
+        keys.segment_members(name), f"({cursor}", "+inf", start=0, num=limit, withscores=True
+    )
     return web.json_response(
         {
             "segment": name,
-            "members": sorted(_s(m) for m in members),
-            "cursor": str(next_cursor) if int(next_cursor) else None,
+            "members": [_s(cid) for cid, _ in rows],
+            "cursor": str(int(rows[-1][1])) if len(rows) == limit else None,
         }
     )
 
@@ -228,7 +252,11 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     settings = request.app[SETTINGS]
     start = request.headers.get("Last-Event-ID") or request.query.get("from") or "$"
+    if not STREAM_ID.match(start):
+        raise EventRejected(f"{start!r} is not a stream id (like 1700000000000-0, or $)")
     segment_filter = set(request.query.getall("segment", []))
+    if start == "$":  # "now" is fixed before the client hears it is connected
+        start = await last_id(request.app[REDIS], keys.SEGMENT_EVENTS)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -238,6 +266,10 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    streams = request.app[OPEN_STREAMS]
+    task = asyncio.current_task()
+    if task is not None:
+        streams.add(task)
     try:
         await response.write(b": connected\n\n")
         async for item in tail(redis, keys.SEGMENT_EVENTS, start):
@@ -249,15 +281,26 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
                 continue
             data = text(fields[b"e"])
             await response.write(f"id: {entry_id}\nevent: segment\ndata: {data}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass
     finally:
+        if task is not None:
+            streams.discard(task)
         with contextlib.suppress(Exception):
             await redis.aclose()
     return response
 
 
+async def close_streams(app: web.Application) -> None:
+    """On shutdown, end open event streams instead of waiting out their reads."""
+    streams: set[asyncio.Task[Any]] = app[OPEN_STREAMS]
+    for task in list(streams):
+        task.cancel()
+
+
 def add_admin_routes(app: web.Application) -> None:
+    app[OPEN_STREAMS] = set()
+    app.on_shutdown.append(close_streams)
     app.router.add_get("/cdp/segments", list_segments)
     app.router.add_get("/cdp/segments/{name}", get_segment)
     app.router.add_put("/cdp/segments/{name}", put_segment)

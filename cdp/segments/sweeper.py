@@ -10,11 +10,13 @@ keeps its cursor in Redis, so another sweeper resumes it after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from cdp import keys
 from cdp.clock import Clock
@@ -43,7 +45,7 @@ async def start_backfill(redis: Redis, name: str) -> None:
                 "cursor": 0,
                 "scanned": 0,
                 "total": total,
-                "startedAt": int(time.time() * 1000),
+                "startedAt": time.time_ns(),
             },
         )
         pipe.sadd(keys.BACKFILLS, name)
@@ -90,7 +92,8 @@ class Sweeper:
 
     async def _backfill_step(self, name: str, now: int) -> int:
         key = keys.segment_backfill(name)
-        cursor = int(await self.redis.hget(key, "cursor") or 0)
+        cursor_raw, started = await self.redis.hmget(key, "cursor", "startedAt")
+        cursor = int(cursor_raw or 0)
         rows: Any = await self.redis.zrangebyscore(
             keys.PROFILES, f"({cursor}", "+inf", start=0, num=BACKFILL_CHUNK, withscores=True
         )
@@ -103,9 +106,14 @@ class Sweeper:
             return 0
         emitted = await self.engine.evaluate([_s(cid) for cid, _ in rows], now)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "cursor", int(rows[-1][1]))
-            pipe.hincrby(key, "scanned", len(rows))
-            await pipe.execute()
+            # A PUT that restarted this backfill meanwhile wins: its cursor stays.
+            await pipe.watch(key)
+            if await pipe.hget(key, "startedAt") == started:
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(key, "cursor", int(rows[-1][1]))
+                pipe.hincrby(key, "scanned", len(rows))
+                with contextlib.suppress(WatchError):
+                    await pipe.execute()
         return len(emitted)
 
     async def release(self) -> None:

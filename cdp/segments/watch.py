@@ -18,7 +18,7 @@ async def list_segments(settings: Settings) -> None:
         segments = await load_segments(redis, settings)
         print(f"{'segment':24} {'members':>8}  rule")
         for name in sorted(segments):
-            members = await redis.scard(keys.segment_members(name))
+            members = await redis.zcard(keys.segment_members(name))
             kind = " (built in)" if segments[name].builtin else ""
             print(f"{name:24} {members:>8}  {json.dumps(segments[name].source)}{kind}")
     finally:

@@ -70,7 +70,7 @@ local function merge(loser, survivor, ev)
   local memberships = rcall("HGETALL", lkey .. ":segments")
   for i = 1, #memberships, 2 do
     if cjson.decode(memberships[i + 1])["in"] then
-      rcall("SREM", prefix .. ":segment:{" .. memberships[i] .. "}:members", loser)
+      rcall("ZREM", prefix .. ":segment:{" .. memberships[i] .. "}:members", loser)
     end
   end
   rcall("ZREM", prefix .. ":segments:due", loser)

@@ -60,13 +60,13 @@ def test_power_user_enters_then_exits_24h_later_by_time_alone(live: Stack) -> No
         "name": "power_user ENTER",
         "properties": {"canonicalId": "p1", "segment": "power_user", "transition": "ENTER"},
     }
-    assert live.r.smembers(keys.segment_members("power_user")) == {"p1"}
+    assert live.r.zrange(keys.segment_members("power_user"), 0, -1) == ["p1"]
     # No new event: the exit is due when the first bucket leaves the 24 h window.
     due = live.r.zscore(keys.SEGMENTS_DUE, "p1")
     assert due == 1_759_572_000_000 + 60_000 + 24 * H
     live.set_clock("2025-10-05T10:01:00.500Z")
     assert wait_events(live, 2) == ["power_user ENTER", "power_user EXIT"]
-    assert live.r.smembers(keys.segment_members("power_user")) == set()
+    assert live.r.zrange(keys.segment_members("power_user"), 0, -1) == []
     assert segment_events(live)[1]["eventId"] == "seg:power_user:p1:2"
 
 
@@ -150,7 +150,7 @@ def test_merging_a_power_user_into_a_non_member(live: Stack) -> None:
     second = segment_events(live)[1]
     assert second["payload"]["properties"]["canonicalId"] == survivor
     assert second["payload"]["userId"] == "u1"
-    assert live.r.smembers(keys.segment_members("power_user")) == {survivor}
+    assert live.r.zrange(keys.segment_members("power_user"), 0, -1) == [survivor]
     assert names(live).count("power_user EXIT") == 0
 
 

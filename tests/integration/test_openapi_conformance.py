@@ -1,0 +1,395 @@
+"""The OpenAPI document against the live API: property-based (schemathesis) and seeded.
+
+One API process and one worker run for the whole module, against the session's real
+redis-server, with the admin token and a write key configured. Every answer must be
+documented (status code and content type) and match its response schema, and none may
+be a server error (the documented 503 needs Redis to be down, which it never is here).
+
+- ``test_documented_answers_of_a_populated_system`` walks every operation through the
+  answers random data seldom reaches (a profile, a membership, an erasure job, a
+  webhook, a write key's settings...), each one validated like a generated case. It runs
+  first, so the generated cases then meet a store with profiles in it.
+- ``test_generated_cases_conform`` lets schemathesis generate cases for every operation
+  (the schema's examples, the coverage phase's boundary and negative values, fuzzing),
+  authenticated: ``Authorization: Bearer <token>`` on admin routes, Basic auth with the
+  write key on /v1. Its negative cases include requests whose credentials were removed;
+  those must be the documented 401 on admin routes.
+- ``test_unauthenticated_cases_are_refused`` generates cases without the token or the
+  write key: admin routes answer 401, /v1 routes never accept the call.
+
+The SSE stream (``/cdp/segment-events/stream``) is left out: it never ends. DELETE
+operations run like the others; the store is disposable.
+
+Loading: ``from_fixture`` (the lazy loader that could read the live /openapi.json) does
+not work under pytest 9.2 (it sets ``Function._nodeid``, which pytest 9.2 renamed), so the
+schema is read from the file at import and every call goes to the live server's base
+URL; ``test_the_served_document_is_the_file`` makes sure the server serves that file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+import redis as redis_sync
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.core import NOT_SET
+from schemathesis.core.failures import FailureGroup
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.openapi.checks import JsonSchemaError, UndefinedStatusCode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from cdp import keys
+from cdp.embedded import RedisServer
+from tests.conftest import ROOT, Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "conformance-admin-token-0123456789"
+WRITE_KEY = "wk1"
+T0 = "2025-10-04T10:00:00Z"
+DOCUMENT = ROOT / "cdp" / "ingest" / "openapi.json"
+STREAM = "/cdp/segment-events/stream"
+BATCH_PATHS = {"/v1/batch", "/v1/b", "/v1/import"}
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+HYPOTHESIS = settings(
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
+
+
+def _needs_admin(operation: schemathesis.APIOperation) -> bool:
+    return {"adminToken": []} in operation.definition.raw.get("security", [])
+
+
+def _has_the_token(header: str | None) -> bool:
+    """Does this Authorization header pass ``require_admin``?"""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and given.strip() == TOKEN
+
+
+def admin_routes_need_the_token(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> None:
+    """Without the admin token an admin route answers 401, whatever else is wrong.
+
+    A request that does not reach the operation at all is exempt: another method than
+    the operation's (the coverage phase's unexpected-method probes), or a negative path
+    parameter that no longer matches the route (aiohttp's 404/405).
+    """
+    operation = case.operation
+    if not _needs_admin(operation) or _has_the_token(response.request.headers.get("Authorization")):
+        return
+    if case.method.upper() != operation.method.upper():
+        return
+    if (
+        response.status_code in (404, 405)
+        and case.meta is not None
+        and case.meta.is_negative_at(ParameterLocation.PATH)
+    ):
+        return
+    assert response.status_code == 401, (
+        f"{operation.label} without the admin token answered {response.status_code}, not 401"
+    )
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    admin_routes_need_the_token,
+]
+
+
+def _message_id_echoed_as_is(failure: Any, case: schemathesis.Case) -> bool:
+    """KNOWN PRODUCT BUG, see ``test_a_rejected_call_echoes_only_a_string_message_id``.
+
+    A batch's ``rejected[].messageId`` echoes the call's ``messageId`` whatever its type
+    (``{}``, ``1``, ``[]``...); the document says string or null.
+    """
+    return (
+        isinstance(failure, JsonSchemaError)
+        and case.operation.path in BATCH_PATHS
+        and list(failure.instance_path)[-1:] == ["messageId"]
+        and not isinstance(failure.instance, str | type(None))
+    )
+
+
+def _preflight_of_a_path_with_a_newline(failure: Any, case: schemathesis.Case) -> bool:
+    """KNOWN PRODUCT BUG, see ``test_a_preflight_is_answered_for_any_path``.
+
+    ``OPTIONS /v1/{tail:.*}``: ``.`` does not match a newline, so a path whose tail
+    holds one falls through to ``/v1/{kind}`` (POST only) and answers 405.
+    """
+    return (
+        isinstance(failure, UndefinedStatusCode)
+        and failure.status_code == 405
+        and case.operation.label == "OPTIONS /v1/{tail}"
+        # Checked after the call, when the case holds the value percent-encoded.
+        and "\n" in unquote(str(case.path_parameters.get("tail", "")))
+    )
+
+
+KNOWN_BUGS = [_message_id_echoed_as_is, _preflight_of_a_path_with_a_newline]
+
+
+def _load(config: dict[str, Any]) -> schemathesis.BaseSchema:
+    """The document, minus the stream; only the exact known bugs' failures are dropped.
+
+    A dropped failure is that one check's verdict on that one answer: the request is still
+    sent as generated and every other check still applies.
+    """
+    schema = schemathesis.openapi.from_path(
+        DOCUMENT, config=schemathesis.Config.from_dict(config)
+    ).exclude(path=STREAM)
+
+    @schema.hook
+    def filter_failure(
+        context: schemathesis.HookContext,
+        failure: Any,
+        case: schemathesis.Case,
+        response: schemathesis.Response,
+    ) -> bool:
+        return not any(known(failure, case) for known in KNOWN_BUGS)
+
+    return schema
+
+
+# Authenticated: the token on admin routes, the write key (Basic, empty password) on /v1.
+authed = _load(
+    {
+        "generation": {"mode": "all", "max-examples": 300},
+        "auth": {
+            "openapi": {
+                "adminToken": {"bearer": TOKEN},
+                "writeKey": {"username": WRITE_KEY, "password": ""},
+            }
+        },
+    }
+)
+# No credentials configured: whatever schemathesis generates for them (or nothing).
+# The bare document, for the known bugs' own tests: nothing is dropped.
+strict = schemathesis.openapi.from_path(DOCUMENT, config=schemathesis.Config.from_dict({}))
+anonymous = _load({"generation": {"mode": "positive", "max-examples": 10}}).include(
+    lambda ctx: bool(ctx.operation.definition.raw.get("security"))
+)
+
+
+@pytest.fixture(scope="module")
+def live(
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Stack]:
+    """The API (token + write key) and one worker for the module, on an empty store."""
+    client = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    stack = Stack(redis_server.url, client, tmp_path_factory.mktemp("conformance"))
+    failed_before = request.session.testsfailed
+    try:
+        stack.set_clock(T0)
+        stack.start_api(write_keys=f"{WRITE_KEY}=web", admin_token=TOKEN)
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.close()
+        if request.session.testsfailed > failed_before:
+            print(stack.logs())
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(live: Stack) -> str:
+    return f"http://127.0.0.1:{live.api_port}"
+
+
+def call(
+    base_url: str,
+    method: str,
+    path: str,
+    status: int,
+    *,
+    path_parameters: dict[str, Any] | None = None,
+    query: dict[str, Any] | None = None,
+    body: Any = NOT_SET,
+    headers: dict[str, str] | None = None,
+    schema: schemathesis.BaseSchema = authed,
+) -> schemathesis.Response:
+    """One explicit case of an operation, validated like a generated one."""
+    operation = schema[path][method]
+    if headers is None:
+        headers = ADMIN if _needs_admin(operation) else BASIC if path.startswith("/v1/") else {}
+    case = operation.Case(
+        path_parameters=path_parameters,
+        query=query,
+        headers=headers,
+        body=body,
+        media_type=None if body is NOT_SET else "application/json",
+    )
+    response = case.call_and_validate(base_url=base_url, checks=CHECKS)
+    assert response.status_code == status, (method, path, response.status_code, response.text)
+    return response
+
+
+def test_the_served_document_is_the_file(live: Stack) -> None:
+    resp = live.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.json() == json.loads(DOCUMENT.read_text())
+
+
+def test_documented_answers_of_a_populated_system(live: Stack, base_url: str) -> None:
+    def go(method: str, path: str, status: int, **kwargs: Any) -> Any:
+        response = call(base_url, method, path, status, **kwargs)
+        return response.json() if "json" in response.headers.get("content-type", [""])[0] else None
+
+    def raw_ok(path: str) -> bool:
+        return live.request("GET", path, headers=ADMIN).status == 200
+
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        go("GET", path, 200)
+
+    # Ingest: the seed's format and Segment's, with their documented refusals.
+    identify = {"type": "IDENTIFY", "userId": "u1", "email": "a@b.c", "traits": {"plan": "pro"}}
+    go("POST", "/cdp/ingest", 202, body={"eventId": "e1", "ts": T0, "payload": identify})
+    track = {"type": "TRACK", "userId": "u1", "name": "Clicked", "properties": {"n": 1}}
+    go("POST", "/cdp/ingest", 202, body={"eventId": "e2", "ts": T0, "payload": track})
+    go("POST", "/cdp/ingest", 400, body={"eventId": "e3", "ts": T0, "payload": {"type": "TRACK"}})
+    big = {"eventId": "e4", "ts": T0, "payload": {**identify, "traits": {"x": "y" * 40_000}}}
+    go("POST", "/cdp/ingest", 413, body=big)
+    at = "2025-10-04T10:00:01Z"
+    call_u2 = {"userId": "u2", "traits": {"age": 40}, "messageId": "m-1", "timestamp": at}
+    go("POST", "/v1/{kind}", 200, path_parameters={"kind": "identify"}, body=call_u2)
+    go("POST", "/v1/{kind}", 400, path_parameters={"kind": "t"}, body={"userId": "u2"})
+    go("POST", "/v1/{kind}", 401, path_parameters={"kind": "i"}, body=call_u2, headers={})
+    go("POST", "/v1/{kind}", 404, path_parameters={"kind": "nope"}, body=call_u2)
+    good = {"type": "track", "userId": "u3", "event": "Clicked", "messageId": "m-2"}
+    bad = {"type": "track", "event": "Clicked", "messageId": "m-3"}
+    answer = go("POST", "/v1/batch", 200, body={"batch": [good, bad], "sentAt": at})
+    assert [r["index"] for r in answer["rejected"]] == [1]
+    assert answer["rejected"][0]["messageId"] == "m-3"
+    go("POST", "/v1/b", 200, body={"batch": [{**good, "messageId": "m-4"}]})
+    go("POST", "/v1/import", 200, body={"batch": [{**good, "messageId": "m-5", "timestamp": at}]})
+    go("POST", "/v1/batch", 400, body={"batch": [bad]})
+    go("POST", "/v1/batch", 400, body={"batch": []})
+    go("GET", "/v1/projects/{write_key}/settings", 200, path_parameters={"write_key": WRITE_KEY})
+    go("GET", "/v1/projects/{write_key}/settings", 404, path_parameters={"write_key": "nope"})
+    go("OPTIONS", "/v1/{tail}", 204, path_parameters={"tail": "batch"})
+
+    # Segments: built-ins are read-only; a custom one is created, replaced, deleted.
+    seniors = {"rule": {"trait": "age", "op": "gte", "value": 30}, "description": "30+"}
+    name = {"name": "seniors"}
+    go("PUT", "/cdp/segments/{name}", 201, path_parameters=name, body=seniors)
+    go("PUT", "/cdp/segments/{name}", 200, path_parameters=name, body=seniors)
+    go("PUT", "/cdp/segments/{name}", 400, path_parameters=name, body={"rule": {"inactive": "7q"}})
+    go("PUT", "/cdp/segments/{name}", 409, path_parameters={"name": "pro_plan"}, body=seniors)
+    go("DELETE", "/cdp/segments/{name}", 409, path_parameters={"name": "pro_plan"})
+    go("GET", "/cdp/segments/{name}", 404, path_parameters={"name": "nothing"})
+    go("GET", "/cdp/segments/{name}/members", 400, path_parameters=name, query={"limit": 0})
+    go("GET", "/cdp/segments", 200)
+
+    # Apply everything: profiles, counters, memberships.
+    live.set_clock("2025-10-04T10:00:10Z")
+    wait_until(lambda: raw_ok("/cdp/profiles/user:u1"), message="profile user:u1")
+    wait_until(lambda: raw_ok("/cdp/profiles/user:u2"), message="profile user:u2")
+    wait_until(
+        lambda: live.r.scard(keys.segment_members("pro_plan")),
+        message="a segment membership",
+    )
+    profile = go("GET", "/cdp/profiles/{id}", 200, path_parameters={"id": "user:u1"})
+    assert profile["traits"]["plan"]["v"] == "pro" and profile["counters"]
+    for part in ("traits", "identifiers", "segments"):
+        go("GET", f"/cdp/profiles/{{id}}/{part}", 200, path_parameters={"id": "email:a@b.c"})
+        go("GET", f"/cdp/profiles/{{id}}/{part}", 400, path_parameters={"id": "phone:1"})
+        go("GET", f"/cdp/profiles/{{id}}/{part}", 404, path_parameters={"id": "user:nobody"})
+    go("GET", "/cdp/profiles/{id}", 200, path_parameters={"id": profile["canonicalId"]})
+    page = go("GET", "/cdp/profiles", 200, query={"limit": 1})
+    assert page["cursor"] is not None
+    go("GET", "/cdp/profiles", 200, query={"cursor": page["cursor"], "limit": 1000})
+    go("GET", "/cdp/profiles", 400, query={"cursor": "x"})
+    export = call(base_url, "GET", "/cdp/profiles:export", 200)
+    assert len(export.text.splitlines()) >= 2
+    for segment in ("pro_plan", "seniors"):
+        go("GET", "/cdp/segments/{name}", 200, path_parameters={"name": segment})
+        go("GET", "/cdp/segments/{name}/members", 200, path_parameters={"name": segment})
+    go("GET", "/cdp/segments", 200)
+    go("DELETE", "/cdp/segments/{name}", 204, path_parameters=name)
+    go("DELETE", "/cdp/segments/{name}", 404, path_parameters=name)
+
+    # Webhooks.
+    hook = go("POST", "/cdp/webhooks", 201, body={"url": "http://127.0.0.1:9/hook"})
+    go("POST", "/cdp/webhooks", 400, body={"url": "not a url"})
+    go("GET", "/cdp/webhooks", 200)
+    go("DELETE", "/cdp/webhooks/{id}", 204, path_parameters={"id": hook["id"]})
+    go("DELETE", "/cdp/webhooks/{id}", 404, path_parameters={"id": hook["id"]})
+
+    # Erasure: a job, a suppression, and lifting it.
+    job = go("DELETE", "/cdp/profiles/{id}", 202, path_parameters={"id": "user:u2"})
+    go("DELETE", "/cdp/profiles/{id}", 404, path_parameters={"id": "user:u2"})
+    wait_until(
+        lambda: live.r.hget(keys.job(job["id"]), "state") == "done", message="the job"
+    )
+    go("GET", "/cdp/jobs/{id}", 200, path_parameters={"id": job["id"]})
+    go("GET", "/cdp/jobs/{id}", 404, path_parameters={"id": "nope"})
+    assert "user:u2" in go("GET", "/cdp/suppressions", 200)["suppressed"]
+    go("DELETE", "/cdp/suppressions/{id}", 204, path_parameters={"id": "user:u2"})
+    go("DELETE", "/cdp/suppressions/{id}", 404, path_parameters={"id": "user:u2"})
+
+
+@authed.parametrize()
+@HYPOTHESIS
+def test_generated_cases_conform(case: schemathesis.Case, base_url: str) -> None:
+    case.call_and_validate(base_url=base_url, checks=CHECKS)
+
+
+@anonymous.parametrize()
+@HYPOTHESIS
+def test_unauthenticated_cases_are_refused(case: schemathesis.Case, base_url: str) -> None:
+    response = case.call_and_validate(base_url=base_url, checks=CHECKS)
+    if _needs_admin(case.operation):
+        assert response.status_code == 401, response.text
+    elif case.method == "POST" and case.operation.path.startswith("/v1/"):
+        body_key = case.body.get("writeKey") if isinstance(case.body, dict) else None
+        if body_key != WRITE_KEY:
+            assert response.status_code in (400, 401, 404, 413), response.text
+
+
+# Known product bugs, each reproduced exactly. When one is fixed its test XPASSes, which
+# fails the run: remove its mark here and its entry from KNOWN_BUGS.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FailureGroup,
+    reason="product bug: rejected[].messageId echoes a non-string messageId",
+)
+def test_a_rejected_call_echoes_only_a_string_message_id(base_url: str) -> None:
+    """The document: ``Rejected.messageId`` is a string or null."""
+    bad = {"type": "track", "userId": "u9", "messageId": {}}
+    call(base_url, "POST", "/v1/batch", 400, body={"batch": [bad]}, schema=strict)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FailureGroup,
+    reason="product bug: OPTIONS /v1/<tail with a newline> answers 405",
+)
+def test_a_preflight_is_answered_for_any_path(base_url: str) -> None:
+    """The document: ``OPTIONS /v1/{tail}``, any string, answers 204."""
+    call(base_url, "OPTIONS", "/v1/{tail}", 204, path_parameters={"tail": "a\nb"}, schema=strict)
