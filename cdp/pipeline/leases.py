@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import structlog
 from redis.asyncio import Redis
 
 from cdp import keys
@@ -74,3 +75,37 @@ class LeaseManager:
             pipe.zrem(keys.WORKERS, self.worker_id)
             pipe.hdel(keys.METRICS_BUFFERED, self.worker_id)
             await pipe.execute()
+
+
+class RoleLease:
+    """A lease on a role that exactly one worker plays (the sweeper, the webhook dispatcher).
+
+    ``hold()`` takes or renews it and says whether this worker plays the role now; it
+    logs when that changes. A dead holder's lease expires after ``ttl_ms``.
+    """
+
+    def __init__(self, scripts: Scripts, key: str, role: str, worker_id: str, ttl_ms: int) -> None:
+        self._scripts = scripts
+        self._key = key
+        self._role = role
+        self._worker_id = worker_id
+        self._ttl_ms = ttl_ms
+        self.holding = False
+
+    async def hold(self) -> bool:
+        held = bool(
+            await self._scripts.lease_acquire(
+                keys=[self._key], args=[self._worker_id, self._ttl_ms]
+            )
+        )
+        if held != self.holding:
+            self.holding = held
+            structlog.get_logger("cdp.leases").info(
+                "role lease", role=self._role, worker=self._worker_id, holding=held
+            )
+        return held
+
+    async def release(self) -> None:
+        if self.holding:
+            await self._scripts.lease_release(keys=[self._key], args=[self._worker_id])
+            self.holding = False

@@ -20,6 +20,7 @@ from redis.exceptions import WatchError
 
 from cdp import keys
 from cdp.clock import Clock
+from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 
@@ -63,22 +64,13 @@ class Sweeper:
         lease_ttl_ms: int,
     ) -> None:
         self.redis = redis
-        self.scripts = scripts
         self.engine = engine
         self.clock = clock
-        self.worker_id = worker_id
-        self.lease_ttl_ms = lease_ttl_ms
-        self.holding = False
+        self.lease = RoleLease(scripts, keys.SWEEPER_LEASE, "sweeper", worker_id, lease_ttl_ms)
 
     async def run_once(self) -> int:
         """One sweep if this worker holds the lease; returns transitions emitted."""
-        held = await self.scripts.lease_acquire(
-            keys=[keys.SWEEPER_LEASE], args=[self.worker_id, self.lease_ttl_ms]
-        )
-        if bool(held) != self.holding:
-            self.holding = bool(held)
-            log.info("sweeper lease", worker=self.worker_id, holding=self.holding)
-        if not held:
+        if not await self.lease.hold():
             return 0
         now = await self.clock.now_ms()
         due_ids: Any = await self.redis.zrangebyscore(
@@ -117,5 +109,4 @@ class Sweeper:
         return len(emitted)
 
     async def release(self) -> None:
-        if self.holding:
-            await self.scripts.lease_release(keys=[keys.SWEEPER_LEASE], args=[self.worker_id])
+        await self.lease.release()

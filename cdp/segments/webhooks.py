@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.clock import Clock
 from cdp.events import iso_ms
+from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.settings import Settings
 
@@ -112,23 +113,15 @@ class Dispatcher:
         self, redis: Redis, scripts: Scripts, settings: Settings, clock: Clock, worker_id: str
     ) -> None:
         self.redis = redis
-        self.scripts = scripts
         self.settings = settings
         self.clock = clock
-        self.worker_id = worker_id
-        self.holding = False
+        self.lease = RoleLease(
+            scripts, keys.WEBHOOKS_LEASE, "webhooks", worker_id, settings.lease_ttl_ms
+        )
 
     async def run_once(self, session: aiohttp.ClientSession) -> int:
         """Deliver what is due for every subscription; returns deliveries that got a 2xx."""
-        held = bool(
-            await self.scripts.lease_acquire(
-                keys=[keys.WEBHOOKS_LEASE], args=[self.worker_id, self.settings.lease_ttl_ms]
-            )
-        )
-        if held != self.holding:
-            self.holding = held
-            log.info("webhook dispatcher lease", worker=self.worker_id, holding=held)
-        if not held:
+        if not await self.lease.hold():
             return 0
         subs = [Subscription.decode(v) for v in (await self.redis.hgetall(keys.WEBHOOKS)).values()]
         done = await asyncio.gather(*(self._pump(sub, session) for sub in subs))
@@ -250,5 +243,4 @@ class Dispatcher:
             await pipe.execute()
 
     async def release(self) -> None:
-        if self.holding:
-            await self.scripts.lease_release(keys=[keys.WEBHOOKS_LEASE], args=[self.worker_id])
+        await self.lease.release()

@@ -23,6 +23,7 @@ from cdp.events import StreamEvent, iso_ms
 from cdp.profiles import resolve
 from cdp.settings import Settings
 from tests.lua.conftest import LuaHarness
+from tests.lua.test_apply_batch import event, track
 from tests.model import Model, canonical, snapshot
 
 SECOND = 1_000
@@ -34,34 +35,6 @@ HOUR = 60 * MINUTE
 META_FIELDS = ("createdAt", "firstSeen", "lastSeen", "user", "users", "emails", "anons", "merges")
 
 MakeHarness = Callable[..., LuaHarness]
-
-
-def event(
-    event_id: str,
-    ts: int,
-    type: str = "IDENTIFY",
-    *,
-    user: str | None = None,
-    anon: str | None = None,
-    email: str | None = None,
-    traits: dict[str, Any] | None = None,
-    name: str | None = None,
-) -> StreamEvent:
-    return StreamEvent(
-        eventId=event_id,
-        ts=ts,
-        receivedAt=ts,
-        type=type,
-        userId=user,
-        anonymousId=anon,
-        email=email,
-        traits=traits,
-        name=name,
-    )
-
-
-def track(event_id: str, ts: int, name: str, **kw: Any) -> StreamEvent:
-    return event(event_id, ts, "TRACK", name=name, **kw)
 
 
 def alias(event_id: str, ts: int, **kw: Any) -> StreamEvent:
