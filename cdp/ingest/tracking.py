@@ -201,6 +201,8 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
             )
         except CallRejected as exc:
             message_id = call.get("messageId") if isinstance(call, dict) else None
+            if not isinstance(message_id, str):
+                message_id = None
             rejected.append(
                 {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
             )
@@ -256,4 +258,4 @@ def add_tracking_routes(app: web.Application) -> None:
     app.router.add_post("/v1/import", import_batch)
     app.router.add_get("/v1/projects/{write_key}/settings", project_settings)
     app.router.add_post("/v1/{kind}", single)
-    app.router.add_route("OPTIONS", "/v1/{tail:.*}", preflight)
+    app.router.add_route("OPTIONS", r"/v1/{tail:[\s\S]*}", preflight)
