@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def find_redis_server() -> str:
@@ -129,10 +131,12 @@ class RedisServer:
             return
         if not self.appendonly:  # nothing to flush: a scratch server (tests) just ends
             self.process.terminate()
-        with contextlib.suppress(redis.RedisError):
-            client = redis.Redis(port=self.port, socket_timeout=5)
-            client.shutdown()
-            client.close()
+        else:  # SHUTDOWN: everything acknowledged reaches the AOF before the exit
+            with contextlib.suppress(redis.RedisError):
+                # No retries: the server closing the connection is the answer.
+                client = redis.Redis(port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+                client.shutdown()
+                client.close()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

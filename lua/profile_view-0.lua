@@ -8,7 +8,8 @@
   Returns, per canonical id, an array:
     {version or false, mergedInto or false, user identifier or false,
      lastSeenMs or false, {trait, cell JSON, ...}, {bucket-name pairs: name, {bucket, count, ...}, ...},
-     {return time ms, gap ms, ...}, {segment, state JSON, ...}, first anon identifier}
+     {return time ms, gap ms, ...}, {segment, state JSON, ...}, first identifier when
+     there is no userId, due time in cdp:segments:due or false}
   A profile that does not exist (or was merged away) has a false version.
 ]]
 local rcall = redis.call
@@ -36,6 +37,7 @@ for i = 2, #ARGV do
     rcall("ZRANGE", pkey .. ":returns", 0, -1, "WITHSCORES"),
     rcall("HGETALL", pkey .. ":segments"),
     anon,
+    rcall("ZSCORE", prefix .. ":segments:due", cid),
   }
 end
 return out

@@ -2,14 +2,14 @@
   segment_transition-0.lua: move one profile into or out of segments and emit each
   transition, in one atomic step, exactly once.
 
-  For each segment of ARGV[6] whose wanted membership differs from the profile's
-  current one: the membership changes (per-profile hash and per-segment zset), the
+  For each segment of ARGV[6] (the caller sends those whose state it read differs
+  from what it wants) whose wanted membership differs from the profile's current one: the membership changes (per-profile hash and per-segment zset), the
   transition count n grows by one, and a seed-format TRACK event named
   "<segment> ENTER" / "<segment> EXIT" with the deterministic eventId
   "seg:<segment>:<cid>:<n>" is appended to cdp:segment-events. A segment that
   already has the wanted state emits nothing, so a retry, a second evaluator or a
   crash between evaluation and this call can neither duplicate nor lose a transition.
-  Memberships of segments that are no longer defined are dropped silently.
+  Memberships of segments that are no longer defined (ARGV[9]) are dropped silently.
   Then the profile's next due time is written to (or removed from) the due index.
 
   Nothing is written when the profile changed since it was read (version differs):
@@ -20,9 +20,10 @@
   ARGV[3]  profile version the evaluation read
   ARGV[4]  now, ISO-8601 (the event's ts)
   ARGV[5]  next due time in ms, or "" when time alone cannot change anything
-  ARGV[6]  JSON {segment: wanted membership (true/false)} for every defined segment
+  ARGV[6]  JSON {segment: wanted membership (true/false)}
   ARGV[7]  JSON {"userId": ..} or {"anonymousId": ..} for the event's payload
   ARGV[8]  approximate MAXLEN of cdp:segment-events
+  ARGV[9]  JSON [segment...]: memberships to drop (segments no longer defined)
 
   Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
 ]]
@@ -72,11 +73,9 @@ for _, name in ipairs(names) do
     out[#out + 1] = event_id
   end
 end
-for _, name in ipairs(rcall("HKEYS", skey)) do
-  if wanted[name] == nil then
-    rcall("HDEL", skey, name)
-    rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
-  end
+for _, name in ipairs(cjson.decode(ARGV[9])) do
+  rcall("HDEL", skey, name)
+  rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
 end
 if due == "" then rcall("ZREM", due_key, cid) else rcall("ZADD", due_key, due, cid) end
 return out

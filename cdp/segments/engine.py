@@ -48,11 +48,13 @@ class Snapshot:
     version: str
     view: ProfileView
     who: dict[str, str]
+    memberships: dict[str, bool]  # as read: segment -> member
+    due: int | None  # as read: the profile's time in cdp:segments:due
 
 
 def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
     """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
-    version, merged_into, user, last_seen, traits, counters, returns, _, anon = row
+    version, merged_into, user, last_seen, traits, counters, returns, states, anon, due = row
     if not version or merged_into:
         return None
     trait_values: dict[str, Any] = {}
@@ -74,7 +76,10 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         returns=tuple(sorted(_pairs(returns).items())),
         bucket_ms=bucket_ms,
     )
-    return Snapshot(cid, _s(version), view, who)
+    memberships = {
+        _s(states[i]): bool(json.loads(states[i + 1])["in"]) for i in range(0, len(states), 2)
+    }
+    return Snapshot(cid, _s(version), view, who, memberships, int(float(due)) if due else None)
 
 
 def _pairs(flat: list[Any]) -> dict[int, int]:
@@ -111,13 +116,22 @@ class SegmentEngine:
     ) -> tuple[list[str], list[str]]:
         rows = await self.scripts.profile_view(args=[keys.PREFIX, *cids])
         snapshots = [self.snapshot(cid, row) for cid, row in zip(cids, rows, strict=True)]
-        calls: list[str] = []
+        queued: list[str | None] = []  # per pipeline reply: the cid of a transition, or None
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid, snap in zip(cids, snapshots, strict=True):
                 if snap is None:  # merged away or erased meanwhile: nothing to evaluate
                     pipe.zrem(keys.SEGMENTS_DUE, cid)
+                    queued.append(None)
                     continue
                 wanted, due = self.decide(snap.view, segments, now_ms)
+                changes = {
+                    name: want
+                    for name, want in wanted.items()
+                    if snap.memberships.get(name, False) != want
+                }
+                dropped = sorted(set(snap.memberships) - set(segments))
+                if not changes and not dropped and due == snap.due:
+                    continue  # nothing to write: the steady state costs no script call
                 await self.scripts.segment_transition(
                     args=[
                         keys.PREFIX,
@@ -125,20 +139,22 @@ class SegmentEngine:
                         snap.version,
                         iso_ms(now_ms),
                         "" if due is None else due,
-                        _encoder.encode(wanted),
+                        _encoder.encode(changes),
                         _encoder.encode(snap.who),
                         self.settings.segment_events_maxlen,
+                        _encoder.encode(dropped),
                     ],
                     client=pipe,
                 )
-                calls.append(cid)
-            replies = await pipe.execute()
+                queued.append(cid)
+            replies = await pipe.execute() if queued else []
         emitted: list[str] = []
         stale: list[str] = []
-        transitions = (r for r, snap in zip(replies, snapshots, strict=True) if snap is not None)
-        for cid, reply in zip(calls, transitions, strict=True):
+        for queued_cid, reply in zip(queued, replies, strict=True):
+            if queued_cid is None:
+                continue
             if _s(reply[0]) == "STALE":
-                stale.append(cid)
+                stale.append(queued_cid)
             emitted += [_s(e) for e in reply[1:]]
         return emitted, stale
 
