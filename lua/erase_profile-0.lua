@@ -29,6 +29,19 @@ for _, id in ipairs(ids) do
   rcall("DEL", prefix .. ":identifier:{" .. id .. "}")
 end
 
+-- Who the EXIT names, as segment_transition does: the userId, else the first identifier.
+local who_field, who_value
+local first = meta[3]
+if not first then
+  table.sort(ids)
+  first = ids[1]
+end
+if first then
+  local kind, value = string.match(first, "^(%a+):(.*)$")
+  who_field = ({user = "userId", anon = "anonymousId", email = "email"})[kind]
+  who_value = value
+end
+
 local exits = 0
 local memberships = rcall("HGETALL", pkey .. ":segments")
 for i = 1, #memberships, 2 do
@@ -39,7 +52,7 @@ for i = 1, #memberships, 2 do
     local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
     local payload = {type = "TRACK", name = name .. " EXIT",
       properties = {canonicalId = cid, segment = name, transition = "EXIT", reason = "erased"}}
-    if meta[3] then payload.userId = string.sub(meta[3], 6) end
+    if who_field then payload[who_field] = who_value end
     rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", maxlen, "*",
       "eventId", event_id, "segment", name, "transition", "EXIT", "canonicalId", cid,
       "e", cjson.encode({eventId = event_id, ts = now_iso, payload = payload}))

@@ -115,7 +115,8 @@ def test_conflicting_links_keep_the_guard_rails_in_any_order(
     every_user = {f"user:{ev.userId}" for ev in events}
     assert every_user <= set(owners)
     refused = [f for _, f in client.xrange(keys.MERGES) if f["status"] == "refused"]
-    assert all(f["reason"] == "different userIds" for f in refused)
+    # A user can gather every persona's email (six), one past max-emails (five).
+    assert {f["reason"] for f in refused} <= {"different userIds", "email limit"}, refused
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

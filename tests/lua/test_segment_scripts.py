@@ -1,0 +1,516 @@
+"""lua/profile_view-0.lua, lua/segment_transition-0.lua and lua/erase_profile-0.lua on fakeredis.
+
+The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the real argument
+encoding of ``cdp.segments.engine`` and ``cdp.ingest.erasure``); the profiles they read
+are built by the real apply script (the ``lua`` harness of conftest.py). Every test
+asserts the exact keys the script leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from cdp import keys
+from cdp.events import iso_ms
+from cdp.segments.engine import Snapshot, parse_view
+from cdp.segments.rules import ProfileView
+from tests.lua.conftest import LuaHarness
+from tests.lua.test_apply_batch import event, track
+
+SECOND = 1_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+
+_encode = msgspec.json.Encoder().encode
+
+
+def text(value: Any) -> Any:
+    """A script reply with every bulk string decoded (nested arrays included)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [text(v) for v in value]
+    return value
+
+
+def bucket(ts: int) -> str:
+    """Independent of the product: the 13-digit start of the minute holding ts."""
+    return str(ts // MINUTE * MINUTE).zfill(13)
+
+
+def cell(value: Any, ts: int, event_id: str) -> dict[str, Any]:
+    return {"v": value, "ts": iso_ms(ts), "eventId": event_id}
+
+
+def view(lua: LuaHarness, *cids: str) -> list[Any]:
+    """profile_view as the engine calls it, raw (bytes) reply."""
+    return lua.run(lua.scripts.profile_view(args=[keys.PREFIX, *cids]))
+
+
+def version(lua: LuaHarness, cid: str) -> str:
+    return lua.r.hget(keys.profile(cid), "version")
+
+
+def transition(
+    lua: LuaHarness,
+    cid: str,
+    wanted: dict[str, bool],
+    *,
+    at: int,
+    due: int | str = "",
+    who: dict[str, str] | None = None,
+    drop: list[str] | None = None,
+    read_version: str | None = None,
+) -> list[Any]:
+    """segment_transition with the engine's argument encoding; the reply decoded."""
+    args = [
+        keys.PREFIX,
+        cid,
+        version(lua, cid) if read_version is None else read_version,
+        iso_ms(at),
+        due,
+        _encode(wanted),
+        _encode({"userId": "u1"} if who is None else who),
+        lua.settings.segment_events_maxlen,
+        _encode(drop or []),
+    ]
+    return text(lua.run(lua.scripts.segment_transition(args=args)))
+
+
+def erase(lua: LuaHarness, cid: str, *, at: int, job: str = "job-1") -> list[Any]:
+    """erase_profile as cdp.ingest.erasure calls it; the reply decoded."""
+    args = [keys.PREFIX, cid, iso_ms(at), job, "admin", lua.settings.segment_events_maxlen]
+    return text(lua.run(lua.scripts.erase_profile(args=args)))
+
+
+def states(lua: LuaHarness, cid: str) -> dict[str, dict[str, Any]]:
+    return {k: json.loads(v) for k, v in lua.r.hgetall(keys.profile_segments(cid)).items()}
+
+
+def members(lua: LuaHarness, name: str) -> list[tuple[str, float]]:
+    return lua.r.zrange(keys.segment_members(name), 0, -1, withscores=True)
+
+
+def segment_events(lua: LuaHarness) -> list[dict[str, str]]:
+    return [fields for _, fields in lua.r.xrange(keys.SEGMENT_EVENTS)]
+
+
+def due(lua: LuaHarness, cid: str) -> float | None:
+    return lua.r.zscore(keys.SEGMENTS_DUE, cid)
+
+
+def seg_event(
+    name: str, cid: str, n: int, transition: str, at: int, who: dict[str, str], **props: str
+) -> dict[str, Any]:
+    """The stream entry of one transition, ``e`` parsed (the README's seed format)."""
+    event_id = f"seg:{name}:{cid}:{n}"
+    return {
+        "eventId": event_id,
+        "segment": name,
+        "transition": transition,
+        "canonicalId": cid,
+        "e": {
+            "eventId": event_id,
+            "ts": iso_ms(at),
+            "payload": {
+                "type": "TRACK",
+                "name": f"{name} {transition}",
+                **who,
+                "properties": {
+                    "canonicalId": cid,
+                    "segment": name,
+                    "transition": transition,
+                    **props,
+                },
+            },
+        },
+    }
+
+
+def parsed(fields: dict[str, str]) -> dict[str, Any]:
+    return fields | {"e": json.loads(fields["e"])}
+
+
+def profile_keys(lua: LuaHarness, cid: str) -> set[str]:
+    return set(lua.r.scan_iter(match=keys.profile(cid) + "*"))
+
+
+def two_profiles_merged(lua: LuaHarness, t: int) -> None:
+    """p1 (user:u1) and p2 (anon:a2), then an ALIAS merges p2 into p1."""
+    lua.apply(event("m1", t, user="u1", traits={"plan": "pro"}))
+    lua.apply(track("m2", t, "Clicked", anon="a2"))
+    lua.apply(event("m3", t + MINUTE, "ALIAS", user="u1", anon="a2"))
+    assert lua.meta("p2") == {
+        "mergedInto": "p1",
+        "mergedAt": iso_ms(t + MINUTE),
+        "mergeEventId": "m3",
+    }
+
+
+# ------------------------------------------------------------------ profile_view
+
+
+def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
+    t0 = now_ms - 3 * HOUR  # minute-aligned
+    lua.apply(
+        event("e1", t0, user="u1", email="Ann@Example.com", traits={"plan": "pro", "seats": 3}),
+        track("e2", t0 + 10 * SECOND, "Clicked", user="u1"),  # 10 s later: not a return
+        track("e2b", t0 + 20 * SECOND, "Clicked", user="u1"),
+        track("e3", t0 + 5 * MINUTE, "Clicked", user="u1"),  # 4m40s of inactivity: a return
+    )
+    assert version(lua, "p1") == "4"
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR) == [
+        "OK",
+        "seg:vip:p1:1",
+    ]
+
+    raw = view(lua, "p1")
+    (row,) = text(raw)
+    assert len(row) == 10
+    ver, merged_into, user, last_seen, traits, counters, returns, segs, anon, due_at = row
+    assert (ver, merged_into, user, last_seen) == ("4", None, "user:u1", f"{t0 + 5 * MINUTE:013d}")
+    assert len(traits) == 4
+    assert {traits[i]: json.loads(traits[i + 1]) for i in range(0, len(traits), 2)} == {
+        "plan": cell("pro", t0, "e1"),
+        "seats": cell(3, t0, "e1"),
+    }
+    # name, [bucket, count, ...] in ZRANGE order (by count, then bucket).
+    clicked = [bucket(t0 + 5 * MINUTE), "1", bucket(t0), "2"]
+    assert len(counters) == 4
+    assert dict(zip(counters[::2], counters[1::2], strict=True)) == {
+        "Clicked": clicked,
+        "$track": clicked,
+    }
+    assert returns == [f"{t0 + 5 * MINUTE:013d}", str(5 * MINUTE - 20 * SECOND)]
+    assert len(segs) == 2
+    assert segs[0] == "vip"
+    assert json.loads(segs[1]) == {"in": True, "n": 1, "since": iso_ms(now_ms)}
+    assert anon is None  # a userId: no fallback identifier
+    assert due_at == str(now_ms + HOUR)
+
+    # ... and the engine makes of that row exactly what the rules need.
+    counter = {t0 + 5 * MINUTE: 1, t0: 2}
+    assert parse_view("p1", raw[0], lua.settings.counter_bucket_ms) == Snapshot(
+        cid="p1",
+        version="4",
+        view=ProfileView(
+            traits={"plan": "pro", "seats": 3},
+            counters={"Clicked": counter, "$track": counter},
+            last_seen_ms=t0 + 5 * MINUTE,
+            returns=((t0 + 5 * MINUTE, 5 * MINUTE - 20 * SECOND),),
+            bucket_ms=60_000,
+        ),
+        who={"userId": "u1"},
+        memberships={"vip": True},
+        due=now_ms + HOUR,
+    )
+
+
+def test_profile_view_due_is_the_apply_scripts_mark_until_evaluated(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    (row,) = text(view(lua, "p1"))
+    assert row[0] == "1"
+    assert row[9] == str(now_ms + lua.settings.lease_ttl_ms)  # dirtyDue
+    assert row[4:8] == [[], [], [], []]  # no traits, counters, returns, memberships
+
+
+def test_profile_view_without_user_id_gives_the_first_identifier(lua, now_ms):
+    lua.apply(track("e1", now_ms - HOUR, "Clicked", anon="a9", email="Zed@Example.com"))
+    (row,) = text(view(lua, "p1"))
+    assert row[2] is None
+    assert row[8] == "anon:a9"  # sorted: anon: < email:
+    snap = parse_view("p1", view(lua, "p1")[0], lua.settings.counter_bucket_ms)
+    assert snap is not None and snap.who == {"anonymousId": "a9"}
+
+
+def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
+    two_profiles_merged(lua, now_ms - HOUR)
+    live, merged, unknown = text(view(lua, "p1", "p2", "p99"))
+    assert live[0] == "3"  # created, its event, the merge's bump + the ALIAS itself
+    assert live[1] is None
+    assert merged == [None, "p1", None, None, [], [], [], [], None, None]
+    assert unknown == [None, None, None, None, [], [], [], [], None, None]
+    for cid, row in (("p2", merged), ("p99", unknown)):
+        assert parse_view(cid, row, lua.settings.counter_bucket_ms) is None
+
+
+# ------------------------------------------------------------ segment_transition
+
+
+def test_enter_writes_the_state_the_members_the_event_and_the_due_time(lua, now_ms):
+    lua.apply(event("e0", now_ms - HOUR, user="u0"))  # p1, so that the score is not 1
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert lua.cid("user:u1") == "p2"
+    before = version(lua, "p2")
+
+    reply = transition(lua, "p2", {"vip": True}, at=now_ms, due=now_ms + HOUR)
+    assert reply == ["OK", "seg:vip:p2:1"]
+    assert states(lua, "p2") == {"vip": {"in": True, "n": 1, "since": iso_ms(now_ms)}}
+    assert members(lua, "vip") == [("p2", 2.0)]
+    assert [parsed(f) for f in segment_events(lua)] == [
+        seg_event("vip", "p2", 1, "ENTER", now_ms, {"userId": "u1"})
+    ]
+    assert due(lua, "p2") == now_ms + HOUR
+    assert version(lua, "p2") == before  # a transition is not a profile change
+    assert states(lua, "p1") == {}
+
+
+def test_the_same_wish_again_emits_nothing_and_exit_continues_the_count(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR) == [
+        "OK",
+        "seg:vip:p1:1",
+    ]
+    snapshot = lua.dump()
+
+    # A retry, or a second evaluator with the same answer: nothing at all changes.
+    assert transition(lua, "p1", {"vip": True}, at=now_ms + 1, due=now_ms + HOUR) == ["OK"]
+    assert lua.dump() == snapshot
+
+    later = now_ms + 10 * MINUTE
+    assert transition(lua, "p1", {"vip": False}, at=later) == ["OK", "seg:vip:p1:2"]
+    assert states(lua, "p1") == {"vip": {"in": False, "n": 2, "since": iso_ms(later)}}
+    assert not lua.r.exists(keys.segment_members("vip"))
+    assert [parsed(f) for f in segment_events(lua)] == [
+        seg_event("vip", "p1", 1, "ENTER", now_ms, {"userId": "u1"}),
+        seg_event("vip", "p1", 2, "EXIT", later, {"userId": "u1"}),
+    ]
+    assert due(lua, "p1") is None
+
+    # EXIT again: nothing; ENTER again: n = 3.
+    assert transition(lua, "p1", {"vip": False}, at=later + 1) == ["OK"]
+    assert len(segment_events(lua)) == 2
+    assert transition(lua, "p1", {"vip": True}, at=later + 2) == ["OK", "seg:vip:p1:3"]
+    assert members(lua, "vip") == [("p1", 1.0)]
+
+
+def test_the_event_names_an_anonymous_profile_by_the_identifier_given(lua, now_ms):
+    lua.apply(track("e1", now_ms - HOUR, "Clicked", anon="a1"))
+    who = {"anonymousId": "a1"}
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, who=who) == ["OK", "seg:vip:p1:1"]
+    assert [parsed(f) for f in segment_events(lua)] == [
+        seg_event("vip", "p1", 1, "ENTER", now_ms, who)
+    ]
+    assert "userId" not in json.loads(segment_events(lua)[0]["e"])["payload"]
+
+
+def test_a_stale_version_changes_nothing_not_even_the_due_index(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {"old": True}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
+    read = version(lua, "p1")
+    lua.apply(track("e2", now_ms - HOUR + MINUTE, "Clicked", user="u1"))  # changed since read
+    assert version(lua, "p1") != read
+    snapshot = lua.dump()
+    for due_arg in ("", now_ms + 2 * HOUR):
+        reply = transition(
+            lua, "p1", {"vip": True}, at=now_ms, due=due_arg, drop=["old"], read_version=read
+        )
+        assert reply == ["STALE"]
+        assert lua.dump() == snapshot
+
+
+def test_a_merged_away_or_unknown_profile_is_gone_and_leaves_the_due_index(lua, now_ms):
+    two_profiles_merged(lua, now_ms - HOUR)
+    assert due(lua, "p2") is None  # the merge removed it; put stale entries back
+    lua.r.zadd(keys.SEGMENTS_DUE, {"p2": now_ms, "p99": now_ms})
+    p1_due = due(lua, "p1")
+    snapshot = {k: v for k, v in lua.dump().items() if k != keys.SEGMENTS_DUE}
+
+    for cid in ("p2", "p99"):
+        for read in ("0", "1", ""):
+            assert transition(
+                lua, cid, {"vip": True}, at=now_ms, due=now_ms + HOUR, read_version=read
+            ) == ["GONE"]
+        assert due(lua, cid) is None
+
+    assert {k: v for k, v in lua.dump().items() if k != keys.SEGMENTS_DUE} == snapshot
+    assert lua.r.zrange(keys.SEGMENTS_DUE, 0, -1, withscores=True) == [("p1", p1_due)]
+    assert lua.meta("p2")["mergedInto"] == "p1"
+    assert not lua.r.exists(keys.profile("p99"), keys.profile_segments("p99"))
+
+
+def test_the_due_index_is_set_to_argv5_or_removed_when_empty(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert due(lua, "p1") == now_ms + lua.settings.lease_ttl_ms  # the apply script's mark
+    # A later time replaces an earlier one (the evaluation knows best, unlike apply's LT).
+    assert transition(lua, "p1", {}, at=now_ms, due=now_ms + 3 * HOUR) == ["OK"]
+    assert due(lua, "p1") == now_ms + 3 * HOUR
+    assert transition(lua, "p1", {}, at=now_ms, due=now_ms + HOUR) == ["OK"]
+    assert due(lua, "p1") == now_ms + HOUR
+    assert transition(lua, "p1", {}, at=now_ms, due="") == ["OK"]
+    assert due(lua, "p1") is None
+    assert not lua.r.exists(keys.SEGMENTS_DUE)
+    assert segment_events(lua) == []
+    assert states(lua, "p1") == {}
+
+
+def test_dropped_segments_lose_their_memberships_silently(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    lua.apply(event("e2", now_ms - HOUR, user="u2"))
+    assert transition(lua, "p1", {"old": True, "vip": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p2", {"old": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p1", {"gone": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p1", {"gone": False}, at=now_ms)[0] == "OK"  # in: false, n: 2
+    emitted = segment_events(lua)
+    assert len(emitted) == 5
+
+    reply = transition(lua, "p1", {}, at=now_ms + MINUTE, drop=["gone", "old"])
+    assert reply == ["OK"]
+    assert states(lua, "p1") == {"vip": {"in": True, "n": 1, "since": iso_ms(now_ms)}}
+    assert members(lua, "old") == [("p2", 2.0)]  # only p1's membership goes
+    assert members(lua, "vip") == [("p1", 1.0)]
+    assert segment_events(lua) == emitted  # no EXIT
+
+
+def test_several_segments_in_one_call_emit_in_sorted_name_order(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    wanted = {"zeta": True, "alpha": True, "mid": True, "beta": False}  # beta: no change
+    assert _encode(wanted).startswith(b'{"zeta"')  # the JSON is not in name order
+    reply = transition(lua, "p1", wanted, at=now_ms)
+    assert reply == ["OK", "seg:alpha:p1:1", "seg:mid:p1:1", "seg:zeta:p1:1"]
+    assert [f["eventId"] for f in segment_events(lua)] == reply[1:]
+    assert set(states(lua, "p1")) == {"alpha", "mid", "zeta"}
+    for name in ("alpha", "mid", "zeta"):
+        assert members(lua, name) == [("p1", 1.0)]
+
+    # A mixed call: EXITs and ENTERs together, still by name.
+    reply = transition(lua, "p1", {"zeta": False, "beta": True, "alpha": False}, at=now_ms + 1)
+    assert reply == ["OK", "seg:alpha:p1:2", "seg:beta:p1:1", "seg:zeta:p1:2"]
+    assert [(f["segment"], f["transition"]) for f in segment_events(lua)[3:]] == [
+        ("alpha", "EXIT"),
+        ("beta", "ENTER"),
+        ("zeta", "EXIT"),
+    ]
+
+
+# ----------------------------------------------------------------- erase_profile
+
+
+def erasable(lua: LuaHarness, now_ms: int) -> dict[str, Any]:
+    """p1: user, email, two anons (one via a merge of p2), traits, counters, returns,
+    a live membership (vip, n=1) and an ended one (old, n=2); p3 a bystander member."""
+    t = now_ms - 2 * HOUR
+    lua.apply(event("e1", t, user="u1", email="Ann@Example.com", anon="a1", traits={"plan": "pro"}))
+    lua.apply(track("e2", t, "Clicked", anon="a2"))  # p2
+    lua.apply(event("e3", t, user="u9", traits={"plan": "free"}))  # p3, the bystander
+    lua.apply(event("e4", t + MINUTE, "ALIAS", user="u1", anon="a2"))  # p2 -> p1
+    lua.apply(track("e5", t + 10 * MINUTE, "Clicked", user="u1"))  # a return, counters
+    assert lua.meta("p2")["mergedInto"] == "p1"
+    entered = transition(lua, "p1", {"vip": True, "old": True}, at=now_ms, due=now_ms + HOUR)
+    assert entered == ["OK", "seg:old:p1:1", "seg:vip:p1:1"]
+    assert transition(lua, "p1", {"old": False}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
+    assert transition(lua, "p3", {"vip": True}, at=now_ms, who={"userId": "u9"})[0] == "OK"
+    ids = {"user:u1", "email:ann@example.com", "anon:a1", "anon:a2"}
+    assert lua.identifiers("p1") == ids
+    p1 = keys.profile("p1")
+    assert profile_keys(lua, "p1") == {
+        p1,
+        p1 + ":traits",
+        p1 + ":identifiers",
+        p1 + ":counters",
+        p1 + ":counter:Clicked",
+        p1 + ":counter:$track",
+        p1 + ":merged",
+        p1 + ":returns",
+        p1 + ":segments",
+    }
+    assert profile_keys(lua, "p2") == {keys.profile("p2")}
+    assert members(lua, "vip") == [("p1", 1.0), ("p3", 3.0)]
+    assert due(lua, "p1") == now_ms + HOUR
+    return {"ids": ids}
+
+
+def test_erasure_forgets_every_key_suppresses_every_identifier_and_exits(lua, now_ms):
+    ids = erasable(lua, now_ms)["ids"]
+    bystander = {k: v for k, v in lua.dump().items() if "{p3}" in k}
+    events_before = segment_events(lua)
+    at = now_ms + 5 * MINUTE
+
+    assert erase(lua, "p1", at=at, job="job-7") == ["OK", 4, 1]
+
+    assert profile_keys(lua, "p1") == set()
+    assert profile_keys(lua, "p2") == set()  # the merged-away id's pointer too
+    for typed in ids:
+        assert not lua.r.exists(keys.identifier(typed)), typed
+    assert lua.r.smembers(keys.SUPPRESSED) == ids
+    assert lua.r.zrange(keys.PROFILES, 0, -1) == ["p3"]
+    assert due(lua, "p1") is None
+    assert members(lua, "vip") == [("p3", 3.0)]
+    assert not lua.r.exists(keys.segment_members("old"))
+
+    # The live membership ended with one EXIT that continues its count; "old" was not
+    # a membership any more: no event.
+    emitted = segment_events(lua)
+    assert emitted[: len(events_before)] == events_before
+    assert [parsed(f) for f in emitted[len(events_before) :]] == [
+        seg_event("vip", "p1", 2, "EXIT", at, {"userId": "u1"}, reason="erased")
+    ]
+
+    (audit,) = [fields for _, fields in lua.r.xrange(keys.AUDIT)]
+    assert audit == {
+        "action": "erase",
+        "canonicalId": "p1",
+        "job": "job-7",
+        "by": "admin",
+        "at": iso_ms(at),
+        "identifiers": "4",
+        "exits": "1",
+    }
+    for value in audit.values():
+        for typed in ids:
+            assert typed.split(":", 1)[1] not in value
+
+    # Nobody else was touched.
+    assert {k: v for k, v in lua.dump().items() if "{p3}" in k} == bystander
+    assert lua.cid("user:u9") == "p3"
+
+
+def test_erasing_twice_or_a_merged_away_id_is_gone(lua, now_ms):
+    erasable(lua, now_ms)
+    assert erase(lua, "p2", at=now_ms) == ["GONE"]  # merged away: callers resolve first
+    assert lua.r.xlen(keys.AUDIT) == 0
+    assert erase(lua, "p1", at=now_ms) == ["OK", 4, 1]
+    snapshot = lua.dump()
+    assert erase(lua, "p1", at=now_ms + 1) == ["GONE"]
+    assert erase(lua, "p99", at=now_ms + 1) == ["GONE"]
+    assert lua.dump() == snapshot
+
+
+def test_events_naming_a_suppressed_identifier_are_discarded_others_apply(lua, now_ms):
+    erasable(lua, now_ms)
+    assert erase(lua, "p1", at=now_ms)[0] == "OK"
+    seq = lua.r.get(keys.PROFILE_SEQ)
+    processed = lua.metric("processed")
+    t = now_ms - MINUTE
+
+    result = lua.apply(
+        track("s1", t, "Clicked", email=" ANN@example.COM "),  # normalised, then suppressed
+        event("s2", t, anon="fresh", user="u1", traits={"plan": "x"}),  # one suppressed id
+        track("s3", t, "Clicked", anon="a2"),  # the merged-away profile's identifier
+        event("u1", t, user="u9", traits={"plan": "team"}),  # the bystander
+    )
+    assert (result.applied, result.duplicates, result.profiles) == (1, 0, ("p3",))
+    assert lua.metric("suppressed") == 3
+    assert lua.metric("processed") == processed + 1
+    assert lua.pending() == 0  # discarded events are acknowledged
+    assert lua.r.get(keys.PROFILE_SEQ) == seq  # no profile created
+    assert lua.r.zrange(keys.PROFILES, 0, -1) == ["p3"]
+    for typed in ("user:u1", "email:ann@example.com", "anon:a2", "anon:fresh"):
+        assert lua.cid(typed) is None
+    assert profile_keys(lua, "p1") == set()
+    assert lua.trait_values("p3") == {"plan": "team"}
+
+
+def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms):
+    """README "Segments": every segment event's userId is the profile's userId, else its
+    anonymousId or email, so downstream systems can match the EXIT to the ENTER."""
+    lua.apply(track("e1", now_ms - HOUR, "Clicked", anon="a1"))
+    who = {"anonymousId": "a1"}
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, who=who)[0] == "OK"
+    assert erase(lua, "p1", at=now_ms + 1) == ["OK", 1, 1]
+    assert [parsed(f) for f in segment_events(lua)][1:] == [
+        seg_event("vip", "p1", 2, "EXIT", now_ms + 1, who, reason="erased")
+    ]
