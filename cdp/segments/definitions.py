@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from cdp import keys
-from cdp.segments.rules import Rule, RuleError, parse_rule
+from cdp.segments.rules import Check, Rule, RuleError, compile_rule, parse_rule
 from cdp.settings import Settings, format_duration
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -29,6 +29,11 @@ class Segment:
     source: dict[str, Any]  # the JSON rule as written
     description: str = ""
     builtin: bool = False
+    # ``rule`` compiled once (cdp.segments.rules.compile_rule): what the engine runs.
+    check: Check = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "check", compile_rule(self.rule))
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -1,11 +1,13 @@
 """Segment evaluation: profiles in, ENTER/EXIT transitions out, exactly once.
 
 ``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (one
-script call for all of them, a consistent snapshot with each profile's version),
-evaluates every defined segment in Python (``cdp.segments.rules``), and writes the
-outcome per profile with ``segment_transition``, which changes memberships, appends the
-events to ``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due``
-atomically, and only if the profile has not changed since it was read.
+script call per ``READ_CHUNK`` of them, a consistent snapshot with each profile's
+version; the next chunk is read while Python evaluates the current one), evaluates
+every defined segment in Python (each rule compiled once per definition,
+``cdp.segments.rules.compile_rule``), and writes the outcome per profile with
+``segment_transition``, which changes memberships, appends the events to
+``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due`` atomically,
+and only if the profile has not changed since it was read.
 
 Who calls it: the worker, right after each tick's apply, for the profiles that tick
 touched (once per profile per tick); the sweeper, for profiles whose due time has
@@ -15,6 +17,7 @@ the backfill of a new or changed definition, for every profile.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from cdp import keys
 from cdp.events import iso_ms
 from cdp.scripts import Scripts
 from cdp.segments.definitions import Segment, SegmentCache
-from cdp.segments.rules import ProfileView, evaluate
+from cdp.segments.rules import Check, ProfileView
 from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.segments")
@@ -36,6 +39,7 @@ log = structlog.get_logger("cdp.segments")
 _encoder = msgspec.json.Encoder()
 READ_CHUNK = 200
 MAX_RETRIES = 3
+YIELD_EVERY = 32  # profiles evaluated between two yields to the event loop
 
 
 def _s(raw: Any) -> str:
@@ -52,6 +56,41 @@ class Snapshot:
     due: int | None  # as read: the profile's time in cdp:segments:due
 
 
+class _Cell(msgspec.Struct):
+    """A trait cell ``{"v", "ts", "eventId"}``: only the value is read."""
+
+    v: Any
+
+
+class _State(msgspec.Struct):
+    """A membership state ``{"in", "n", "since"}``: only ``in`` is read."""
+
+    in_: Any = msgspec.field(name="in")
+
+
+_cell_decoder = msgspec.json.Decoder(_Cell)
+_state_decoder = msgspec.json.Decoder(_State)
+_DECODE_ERRORS = (msgspec.MsgspecError, ValueError)
+_WHO = {"anon": "anonymousId", "email": "email", "user": "userId"}
+
+
+def _trait_value(raw: Any) -> Any:
+    """``json.loads(raw)["v"]``, by msgspec; json (and its errors) for what msgspec refuses
+    (NaN, infinities, lone surrogates, ...)."""
+    try:
+        return _cell_decoder.decode(raw).v
+    except _DECODE_ERRORS:
+        return json.loads(raw)["v"]
+
+
+def _member(raw: Any) -> bool:
+    """``bool(json.loads(raw)["in"])``, as ``_trait_value``."""
+    try:
+        return bool(_state_decoder.decode(raw).in_)
+    except _DECODE_ERRORS:
+        return bool(json.loads(raw)["in"])
+
+
 def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
     """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
     version, merged_into, user, last_seen, traits, counters, returns, states, anon, due = row
@@ -59,7 +98,7 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         return None
     trait_values: dict[str, Any] = {}
     for i in range(0, len(traits), 2):
-        value = json.loads(traits[i + 1])["v"]
+        value = _trait_value(traits[i + 1])
         if value is not None:
             trait_values[_s(traits[i])] = value
     counter_values = {_s(counters[i]): _pairs(counters[i + 1]) for i in range(0, len(counters), 2)}
@@ -68,7 +107,7 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         who["userId"] = _s(user).removeprefix("user:")
     elif anon:
         kind, _, value = _s(anon).partition(":")
-        who[{"anon": "anonymousId", "email": "email", "user": "userId"}[kind]] = value
+        who[_WHO[kind]] = value
     view = ProfileView(
         traits=trait_values,
         counters=counter_values,
@@ -76,9 +115,7 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         returns=tuple(sorted(_pairs(returns).items())),
         bucket_ms=bucket_ms,
     )
-    memberships = {
-        _s(states[i]): bool(json.loads(states[i + 1])["in"]) for i in range(0, len(states), 2)
-    }
+    memberships = {_s(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
     return Snapshot(cid, _s(version), view, who, memberships, int(float(due)) if due else None)
 
 
@@ -103,33 +140,49 @@ class SegmentEngine:
             if not pending:
                 break
             stale: list[str] = []
-            for start in range(0, len(pending), READ_CHUNK):
-                chunk = pending[start : start + READ_CHUNK]
-                done, again = await self._evaluate_chunk(chunk, segments, now_ms)
-                emitted += done
-                stale += again
+            chunks = [pending[i : i + READ_CHUNK] for i in range(0, len(pending), READ_CHUNK)]
+            read = self._read(chunks[0])
+            try:
+                for i, chunk in enumerate(chunks):
+                    rows = await read
+                    if i + 1 < len(chunks):
+                        # Redis reads the next chunk while Python evaluates this one (the
+                        # chunks share no profile; each write still checks the version).
+                        read = self._read(chunks[i + 1])
+                    done, again = await self._evaluate_chunk(chunk, rows, segments, now_ms)
+                    emitted += done
+                    stale += again
+            finally:
+                read.cancel()  # the read ahead, when an error ends the loop (else a no-op)
             pending = stale
         return emitted
 
+    def _read(self, cids: list[str]) -> asyncio.Future[list[Any]]:
+        """``profile_view`` of ``cids``, started now."""
+        read = asyncio.ensure_future(self.scripts.profile_view(args=[keys.PREFIX, *cids]))
+        read.add_done_callback(_retrieved)
+        return read
+
     async def _evaluate_chunk(
-        self, cids: list[str], segments: dict[str, Segment], now_ms: int
+        self, cids: list[str], rows: list[Any], segments: dict[str, Segment], now_ms: int
     ) -> tuple[list[str], list[str]]:
-        rows = await self.scripts.profile_view(args=[keys.PREFIX, *cids])
-        snapshots = [self.snapshot(cid, row) for cid, row in zip(cids, rows, strict=True)]
+        checks = [(name, segment.check) for name, segment in segments.items()]
+        names = segments.keys()
+        at = iso_ms(now_ms)
+        maxlen = self.settings.segment_events_maxlen
         queued: list[str | None] = []  # per pipeline reply: the cid of a transition, or None
         async with self.redis.pipeline(transaction=False) as pipe:
-            for cid, snap in zip(cids, snapshots, strict=True):
+            for n, (cid, row) in enumerate(zip(cids, rows, strict=True)):
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
+                snap = self.snapshot(cid, row)
                 if snap is None:  # merged away or erased meanwhile: nothing to evaluate
                     pipe.zrem(keys.SEGMENTS_DUE, cid)
                     queued.append(None)
                     continue
-                wanted, due = self.decide(snap.view, segments, now_ms)
-                changes = {
-                    name: want
-                    for name, want in wanted.items()
-                    if snap.memberships.get(name, False) != want
-                }
-                dropped = sorted(set(snap.memberships) - set(segments))
+                memberships = snap.memberships
+                changes, due = _changes(snap.view, memberships, checks, now_ms)
+                dropped = sorted(memberships.keys() - names) if memberships else []
                 if not changes and not dropped and due == snap.due:
                     continue  # nothing to write: the steady state costs no script call
                 await self.scripts.segment_transition(
@@ -137,11 +190,11 @@ class SegmentEngine:
                         keys.PREFIX,
                         cid,
                         snap.version,
-                        iso_ms(now_ms),
+                        at,
                         "" if due is None else due,
                         _encoder.encode(changes),
                         _encoder.encode(snap.who),
-                        self.settings.segment_events_maxlen,
+                        maxlen,
                         _encoder.encode(dropped),
                     ],
                     client=pipe,
@@ -168,8 +221,30 @@ class SegmentEngine:
         wanted: dict[str, bool] = {}
         due: int | None = None
         for name, segment in segments.items():
-            matches, next_change = evaluate(segment.rule, view, now_ms)
+            matches, next_change = segment.check(view, now_ms)
             wanted[name] = matches
             if next_change is not None and (due is None or next_change < due):
                 due = next_change
         return wanted, due
+
+
+def _retrieved(read: asyncio.Future[Any]) -> None:
+    """Marks the error of a read nobody awaits (cancelled by an error) as seen."""
+    if not read.cancelled():
+        read.exception()
+
+
+def _changes(
+    view: ProfileView, memberships: dict[str, bool], checks: list[tuple[str, Check]], now_ms: int
+) -> tuple[dict[str, bool], int | None]:
+    """``decide``, keeping only the segments whose answer differs from ``memberships``."""
+    changes: dict[str, bool] = {}
+    due: int | None = None
+    get = memberships.get
+    for name, check in checks:
+        matches, next_change = check(view, now_ms)
+        if get(name, False) != matches:
+            changes[name] = matches
+        if next_change is not None and (due is None or next_change < due):
+            due = next_change
+    return changes, due
