@@ -43,10 +43,18 @@ def custom_rules(n: int) -> list[dict[str, object]]:
         {"count": {"event": "Viewed", "within": "1h", "gte": 3}},
         {"inactive": "6h"},
         {"returned": {"after": "2h", "within": "1d"}},
-        {"all": [{"trait": "plan", "op": "eq", "value": "pro"},
-                 {"count": {"within": "1d", "gte": 10}}]},
-        {"any": [{"trait": "ltv", "op": "lt", "value": 10}, {"not": {"trait": "email",
-                                                                     "op": "exists"}}]},
+        {
+            "all": [
+                {"trait": "plan", "op": "eq", "value": "pro"},
+                {"count": {"within": "1d", "gte": 10}},
+            ]
+        },
+        {
+            "any": [
+                {"trait": "ltv", "op": "lt", "value": 10},
+                {"not": {"trait": "email", "op": "exists"}},
+            ]
+        },
         {"all": [{"trait": "country", "op": "ne", "value": "US"}, {"inactive": "30m"}]},
     ]
     return [shapes[i % len(shapes)] for i in range(n)]
@@ -60,19 +68,36 @@ async def fill(redis: Redis, scripts: Scripts, settings: Settings, profiles: int
         batch = []
         for u in range(start, min(start + 100, profiles)):
             t0 = NOW - rng.randrange(86_400_000)
-            batch.append(StreamEvent(eventId=f"i{u}", ts=t0, receivedAt=t0, type="IDENTIFY",
-                                     userId=f"u{u}", traits={"plan": rng.choice(PLANS),
-                                     "country": rng.choice(COUNTRIES),
-                                     "ltv": rng.randrange(1000)}))
+            batch.append(
+                StreamEvent(
+                    eventId=f"i{u}",
+                    ts=t0,
+                    receivedAt=t0,
+                    type="IDENTIFY",
+                    userId=f"u{u}",
+                    traits={
+                        "plan": rng.choice(PLANS),
+                        "country": rng.choice(COUNTRIES),
+                        "ltv": rng.randrange(1000),
+                    },
+                )
+            )
             for k in range(rng.randrange(1, 12)):
                 ts = t0 + k * rng.randrange(60_000, 3_600_000)
-                batch.append(StreamEvent(eventId=f"t{u}-{k}", ts=min(ts, NOW), receivedAt=NOW,
-                                         type="TRACK", userId=f"u{u}",
-                                         name=rng.choice(["Viewed", "Purchase", "Clicked"])))
+                batch.append(
+                    StreamEvent(
+                        eventId=f"t{u}-{k}",
+                        ts=min(ts, NOW),
+                        receivedAt=NOW,
+                        type="TRACK",
+                        userId=f"u{u}",
+                        name=rng.choice(["Viewed", "Purchase", "Clicked"]),
+                    )
+                )
         batch.sort(key=lambda e: (e.ts, e.eventId))
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(0, len(batch), 200):
-                chunk = [(f"0-{n + j + 1}", ev) for j, ev in enumerate(batch[i:i + 200])]
+                chunk = [(f"0-{n + j + 1}", ev) for j, ev in enumerate(batch[i : i + 200])]
                 await queue_apply(pipe, scripts, settings, ctx, 0, chunk)
                 n += len(chunk)
             await pipe.execute()
@@ -90,19 +115,25 @@ async def main(profiles: int, segments: int) -> None:
         await redis.incr(keys.SEGMENTS_VERSION)
         engine = SegmentEngine(redis, scripts, settings)
         total = len(await engine.cache.refresh())
-        print(f"{len(cids)} profiles, {total} segments ({segments} custom + 3 built-in), "
-              f"Redis {(await redis.info('server'))['redis_version']}")
+        print(
+            f"{len(cids)} profiles, {total} segments ({segments} custom + 3 built-in), "
+            f"Redis {(await redis.info('server'))['redis_version']}"
+        )
         for label in ("first pass (ENTERs written)", "steady state (no change)"):
             before = await redis.info("commandstats")
             started = time.perf_counter()
             emitted = await engine.evaluate(cids, NOW)
             seconds = time.perf_counter() - started
             after = await redis.info("commandstats")
-            redis_us = sum(after.get(k, {}).get("usec", 0) - before.get(k, {}).get("usec", 0)
-                           for k in ("cmdstat_evalsha", "cmdstat_eval"))
-            print(f"  {label:30} {len(cids) / seconds:10,.0f} profiles/s  "
-                  f"{len(emitted):7,} transitions  Redis {redis_us / len(cids):6.1f} µs/profile "
-                  f"of {seconds / len(cids) * 1e6:6.1f} µs")
+            redis_us = sum(
+                after.get(k, {}).get("usec", 0) - before.get(k, {}).get("usec", 0)
+                for k in ("cmdstat_evalsha", "cmdstat_eval")
+            )
+            print(
+                f"  {label:30} {len(cids) / seconds:10,.0f} profiles/s  "
+                f"{len(emitted):7,} transitions  Redis {redis_us / len(cids):6.1f} µs/profile "
+                f"of {seconds / len(cids) * 1e6:6.1f} µs"
+            )
         await redis.aclose()
 
 
