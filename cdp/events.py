@@ -88,6 +88,8 @@ def rejection_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str
     return f"body is not valid JSON: {text}"
 
 
+MAX_TRAITS = 1000
+
 # Event times are kept as epoch milliseconds and fixed-width ISO strings: 1970 to 9999.
 MIN_TS_MS = 0
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -113,6 +115,8 @@ def validate_rules(
         raise EventRejected(
             "at least one of `payload.userId`, `payload.anonymousId` or `payload.email` is required"
         )
+    if payload.traits is not None and len(payload.traits) > MAX_TRAITS:
+        raise EventRejected(f"`payload.traits`: at most {MAX_TRAITS} traits per event")
     if not typed_identifiers(payload.userId, payload.anonymousId, payload.email, blocked):
         raise EventRejected(
             "no usable identifier: `payload.userId`, `payload.anonymousId` and `payload.email` "
@@ -154,6 +158,8 @@ def decode_ingest(
         event = _ingest_decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise EventRejected(rejection_message(exc)) from None
+    except RecursionError:
+        raise EventRejected("body is nested too deeply") from None
     payload = event.payload
     ts_ms = to_ms(event.ts)
     validate_rules(event.eventId, ts_ms, payload, now_ms, max_future_skew_ms, blocked)

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from cdp.errors import EventRejected
-from cdp.events import StreamEvent, check_time_range, to_ms
+from cdp.events import MAX_TRAITS, StreamEvent, check_time_range, to_ms
 from cdp.identity import BLOCKED_VALUES, typed_identifiers
 
 TYPES = {
@@ -150,6 +150,8 @@ def to_stream_event(
             "groupId": group_id,
             "groupTraits": traits or {},
         }
+    if profile_traits is not None and len(profile_traits) > MAX_TRAITS:
+        raise CallRejected(f"at most {MAX_TRAITS} traits per call (traits and context.traits)")
     email = (profile_traits or {}).get("email")
     email = email if isinstance(email, str) and email.strip() else None
     if not typed_identifiers(user_id, anonymous_id, email, blocked):

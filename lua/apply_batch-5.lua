@@ -5,7 +5,8 @@
   The caller has sorted the batch by (ts, eventId) and normalised every identifier
   (user:, anon:, email:). For each event, in order:
     1. dedup: an eventId seen in the current or previous dedup bucket is skipped
-       (counted as a dedup hit); otherwise it is recorded in the current bucket;
+       (counted as a dedup hit); otherwise it is recorded in the current bucket once
+       it has been applied;
        an event naming an erased (suppressed) identifier is discarded and counted;
     2. identity (includes/identity.lua): each identifier is looked up in the
        index; when they belong to several profiles, those the guard rails allow are
@@ -123,16 +124,20 @@ local function suppressed(ev)
 end
 
 local applied, dups, recorded, discarded = 0, 0, false, 0
-local dirty = {}
+local marked = {}
 local result = {"OK", 0, 0}
 local acks = {}
 for _, ev in ipairs(events) do
   acks[#acks + 1] = ev.sid
-  if rcall("HEXISTS", dedup_prev, ev.id) == 1 or rcall("HSETNX", dedup_cur, ev.id, "1") == 0 then
+  -- The id is recorded only once the event is applied: if the script fails on an
+  -- event, its retry is not mistaken for a duplicate (Redis keeps a failed
+  -- script's earlier writes; the failing event is then parked, not lost).
+  if rcall("HEXISTS", dedup_prev, ev.id) == 1 or rcall("HEXISTS", dedup_cur, ev.id) == 1 then
     dups = dups + 1
   elseif suppressed(ev) then
     recorded = true
     discarded = discarded + 1
+    rcall("HSET", dedup_cur, ev.id, "1")
   elseif #ev.ids > 0 then
     recorded = true
     local cid = resolve(ev)
@@ -141,7 +146,12 @@ for _, ev in ipairs(events) do
     note_return(pkey, ev)
     widen_seen(pkey, ev.ts, ev.ts)
     rcall("HINCRBY", pkey, "version", 1)
-    if not ev.imp then dirty[#dirty + 1] = cid end
+    -- Touched profiles fall due for segment evaluation: the worker evaluates them
+    -- right after this call and reschedules them; if it dies first, the sweeper does.
+    if not ev.imp and not marked[cid] then
+      marked[cid] = true
+      rcall("ZADD", prefix .. ":segments:due", "LT", limits.dirtyDue, cid)
+    end
     if ev.b >= cutoff then
       if ev.t == "TRACK" then
         count(pkey, ev.n, ev.b)
@@ -152,19 +162,16 @@ for _, ev in ipairs(events) do
         count(pkey, "$screen", ev.b)
       end
     end
+    rcall("HSET", dedup_cur, ev.id, "1")
     applied = applied + 1
     if not ev.imp then result[#result + 1] = cid end
   else
     recorded = true
+    rcall("HSET", dedup_cur, ev.id, "1")
   end
 end
 
 if recorded then rcall("PEXPIRE", dedup_cur, dedup_expire_in) end
--- Touched profiles are due for segment evaluation: the worker evaluates them right
--- after this call and reschedules them; if it dies first, the sweeper finds them here.
-for _, cid in ipairs(dirty) do
-  rcall("ZADD", prefix .. ":segments:due", "LT", limits.dirtyDue, cid)
-end
 if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
 if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
 if discarded > 0 then rcall("HINCRBY", metrics_key, "suppressed", discarded) end

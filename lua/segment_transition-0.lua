@@ -74,7 +74,11 @@ for _, name in ipairs(names) do
   end
 end
 for _, name in ipairs(cjson.decode(ARGV[9])) do
-  rcall("HDEL", skey, name)
+  local raw = rcall("HGET", skey, name)
+  if raw then  -- n is kept, so a segment defined again never reuses an eventId
+    local state = cjson.decode(raw)
+    rcall("HSET", skey, name, cjson.encode({["in"] = false, n = state.n, since = now_iso}))
+  end
   rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
 end
 if due == "" then rcall("ZREM", due_key, cid) else rcall("ZADD", due_key, due, cid) end

@@ -67,8 +67,10 @@ def _s(raw: Any) -> str:
 async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(await request.read() or b"null")
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise EventRejected(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise EventRejected("body is nested too deeply") from None
 
 
 # -- segments ------------------------------------------------------------------------
@@ -161,7 +163,13 @@ async def _forget_memberships(redis: Redis, name: str) -> None:
             return
         async with redis.pipeline(transaction=False) as pipe:
             for cid in chunk:
-                pipe.hdel(keys.profile_segments(cid), name)
+                pipe.hget(keys.profile_segments(cid), name)
+            states = await pipe.execute()
+        async with redis.pipeline(transaction=False) as pipe:
+            for cid, raw in zip(chunk, states, strict=True):
+                if raw is not None:  # n is kept: a segment defined again never reuses an id
+                    state = json.loads(raw) | {"in": False}
+                    pipe.hset(keys.profile_segments(cid), name, json.dumps(state))
             pipe.zrem(members_key, *chunk)
             await pipe.execute()
 

@@ -36,6 +36,7 @@ from cdp.streams import text
 log = structlog.get_logger("cdp.erasure")
 
 JOB_TTL_S = 7 * 86_400
+ERASE_ATTEMPTS = 3
 PURGE_CHUNK = 1000
 JOBS = web.AppKey("erasure_jobs", set)
 
@@ -43,25 +44,28 @@ JOBS = web.AppKey("erasure_jobs", set)
 async def erase(request: web.Request) -> web.Response:
     require_admin(request)
     redis = request.app[REDIS]
-    try:
-        cid = await resolve(redis, request.match_info["id"])
-    except ProfileNotFound as exc:
-        raise NotFound(str(exc)) from None
-    identifiers = sorted(text(i) for i in await redis.smembers(keys.identifiers(cid)))
-    cids = {cid} | {text(c) for c in await redis.smembers(keys.merged(cid))}
     job_id = uuid.uuid4().hex
     now = await request.app[CLOCK].now_ms()
-    reply = await Scripts(redis).erase_profile(
-        args=[
-            keys.PREFIX,
-            cid,
-            iso_ms(now),
-            job_id,
-            "admin",
-            request.app[SETTINGS].segment_events_maxlen,
-        ]
-    )
-    if text(reply[0]) == "GONE":
+    for _ in range(ERASE_ATTEMPTS):  # a merge between resolve and erase: resolve again
+        try:
+            cid = await resolve(redis, request.match_info["id"])
+        except ProfileNotFound as exc:
+            raise NotFound(str(exc)) from None
+        identifiers = sorted(text(i) for i in await redis.smembers(keys.identifiers(cid)))
+        cids = {cid} | {text(c) for c in await redis.smembers(keys.merged(cid))}
+        reply = await Scripts(redis).erase_profile(
+            args=[
+                keys.PREFIX,
+                cid,
+                iso_ms(now),
+                job_id,
+                "admin",
+                request.app[SETTINGS].segment_events_maxlen,
+            ]
+        )
+        if text(reply[0]) != "GONE":
+            break
+    else:
         raise NotFound(f"profile {cid!r} no longer exists")
     state: dict[Any, Any] = {
         "id": job_id,

@@ -14,6 +14,7 @@ import contextlib
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.errors import EventRejected
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
 
@@ -37,13 +38,17 @@ class Publisher:
 
     async def publish_many(self, events: list[StreamEvent]) -> list[str]:
         """XADD several events; all or none (an error fails the whole call)."""
+        try:  # all encoded before any is queued: a bad one publishes none
+            bodies = [stream_encoder.encode(event) for event in events]
+        except UnicodeEncodeError:
+            raise EventRejected(
+                "a string holds a lone UTF-16 surrogate (an emoji cut in half?)"
+            ) from None
         loop = asyncio.get_running_loop()
         futures = []
-        for event in events:
+        for event, body in zip(events, bodies, strict=True):
             future: asyncio.Future[str] = loop.create_future()
-            self._queue.append(
-                (keys.stream(self.partition(event)), stream_encoder.encode(event), future)
-            )
+            self._queue.append((keys.stream(self.partition(event)), body, future))
             futures.append(future)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())

@@ -96,16 +96,32 @@ async def _body(request: web.Request, limit: int) -> dict[str, Any]:
     if len(raw) > limit:
         raise EventTooLarge(f"body is {len(raw)} bytes; the limit is {limit}")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CallRejected(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CallRejected("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise CallRejected("body must be a JSON object")
     return body
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _check_size(call: Any, limit: int) -> None:
-    size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        raise CallRejected("a string holds a lone UTF-16 surrogate (cut emoji?)") from None
     if size > limit:
         raise CallRejected(
             f"call is {size} bytes; the limit is {limit} per call", "request_too_large", 413
@@ -178,7 +194,6 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
     events, rejected = [], []
     for index, call in enumerate(calls):
         try:
-            _check_size(call, settings.max_event_bytes)
             if isinstance(call, dict):
                 own_context = call.get("context") or {}
                 if not isinstance(own_context, dict):
@@ -186,6 +201,8 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
                 call = {**call, "context": {**shared_context, **own_context}}
                 if shared_integrations is not None and "integrations" not in call:
                     call["integrations"] = shared_integrations
+            # Sized with the batch's context merged in: that is what gets stored.
+            _check_size(call, settings.max_event_bytes)
             events.append(
                 _convert(
                     call,

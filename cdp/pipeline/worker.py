@@ -28,6 +28,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -56,6 +57,14 @@ Entry = Any
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def is_poison(error: Exception) -> bool:
+    """A failure of the event itself (the script raised), not of Redis (OOM, READONLY...)."""
+    text = str(error)
+    return isinstance(error, ResponseError) and (
+        "user_script" in text or "Error running script" in text or "cannot encode" in text
+    )
 
 
 def new_worker_id() -> str:
@@ -117,7 +126,7 @@ class Worker:
         self._log.info("worker started", partitions=self.settings.partitions)
         started = time.monotonic()
         loops = [self._lease_loop(), self._read_loop(), self._tick_loop(), self._webhook_loop()]
-        tasks = [asyncio.create_task(loop) for loop in loops]
+        tasks = [asyncio.create_task(self._guarded(loop)) for loop in loops]
         try:
             await self._stopping.wait()
         finally:
@@ -138,6 +147,16 @@ class Worker:
                 left_pending=self.buffered,
                 **dict(self.stats),
             )
+
+    async def _guarded(self, loop: Coroutine[Any, Any, None]) -> None:
+        """A loop that dies stops the worker (its leases go to others), never silently."""
+        try:
+            await loop
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._log.exception("worker loop failed; stopping so that others take over")
+            self.stop()
 
     # -- leases ---------------------------------------------------------------------
 
@@ -270,10 +289,14 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             streams: Any = reply or []  # RESP2: [[stream, entries], ...]
-            for stream, entries in streams:
-                name = _text(stream)
-                partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
-                await self._ingest_entries(partition, entries)
+            try:
+                for stream, entries in streams:
+                    name = _text(stream)
+                    partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
+                    await self._ingest_entries(partition, entries)
+            except RedisError as exc:  # entries not buffered stay pending: reclaimed later
+                self._log.warning("read: redis error", error=str(exc))
+                await asyncio.sleep(0.5)
 
     async def _ingest_entries(
         self, partition: int, entries: list[Entry], claimed: bool = False
@@ -399,6 +422,10 @@ class Worker:
         for p, chunk, error in unencodable:
             applied += await self._apply_one_by_one(p, chunk, ctx, error)
         for (p, chunk), reply in zip(calls, replies, strict=False):
+            if isinstance(reply, Exception) and not is_poison(reply):
+                self._log.warning("apply refused by redis; retried next tick", error=str(reply))
+                self._requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
+                continue
             if isinstance(reply, Exception):
                 applied += await self._apply_one_by_one(p, chunk, ctx, reply)
                 continue
@@ -445,7 +472,7 @@ class Worker:
             events=len(chunk),
         )
         applied = 0
-        for item in chunk:
+        for index, item in enumerate(chunk):
             reply: Any
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -453,6 +480,12 @@ class Worker:
                     (reply,) = await pipe.execute(raise_on_error=False)
             except (ValueError, TypeError, OverflowError) as exc:
                 reply = ResponseError(f"cannot encode the event: {exc}")
+            except RedisError:
+                self._requeue([(partition, chunk[index:])])
+                raise
+            if isinstance(reply, Exception) and not is_poison(reply):
+                self._requeue([(partition, chunk[index:])])
+                return applied
             if isinstance(reply, ResponseError):
                 eid, event = item
                 self._log.error(
@@ -461,9 +494,14 @@ class Worker:
                     eventId=event.eventId,
                     error=str(reply),
                 )
-                await self._drop(
-                    partition, [(eid, None, msgspec.json.encode(event), f"apply failed: {reply}")]
-                )
+                try:
+                    await self._drop(
+                        partition,
+                        [(eid, None, msgspec.json.encode(event), f"apply failed: {reply}")],
+                    )
+                except RedisError:
+                    self._requeue([(partition, chunk[index:])])
+                    raise
             elif isinstance(reply, Exception):
                 raise reply
             else:

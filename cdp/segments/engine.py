@@ -182,7 +182,9 @@ class SegmentEngine:
                     continue
                 memberships = snap.memberships
                 changes, due = _changes(snap.view, memberships, checks, now_ms)
-                dropped = sorted(memberships.keys() - names) if memberships else []
+                dropped = sorted(
+                    name for name, member in memberships.items() if member and name not in names
+                )
                 if not changes and not dropped and due == snap.due:
                     continue  # nothing to write: the steady state costs no script call
                 await self.scripts.segment_transition(

@@ -142,6 +142,8 @@ class Dispatcher:
             if not sub.wants(_s(fields[b"segment"])):
                 cursor = _s(entry_id)
                 continue
+            if not await self.lease.hold():  # another dispatcher took over: it goes on
+                break
             error = await self._deliver(sub, session, _s(fields[b"eventId"]), fields[b"e"], now)
             if error is None:
                 cursor = _s(entry_id)

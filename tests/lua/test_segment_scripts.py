@@ -347,7 +347,7 @@ def test_the_due_index_is_set_to_argv5_or_removed_when_empty(lua, now_ms):
     assert states(lua, "p1") == {}
 
 
-def test_dropped_segments_lose_their_memberships_silently(lua, now_ms):
+def test_dropped_segments_end_their_memberships_silently_keeping_n(lua, now_ms):
     lua.apply(event("e1", now_ms - HOUR, user="u1"))
     lua.apply(event("e2", now_ms - HOUR, user="u2"))
     assert transition(lua, "p1", {"old": True, "vip": True}, at=now_ms)[0] == "OK"
@@ -359,7 +359,13 @@ def test_dropped_segments_lose_their_memberships_silently(lua, now_ms):
 
     reply = transition(lua, "p1", {}, at=now_ms + MINUTE, drop=["gone", "old"])
     assert reply == ["OK"]
-    assert states(lua, "p1") == {"vip": {"in": True, "n": 1, "since": iso_ms(now_ms)}}
+    # Out, but n is kept: a segment defined again never reuses an eventId.
+    later = iso_ms(now_ms + MINUTE)
+    assert states(lua, "p1") == {
+        "vip": {"in": True, "n": 1, "since": iso_ms(now_ms)},
+        "old": {"in": False, "n": 1, "since": later},
+        "gone": {"in": False, "n": 2, "since": later},
+    }
     assert members(lua, "old") == [("p2", 2.0)]  # only p1's membership goes
     assert members(lua, "vip") == [("p1", 1.0)]
     assert segment_events(lua) == emitted  # no EXIT
