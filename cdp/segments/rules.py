@@ -326,9 +326,13 @@ def compile_rule(rule: Rule) -> Check:
     """``rule`` -> a function of (view, now_ms) returning what ``evaluate`` returns."""
     match rule:
         case All(rules):
-            return _compile_all(tuple(compile_rule(r) for r in rules), _stops_early(rules))
+            return _compile_combination(
+                tuple(compile_rule(r) for r in rules), _stops_early(rules), absorbing=False
+            )
         case Any_(rules):
-            return _compile_any(tuple(compile_rule(r) for r in rules), _stops_early(rules))
+            return _compile_combination(
+                tuple(compile_rule(r) for r in rules), _stops_early(rules), absorbing=True
+            )
         case Not(inner):
             return _compile_not(inner)
         case TraitRule(name, op, value):
@@ -342,58 +346,34 @@ def compile_rule(rule: Rule) -> Check:
     raise TypeError(f"not a rule: {rule!r}")  # pragma: no cover
 
 
-def _compile_all(checks: tuple[Check, ...], early: bool) -> Check:
-    # A false child decides; with one whose due is None the answer is final (and, when
-    # no child can raise, the remaining ones need not run).
-    def check_all(view: ProfileView, now_ms: int) -> Result:
+def _compile_combination(checks: tuple[Check, ...], early: bool, absorbing: bool) -> Check:
+    """all (``absorbing`` False) or any (True): a child with the absorbing value decides;
+    with one whose due is None the answer is final (and, when no child can raise, the
+    remaining ones need not run)."""
+    final_result: Result = (absorbing, None)
+
+    def check(view: ProfileView, now_ms: int) -> Result:
         deciding: int | None = None
         other: int | None = None
         final = False
         for child in checks:
             ok, due = child(view, now_ms)
-            if not ok:
+            if ok == absorbing:
                 if due is None:
                     if early:
-                        return _FALSE
+                        return final_result
                     final = True
                 elif deciding is None or due < deciding:
                     deciding = due
             elif due is not None and (other is None or due < other):
                 other = due
         if final:
-            return _FALSE
+            return final_result
         if deciding is not None:
-            return False, deciding
-        return True, other
+            return absorbing, deciding
+        return not absorbing, other
 
-    return check_all
-
-
-def _compile_any(checks: tuple[Check, ...], early: bool) -> Check:
-    # A true child decides; with one whose due is None the answer is final (and, when
-    # no child can raise, the remaining ones need not run).
-    def check_any(view: ProfileView, now_ms: int) -> Result:
-        deciding: int | None = None
-        other: int | None = None
-        final = False
-        for child in checks:
-            ok, due = child(view, now_ms)
-            if ok:
-                if due is None:
-                    if early:
-                        return _TRUE
-                    final = True
-                elif deciding is None or due < deciding:
-                    deciding = due
-            elif due is not None and (other is None or due < other):
-                other = due
-        if final:
-            return _TRUE
-        if deciding is not None:
-            return True, deciding
-        return False, other
-
-    return check_any
+    return check
 
 
 def _stops_early(rules: tuple[Rule, ...]) -> bool:
