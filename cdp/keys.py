@@ -79,6 +79,8 @@ PROFILE_PREFIX = f"{PREFIX}:profile:"
 
 # Counter name under which every TRACK event is counted, whatever its name.
 ALL_TRACK = "$track"
+# Counter of all activity (every event, whatever its type): "returned" rules read it.
+SEEN = "$seen"
 
 
 def partition_tag(partition: int) -> str:

@@ -14,13 +14,12 @@
        unknown identifiers are linked to the event's profile, new if none is known;
     3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
        tombstone that keeps its ts;
-    4. firstSeen / lastSeen: min / max of the event time; an event after at least
-       minReturnGap of inactivity is recorded as a return; the profile's version is
+    4. firstSeen / lastSeen: min / max of the event time; the profile's version is
        bumped and, unless imported, it is marked due for segment evaluation
        (cdp:segments:due);
-    5. TRACK: the bucket of the event time is incremented in the counter of the
-       event name and in the all-TRACK counter ($track); PAGE and SCREEN in $page
-       and $screen; buckets older than the cutoff are
+    5. counters: every event's bucket in $seen (activity); a TRACK's also in the
+       counter of its name and in the all-TRACK counter ($track); PAGE and SCREEN
+       in $page and $screen; buckets older than the cutoff are
        pruned (when the counter's oldest bucket has passed it) and late events that
        fall before it are not counted.
   Finally the batch's stream entries are XACKed: an entry is acknowledged only
@@ -98,17 +97,9 @@ local function count(pkey, name, bucket)
   rcall("HSET", pkey .. ":counters", name, oldest)
 end
 
--- An event that comes after at least a bucket of inactivity is a return: its time
--- and the gap before it go to the profile's returns (read by "returned" rules).
-local function note_return(pkey, ev)
+-- lastSeen in milliseconds, for inactivity rules.
+local function note_seen(pkey, ev)
   local last = rcall("HGET", pkey, "lastSeenMs")
-  if last and ev.m > last then
-    local gap = tonumber(ev.m) - tonumber(last)
-    if gap >= limits.minReturnGap then
-      rcall("ZADD", pkey .. ":returns", gap, ev.m)
-      prune_counter(pkey .. ":returns", cutoff)
-    end
-  end
   if not last or ev.m > last then rcall("HSET", pkey, "lastSeenMs", ev.m) end
 end
 
@@ -143,7 +134,7 @@ for _, ev in ipairs(events) do
     local cid = resolve(ev)
     local pkey = profile_key(cid)
     apply_traits(pkey, ev)
-    note_return(pkey, ev)
+    note_seen(pkey, ev)
     widen_seen(pkey, ev.ts, ev.ts)
     rcall("HINCRBY", pkey, "version", 1)
     -- Touched profiles fall due for segment evaluation: the worker evaluates them
@@ -153,6 +144,9 @@ for _, ev in ipairs(events) do
       rcall("ZADD", prefix .. ":segments:due", "LT", limits.dirtyDue, cid)
     end
     if ev.b >= cutoff then
+      -- Every event is activity: "returned" rules read the gaps between these
+      -- buckets, which, unlike a gap measured at apply time, any order agrees on.
+      count(pkey, "$seen", ev.b)
       if ev.t == "TRACK" then
         count(pkey, ev.n, ev.b)
         count(pkey, "$track", ev.b)

@@ -4,7 +4,7 @@
   The profile's identifiers are suppressed (cdp:suppressed: later events naming any
   of them are discarded at apply, including those already buffered or pending) and
   removed from the index; every segment membership ends with an EXIT event (so
-  downstream systems forget the person too); traits, identifiers, counters, returns,
+  downstream systems forget the person too); traits, identifiers, counters,
   memberships, the forward pointers of ids merged into it and the profile itself are
   deleted. An audit record without personal data goes to cdp:audit.
 
@@ -67,7 +67,7 @@ for _, old in ipairs(rcall("SMEMBERS", pkey .. ":merged")) do
   rcall("DEL", prefix .. ":profile:{" .. old .. "}")
 end
 rcall("DEL", pkey, pkey .. ":traits", pkey .. ":identifiers", pkey .. ":counters",
-  pkey .. ":merged", pkey .. ":returns", pkey .. ":segments")
+  pkey .. ":merged", pkey .. ":segments")
 rcall("ZREM", prefix .. ":profiles", cid)
 rcall("ZREM", prefix .. ":segments:due", cid)
 rcall("XADD", prefix .. ":audit", "MAXLEN", "~", "1000000", "*", "action", "erase",

@@ -7,8 +7,9 @@
 
   Returns, per canonical id, an array:
     {version or false, mergedInto or false, user identifier or false,
-     lastSeenMs or false, {trait, cell JSON, ...}, {bucket-name pairs: name, {bucket, count, ...}, ...},
-     {return time ms, gap ms, ...}, {segment, state JSON, ...}, first identifier when
+     lastSeenMs or false, firstSeen (ISO) or false, {trait, cell JSON, ...},
+     {counter name, {bucket, count, ...}, ...},
+     {segment, state JSON, ...}, first identifier when
      there is no userId, due time in cdp:segments:due or false}
   A profile that does not exist (or was merged away) has a false version.
 ]]
@@ -18,7 +19,7 @@ local out = {}
 for i = 2, #ARGV do
   local cid = ARGV[i]
   local pkey = prefix .. ":profile:{" .. cid .. "}"
-  local meta = rcall("HMGET", pkey, "version", "mergedInto", "user", "lastSeenMs")
+  local meta = rcall("HMGET", pkey, "version", "mergedInto", "user", "lastSeenMs", "firstSeen")
   local counters = {}
   for _, name in ipairs(rcall("HKEYS", pkey .. ":counters")) do
     counters[#counters + 1] = name
@@ -31,10 +32,9 @@ for i = 2, #ARGV do
     anon = ids[1] or false
   end
   out[#out + 1] = {
-    meta[1], meta[2], meta[3], meta[4],
+    meta[1], meta[2], meta[3], meta[4], meta[5],
     rcall("HGETALL", pkey .. ":traits"),
     counters,
-    rcall("ZRANGE", pkey .. ":returns", 0, -1, "WITHSCORES"),
     rcall("HGETALL", pkey .. ":segments"),
     anon,
     rcall("ZSCORE", prefix .. ":segments:due", cid),

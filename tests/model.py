@@ -84,10 +84,12 @@ class Model:
         for name, value in (event.traits or {}).items():
             profile.write_trait(name, (ts, event.eventId, value))
         profile.see(ts, ts)
+        bucket = bucket_member(event.ts, self.settings.counter_bucket_ms)
+        names = [keys.SEEN]
         if event.type == "TRACK" and event.name:
-            bucket = bucket_member(event.ts, self.settings.counter_bucket_ms)
-            for name in (event.name, keys.ALL_TRACK):
-                profile.counters.setdefault(name, Counter())[bucket] += 1
+            names += [event.name, keys.ALL_TRACK]
+        for name in names:
+            profile.counters.setdefault(name, Counter())[bucket] += 1
 
     def resolve(self, event_id: str, ids: list[str]) -> Profile:
         s = self.settings

@@ -21,6 +21,7 @@ import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ import structlog
 from redis.asyncio import Redis
 
 from cdp import keys
-from cdp.events import iso_ms
+from cdp.events import iso_ms, to_ms
 from cdp.scripts import Scripts
 from cdp.segments.definitions import Segment, SegmentCache
 from cdp.segments.rules import Check, ProfileView
@@ -37,6 +38,7 @@ from cdp.settings import Settings
 log = structlog.get_logger("cdp.segments")
 
 _encoder = msgspec.json.Encoder()
+SEEN = keys.SEEN
 READ_CHUNK = 200
 MAX_RETRIES = 3
 YIELD_EVERY = 32  # profiles evaluated between two yields to the event loop
@@ -93,7 +95,7 @@ def _member(raw: Any) -> bool:
 
 def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
     """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
-    version, merged_into, user, last_seen, traits, counters, returns, states, anon, due = row
+    version, merged_into, user, last_seen, first_seen, traits, counters, states, anon, due = row
     if not version or merged_into:
         return None
     trait_values: dict[str, Any] = {}
@@ -112,11 +114,35 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         traits=trait_values,
         counters=counter_values,
         last_seen_ms=int(last_seen) if last_seen else None,
-        returns=tuple(sorted(_pairs(returns).items())),
+        returns=returns_of(counter_values.get(SEEN, {}), first_seen, bucket_ms),
         bucket_ms=bucket_ms,
     )
     memberships = {_s(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
     return Snapshot(cid, _s(version), view, who, memberships, int(float(due)) if due else None)
+
+
+def returns_of(
+    seen: dict[int, int], first_seen: Any, bucket_ms: int
+) -> tuple[tuple[int, int], ...]:
+    """(bucket, inactivity before it) for each activity bucket that follows a gap.
+
+    Derived from the ``$seen`` buckets, which every order of the same events agrees
+    on, and exact to a bucket: the gap is measured start to start, and adjacent
+    buckets are no return. The oldest bucket kept follows a gap when the profile was
+    seen before it (its predecessor has been pruned, so the gap is at least the
+    counter window minus the rule's ``within``; measured here up to firstSeen).
+    """
+    buckets = sorted(seen)
+    if not buckets:
+        return ()
+    out = []
+    if first_seen:
+        first = to_ms(datetime.fromisoformat(_s(first_seen).replace("Z", "+00:00")))
+        first -= first % bucket_ms
+        if first < buckets[0]:
+            out.append((buckets[0], buckets[0] - first))
+    out += [(b, b - a) for a, b in zip(buckets, buckets[1:], strict=False) if b - a > bucket_ms]
+    return tuple(out)
 
 
 def _pairs(flat: list[Any]) -> dict[int, int]:

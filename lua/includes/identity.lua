@@ -29,7 +29,7 @@ local function link(cid, id)
 end
 
 -- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
--- by union, counters by sum per bucket, first/lastSeen by min/max, returns by union;
+-- by union, counters by sum per bucket, first/lastSeen by min/max;
 -- the loser's segment memberships are dropped (no EXIT). The loser keeps only
 -- a forward pointer; every id that pointed to it now points to the survivor (one hop).
 local function merge(loser, survivor, ev)
@@ -61,8 +61,6 @@ local function merge(loser, survivor, ev)
   rcall("HINCRBY", skey, "anons", tonumber(lmeta[5]) or 0)
   rcall("HINCRBY", skey, "merges", (tonumber(lmeta[6]) or 0) + 1)
   if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
-  rcall("ZUNIONSTORE", skey .. ":returns", 2, skey .. ":returns", lkey .. ":returns",
-    "AGGREGATE", "MAX")
   local l_last, s_last = rcall("HGET", lkey, "lastSeenMs"), rcall("HGET", skey, "lastSeenMs")
   if l_last and (not s_last or l_last > s_last) then rcall("HSET", skey, "lastSeenMs", l_last) end
   -- The loser's memberships end without an EXIT: its id lives on in the survivor (the
@@ -83,7 +81,7 @@ local function merge(loser, survivor, ev)
     rcall("SADD", skey .. ":merged", old)
   end
   rcall("DEL", lkey .. ":traits", lkey .. ":identifiers", lkey .. ":counters", lkey .. ":merged",
-    lkey .. ":returns", lkey .. ":segments")
+    lkey .. ":segments")
   rcall("DEL", lkey)
   rcall("HSET", lkey, "mergedInto", survivor, "mergedAt", ev.ts, "mergeEventId", ev.id)
   record(ev, {"status", "merged", "survivor", survivor, "merged", loser})

@@ -247,7 +247,13 @@ def test_erased_identifiers_are_suppressed_until_lifted(live: Stack) -> None:
     traits = {k: json.loads(v)["v"] for k, v in live.r.hgetall(keys.traits(fresh)).items()}
     assert traits == {"plan": "basic"}
     assert live.r.smembers(keys.identifiers(fresh)) == {f"user:{USER}"}
-    assert live.r.hkeys(keys.counters(fresh)) == []
+    assert live.r.hkeys(keys.counters(fresh)) == [keys.SEEN]  # only the new event's activity
+    assert (
+        sum(
+            int(c) for _, c in live.r.zrange(keys.counter(fresh, keys.SEEN), 0, -1, withscores=True)
+        )
+        == 1
+    )
 
 
 def test_a_merged_away_id_erases_its_survivor(live: Stack) -> None:

@@ -130,7 +130,11 @@ def test_a_profile_document_is_exact_with_its_segments(live: Stack) -> None:
         "lastSeen": "2025-10-04T10:00:04.000Z",
         "createdAt": "2025-10-04T10:00:10.000Z",
         "mergedFrom": [],
-        "counters": {"$track": bucket, "Clicked": bucket},
+        "counters": {
+            "$seen": {"total": 4, "buckets": {"1759572000000": 4}},  # all four events
+            "$track": bucket,
+            "Clicked": bucket,
+        },
         "segments": segments,
     }
     assert ok(live, "/cdp/profiles/p1/traits") == {

@@ -177,6 +177,7 @@ def test_same_event_id_twice_in_one_batch_is_applied_once(lua, now_ms):
     assert (result.applied, result.duplicates) == (1, 1)
     assert result.profiles == ("p1",)
     assert lua.counter("p1", "Feature Used") == {bucket(now_ms - HOUR): 1}
+    assert lua.counter("p1", "$seen") == {bucket(now_ms - HOUR): 1}
     assert lua.metric("processed") == 1
     assert lua.metric("dedup_hits") == 1
     assert lua.pending() == 0  # the duplicate's entry is acknowledged too
@@ -191,6 +192,7 @@ def test_same_event_id_in_a_later_call_changes_nothing(lua, now_ms):
     result = lua.apply(again)
     assert (result.applied, result.duplicates, result.profiles) == (0, 1, ())
     assert lua.counter("p1", "Feature Used") == {bucket(t): 1}
+    assert lua.counter("p1", "$seen") == {bucket(t): 1}
     assert lua.traits("p1") == {}
     assert lua.meta("p1")["lastSeen"] == iso_ms(t)
     assert lua.metric("processed") == 1
@@ -223,10 +225,12 @@ def test_previous_dedup_bucket_still_dedups(lua, now_ms):
     result = lua.apply(ev, now_ms=now_ms + ttl)
     assert (result.applied, result.duplicates) == (0, 1)
     assert lua.counter("p1", "Feature Used") == {bucket(now_ms - HOUR): 1}
+    assert lua.counter("p1", "$seen") == {bucket(now_ms - HOUR): 1}
     # Two buckets later it is forgotten (dedup-ttl is a window, at most 2 x ttl).
     result = lua.apply(ev, now_ms=now_ms + 2 * ttl)
     assert (result.applied, result.duplicates) == (1, 0)
     assert lua.counter("p1", "Feature Used") == {bucket(now_ms - HOUR): 2}
+    assert lua.counter("p1", "$seen") == {bucket(now_ms - HOUR): 2}
 
 
 # ---------------------------------------------------------------------- identity
@@ -281,6 +285,12 @@ def test_alias_links_an_anonymous_id_to_the_existing_user_profile(lua, now_ms):
     # Later anonymous activity lands on the user's profile.
     lua.apply(track("e3", t + 2 * MINUTE, "Clicked", anon="anon-456"))
     assert lua.counter("p1", "Clicked") == {bucket(t + 2 * MINUTE): 1}
+    # Every event counts as activity, the IDENTIFY and the ALIAS included.
+    assert lua.counter("p1", "$seen") == {
+        bucket(t): 1,
+        bucket(t + MINUTE): 1,
+        bucket(t + 2 * MINUTE): 1,
+    }
 
 
 def test_alias_links_a_user_id_to_the_existing_anonymous_profile(lua, now_ms):
@@ -317,6 +327,12 @@ def test_event_meeting_two_profiles_applies_to_the_oldest_and_loses_nothing(lua,
     }
     assert lua.counter("p1", "Clicked") == {bucket(t): 1, bucket(t + 2 * MINUTE): 1}
     assert lua.counter("p1", "$track") == {bucket(t): 1, bucket(t + 2 * MINUTE): 1}
+    # e1, e2, e3 (30 s later), then the meeting event e5 and e4.
+    assert lua.counter("p1", "$seen") == {
+        bucket(t): 3,
+        bucket(t + MINUTE): 1,
+        bucket(t + 2 * MINUTE): 1,
+    }
     assert (lua.meta("p1")["firstSeen"], lua.meta("p1")["lastSeen"]) == (
         iso_ms(t),
         iso_ms(t + 2 * MINUTE),
@@ -387,7 +403,8 @@ def test_track_counts_its_name_and_all_tracks_in_the_bucket_of_event_time(lua, n
     assert lua.counter("p1", "Feature Used") == {bucket(t): 2}
     assert lua.counter("p1", "Signup") == {bucket(t): 1}
     assert lua.counter("p1", "$track") == {bucket(t): 3}
-    assert lua.counter_names("p1") == {"Feature Used", "Signup", "$track"}
+    assert lua.counter("p1", "$seen") == {bucket(t): 3}
+    assert lua.counter_names("p1") == {"Feature Used", "Signup", "$track", "$seen"}
 
 
 def test_late_event_counts_in_its_own_older_bucket(lua, now_ms):
@@ -397,16 +414,20 @@ def test_late_event_counts_in_its_own_older_bucket(lua, now_ms):
     expected = {bucket(t): 1, bucket(t - 5 * MINUTE): 1}
     assert lua.counter("p1", "Feature Used") == expected
     assert lua.counter("p1", "$track") == expected
+    assert lua.counter("p1", "$seen") == expected
 
 
-def test_identify_and_alias_do_not_count(lua, now_ms):
+def test_identify_and_alias_count_only_as_activity(lua, now_ms):
     t = now_ms - HOUR
     lua.apply(event("e1", t, user="u1", traits={"plan": "pro"}))
     lua.apply(event("e2", t, "ALIAS", user="u1", anon="a1"))
-    assert lua.counter_names("p1") == set()
-    assert lua.r.keys(keys.counter("p1", "*")) == []
+    assert lua.counter_names("p1") == {"$seen"}
+    assert lua.r.keys(keys.counter("p1", "*")) == [keys.counter("p1", "$seen")]
+    assert lua.counter("p1", "$seen") == {bucket(t): 2}
     lua.apply(track("e3", t, "Signup", user="u1"))
     assert lua.counter("p1", "$track") == {bucket(t): 1}
+    assert lua.counter("p1", "$seen") == {bucket(t): 3}
+    assert lua.counter_names("p1") == {"$seen", "Signup", "$track"}
 
 
 def test_events_before_the_counter_cutoff_are_not_counted(lua, now_ms):
@@ -420,6 +441,7 @@ def test_events_before_the_counter_cutoff_are_not_counted(lua, now_ms):
     assert result.applied == 2  # both applied (firstSeen...), only one counted
     assert lua.counter("p1", "Feature Used") == {bucket(at_cutoff): 1}
     assert lua.counter("p1", "$track") == {bucket(at_cutoff): 1}
+    assert lua.counter("p1", "$seen") == {bucket(at_cutoff): 1}
     assert lua.meta("p1")["firstSeen"] == iso_ms(at_cutoff - 1)
 
 
@@ -430,15 +452,18 @@ def test_buckets_older_than_the_cutoff_are_pruned(lua, now_ms):
     lua.apply(track("e2", later - MINUTE, "Feature Used", user="u1"), now_ms=later)
     assert lua.counter("p1", "Feature Used") == {bucket(later - MINUTE): 1}
     assert lua.counter("p1", "$track") == {bucket(later - MINUTE): 1}
+    assert lua.counter("p1", "$seen") == {bucket(later - MINUTE): 1}
 
 
 def test_buckets_older_than_the_cutoff_are_pruned_whatever_their_counts(lua, now_ms):
     old = now_ms - HOUR
     lua.apply(*[track(f"e{i}", old, "Feature Used", user="u1") for i in range(3)])
     assert lua.counter("p1", "Feature Used") == {bucket(old): 3}
+    assert lua.counter("p1", "$seen") == {bucket(old): 3}
     later = now_ms + DAY
     lua.apply(track("e9", later - MINUTE, "Feature Used", user="u1"), now_ms=later)
     assert lua.counter("p1", "Feature Used") == {bucket(later - MINUTE): 1}
+    assert lua.counter("p1", "$seen") == {bucket(later - MINUTE): 1}
 
 
 # ----------------------------------------------------------------- ack and lease
@@ -575,13 +600,26 @@ def test_every_order_of_the_same_events_converges(make_harness, now_ms):
         iso_ms(t + 20 * MINUTE),
     )
     assert a["counters"]["Feature Used"] == {bucket(t): 1, bucket(t + 10 * MINUTE): 1}
+    # Every applied event once (a6's redelivery is a duplicate): a1 a6, a2 a3, a5, a4, a7, a8.
+    assert a["counters"]["$seen"] == {
+        bucket(t): 2,
+        bucket(t + MINUTE): 2,
+        bucket(t + 2 * MINUTE): 1,
+        bucket(t + 3 * MINUTE): 1,
+        bucket(t + 10 * MINUTE): 1,
+        bucket(t + 20 * MINUTE): 1,
+    }
+    assert set(a["counters"]) == {"Feature Used", "$track", "$seen"}
     assert '"v":"basic"' in a["traits"]["plan"] and '"eventId":"a3"' in a["traits"]["plan"]
     assert '"v":5' in a["traits"]["seats"]
     assert '"v":null' in a["traits"]["country"] and '"eventId":"a4"' in a["traits"]["country"]
     b = first["profiles"][bob]
     assert '"v":"team"' in b["traits"]["plan"]
     assert b["counters"]["$track"] == {bucket(t - 2 * HOUR): 1, bucket(t): 1}
+    assert b["counters"]["$seen"] == {bucket(t - 2 * HOUR): 1, bucket(t): 3}  # b3; b1 b2 b4
+    assert set(b["counters"]) == {"Signup", "$track", "$seen"}
     assert first["profiles"][nine]["counters"]["Page Viewed"] == {bucket(t + 5 * MINUTE): 2}
+    assert first["profiles"][nine]["counters"]["$seen"] == {bucket(t + 5 * MINUTE): 2}
     assert first["metrics"] == {"processed": "14", "dedup_hits": "3"}
     assert first["merges"] == []
     assert first["pending"] == 0

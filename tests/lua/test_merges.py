@@ -206,6 +206,8 @@ def test_alias_merges_two_profiles_into_the_oldest(lua, make_harness, now_ms, ne
     assert lua.traits("p2")["status"] == cell(None, t + 6 * m, "l6")
     assert lua.r.hget(keys.counters("p2"), "Clicked") == bucket(t - 5 * m)
     assert lua.r.hget(keys.counters("p1"), "Clicked") == bucket(t)
+    assert lua.r.hget(keys.counters("p2"), "$seen") == bucket(t - 5 * m)
+    assert lua.r.hget(keys.counters("p1"), "$seen") == bucket(t)
 
     result = lua.apply(*link)
     assert result.profiles == ("p1",)
@@ -250,14 +252,27 @@ def test_alias_merges_two_profiles_into_the_oldest(lua, make_harness, now_ms, ne
         bucket(t + 5 * m): 1,
         bucket(t + 7 * m): 1,
     }
+    # Every event of both, and the ALIAS itself (applied to the survivor).
+    assert lua.counter("p1", "$seen") == {
+        bucket(t - 5 * m): 1,  # l8
+        bucket(t): 4,  # s0 s1 s2 l0
+        bucket(t + m): 3,  # s3 s4 l1
+        bucket(t + 2 * m): 3,  # s5 l2 l3
+        bucket(t + 3 * m): 3,  # s6 l4 alias
+        bucket(t + 4 * m): 2,  # k4-a k4-b
+        bucket(t + 5 * m): 3,  # k5-b k5-a l5
+        bucket(t + 6 * m): 2,  # s7 l6
+        bucket(t + 7 * m): 1,  # l7
+    }
     assert lua.r.hgetall(keys.counters("p1")) == {
         "Clicked": bucket(t - 5 * m),  # L's is older
         "Viewed": bucket(t + m),  # S's is older
         "Signup": bucket(t + 3 * m),  # L's only
         "$track": bucket(t - 5 * m),
+        "$seen": bucket(t - 5 * m),  # L's is older
     }
     assert counter_keys(lua) == {
-        keys.counter("p1", name) for name in ("Clicked", "Viewed", "Signup", "$track")
+        keys.counter("p1", name) for name in ("Clicked", "Viewed", "Signup", "$track", "$seen")
     }
 
     # firstSeen from L's late event, lastSeen from L's last: min and max of both.
@@ -335,10 +350,20 @@ def test_identify_merges_three_profiles_in_one_event(lua, make_harness, now_ms, 
         bucket(t + 3 * m): 1,
         bucket(t + 5 * m): 1,
     }
+    # Every event of the three, and the meeting IDENTIFY itself.
+    assert lua.counter("p1", "$seen") == {
+        bucket(t): 1,
+        bucket(t + m): 1,
+        bucket(t + 2 * m): 1,
+        bucket(t + 3 * m): 1,
+        bucket(t + 4 * m): 2,  # c0 meet
+        bucket(t + 5 * m): 1,
+    }
     assert lua.r.hgetall(keys.counters("p1")) == {
         "Clicked": bucket(t + m),
         "Signup": bucket(t + 5 * m),
         "$track": bucket(t + m),
+        "$seen": bucket(t),
     }
     assert meta(lua, "p1") == {
         "createdAt": iso_ms(now_ms),
@@ -354,7 +379,9 @@ def test_identify_merges_three_profiles_in_one_event(lua, make_harness, now_ms, 
     for loser in ("p2", "p3"):
         assert profile_keys(lua, loser) == {keys.profile(loser)}
         assert lua.meta(loser) == forward("p1", t + 4 * m + 30 * SECOND, "meet")
-    assert counter_keys(lua) == {keys.counter("p1", n) for n in ("Clicked", "Signup", "$track")}
+    assert counter_keys(lua) == {
+        keys.counter("p1", n) for n in ("Clicked", "Signup", "$track", "$seen")
+    }
     assert lua.r.get(keys.PROFILE_SEQ) == "3"
 
     # Not in event-time order (meet is before c1), but these events converge.
@@ -741,7 +768,14 @@ def test_a_redelivered_merge_changes_nothing(lua, now_ms, mode):
         assert lua.metric("dedup_hits") == 1
     assert lua.pending() == 0
     after = state_without_dedup(lua, stream=mode == "same-entry")
+    seen = keys.counter("p1", keys.SEEN)
+    assert before[seen] == ("zset", [(bucket(t + i * MINUTE), 1.0) for i in range(6)], -1)
     if mode == "after-dedup-ttl":
+        # Applied again, the ALIAS counts again as activity in its bucket (dedup alone
+        # makes counting exactly-once): the one key besides "version" that changes.
+        bumped = [*before[seen][1][:5], (bucket(t + 5 * MINUTE), 2.0)]
+        assert after[seen] == ("zset", bumped, -1)
+        after[seen] = before[seen]
         # The profile hash's "version" counts applies (for segment evaluation), not
         # state: an event applied again bumps it. Every other field must be as it was.
         for snap in (before, after):

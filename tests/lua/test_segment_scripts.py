@@ -159,7 +159,7 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
         event("e1", t0, user="u1", email="Ann@Example.com", traits={"plan": "pro", "seats": 3}),
         track("e2", t0 + 10 * SECOND, "Clicked", user="u1"),  # 10 s later: not a return
         track("e2b", t0 + 20 * SECOND, "Clicked", user="u1"),
-        track("e3", t0 + 5 * MINUTE, "Clicked", user="u1"),  # 4m40s of inactivity: a return
+        track("e3", t0 + 5 * MINUTE, "Clicked", user="u1"),  # 4 idle buckets: a return
     )
     assert version(lua, "p1") == "4"
     assert transition(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR) == [
@@ -170,8 +170,9 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
     raw = view(lua, "p1")
     (row,) = text(raw)
     assert len(row) == 10
-    ver, merged_into, user, last_seen, traits, counters, returns, segs, anon, due_at = row
+    ver, merged_into, user, last_seen, first_seen, traits, counters, segs, anon, due_at = row
     assert (ver, merged_into, user, last_seen) == ("4", None, "user:u1", f"{t0 + 5 * MINUTE:013d}")
+    assert first_seen == iso_ms(t0)
     assert len(traits) == 4
     assert {traits[i]: json.loads(traits[i + 1]) for i in range(0, len(traits), 2)} == {
         "plan": cell("pro", t0, "e1"),
@@ -179,12 +180,12 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
     }
     # name, [bucket, count, ...] in ZRANGE order (by count, then bucket).
     clicked = [bucket(t0 + 5 * MINUTE), "1", bucket(t0), "2"]
-    assert len(counters) == 4
+    assert len(counters) == 6
     assert dict(zip(counters[::2], counters[1::2], strict=True)) == {
         "Clicked": clicked,
         "$track": clicked,
+        "$seen": [bucket(t0 + 5 * MINUTE), "1", bucket(t0), "3"],  # the IDENTIFY too
     }
-    assert returns == [f"{t0 + 5 * MINUTE:013d}", str(5 * MINUTE - 20 * SECOND)]
     assert len(segs) == 2
     assert segs[0] == "vip"
     assert json.loads(segs[1]) == {"in": True, "n": 1, "since": iso_ms(now_ms)}
@@ -193,14 +194,16 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
 
     # ... and the engine makes of that row exactly what the rules need.
     counter = {t0 + 5 * MINUTE: 1, t0: 2}
+    # returns_of: the $seen buckets after a gap, the gap start to start (exact to a
+    # bucket); the first bucket holds firstSeen, so no return before it.
     assert parse_view("p1", raw[0], lua.settings.counter_bucket_ms) == Snapshot(
         cid="p1",
         version="4",
         view=ProfileView(
             traits={"plan": "pro", "seats": 3},
-            counters={"Clicked": counter, "$track": counter},
+            counters={"Clicked": counter, "$track": counter, "$seen": {t0 + 5 * MINUTE: 1, t0: 3}},
             last_seen_ms=t0 + 5 * MINUTE,
-            returns=((t0 + 5 * MINUTE, 5 * MINUTE - 20 * SECOND),),
+            returns=((t0 + 5 * MINUTE, 5 * MINUTE),),
             bucket_ms=60_000,
         ),
         who={"userId": "u1"},
@@ -214,7 +217,9 @@ def test_profile_view_due_is_the_apply_scripts_mark_until_evaluated(lua, now_ms)
     (row,) = text(view(lua, "p1"))
     assert row[0] == "1"
     assert row[9] == str(now_ms + lua.settings.lease_ttl_ms)  # dirtyDue
-    assert row[4:8] == [[], [], [], []]  # no traits, counters, returns, memberships
+    assert row[4] == iso_ms(now_ms - HOUR)  # firstSeen
+    # No traits, no memberships; the IDENTIFY counts as activity only.
+    assert row[5:8] == [[], ["$seen", [bucket(now_ms - HOUR), "1"]], []]
 
 
 def test_profile_view_without_user_id_gives_the_first_identifier(lua, now_ms):
@@ -231,8 +236,9 @@ def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
     live, merged, unknown = text(view(lua, "p1", "p2", "p99"))
     assert live[0] == "3"  # created, its event, the merge's bump + the ALIAS itself
     assert live[1] is None
-    assert merged == [None, "p1", None, None, [], [], [], [], None, None]
-    assert unknown == [None, None, None, None, [], [], [], [], None, None]
+    assert live[4] == iso_ms(now_ms - HOUR)  # firstSeen
+    assert merged == [None, "p1", None, None, None, [], [], [], None, None]
+    assert unknown == [None, None, None, None, None, [], [], [], None, None]
     for cid, row in (("p2", merged), ("p99", unknown)):
         assert parse_view(cid, row, lua.settings.counter_bucket_ms) is None
 
@@ -396,15 +402,21 @@ def test_several_segments_in_one_call_emit_in_sorted_name_order(lua, now_ms):
 
 
 def erasable(lua: LuaHarness, now_ms: int) -> dict[str, Any]:
-    """p1: user, email, two anons (one via a merge of p2), traits, counters, returns,
+    """p1: user, email, two anons (one via a merge of p2), traits, counters ($seen too),
     a live membership (vip, n=1) and an ended one (old, n=2); p3 a bystander member."""
     t = now_ms - 2 * HOUR
     lua.apply(event("e1", t, user="u1", email="Ann@Example.com", anon="a1", traits={"plan": "pro"}))
     lua.apply(track("e2", t, "Clicked", anon="a2"))  # p2
     lua.apply(event("e3", t, user="u9", traits={"plan": "free"}))  # p3, the bystander
     lua.apply(event("e4", t + MINUTE, "ALIAS", user="u1", anon="a2"))  # p2 -> p1
-    lua.apply(track("e5", t + 10 * MINUTE, "Clicked", user="u1"))  # a return, counters
+    lua.apply(track("e5", t + 10 * MINUTE, "Clicked", user="u1"))  # a return (in $seen)
     assert lua.meta("p2")["mergedInto"] == "p1"
+    # e1 and p2's e2, the ALIAS, then e5 after 9 idle buckets: a return for returns_of.
+    assert lua.counter("p1", "$seen") == {
+        bucket(t): 2,
+        bucket(t + MINUTE): 1,
+        bucket(t + 10 * MINUTE): 1,
+    }
     entered = transition(lua, "p1", {"vip": True, "old": True}, at=now_ms, due=now_ms + HOUR)
     assert entered == ["OK", "seg:old:p1:1", "seg:vip:p1:1"]
     assert transition(lua, "p1", {"old": False}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
@@ -419,8 +431,8 @@ def erasable(lua: LuaHarness, now_ms: int) -> dict[str, Any]:
         p1 + ":counters",
         p1 + ":counter:Clicked",
         p1 + ":counter:$track",
+        p1 + ":counter:$seen",
         p1 + ":merged",
-        p1 + ":returns",
         p1 + ":segments",
     }
     assert profile_keys(lua, "p2") == {keys.profile("p2")}
