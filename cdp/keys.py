@@ -22,7 +22,6 @@ canonical id's tag, every partition stream its own)::
     cdp:profile:{<cid>}:counters         hash, event name -> oldest bucket it holds
     cdp:profile:{<cid>}:merged           set of canonical ids merged into this one
     cdp:profile:{<cid>}:counter:<name>   zset, bucket start (13-digit ms) -> count
-    cdp:profile:{<cid>}:returns          zset, event time (ms) -> inactivity before it (ms)
     cdp:profile:{<cid>}:segments         hash, segment -> {"in", "n" (transitions), "since"}
     cdp:profiles                         zset, live canonical id -> its number
     cdp:merges                           stream, merges and refused links (guard rails)
@@ -125,10 +124,6 @@ def counters(cid: str) -> str:
 
 def counter(cid: str, name: str) -> str:
     return profile(cid) + ":counter:" + name
-
-
-def returns(cid: str) -> str:
-    return profile(cid) + ":returns"
 
 
 def profile_segments(cid: str) -> str:
