@@ -217,7 +217,12 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         redis_url = settings.redis_url
     else:
         port = args.redis_port or (6379 if port_is_free(6379) else None)
-        server = RedisServer(Path(args.data_dir), port).start()
+        server = RedisServer(Path(args.data_dir), port)
+        try:
+            server.start()
+        except BaseException:  # Ctrl-C while it starts: no orphaned redis-server
+            server.stop()
+            raise
         redis_url = server.url
     settings = replace(settings, redis_url=redis_url)
     env = {**os.environ, "CDP_REDIS_URL": redis_url}
@@ -234,6 +239,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         )
 
     stopping = False
+    status = 0
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -252,6 +258,14 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  try: redis-cli -u {redis_url} --scan --pattern 'cdp:profile:*'", flush=True)
         print("  Ctrl-C stops everything.", flush=True)
         while not stopping:
+            if server is not None and server.process and server.process.poll() is not None:
+                print(
+                    f"cdp: the embedded redis-server exited ({server.process.returncode}); "
+                    f"stopping. See {server.data_dir / 'redis.log'}",
+                    file=sys.stderr,
+                )
+                status = 1
+                break
             for name, child in list(children.items()):
                 if child.poll() is not None and not stopping:
                     print(
@@ -272,4 +286,4 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         if server is not None:
             server.stop()
         print("cdp stopped.", flush=True)
-    return 0
+    return status

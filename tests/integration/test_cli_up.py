@@ -4,6 +4,7 @@ restart; ``cdp profile`` prints the result."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -191,3 +192,19 @@ def test_profile_of_an_unknown_identifier_exits_1_with_a_message(redis_url: str)
     )
     assert done.returncode == 1
     assert "user:nobody" in done.stderr
+
+
+def test_up_stops_with_an_error_when_its_redis_dies(tmp_path: Path) -> None:
+    import redis
+
+    up = Up(tmp_path / "data")
+    up.start()
+    client = redis.Redis(port=up.redis_port)
+    with contextlib.suppress(redis.ConnectionError):
+        client.shutdown(nosave=True)
+    client.close()
+    assert up.proc is not None
+    out, _ = up.proc.communicate(timeout=60)
+    assert up.proc.returncode == 1
+    assert "redis-server exited" in out and "cdp stopped." in out
+    assert _listening(up.port) is False
