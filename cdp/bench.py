@@ -52,6 +52,7 @@ from cdp.events import StreamEvent, decode_ingest, iso_ms, stream_encoder
 from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
 from cdp.scripts import Scripts, source
 from cdp.settings import Settings, format_duration
+from cdp.streams import text
 
 Spec = tuple[str, dict[str, Any], int]  # eventId, payload, ms its ts lies before "now"
 NAMES = ("Page Viewed", "Product Viewed", "Added to Cart", "Checkout Started", "Order Completed")
@@ -246,10 +247,6 @@ async def send_and_wait(
     out.update(e2e_done=done, late=late, e2e_seconds=round(end - start, 2))
     out.update(e2e_eps=round(done / (end - start)), drain_s=round(end - last_accept, 2))
     return out
-
-
-def text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 async def last_merge_record(redis: Redis) -> str:

@@ -21,6 +21,7 @@ from cdp.errors import ProfileNotFound
 from cdp.identity import typed_identifiers
 from cdp.segments.definitions import builtins
 from cdp.settings import Settings
+from cdp.streams import text
 
 _TYPES = {"user": "userId", "anon": "anonymousId", "email": "email"}
 MAX_HOPS = 16
@@ -49,10 +50,6 @@ def normalise(identifier: str) -> str:
     return typed[0]
 
 
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 async def resolve(redis: Redis, identifier: str) -> str:
     """The live canonical id behind an identifier or any canonical id ever issued."""
     typed = normalise(identifier)
@@ -60,12 +57,12 @@ async def resolve(redis: Redis, identifier: str) -> str:
         cid = await redis.get(keys.identifier(typed))
         if cid is None:
             raise ProfileNotFound(f"no profile knows the identifier {typed!r}")
-        return _s(cid)
+        return text(cid)
     cid = typed
     for _ in range(MAX_HOPS):  # merges repoint absorbed ids: one hop, more only mid-merge
         meta = await redis.hmget(keys.profile(cid), "mergedInto", "createdAt")
         if meta[0] is not None:
-            cid = _s(meta[0])
+            cid = text(meta[0])
         elif meta[1] is not None:
             return cid
         else:
@@ -82,7 +79,7 @@ async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
         pipe.hkeys(keys.counters(cid))
         pipe.smembers(keys.merged(cid))
         meta, raw_traits, ids, counter_names, merged = await pipe.execute()
-    names = sorted(_s(n) for n in counter_names)
+    names = sorted(text(n) for n in counter_names)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zrange(keys.counter(cid, name), 0, -1, withscores=True)
@@ -104,23 +101,23 @@ def _document(
     for name, raw in sorted(raw_traits.items()):
         cell = json.loads(raw)
         if cell["v"] is None:
-            tombstones[_s(name)] = {"ts": cell["ts"], "eventId": cell["eventId"]}
+            tombstones[text(name)] = {"ts": cell["ts"], "eventId": cell["eventId"]}
         else:
-            traits[_s(name)] = cell
-    meta = {_s(k): _s(v) for k, v in meta.items()}
+            traits[text(name)] = cell
+    meta = {text(k): text(v) for k, v in meta.items()}
     return {
         "canonicalId": cid,
-        "identifiers": sorted(_s(i) for i in ids),
+        "identifiers": sorted(text(i) for i in ids),
         "traits": traits,
         "tombstones": tombstones,
         "firstSeen": meta.get("firstSeen"),
         "lastSeen": meta.get("lastSeen"),
         "createdAt": meta.get("createdAt"),
-        "mergedFrom": sorted((_s(m) for m in merged), key=lambda c: (len(c), c)),
+        "mergedFrom": sorted((text(m) for m in merged), key=lambda c: (len(c), c)),
         "counters": {
             name: {
                 "total": int(sum(score for _, score in rows)),
-                "buckets": {_s(member): int(score) for member, score in rows},
+                "buckets": {text(member): int(score) for member, score in rows},
             }
             for name, rows in zip(names, buckets, strict=True)
         },
@@ -133,14 +130,14 @@ _PARTS = 6  # replies per profile in read_profiles' first round trip
 
 
 def _is_live(meta: dict[Any, Any]) -> bool:
-    fields = {_s(k) for k in meta}
+    fields = {text(k) for k in meta}
     return "createdAt" in fields and "mergedInto" not in fields
 
 
 def _memberships(raw: dict[Any, Any], defined: frozenset[str]) -> dict[str, Any]:
     """{segment: {"since": iso}} for every defined segment the profile is in."""
     out: dict[str, Any] = {}
-    for name, value in sorted((_s(k), v) for k, v in raw.items()):
+    for name, value in sorted((text(k), v) for k, v in raw.items()):
         state = json.loads(value)
         if state.get("in") is True and name in defined:
             out[name] = {"since": state.get("since")}
@@ -170,13 +167,13 @@ async def read_profiles(
             pipe.hgetall(keys.profile_segments(cid))
             pipe.hkeys(keys.counters(cid))
         custom, *replies = await pipe.execute()
-    defined = BUILTIN_SEGMENTS | {_s(n) for n in custom}
+    defined = BUILTIN_SEGMENTS | {text(n) for n in custom}
     rows = [
         (cid, replies[i * _PARTS : (i + 1) * _PARTS])
         for i, cid in enumerate(cids)
         if _is_live(replies[i * _PARTS])
     ]
-    names = {cid: sorted(_s(n) for n in row[5]) if counters else [] for cid, row in rows}
+    names = {cid: sorted(text(n) for n in row[5]) if counters else [] for cid, row in rows}
     flat: list[Any] = []
     if any(names.values()):
         async with redis.pipeline(transaction=False) as pipe:
@@ -206,5 +203,5 @@ async def read_page(
         keys.PROFILES, f"({after}", "+inf", start=0, num=limit + 1, withscores=True
     )
     rows = found[:limit]
-    docs = await read_profiles(redis, [_s(cid) for cid, _ in rows])
+    docs = await read_profiles(redis, [text(cid) for cid, _ in rows])
     return docs, int(rows[-1][1]) if len(found) > limit else None

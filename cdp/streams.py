@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 Entry = tuple[str, dict[bytes, bytes]]
 
 
-def text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
+def text(raw: Any) -> str:
+    """A reply from redis-py (bytes, or str with decode_responses) as str."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 async def last_id(redis: Redis, stream: str) -> str:

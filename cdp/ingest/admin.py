@@ -60,10 +60,6 @@ def require_admin(request: web.Request) -> None:
         raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
 
 
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(await request.read() or b"null")
@@ -83,7 +79,7 @@ async def _segment_info(redis: Redis, name: str) -> dict[str, Any]:
         members, backfill = await pipe.execute()
     info: dict[str, Any] = {"members": members}
     if backfill:
-        fields = {_s(k): _s(v) for k, v in backfill.items()}
+        fields = {text(k): text(v) for k, v in backfill.items()}
         info["backfill"] = {
             "state": fields.get("state"),
             "scanned": int(fields.get("scanned", 0)),
@@ -158,7 +154,7 @@ async def _forget_memberships(redis: Redis, name: str) -> None:
     """End a deleted segment's memberships (no events), chunk by chunk."""
     members_key = keys.segment_members(name)
     while True:
-        chunk = [_s(cid) for cid in await redis.zrange(members_key, 0, 499)]
+        chunk = [text(cid) for cid in await redis.zrange(members_key, 0, 499)]
         if not chunk:
             return
         async with redis.pipeline(transaction=False) as pipe:
@@ -188,7 +184,7 @@ async def segment_members(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "segment": name,
-            "members": [_s(cid) for cid, _ in rows],
+            "members": [text(cid) for cid, _ in rows],
             "cursor": str(int(rows[-1][1])) if len(rows) == limit else None,
         }
     )
@@ -234,7 +230,9 @@ async def list_webhooks(request: web.Request) -> web.Response:
     subs = [Subscription.decode(v) for v in (await redis.hgetall(keys.WEBHOOKS)).values()]
     out = []
     for sub in sorted(subs, key=lambda s: s.id):
-        state = {_s(k): _s(v) for k, v in (await redis.hgetall(keys.webhook_state(sub.id))).items()}
+        state = {
+            text(k): text(v) for k, v in (await redis.hgetall(keys.webhook_state(sub.id))).items()
+        }
         out.append(sub.public(with_secret=False) | {"delivery": state})
     return web.json_response({"webhooks": out})
 

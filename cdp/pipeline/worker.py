@@ -48,15 +48,12 @@ from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
 from cdp.segments.webhooks import Dispatcher
 from cdp.settings import Settings
+from cdp.streams import text
 
 log = structlog.get_logger("cdp.worker")
 
 # (entry id, fields or None when the entry was deleted), as redis-py returns them.
 Entry = Any
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def is_poison(error: Exception) -> bool:
@@ -219,7 +216,7 @@ class Worker:
             stream = keys.stream(p)
             summary = await self.redis.xpending(stream, keys.GROUP)
             for consumer in summary["consumers"]:
-                name = _text(consumer["name"])
+                name = text(consumer["name"])
                 if name == self.worker_id:
                     continue
                 while True:
@@ -248,14 +245,14 @@ class Worker:
         for p in sorted(self.owned):
             stream = keys.stream(p)
             groups = await self.redis.xinfo_groups(stream)
-            group = next((g for g in groups if _text(g["name"]) == keys.GROUP), None)
+            group = next((g for g in groups if text(g["name"]) == keys.GROUP), None)
             if group is None:
                 continue
-            ms, seq = (int(x) for x in _text(group["last-delivered-id"]).split("-"))
+            ms, seq = (int(x) for x in text(group["last-delivered-id"]).split("-"))
             threshold = (ms, seq + 1)
             pending = await self.redis.xpending(stream, keys.GROUP)
             if pending["pending"]:
-                pm, ps = (int(x) for x in _text(pending["min"]).split("-"))
+                pm, ps = (int(x) for x in text(pending["min"]).split("-"))
                 threshold = min(threshold, (pm, ps))
             if self.settings.stream_retention_ms:
                 threshold = min(threshold, (now - self.settings.stream_retention_ms, 0))
@@ -291,7 +288,7 @@ class Worker:
             streams: Any = reply or []  # RESP2: [[stream, entries], ...]
             try:
                 for stream, entries in streams:
-                    name = _text(stream)
+                    name = text(stream)
                     partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
                     await self._ingest_entries(partition, entries)
             except RedisError as exc:  # entries not buffered stay pending: reclaimed later
@@ -309,7 +306,7 @@ class Worker:
         dropped: list[tuple[str, StreamEvent | None, bytes, str]] = []
         count = 0
         for entry_id, fields in entries:
-            eid = _text(entry_id)
+            eid = text(entry_id)
             raw = (fields or {}).get(b"e")
             if raw is None:  # deleted from the stream under us: nothing to apply
                 dropped.append((eid, None, b"", "missing"))

@@ -34,6 +34,7 @@ from cdp.scripts import Scripts
 from cdp.segments.definitions import Segment, SegmentCache
 from cdp.segments.rules import Check, ProfileView
 from cdp.settings import Settings
+from cdp.streams import text
 
 log = structlog.get_logger("cdp.segments")
 
@@ -42,10 +43,6 @@ SEEN = keys.SEEN
 READ_CHUNK = 200
 MAX_RETRIES = 3
 YIELD_EVERY = 32  # profiles evaluated between two yields to the event loop
-
-
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +99,15 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
     for i in range(0, len(traits), 2):
         value = _trait_value(traits[i + 1])
         if value is not None:
-            trait_values[_s(traits[i])] = value
-    counter_values = {_s(counters[i]): _pairs(counters[i + 1]) for i in range(0, len(counters), 2)}
+            trait_values[text(traits[i])] = value
+    counter_values = {
+        text(counters[i]): _pairs(counters[i + 1]) for i in range(0, len(counters), 2)
+    }
     who: dict[str, str] = {}
     if user:
-        who["userId"] = _s(user).removeprefix("user:")
+        who["userId"] = text(user).removeprefix("user:")
     elif anon:
-        kind, _, value = _s(anon).partition(":")
+        kind, _, value = text(anon).partition(":")
         who[_WHO[kind]] = value
     view = ProfileView(
         traits=trait_values,
@@ -117,8 +116,8 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         returns=returns_of(counter_values.get(SEEN, {}), first_seen, bucket_ms),
         bucket_ms=bucket_ms,
     )
-    memberships = {_s(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
-    return Snapshot(cid, _s(version), view, who, memberships, int(float(due)) if due else None)
+    memberships = {text(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
+    return Snapshot(cid, text(version), view, who, memberships, int(float(due)) if due else None)
 
 
 def returns_of(
@@ -137,7 +136,7 @@ def returns_of(
         return ()
     out = []
     if first_seen:
-        first = to_ms(datetime.fromisoformat(_s(first_seen).replace("Z", "+00:00")))
+        first = to_ms(datetime.fromisoformat(text(first_seen).replace("Z", "+00:00")))
         first -= first % bucket_ms
         if first < buckets[0]:
             out.append((buckets[0], buckets[0] - first))
@@ -234,9 +233,9 @@ class SegmentEngine:
         for queued_cid, reply in zip(queued, replies, strict=True):
             if queued_cid is None:
                 continue
-            if _s(reply[0]) == "STALE":
+            if text(reply[0]) == "STALE":
                 stale.append(queued_cid)
-            emitted += [_s(e) for e in reply[1:]]
+            emitted += [text(e) for e in reply[1:]]
         return emitted, stale
 
     def snapshot(self, cid: str, row: list[Any]) -> Snapshot | None:

@@ -23,15 +23,12 @@ from cdp.clock import Clock
 from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
+from cdp.streams import text
 
 log = structlog.get_logger("cdp.sweeper")
 
 DUE_CHUNK = 500
 BACKFILL_CHUNK = 500
-
-
-def _s(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 async def start_backfill(redis: Redis, name: str) -> None:
@@ -76,9 +73,9 @@ class Sweeper:
         due_ids: Any = await self.redis.zrangebyscore(
             keys.SEGMENTS_DUE, "-inf", now, start=0, num=DUE_CHUNK
         )
-        due = [_s(c) for c in due_ids]
+        due = [text(c) for c in due_ids]
         emitted = len(await self.engine.evaluate(due, now)) if due else 0
-        for name in sorted(_s(n) for n in await self.redis.smembers(keys.BACKFILLS)):
+        for name in sorted(text(n) for n in await self.redis.smembers(keys.BACKFILLS)):
             emitted += await self._backfill_step(name, now)
         return emitted
 
@@ -96,7 +93,7 @@ class Sweeper:
                 await pipe.execute()
             log.info("backfill done", segment=name)
             return 0
-        emitted = await self.engine.evaluate([_s(cid) for cid, _ in rows], now)
+        emitted = await self.engine.evaluate([text(cid) for cid, _ in rows], now)
         async with self.redis.pipeline(transaction=True) as pipe:
             # A PUT that restarted this backfill meanwhile wins: its cursor stays.
             await pipe.watch(key)

@@ -37,6 +37,7 @@ from cdp.events import iso_ms
 from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.settings import Settings
+from cdp.streams import text
 
 log = structlog.get_logger("cdp.webhooks")
 
@@ -104,10 +105,6 @@ def backoff_ms(attempts: int, base_ms: int) -> int:
     return int(min(base_ms * 2 ** max(attempts - 1, 0), MAX_BACKOFF_MS))
 
 
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 class Dispatcher:
     def __init__(
         self, redis: Redis, scripts: Scripts, settings: Settings, clock: Clock, worker_id: str
@@ -129,7 +126,7 @@ class Dispatcher:
 
     async def _pump(self, sub: Subscription, session: aiohttp.ClientSession) -> int:
         state_key = keys.webhook_state(sub.id)
-        state = {_s(k): _s(v) for k, v in (await self.redis.hgetall(state_key)).items()}
+        state = {text(k): text(v) for k, v in (await self.redis.hgetall(state_key)).items()}
         now = await self.clock.now_ms()
         if int(state.get("nextAt", 0)) > now:
             return 0
@@ -139,14 +136,14 @@ class Dispatcher:
         )
         delivered = 0
         for entry_id, fields in entries:
-            if not sub.wants(_s(fields[b"segment"])):
-                cursor = _s(entry_id)
+            if not sub.wants(text(fields[b"segment"])):
+                cursor = text(entry_id)
                 continue
             if not await self.lease.hold():  # another dispatcher took over: it goes on
                 break
-            error = await self._deliver(sub, session, _s(fields[b"eventId"]), fields[b"e"], now)
+            error = await self._deliver(sub, session, text(fields[b"eventId"]), fields[b"e"], now)
             if error is None:
-                cursor = _s(entry_id)
+                cursor = text(entry_id)
                 delivered += 1
                 await self.redis.hset(
                     state_key,
@@ -158,7 +155,7 @@ class Dispatcher:
             attempts = int(state.get("attempts", 0)) + 1
             first_failed = int(state.get("firstFailedAt", 0)) or now
             if now - first_failed >= self.settings.webhook_retry_for_ms:
-                await self._give_up(sub, state_key, _s(entry_id), fields, attempts, error)
+                await self._give_up(sub, state_key, text(entry_id), fields, attempts, error)
                 return delivered
             await self.redis.hset(
                 state_key,
