@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.segments.rules import Check, Rule, RuleError, compile_rule, parse_rule
 from cdp.settings import Settings, format_duration
+from cdp.streams import text
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -120,3 +121,9 @@ class SegmentCache:
             self.segments = await load_segments(self._redis, self._settings)
             self._version = version
         return self.segments
+
+    @property
+    def version(self) -> str:
+        """``cdp:segments:version`` as read before the definitions held ("" if none):
+        ``segment_transition`` refuses an evaluation made with older definitions."""
+        return "" if self._version in (None, b"-") else text(self._version)

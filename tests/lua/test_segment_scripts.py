@@ -54,6 +54,11 @@ def version(lua: LuaHarness, cid: str) -> str:
     return lua.r.hget(keys.profile(cid), "version")
 
 
+def evaluated(lua: LuaHarness, cid: str) -> str:
+    """The profile's evaluatedMs ("" before its first accepted evaluation)."""
+    return lua.r.hget(keys.profile(cid), "evaluatedMs") or ""
+
+
 def transition(
     lua: LuaHarness,
     cid: str,
@@ -64,8 +69,12 @@ def transition(
     who: dict[str, str] | None = None,
     drop: list[str] | None = None,
     read_version: str | None = None,
+    read_evaluated: str | None = None,
+    definitions: str | None = None,
 ) -> list[Any]:
-    """segment_transition with the engine's argument encoding; the reply decoded."""
+    """segment_transition with the engine's argument encoding; the reply decoded. What
+    the evaluation read (version, evaluatedMs, definitions version) defaults to what
+    the profile holds now."""
     args = [
         keys.PREFIX,
         cid,
@@ -76,6 +85,9 @@ def transition(
         _encode({"userId": "u1"} if who is None else who),
         lua.settings.segment_events_maxlen,
         _encode(drop or []),
+        at,
+        evaluated(lua, cid) if read_evaluated is None else read_evaluated,
+        (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions,
     ]
     return text(lua.run(lua.scripts.segment_transition(args=args)))
 
@@ -169,8 +181,9 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
 
     raw = view(lua, "p1")
     (row,) = text(raw)
-    assert len(row) == 10
-    ver, merged_into, user, last_seen, first_seen, traits, counters, segs, anon, due_at = row
+    assert len(row) == 11
+    ver, merged_into, user, last_seen, first_seen, traits, counters, segs, anon, due_at = row[:10]
+    assert row[10] == str(now_ms)  # evaluatedMs: the transition's evaluation time
     assert (ver, merged_into, user, last_seen) == ("4", None, "user:u1", f"{t0 + 5 * MINUTE:013d}")
     assert first_seen == iso_ms(t0)
     assert len(traits) == 4
@@ -209,6 +222,7 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
         who={"userId": "u1"},
         memberships={"vip": True},
         due=now_ms + HOUR,
+        evaluated=str(now_ms),
     )
 
 
@@ -237,8 +251,8 @@ def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
     assert live[0] == "3"  # created, its event, the merge's bump + the ALIAS itself
     assert live[1] is None
     assert live[4] == iso_ms(now_ms - HOUR)  # firstSeen
-    assert merged == [None, "p1", None, None, None, [], [], [], None, None]
-    assert unknown == [None, None, None, None, None, [], [], [], None, None]
+    assert merged == [None, "p1", None, None, None, [], [], [], None, None, None]
+    assert unknown == [None, None, None, None, None, [], [], [], None, None, None]
     for cid, row in (("p2", merged), ("p99", unknown)):
         assert parse_view(cid, row, lua.settings.counter_bucket_ms) is None
 
@@ -272,8 +286,11 @@ def test_the_same_wish_again_emits_nothing_and_exit_continues_the_count(lua, now
     ]
     snapshot = lua.dump()
 
-    # A retry, or a second evaluator with the same answer: nothing at all changes.
+    # A retry, or a second evaluator with the same answer: nothing changes but the time
+    # of the last accepted evaluation.
     assert transition(lua, "p1", {"vip": True}, at=now_ms + 1, due=now_ms + HOUR) == ["OK"]
+    assert evaluated(lua, "p1") == str(now_ms + 1)
+    lua.r.hset(keys.profile("p1"), "evaluatedMs", now_ms)
     assert lua.dump() == snapshot
 
     later = now_ms + 10 * MINUTE
@@ -316,6 +333,45 @@ def test_a_stale_version_changes_nothing_not_even_the_due_index(lua, now_ms):
         )
         assert reply == ["STALE"]
         assert lua.dump() == snapshot
+
+
+def test_an_evaluation_older_than_the_last_accepted_one_is_refused(lua, now_ms):
+    """Evaluation times never go backwards: once an evaluation at t is accepted, one at an
+    earlier time is refused, even if it read the current version and evaluatedMs."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert evaluated(lua, "p1") == ""
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
+    assert evaluated(lua, "p1") == str(now_ms)
+    snapshot = lua.dump()
+    assert transition(lua, "p1", {"vip": False}, at=now_ms - 1) == ["STALE"]
+    assert lua.dump() == snapshot
+    # The same time is not older: accepted.
+    assert transition(lua, "p1", {"vip": False}, at=now_ms) == ["OK", "seg:vip:p1:2"]
+
+
+def test_an_evaluation_that_read_before_another_was_accepted_is_refused(lua, now_ms):
+    """Two evaluators read p1 (same version, no evaluation yet); the first one's write is
+    accepted; the second one's, even at a later time, is refused: the memberships it
+    compared against are not the current ones any more (it must read again)."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, read_evaluated="")[0] == "OK"
+    snapshot = lua.dump()
+    for at in (now_ms - 1, now_ms, now_ms + MINUTE):
+        reply = transition(lua, "p1", {"other": True}, at=at, read_evaluated="")
+        assert reply == ["STALE"]
+    assert lua.dump() == snapshot
+
+
+def test_an_evaluation_with_older_definitions_is_refused(lua, now_ms):
+    """A segment deleted (or changed) after the evaluator loaded the definitions: its
+    write is refused, so a deleted segment is never entered again."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    loaded = lua.r.get(keys.SEGMENTS_VERSION) or ""
+    lua.r.incr(keys.SEGMENTS_VERSION)
+    snapshot = lua.dump()
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, definitions=loaded) == ["STALE"]
+    assert lua.dump() == snapshot
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, definitions="1")[0] == "OK"
 
 
 def test_a_merged_away_or_unknown_profile_is_gone_and_leaves_the_due_index(lua, now_ms):
