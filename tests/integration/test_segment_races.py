@@ -25,11 +25,11 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.events import StreamEvent, iso_ms
 from cdp.scripts import Scripts
-from cdp.segments.definitions import builtins
+from cdp.segments.definitions import builtins, delete_definition
 from cdp.segments.engine import SegmentEngine, parse_view
 from cdp.settings import Settings, load_settings
 from tests.conftest import ms
-from tests.support.interleave import Evaluator, apply_events
+from tests.support.interleave import Evaluator, apply_events, hooked_client
 
 pytestmark = pytest.mark.integration
 
@@ -261,3 +261,134 @@ def test_any_interleaving_keeps_transitions_alternating_real_and_in_time_order(
             await redis.aclose()
 
     run(scenario())
+
+
+# -- deleting a segment while evaluators write ---------------------------------------
+
+VIP = {"rule": {"trait": "plan", "op": "eq", "value": "pro"}, "description": ""}
+
+
+async def define(redis: Redis, name: str, definition: dict[str, Any]) -> None:
+    """What PUT /cdp/segments/{name} stores (the backfill aside)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.SEGMENTS, name, json.dumps(definition))
+        pipe.incr(keys.SEGMENTS_VERSION)
+        await pipe.execute()
+
+
+@pytest.mark.parametrize("lands_after", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("wish", ["EXIT", "ENTER"])
+def test_deleting_a_segment_while_an_evaluator_writes_it(
+    redis_url: str, wish: str, lands_after: int
+) -> None:
+    """An evaluator loaded the definitions (custom segment vip) and read p1 before vip is
+    deleted; its write (vip EXIT, or vip ENTER) lands after the deletion's n-th round
+    trip. Whatever n: nothing is ever ENTERed into the deleted segment, no membership of
+    it is left, and after vip is defined again its events never reuse an eventId."""
+    settings = load_settings(env={}, redis_url=redis_url)
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+        redis = Redis.from_url(redis_url)
+        engine = SegmentEngine(redis, Scripts(redis), settings)
+        stale = Evaluator(redis_url, settings)
+        t = T0
+        try:
+            await define(redis, "vip", VIP)
+            await apply_events(redis, settings, t, [identify("e1", t, "pro")])
+            await apply_events(redis, settings, t, [identify("e2", t, "pro", user="u2")])
+            assert await engine.evaluate(["p2"], t + S) == [
+                "seg:pro_plan:p2:1",
+                "seg:vip:p2:1",
+            ]
+            if wish == "EXIT":  # p1 is a member, then leaves the plan
+                await engine.evaluate(["p1"], t + S)
+                await apply_events(redis, settings, t + 2 * S, [identify("e3", t + 2 * S, "free")])
+            await stale.start(["p1"], t + 3 * S)
+            assert stale.waiting  # read p1, about to write vip (and pro_plan) {wish}
+
+            async def after(n: int) -> None:
+                if n == lands_after:
+                    await stale.finish()
+
+            deleting = hooked_client(redis_url, after)
+            try:
+                assert await delete_definition(deleting, "vip")
+            finally:
+                await deleting.aclose()
+            await stale.finish()
+            members_after_delete = await redis.zrange(keys.segment_members("vip"), 0, -1)
+            states_after_delete = [
+                json.loads(raw)["in"]
+                for raw in await redis.hmget(keys.profile_segments("p1"), "vip")
+                if raw is not None
+            ]
+            # vip defined again: p1 enters and leaves it, numbering after what it had.
+            await define(redis, "vip", VIP)
+            await apply_events(redis, settings, t + 4 * S, [identify("e4", t + 4 * S, "pro")])
+            await engine.evaluate(["p1"], t + 5 * S)
+            await apply_events(redis, settings, t + 6 * S, [identify("e5", t + 6 * S, "free")])
+            await engine.evaluate(["p1"], t + 7 * S)
+            return await stream(redis), members_after_delete, states_after_delete
+        finally:
+            await stale.close()
+            await redis.aclose()
+
+    events, members_after_delete, states_after_delete = run(scenario())
+    assert members_after_delete == []
+    assert True not in states_after_delete
+    ids = [e["eventId"] for e in events]
+    assert len(ids) == len(set(ids)), summary(events)
+    vip = [
+        e["payload"]["name"]
+        for e in events
+        if e["payload"]["properties"]["canonicalId"] == "p1"
+        and e["payload"]["properties"]["segment"] == "vip"
+    ]
+    before_redefinition = ["vip ENTER"] if wish == "EXIT" else []
+    assert vip == [*before_redefinition, "vip ENTER", "vip EXIT"], summary(events)
+
+
+@pytest.mark.parametrize("lands_after", [1, 2, 3, 4, 5])
+def test_a_segment_defined_again_while_its_deletion_runs(redis_url: str, lands_after: int) -> None:
+    """vip (plan pro) is deleted; after the deletion's n-th round trip it is defined again
+    with another rule (plan enterprise) and p1, a member, is evaluated against it (its
+    backfill): EXIT. Ending the old memberships must not overwrite that: p1's later
+    ENTER and EXIT never reuse an eventId."""
+    settings = load_settings(env={}, redis_url=redis_url)
+    enterprise = {"rule": {"trait": "plan", "op": "eq", "value": "enterprise"}}
+
+    async def scenario() -> list[dict[str, Any]]:
+        redis = Redis.from_url(redis_url)
+        engine = SegmentEngine(redis, Scripts(redis), settings)
+        t = T0
+        try:
+            await define(redis, "vip", VIP)
+            await apply_events(redis, settings, t, [identify("e1", t, "pro")])
+            assert "seg:vip:p1:1" in await engine.evaluate(["p1"], t + S)
+
+            async def after(n: int) -> None:
+                if n == lands_after:
+                    await define(redis, "vip", enterprise)
+                    await engine.evaluate(["p1"], t + 2 * S)
+
+            deleting = hooked_client(redis_url, after)
+            try:
+                assert await delete_definition(deleting, "vip")
+            finally:
+                await deleting.aclose()
+            if not await redis.hexists(keys.SEGMENTS, "vip"):  # the deletion was quicker
+                await define(redis, "vip", enterprise)
+                await engine.evaluate(["p1"], t + 2 * S)
+            for i, plan in enumerate(["enterprise", "free"]):
+                ts = t + (3 + 2 * i) * S
+                await apply_events(redis, settings, ts, [identify(f"e{2 + i}", ts, plan)])
+                await engine.evaluate(["p1"], ts + S)
+            return await stream(redis)
+        finally:
+            await redis.aclose()
+
+    events = run(scenario())
+    ids = [e["eventId"] for e in events]
+    assert len(ids) == len(set(ids)), summary(events)
+    vip = [(e["payload"]["name"], e["eventId"]) for e in events if "vip" in e["eventId"]]
+    assert [name for name, _ in vip][-2:] == ["vip ENTER", "vip EXIT"], vip

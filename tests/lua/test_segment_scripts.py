@@ -588,3 +588,43 @@ def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms)
     assert [parsed(f) for f in segment_events(lua)][1:] == [
         seg_event("vip", "p1", 2, "EXIT", now_ms + 1, who, reason="erased")
     ]
+
+
+# ---------------------------------------------------------------- segment_forget
+
+
+def forget(lua: LuaHarness, name: str, chunk: int) -> int:
+    return int(lua.run(lua.scripts.segment_forget(args=[keys.PREFIX, name, chunk])))
+
+
+def test_forgetting_a_deleted_segment_ends_memberships_by_chunk_keeping_n(lua, now_ms):
+    for u in ("u1", "u2", "u3"):
+        lua.apply(event(f"e-{u}", now_ms - HOUR, user=u))
+    assert transition(lua, "p1", {"old": True, "vip": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p2", {"old": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p2", {"old": False}, at=now_ms + 1)[0] == "OK"
+    assert transition(lua, "p2", {"old": True}, at=now_ms + 2)[0] == "OK"  # n = 3
+    assert transition(lua, "p3", {"old": True}, at=now_ms)[0] == "OK"
+    emitted = segment_events(lua)
+    before = {cid: states(lua, cid) for cid in ("p1", "p2", "p3")}
+
+    assert forget(lua, "old", 2) == 2  # p1, p2 (by profile number)
+    assert members(lua, "old") == [("p3", 3.0)]
+    assert forget(lua, "old", 2) == 1
+    assert forget(lua, "old", 2) == 0
+    assert not lua.r.exists(keys.segment_members("old"))
+    for cid in ("p1", "p2", "p3"):
+        old = before[cid]["old"]
+        assert states(lua, cid)["old"] == {"in": False, "n": old["n"], "since": old["since"]}
+    assert states(lua, "p1")["vip"] == before["p1"]["vip"]  # another segment: untouched
+    assert members(lua, "vip") == [("p1", 1.0)]
+    assert segment_events(lua) == emitted  # silently
+
+
+def test_forgetting_stops_once_the_segment_is_defined_again(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {"old": True}, at=now_ms)[0] == "OK"
+    lua.r.hset(keys.SEGMENTS, "old", '{"rule": {"inactive": "1d"}}')
+    snapshot = lua.dump()
+    assert forget(lua, "old", 500) == 0
+    assert lua.dump() == snapshot

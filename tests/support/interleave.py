@@ -6,6 +6,9 @@ decided, so an evaluator started with a gated client stops exactly between its r
 its write, and the test decides what happens meanwhile (other evaluators, applies) and
 when it may write. ``Evaluator`` drives one ``SegmentEngine.evaluate`` call that way.
 
+``HookedRedis`` runs a callback after each of its round trips: what an operation made
+of several round trips (deleting a segment) is raced against.
+
 ``apply_events`` applies events with the real apply script (through ``queue_apply``),
 as a worker's tick does.
 """
@@ -13,7 +16,7 @@ as a worker's tick does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -61,6 +64,42 @@ class GatedRedis(Redis):
 
         pipe.execute = gated  # type: ignore[method-assign]
         return pipe
+
+
+class HookedRedis(Redis):
+    """A client that awaits ``after(n)`` after its n-th round trip (a command, a script
+    call or a pipeline): to make something land between two steps of a multi-step
+    operation, whatever steps it is made of."""
+
+    after: Callable[[int], Awaitable[None]]
+    round_trips: int = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        reply = await super().execute_command(*args, **options)
+        await self._tick()
+        return reply
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def hooked(raise_on_error: bool = True) -> list[Any]:
+            replies = await execute(raise_on_error)
+            await self._tick()
+            return replies
+
+        pipe.execute = hooked  # type: ignore[method-assign]
+        return pipe
+
+    async def _tick(self) -> None:
+        self.round_trips += 1
+        await self.after(self.round_trips)
+
+
+def hooked_client(url: str, after: Callable[[int], Awaitable[None]]) -> HookedRedis:
+    client = HookedRedis.from_url(url)
+    client.after = after
+    return client
 
 
 def gated_client(url: str) -> GatedRedis:
