@@ -454,6 +454,59 @@ def test_several_segments_in_one_call_emit_in_sorted_name_order(lua, now_ms):
     ]
 
 
+# ------------------------------------------------------- merges end memberships
+
+
+def test_a_merge_ends_the_losers_memberships_with_exit_events_naming_the_survivor(lua, now_ms):
+    """p2 (anon a2, email) is in vip (its 3rd transition) and was in old; an ALIAS merges
+    it into p1. vip EXITs p2 once, numbered after its ENTER, reason "merged", naming the
+    survivor; old emits nothing. A redelivery of the ALIAS, and a later event linking
+    the same identifiers, change nothing more."""
+    t = now_ms - HOUR
+    lua.apply(event("m1", t, user="u1", traits={"plan": "pro"}))
+    lua.apply(track("m2", t, "Clicked", anon="a2", email="Zed@Example.com"))
+    who = {"anonymousId": "a2"}  # as profile_view names p2: its first identifier
+    for at, wanted in ((1, True), (2, False), (3, True)):
+        transition(lua, "p2", {"vip": wanted}, at=t + at * MINUTE, who=who)
+    transition(lua, "p2", {"old": True}, at=t + 4 * MINUTE, who=who)
+    transition(lua, "p2", {"old": False}, at=t + 5 * MINUTE, who=who)
+    transition(lua, "p1", {"vip": True}, at=t + 5 * MINUTE)
+    before = segment_events(lua)
+    assert len(before) == 6
+
+    alias = event("m3", t + 6 * MINUTE, "ALIAS", user="u1", anon="a2")
+    lua.apply(alias)
+    assert lua.meta("p2")["mergedInto"] == "p1"
+    emitted = segment_events(lua)
+    assert emitted[:6] == before
+    assert [parsed(f) for f in emitted[6:]] == [
+        seg_event(
+            "vip", "p2", 4, "EXIT", now_ms, who, reason="merged", mergedInto="p1"
+        )  # at the apply's "now", the merge's processing time
+    ]
+    assert members(lua, "vip") == [("p1", 1.0)]
+    assert profile_keys(lua, "p2") == {keys.profile("p2")}
+
+    lua.apply(alias)  # redelivered: a duplicate
+    lua.apply(event("m4", t + 7 * MINUTE, user="u1", anon="a2", email="zed@example.com"))
+    assert segment_events(lua) == emitted
+
+
+def test_a_merge_exit_is_never_older_than_the_losers_last_transition(lua, now_ms):
+    """An evaluator whose clock is ahead of the worker's entered p2 "later" than the
+    merge's now: the EXIT takes that time, so the pair stays in time order."""
+    lua.apply(event("m1", now_ms - HOUR, user="u1"))
+    lua.apply(track("m2", now_ms - HOUR, "Clicked", anon="a2"))
+    ahead = now_ms + 3 * SECOND
+    who = {"anonymousId": "a2"}
+    transition(lua, "p2", {"vip": True}, at=ahead, who=who)
+    lua.apply(event("m3", now_ms - MINUTE, "ALIAS", user="u1", anon="a2"))
+    assert lua.meta("p2")["mergedInto"] == "p1"
+    enter, exit_ = (parsed(f) for f in segment_events(lua))
+    assert exit_ == seg_event("vip", "p2", 2, "EXIT", ahead, who, reason="merged", mergedInto="p1")
+    assert enter["e"]["ts"] == exit_["e"]["ts"]
+
+
 # ----------------------------------------------------------------- erase_profile
 
 
