@@ -10,7 +10,9 @@
        an event naming an erased (suppressed) identifier is discarded and counted;
     2. identity (includes/identity.lua): each identifier is looked up in the
        index; when they belong to several profiles, those the guard rails allow are
-       merged into the oldest (a record goes to cdp:merges, as does every refusal);
+       merged into the oldest (a record goes to cdp:merges, as does every refusal;
+       each segment membership of a merged-away profile ends with an EXIT event,
+       reason "merged", in cdp:segment-events);
        unknown identifiers are linked to the event's profile, new if none is known;
     3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
        tombstone that keeps its ts;
@@ -47,8 +49,9 @@
               "tr": [[trait, raw JSON value], ...], "n": event name or absent,
               "imp": true for a historical import (its profile is not marked due)}
   ARGV[8]  JSON limits: guard rails {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
-           "mergeUsers"}, "minReturnGap" (ms) and "dirtyDue" (ms: when touched
-           profiles fall due for the sweeper if nobody evaluates them first)
+           "mergeUsers"}, "minReturnGap" (ms), "dirtyDue" (ms: when touched
+           profiles fall due for the sweeper if nobody evaluates them first) and
+           "segmentEventsMaxlen" (approximate MAXLEN of cdp:segment-events)
 
   Returns  {"OK", applied, duplicates, cid of each applied live (not imported) event...}
         or {"LEASE_LOST"}

@@ -10,7 +10,8 @@
      lastSeenMs or false, firstSeen (ISO) or false, {trait, cell JSON, ...},
      {counter name, {bucket, count, ...}, ...},
      {segment, state JSON, ...}, first identifier when
-     there is no userId, due time in cdp:segments:due or false}
+     there is no userId, due time in cdp:segments:due or false,
+     evaluatedMs (the time of the last accepted evaluation) or false}
   A profile that does not exist (or was merged away) has a false version.
 ]]
 local rcall = redis.call
@@ -19,7 +20,8 @@ local out = {}
 for i = 2, #ARGV do
   local cid = ARGV[i]
   local pkey = prefix .. ":profile:{" .. cid .. "}"
-  local meta = rcall("HMGET", pkey, "version", "mergedInto", "user", "lastSeenMs", "firstSeen")
+  local meta = rcall("HMGET", pkey, "version", "mergedInto", "user", "lastSeenMs", "firstSeen",
+    "evaluatedMs")
   local counters = {}
   for _, name in ipairs(rcall("HKEYS", pkey .. ":counters")) do
     counters[#counters + 1] = name
@@ -38,6 +40,7 @@ for i = 2, #ARGV do
     rcall("HGETALL", pkey .. ":segments"),
     anon,
     rcall("ZSCORE", prefix .. ":segments:due", cid),
+    meta[6],
   }
 end
 return out

@@ -12,8 +12,13 @@
   Memberships of segments that are no longer defined (ARGV[9]) are dropped silently.
   Then the profile's next due time is written to (or removed from) the due index.
 
-  Nothing is written when the profile changed since it was read (version differs):
-  whoever changed it has marked it due and will evaluate it again.
+  Nothing is written (STALE) when the evaluation is not the newest one: the profile
+  changed since it was read (version differs: whoever changed it has marked it due),
+  another evaluation was accepted since the read (evaluatedMs differs), the
+  definitions changed (a deleted segment is never entered again), or the evaluation
+  time is older than the last accepted one. The caller re-reads and evaluates at no
+  earlier than the profile's evaluatedMs, so accepted evaluation times never go
+  backwards, and each transition is a change from the state the evaluation read.
 
   ARGV[1]  key prefix ("cdp")
   ARGV[2]  canonical id
@@ -24,6 +29,9 @@
   ARGV[7]  JSON {"userId": ..} or {"anonymousId": ..} for the event's payload
   ARGV[8]  approximate MAXLEN of cdp:segment-events
   ARGV[9]  JSON [segment...]: memberships to drop (segments no longer defined)
+  ARGV[10] evaluation time in ms (ARGV[4]), kept as the profile's evaluatedMs
+  ARGV[11] the profile's evaluatedMs the evaluation read, or ""
+  ARGV[12] cdp:segments:version the definitions were loaded at, or ""
 
   Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
 ]]
@@ -35,12 +43,18 @@ local maxlen = ARGV[8]
 
 local pkey = prefix .. ":profile:{" .. cid .. "}"
 local due_key = prefix .. ":segments:due"
-local meta = rcall("HMGET", pkey, "version", "mergedInto")
+local meta = rcall("HMGET", pkey, "version", "mergedInto", "evaluatedMs")
 if meta[2] or not meta[1] then
   rcall("ZREM", due_key, cid)
   return {"GONE"}
 end
-if meta[1] ~= version then return {"STALE"} end
+local at_ms = ARGV[10]
+if meta[1] ~= version or (meta[3] or "") ~= ARGV[11]
+    or (rcall("GET", prefix .. ":segments:version") or "") ~= ARGV[12]
+    or tonumber(at_ms) < (tonumber(meta[3]) or 0) then
+  return {"STALE"}
+end
+rcall("HSET", pkey, "evaluatedMs", at_ms)
 
 local skey = pkey .. ":segments"
 local names = {}

@@ -23,7 +23,12 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.errors import EventRejected
 from cdp.ingest.appkeys import REDIS, SETTINGS
-from cdp.segments.definitions import builtins, load_segments, parse_definition
+from cdp.segments.definitions import (
+    builtins,
+    delete_definition,
+    load_segments,
+    parse_definition,
+)
 from cdp.segments.rules import RuleError
 from cdp.segments.sweeper import start_backfill
 from cdp.segments.webhooks import Subscription, parse_subscription
@@ -137,37 +142,9 @@ async def delete_segment(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name in builtins(request.app[SETTINGS]):
         raise Conflict(f"{name!r} is built in and cannot be deleted")
-    redis = request.app[REDIS]
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.SEGMENTS, name)
-        pipe.incr(keys.SEGMENTS_VERSION)
-        pipe.delete(keys.segment_backfill(name))
-        pipe.srem(keys.BACKFILLS, name)
-        removed, *_ = await pipe.execute()
-    if not removed:
+    if not await delete_definition(request.app[REDIS], name):
         raise NotFound(f"no segment named {name!r}")
-    await _forget_memberships(redis, name)
     return web.Response(status=204)
-
-
-async def _forget_memberships(redis: Redis, name: str) -> None:
-    """End a deleted segment's memberships (no events), chunk by chunk."""
-    members_key = keys.segment_members(name)
-    while True:
-        chunk = [text(cid) for cid in await redis.zrange(members_key, 0, 499)]
-        if not chunk:
-            return
-        async with redis.pipeline(transaction=False) as pipe:
-            for cid in chunk:
-                pipe.hget(keys.profile_segments(cid), name)
-            states = await pipe.execute()
-        async with redis.pipeline(transaction=False) as pipe:
-            for cid, raw in zip(chunk, states, strict=True):
-                if raw is not None:  # n is kept: a segment defined again never reuses an id
-                    state = json.loads(raw) | {"in": False}
-                    pipe.hset(keys.profile_segments(cid), name, json.dumps(state))
-            pipe.zrem(members_key, *chunk)
-            await pipe.execute()
 
 
 async def segment_members(request: web.Request) -> web.Response:

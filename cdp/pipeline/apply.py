@@ -74,6 +74,7 @@ def script_limits(settings: Settings, now_ms: int) -> bytes:
             "mergeUsers": settings.merge_different_users,
             "minReturnGap": settings.counter_bucket_ms,
             "dirtyDue": now_ms + settings.lease_ttl_ms,
+            "segmentEventsMaxlen": settings.segment_events_maxlen,
         }
     )
 

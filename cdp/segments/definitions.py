@@ -2,8 +2,10 @@
 
 A definition is ``{"rule": <rule>, "description": "..."}`` (cdp.segments.rules). Custom
 definitions live in the hash ``cdp:segments`` (name -> JSON) and every change bumps
-``cdp:segments:version`` so that workers reload them. Built-ins cannot be replaced or
-deleted over the API: their thresholds are settings.
+``cdp:segments:version`` so that workers reload them (and so that a transition
+evaluated with older definitions is refused). Deleting one ends its memberships
+without events (``delete_definition``). Built-ins cannot be replaced or deleted over
+the API: their thresholds are settings.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.scripts import Scripts
 from cdp.segments.rules import Check, Rule, RuleError, compile_rule, parse_rule
 from cdp.settings import Settings, format_duration
+from cdp.streams import text
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+FORGET_CHUNK = 500  # memberships a deleted segment ends per script call
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +125,32 @@ class SegmentCache:
             self.segments = await load_segments(self._redis, self._settings)
             self._version = version
         return self.segments
+
+    @property
+    def version(self) -> str:
+        """``cdp:segments:version`` as read before the definitions held ("" if none):
+        ``segment_transition`` refuses an evaluation made with older definitions."""
+        return "" if self._version in (None, b"-") else text(self._version)
+
+
+async def delete_definition(redis: Redis, name: str) -> bool:
+    """Delete custom segment ``name`` and end its memberships without events; False if
+    there was no such segment.
+
+    The definition goes first, with a bump of ``cdp:segments:version``, so that no
+    evaluation made with it is accepted any more (``segment_transition`` refuses older
+    definitions); then ``segment_forget`` ends the memberships chunk by chunk, each
+    chunk atomically, keeping every transition count.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.SEGMENTS, name)
+        pipe.incr(keys.SEGMENTS_VERSION)
+        pipe.delete(keys.segment_backfill(name))
+        pipe.srem(keys.BACKFILLS, name)
+        removed, *_ = await pipe.execute()
+    if not removed:
+        return False
+    forget = Scripts(redis).segment_forget
+    while await forget(args=[keys.PREFIX, name, FORGET_CHUNK]):
+        pass
+    return True

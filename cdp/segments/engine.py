@@ -7,7 +7,17 @@ every defined segment in Python (each rule compiled once per definition,
 ``cdp.segments.rules.compile_rule``), and writes the outcome per profile with
 ``segment_transition``, which changes memberships, appends the events to
 ``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due`` atomically,
-and only if the profile has not changed since it was read.
+and only if the evaluation is still the newest: the profile, its memberships and the
+definitions have not changed since they were read.
+
+Evaluation time: a profile is evaluated at ``max(now, evaluatedMs)``, evaluatedMs being
+the time of its last accepted evaluation (whoever made it: another worker, the sweeper,
+a host whose clock is ahead), and the script refuses an evaluation older than that
+time. So a profile's accepted evaluations, and its segment events, never go back in
+time: a tick that read a power user just before the expiry cannot ENTER it again after
+the sweeper's EXIT. A refused evaluation is read and evaluated again (``MAX_RETRIES``);
+a profile still refused after that is left to whoever evaluated it meanwhile, and to
+the sweeper (the apply marked it due).
 
 Who calls it: the worker, right after each tick's apply, for the profiles that tick
 touched (once per profile per tick); the sweeper, for profiles whose due time has
@@ -53,6 +63,11 @@ class Snapshot:
     who: dict[str, str]
     memberships: dict[str, bool]  # as read: segment -> member
     due: int | None  # as read: the profile's time in cdp:segments:due
+    evaluated: str = ""  # as read: evaluatedMs, the time of the last accepted evaluation
+
+    def evaluation_ms(self, now_ms: int) -> int:
+        """When to evaluate: now, or the last accepted evaluation's time if that is later."""
+        return max(now_ms, int(self.evaluated)) if self.evaluated else now_ms
 
 
 class _Cell(msgspec.Struct):
@@ -92,7 +107,8 @@ def _member(raw: Any) -> bool:
 
 def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
     """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
-    version, merged_into, user, last_seen, first_seen, traits, counters, states, anon, due = row
+    version, merged_into, user, last_seen, first_seen, *rest = row
+    traits, counters, states, anon, due, evaluated = rest
     if not version or merged_into:
         return None
     trait_values: dict[str, Any] = {}
@@ -117,7 +133,15 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         bucket_ms=bucket_ms,
     )
     memberships = {text(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
-    return Snapshot(cid, text(version), view, who, memberships, int(float(due)) if due else None)
+    return Snapshot(
+        cid,
+        text(version),
+        view,
+        who,
+        memberships,
+        int(float(due)) if due else None,
+        text(evaluated) if evaluated else "",
+    )
 
 
 def returns_of(
@@ -160,10 +184,10 @@ class SegmentEngine:
         """Evaluate every segment for ``cids``; returns the eventIds of the transitions."""
         pending = sorted(set(cids))
         emitted: list[str] = []
-        segments = await self.cache.refresh()
         for _ in range(MAX_RETRIES):
             if not pending:
                 break
+            segments = await self.cache.refresh()  # again on a retry: they may have changed
             stale: list[str] = []
             chunks = [pending[i : i + READ_CHUNK] for i in range(0, len(pending), READ_CHUNK)]
             read = self._read(chunks[0])
@@ -193,7 +217,8 @@ class SegmentEngine:
     ) -> tuple[list[str], list[str]]:
         checks = [(name, segment.check) for name, segment in segments.items()]
         names = segments.keys()
-        at = iso_ms(now_ms)
+        defined_at = self.cache.version
+        now_iso = iso_ms(now_ms)
         maxlen = self.settings.segment_events_maxlen
         queued: list[str | None] = []  # per pipeline reply: the cid of a transition, or None
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -206,7 +231,8 @@ class SegmentEngine:
                     queued.append(None)
                     continue
                 memberships = snap.memberships
-                changes, due = _changes(snap.view, memberships, checks, now_ms)
+                at_ms = snap.evaluation_ms(now_ms)
+                changes, due = _changes(snap.view, memberships, checks, at_ms)
                 dropped = sorted(
                     name for name, member in memberships.items() if member and name not in names
                 )
@@ -217,12 +243,15 @@ class SegmentEngine:
                         keys.PREFIX,
                         cid,
                         snap.version,
-                        at,
+                        now_iso if at_ms == now_ms else iso_ms(at_ms),
                         "" if due is None else due,
                         _encoder.encode(changes),
                         _encoder.encode(snap.who),
                         maxlen,
                         _encoder.encode(dropped),
+                        at_ms,
+                        snap.evaluated,
+                        defined_at,
                     ],
                     client=pipe,
                 )

@@ -1,7 +1,7 @@
 -- includes/identity.lua: resolve an event's identifiers to one profile, merging the
 -- profiles they link, within the guard rails. Expects `rcall`, `prefix`, `now_iso`,
--- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers) and the helpers of
--- includes/profile.lua.
+-- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers, segmentEventsMaxlen)
+-- and the helpers of includes/profile.lua.
 
 local function record(ev, fields)
   local args = {prefix .. ":merges", "MAXLEN", "~", "100000", "*"}
@@ -20,6 +20,54 @@ local function new_profile()
   return cid
 end
 
+-- a < b, byte by byte (Lua's `<` on strings follows the server's locale).
+local function bytes_before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local WHO_FIELD = {user = "userId", anon = "anonymousId", email = "email"}
+
+-- The loser's memberships end with an EXIT each, as erase_profile's do: numbered after
+-- its last transition, stamped no earlier than it, naming the profile as its ENTER did
+-- (its userId, else its first identifier), with reason "merged" and the survivor. The
+-- merge runs once (afterwards every identifier of the loser resolves to the survivor,
+-- and its memberships are deleted with it), so each EXIT is emitted exactly once.
+local function exit_merged(loser, survivor, user, ids)
+  local memberships = rcall("HGETALL", profile_key(loser) .. ":segments")
+  if #memberships == 0 then return end
+  local first = user
+  if not first then
+    for _, id in ipairs(ids) do
+      if not first or bytes_before(id, first) then first = id end
+    end
+  end
+  local who_field, who_value
+  if first then
+    local kind, value = string.match(first, "^(%a+):(.*)$")
+    who_field, who_value = WHO_FIELD[kind], value
+  end
+  for i = 1, #memberships, 2 do
+    local name, state = memberships[i], cjson.decode(memberships[i + 1])
+    if state["in"] then
+      rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", loser)
+      local event_id = "seg:" .. name .. ":" .. loser .. ":" .. (state.n + 1)
+      local at = now_iso
+      if type(state.since) == "string" and bytes_before(at, state.since) then at = state.since end
+      local payload = {type = "TRACK", name = name .. " EXIT",
+        properties = {canonicalId = loser, segment = name, transition = "EXIT",
+          reason = "merged", mergedInto = survivor}}
+      if who_field then payload[who_field] = who_value end
+      rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", limits.segmentEventsMaxlen, "*",
+        "eventId", event_id, "segment", name, "transition", "EXIT", "canonicalId", loser,
+        "e", cjson.encode({eventId = event_id, ts = at, payload = payload}))
+    end
+  end
+end
+
 local function link(cid, id)
   local pkey = profile_key(cid)
   rcall("SET", identifier_key(id), cid)
@@ -29,9 +77,9 @@ local function link(cid, id)
 end
 
 -- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
--- by union, counters by sum per bucket, first/lastSeen by min/max;
--- the loser's segment memberships are dropped (no EXIT). The loser keeps only
--- a forward pointer; every id that pointed to it now points to the survivor (one hop).
+-- by union, counters by sum per bucket, first/lastSeen by min/max; the loser's segment
+-- memberships end with EXIT events (exit_merged). The loser keeps only a forward
+-- pointer; every id that pointed to it now points to the survivor (one hop).
 local function merge(loser, survivor, ev)
   local lkey, skey = profile_key(loser), profile_key(survivor)
   local ltraits = rcall("HGETALL", lkey .. ":traits")
@@ -41,7 +89,8 @@ local function merge(loser, survivor, ev)
       rcall("HSET", skey .. ":traits", ltraits[i], ltraits[i + 1])
     end
   end
-  for _, id in ipairs(rcall("SMEMBERS", lkey .. ":identifiers")) do
+  local lids = rcall("SMEMBERS", lkey .. ":identifiers")
+  for _, id in ipairs(lids) do
     rcall("SET", identifier_key(id), survivor)
     rcall("SADD", skey .. ":identifiers", id)
   end
@@ -63,14 +112,8 @@ local function merge(loser, survivor, ev)
   if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
   local l_last, s_last = rcall("HGET", lkey, "lastSeenMs"), rcall("HGET", skey, "lastSeenMs")
   if l_last and (not s_last or l_last > s_last) then rcall("HSET", skey, "lastSeenMs", l_last) end
-  -- The loser's memberships end without an EXIT: its id lives on in the survivor (the
-  -- merge record says so), which is re-evaluated and ENTERs only what it newly matches.
-  local memberships = rcall("HGETALL", lkey .. ":segments")
-  for i = 1, #memberships, 2 do
-    if cjson.decode(memberships[i + 1])["in"] then
-      rcall("ZREM", prefix .. ":segment:{" .. memberships[i] .. "}:members", loser)
-    end
-  end
+  -- The survivor is re-evaluated after this apply, with the merged state.
+  exit_merged(loser, survivor, lmeta[7], lids)
   rcall("ZREM", prefix .. ":segments:due", loser)
   rcall("ZREM", prefix .. ":profiles", loser)
   rcall("HINCRBY", skey, "version", 1)

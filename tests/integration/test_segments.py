@@ -132,7 +132,8 @@ def test_reengage_exits_after_its_duration_even_when_active(live: Stack) -> None
 
 
 def test_merging_a_power_user_into_a_non_member(live: Stack) -> None:
-    """The survivor gets one ENTER; the loser's id gets no EXIT (README "Segments")."""
+    """The loser's membership ends with an EXIT (reason merged, naming the survivor); the
+    survivor, evaluated with the merged counters, ENTERs (README "Segments")."""
     live.send("i1", "2025-10-04T09:59:00Z", type="IDENTIFY", userId="u1")  # older: survivor
     for i in range(5):
         live.send(
@@ -145,13 +146,70 @@ def test_merging_a_power_user_into_a_non_member(live: Stack) -> None:
     assert segment_events(live)[0]["payload"]["properties"]["canonicalId"] == anon_cid
     live.send("alias", "2025-10-04T10:00:11Z", type="ALIAS", anonymousId="anon", userId="u1")
     live.set_clock("2025-10-04T10:00:20Z")
-    assert wait_events(live, 2) == ["power_user ENTER", "power_user ENTER"]
+    assert wait_events(live, 3) == ["power_user ENTER", "power_user EXIT", "power_user ENTER"]
     live.wait_idle()
-    second = segment_events(live)[1]
+    exit_event, second = segment_events(live)[1:]
+    assert exit_event == {
+        "eventId": f"seg:power_user:{anon_cid}:2",
+        "ts": "2025-10-04T10:00:20.000Z",
+        "payload": {
+            "type": "TRACK",
+            "anonymousId": "anon",
+            "name": "power_user EXIT",
+            "properties": {
+                "canonicalId": anon_cid,
+                "segment": "power_user",
+                "transition": "EXIT",
+                "reason": "merged",
+                "mergedInto": survivor,
+            },
+        },
+    }
     assert second["payload"]["properties"]["canonicalId"] == survivor
     assert second["payload"]["userId"] == "u1"
     assert live.r.zrange(keys.segment_members("power_user"), 0, -1) == [survivor]
-    assert names(live).count("power_user EXIT") == 0
+
+
+def test_a_merged_pro_plan_member_exits_once_however_often_the_merge_arrives(
+    live: Stack,
+) -> None:
+    """p2 (anonymousId) is in pro_plan; an ALIAS merges it into p1 (userId, older). The
+    stream shows p2's ENTER then one EXIT (reason merged, into p1): the ALIAS sent
+    twice, and later events linking the same identifiers again, add nothing."""
+    live.send("i1", "2025-10-04T09:59:00Z", type="IDENTIFY", userId="u1")
+    live.send("i2", T0, type="IDENTIFY", anonymousId="a2", traits={"plan": "pro"})
+    live.set_clock("2025-10-04T10:00:10Z")
+    assert wait_events(live, 1) == ["pro_plan ENTER"]
+    loser = live.r.get(keys.identifier("anon:a2"))
+    survivor = live.r.get(keys.identifier("user:u1"))
+    assert loser != survivor
+    for _ in range(2):
+        live.send("alias", "2025-10-04T10:00:11Z", type="ALIAS", anonymousId="a2", userId="u1")
+    live.send("again", "2025-10-04T10:00:12Z", type="IDENTIFY", anonymousId="a2", userId="u1")
+    live.set_clock("2025-10-04T10:00:20Z")
+    live.wait_metric("processed", 4)
+    live.wait_metric("dedup_hits", 1)
+    # The survivor now holds plan pro: it ENTERs, evaluated with the merged traits.
+    assert wait_events(live, 3) == ["pro_plan ENTER", "pro_plan EXIT", "pro_plan ENTER"]
+    live.set_clock("2025-10-04T10:01:00Z")
+    live.wait_idle()
+    events = segment_events(live)
+    assert len(events) == 3
+    of_loser = [e for e in events if e["payload"]["properties"]["canonicalId"] == loser]
+    assert [(e["payload"]["name"], e["eventId"]) for e in of_loser] == [
+        ("pro_plan ENTER", f"seg:pro_plan:{loser}:1"),
+        ("pro_plan EXIT", f"seg:pro_plan:{loser}:2"),
+    ]
+    assert of_loser[1]["payload"]["properties"] | {"canonicalId": None} == {
+        "canonicalId": None,
+        "segment": "pro_plan",
+        "transition": "EXIT",
+        "reason": "merged",
+        "mergedInto": survivor,
+    }
+    assert of_loser[1]["payload"]["anonymousId"] == "a2"
+    assert events[2]["payload"]["properties"]["canonicalId"] == survivor
+    assert live.r.zrange(keys.segment_members("pro_plan"), 0, -1) == [survivor]
 
 
 def test_two_workers_and_the_sweeper_under_sigkill_emit_each_transition_once(

@@ -54,6 +54,11 @@ def version(lua: LuaHarness, cid: str) -> str:
     return lua.r.hget(keys.profile(cid), "version")
 
 
+def evaluated(lua: LuaHarness, cid: str) -> str:
+    """The profile's evaluatedMs ("" before its first accepted evaluation)."""
+    return lua.r.hget(keys.profile(cid), "evaluatedMs") or ""
+
+
 def transition(
     lua: LuaHarness,
     cid: str,
@@ -64,8 +69,12 @@ def transition(
     who: dict[str, str] | None = None,
     drop: list[str] | None = None,
     read_version: str | None = None,
+    read_evaluated: str | None = None,
+    definitions: str | None = None,
 ) -> list[Any]:
-    """segment_transition with the engine's argument encoding; the reply decoded."""
+    """segment_transition with the engine's argument encoding; the reply decoded. What
+    the evaluation read (version, evaluatedMs, definitions version) defaults to what
+    the profile holds now."""
     args = [
         keys.PREFIX,
         cid,
@@ -76,6 +85,9 @@ def transition(
         _encode({"userId": "u1"} if who is None else who),
         lua.settings.segment_events_maxlen,
         _encode(drop or []),
+        at,
+        evaluated(lua, cid) if read_evaluated is None else read_evaluated,
+        (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions,
     ]
     return text(lua.run(lua.scripts.segment_transition(args=args)))
 
@@ -169,8 +181,9 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
 
     raw = view(lua, "p1")
     (row,) = text(raw)
-    assert len(row) == 10
-    ver, merged_into, user, last_seen, first_seen, traits, counters, segs, anon, due_at = row
+    assert len(row) == 11
+    ver, merged_into, user, last_seen, first_seen, traits, counters, segs, anon, due_at = row[:10]
+    assert row[10] == str(now_ms)  # evaluatedMs: the transition's evaluation time
     assert (ver, merged_into, user, last_seen) == ("4", None, "user:u1", f"{t0 + 5 * MINUTE:013d}")
     assert first_seen == iso_ms(t0)
     assert len(traits) == 4
@@ -209,6 +222,7 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
         who={"userId": "u1"},
         memberships={"vip": True},
         due=now_ms + HOUR,
+        evaluated=str(now_ms),
     )
 
 
@@ -237,8 +251,8 @@ def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
     assert live[0] == "3"  # created, its event, the merge's bump + the ALIAS itself
     assert live[1] is None
     assert live[4] == iso_ms(now_ms - HOUR)  # firstSeen
-    assert merged == [None, "p1", None, None, None, [], [], [], None, None]
-    assert unknown == [None, None, None, None, None, [], [], [], None, None]
+    assert merged == [None, "p1", None, None, None, [], [], [], None, None, None]
+    assert unknown == [None, None, None, None, None, [], [], [], None, None, None]
     for cid, row in (("p2", merged), ("p99", unknown)):
         assert parse_view(cid, row, lua.settings.counter_bucket_ms) is None
 
@@ -272,8 +286,11 @@ def test_the_same_wish_again_emits_nothing_and_exit_continues_the_count(lua, now
     ]
     snapshot = lua.dump()
 
-    # A retry, or a second evaluator with the same answer: nothing at all changes.
+    # A retry, or a second evaluator with the same answer: nothing changes but the time
+    # of the last accepted evaluation.
     assert transition(lua, "p1", {"vip": True}, at=now_ms + 1, due=now_ms + HOUR) == ["OK"]
+    assert evaluated(lua, "p1") == str(now_ms + 1)
+    lua.r.hset(keys.profile("p1"), "evaluatedMs", now_ms)
     assert lua.dump() == snapshot
 
     later = now_ms + 10 * MINUTE
@@ -316,6 +333,45 @@ def test_a_stale_version_changes_nothing_not_even_the_due_index(lua, now_ms):
         )
         assert reply == ["STALE"]
         assert lua.dump() == snapshot
+
+
+def test_an_evaluation_older_than_the_last_accepted_one_is_refused(lua, now_ms):
+    """Evaluation times never go backwards: once an evaluation at t is accepted, one at an
+    earlier time is refused, even if it read the current version and evaluatedMs."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert evaluated(lua, "p1") == ""
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
+    assert evaluated(lua, "p1") == str(now_ms)
+    snapshot = lua.dump()
+    assert transition(lua, "p1", {"vip": False}, at=now_ms - 1) == ["STALE"]
+    assert lua.dump() == snapshot
+    # The same time is not older: accepted.
+    assert transition(lua, "p1", {"vip": False}, at=now_ms) == ["OK", "seg:vip:p1:2"]
+
+
+def test_an_evaluation_that_read_before_another_was_accepted_is_refused(lua, now_ms):
+    """Two evaluators read p1 (same version, no evaluation yet); the first one's write is
+    accepted; the second one's, even at a later time, is refused: the memberships it
+    compared against are not the current ones any more (it must read again)."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, read_evaluated="")[0] == "OK"
+    snapshot = lua.dump()
+    for at in (now_ms - 1, now_ms, now_ms + MINUTE):
+        reply = transition(lua, "p1", {"other": True}, at=at, read_evaluated="")
+        assert reply == ["STALE"]
+    assert lua.dump() == snapshot
+
+
+def test_an_evaluation_with_older_definitions_is_refused(lua, now_ms):
+    """A segment deleted (or changed) after the evaluator loaded the definitions: its
+    write is refused, so a deleted segment is never entered again."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    loaded = lua.r.get(keys.SEGMENTS_VERSION) or ""
+    lua.r.incr(keys.SEGMENTS_VERSION)
+    snapshot = lua.dump()
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, definitions=loaded) == ["STALE"]
+    assert lua.dump() == snapshot
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, definitions="1")[0] == "OK"
 
 
 def test_a_merged_away_or_unknown_profile_is_gone_and_leaves_the_due_index(lua, now_ms):
@@ -396,6 +452,59 @@ def test_several_segments_in_one_call_emit_in_sorted_name_order(lua, now_ms):
         ("beta", "ENTER"),
         ("zeta", "EXIT"),
     ]
+
+
+# ------------------------------------------------------- merges end memberships
+
+
+def test_a_merge_ends_the_losers_memberships_with_exit_events_naming_the_survivor(lua, now_ms):
+    """p2 (anon a2, email) is in vip (its 3rd transition) and was in old; an ALIAS merges
+    it into p1. vip EXITs p2 once, numbered after its ENTER, reason "merged", naming the
+    survivor; old emits nothing. A redelivery of the ALIAS, and a later event linking
+    the same identifiers, change nothing more."""
+    t = now_ms - HOUR
+    lua.apply(event("m1", t, user="u1", traits={"plan": "pro"}))
+    lua.apply(track("m2", t, "Clicked", anon="a2", email="Zed@Example.com"))
+    who = {"anonymousId": "a2"}  # as profile_view names p2: its first identifier
+    for at, wanted in ((1, True), (2, False), (3, True)):
+        transition(lua, "p2", {"vip": wanted}, at=t + at * MINUTE, who=who)
+    transition(lua, "p2", {"old": True}, at=t + 4 * MINUTE, who=who)
+    transition(lua, "p2", {"old": False}, at=t + 5 * MINUTE, who=who)
+    transition(lua, "p1", {"vip": True}, at=t + 5 * MINUTE)
+    before = segment_events(lua)
+    assert len(before) == 6
+
+    alias = event("m3", t + 6 * MINUTE, "ALIAS", user="u1", anon="a2")
+    lua.apply(alias)
+    assert lua.meta("p2")["mergedInto"] == "p1"
+    emitted = segment_events(lua)
+    assert emitted[:6] == before
+    assert [parsed(f) for f in emitted[6:]] == [
+        seg_event(
+            "vip", "p2", 4, "EXIT", now_ms, who, reason="merged", mergedInto="p1"
+        )  # at the apply's "now", the merge's processing time
+    ]
+    assert members(lua, "vip") == [("p1", 1.0)]
+    assert profile_keys(lua, "p2") == {keys.profile("p2")}
+
+    lua.apply(alias)  # redelivered: a duplicate
+    lua.apply(event("m4", t + 7 * MINUTE, user="u1", anon="a2", email="zed@example.com"))
+    assert segment_events(lua) == emitted
+
+
+def test_a_merge_exit_is_never_older_than_the_losers_last_transition(lua, now_ms):
+    """An evaluator whose clock is ahead of the worker's entered p2 "later" than the
+    merge's now: the EXIT takes that time, so the pair stays in time order."""
+    lua.apply(event("m1", now_ms - HOUR, user="u1"))
+    lua.apply(track("m2", now_ms - HOUR, "Clicked", anon="a2"))
+    ahead = now_ms + 3 * SECOND
+    who = {"anonymousId": "a2"}
+    transition(lua, "p2", {"vip": True}, at=ahead, who=who)
+    lua.apply(event("m3", now_ms - MINUTE, "ALIAS", user="u1", anon="a2"))
+    assert lua.meta("p2")["mergedInto"] == "p1"
+    enter, exit_ = (parsed(f) for f in segment_events(lua))
+    assert exit_ == seg_event("vip", "p2", 2, "EXIT", ahead, who, reason="merged", mergedInto="p1")
+    assert enter["e"]["ts"] == exit_["e"]["ts"]
 
 
 # ----------------------------------------------------------------- erase_profile
@@ -532,3 +641,43 @@ def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms)
     assert [parsed(f) for f in segment_events(lua)][1:] == [
         seg_event("vip", "p1", 2, "EXIT", now_ms + 1, who, reason="erased")
     ]
+
+
+# ---------------------------------------------------------------- segment_forget
+
+
+def forget(lua: LuaHarness, name: str, chunk: int) -> int:
+    return int(lua.run(lua.scripts.segment_forget(args=[keys.PREFIX, name, chunk])))
+
+
+def test_forgetting_a_deleted_segment_ends_memberships_by_chunk_keeping_n(lua, now_ms):
+    for u in ("u1", "u2", "u3"):
+        lua.apply(event(f"e-{u}", now_ms - HOUR, user=u))
+    assert transition(lua, "p1", {"old": True, "vip": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p2", {"old": True}, at=now_ms)[0] == "OK"
+    assert transition(lua, "p2", {"old": False}, at=now_ms + 1)[0] == "OK"
+    assert transition(lua, "p2", {"old": True}, at=now_ms + 2)[0] == "OK"  # n = 3
+    assert transition(lua, "p3", {"old": True}, at=now_ms)[0] == "OK"
+    emitted = segment_events(lua)
+    before = {cid: states(lua, cid) for cid in ("p1", "p2", "p3")}
+
+    assert forget(lua, "old", 2) == 2  # p1, p2 (by profile number)
+    assert members(lua, "old") == [("p3", 3.0)]
+    assert forget(lua, "old", 2) == 1
+    assert forget(lua, "old", 2) == 0
+    assert not lua.r.exists(keys.segment_members("old"))
+    for cid in ("p1", "p2", "p3"):
+        old = before[cid]["old"]
+        assert states(lua, cid)["old"] == {"in": False, "n": old["n"], "since": old["since"]}
+    assert states(lua, "p1")["vip"] == before["p1"]["vip"]  # another segment: untouched
+    assert members(lua, "vip") == [("p1", 1.0)]
+    assert segment_events(lua) == emitted  # silently
+
+
+def test_forgetting_stops_once_the_segment_is_defined_again(lua, now_ms):
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {"old": True}, at=now_ms)[0] == "OK"
+    lua.r.hset(keys.SEGMENTS, "old", '{"rule": {"inactive": "1d"}}')
+    snapshot = lua.dump()
+    assert forget(lua, "old", 500) == 0
+    assert lua.dump() == snapshot
