@@ -46,9 +46,15 @@ class TroubleLog:
         self._seen: Counter[str] = Counter()
         self._last: dict[str, float] = {}
 
-    def note(self, kind: str, **fields: Any) -> None:
+    def due(self, kind: str) -> int:
+        """Count one occurrence; when a line is due, the number it reports, else 0."""
         self._seen[kind] += 1
         now = time.monotonic()
-        if now - self._last.get(kind, -self.interval_s) >= self.interval_s:
-            self._last[kind] = now
-            self._log.warning(kind, occurrences=self._seen.pop(kind), **fields)
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            return 0
+        self._last[kind] = now
+        return self._seen.pop(kind)
+
+    def note(self, kind: str, **fields: Any) -> None:
+        if occurrences := self.due(kind):
+            self._log.warning(kind, occurrences=occurrences, **fields)

@@ -1,4 +1,4 @@
-"""Serving the API process: the listening socket, its limits, and a log abuse cannot flood.
+"""Serving the API process: the listening sockets, their limits, a log abuse cannot flood.
 
 ``run_api(settings, host, port)`` serves ``create_app(settings)`` until SIGINT or
 SIGTERM, with
@@ -9,14 +9,16 @@ SIGTERM, with
   complete within it of the connection opening or of the previous answer, else the
   connection is closed (a slow-loris client holds nothing for long). The body has
   ``body-timeout`` (``read_body``);
-- a cap on open client connections, ``max-connections`` but never more than half of
-  what the descriptor limit leaves (each connection may need a Redis connection
-  too); beyond it a connection is answered 503 and closed before anything is read,
-  so the process never runs out of descriptors. The soft descriptor limit is first
+- its own accept loop and a cap on open client connections: ``max-connections``, but
+  never more than half of what the descriptor limit leaves (a connection may need a
+  Redis connection too). Past the cap a connection is answered 503 and closed at
+  once, so the process does not run out of descriptors; if it does anyway, it stops
+  accepting for a second (asyncio's own accept loop logs a traceback per refused
+  accept then, and schedules a retry for each). The soft descriptor limit is first
   raised to the hard one, as the Go runtime does for every Go server;
-- ``TroubleLog`` (``cdp.logs``): one warning per kind of trouble (slow bodies, hang-ups, the
-  connection cap, the descriptor limit) per interval, with a count, never a
-  traceback per occurrence.
+- ``TroubleLog`` (``cdp.logs``): one warning per kind of trouble (slow bodies,
+  hang-ups, the connection cap, the descriptor limit, unexpected event-loop errors)
+  per interval, with a count, never a traceback per occurrence.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import errno
 import resource
 import signal
+import socket
 from typing import Any
 
 import structlog
@@ -46,6 +49,9 @@ _BUSY = (
     b"Connection: close\r\n\r\n" + _BUSY_BODY
 )
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BATCH = 64  # accepts per readiness event, so one busy socket cannot starve the rest
+LISTEN_BACKLOG = 128
+PAUSE_S = 1.0
 
 
 def raise_descriptor_limit() -> None:
@@ -64,27 +70,83 @@ def connection_limit(settings: Settings) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return settings.max_connections
-    reserve = min(64, soft // 4)  # listening socket, Redis, logs, the event loop...
+    reserve = max(32, soft // 8) + ACCEPT_BATCH  # Redis, logs, the loop, a batch
     return max(1, min(settings.max_connections, (soft - reserve) // 2))
 
 
-class _Refusal(asyncio.Protocol):
-    """A connection past the cap: a 503, then closed, without reading anything."""
+class Listener:
+    """Accepts connections for an aiohttp ``web.Server`` up to ``limit`` open ones."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_BUSY)
-        transport.close()
+    def __init__(self, server: web.Server, limit: int, trouble: TroubleLog) -> None:
+        self.server = server
+        self.limit = limit
+        self.trouble = trouble
+        self.sockets: list[socket.socket] = []
+        self._starting: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    async def start(self, host: str, port: int) -> None:
+        infos = await self._loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, _, _, _, address in dict.fromkeys(infos):
+            sock = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+            sock.setblocking(False)
+            self.sockets.append(sock)
+            self._loop.add_reader(sock, self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_DESCRIPTORS:
+                    raise
+                self.trouble.note("out of file descriptors; not accepting for 1 s")
+                self._loop.remove_reader(sock)
+                self._loop.call_later(PAUSE_S, self._resume, sock)
+                return
+            conn.setblocking(False)
+            if len(self.server.connections) + len(self._starting) >= self.limit:
+                self.trouble.note("connection limit reached; answered 503", limit=self.limit)
+                try:
+                    conn.send(_BUSY)  # a fresh socket's send buffer takes it whole
+                except OSError:
+                    pass
+                conn.close()
+                continue
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self.server, conn))
+            self._starting.add(task)
+            task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.trouble.note("connection failed at start", error=str(task.exception()))
+
+    def _resume(self, sock: socket.socket) -> None:
+        if sock in self.sockets:
+            self._loop.add_reader(sock, self._accept, sock)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            self._loop.remove_reader(sock)
+            sock.close()
+        self.sockets.clear()
 
 
 def _loop_exception_handler(trouble: TroubleLog) -> Any:
+    """Event-loop errors nobody awaited: asyncio's report (with its traceback) once per
+    kind per interval, with the count, instead of one per occurrence."""
+
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS:
-            # asyncio's accept loop reports this for every connection it cannot take.
-            trouble.note("out of file descriptors", error=str(exc))
-            return
-        loop.default_exception_handler(context)
+        message = str(context.get("message", "event loop error"))
+        if occurrences := trouble.due(message):
+            loop.default_exception_handler(
+                {**context, "message": f"{message} ({occurrences} since the last report)"}
+            )
 
     return handle
 
@@ -101,22 +163,14 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         shutdown_timeout=5,
     )
     await runner.setup()
-    server = runner.server
-    assert server is not None
-    limit = connection_limit(settings)
-
-    def accept() -> asyncio.Protocol:
-        if len(server.connections) >= limit:
-            app[TROUBLE].note("connection limit reached; answered 503", limit=limit)
-            return _Refusal()
-        return server()
-
-    listener = await loop.create_server(accept, host, port, reuse_address=True, backlog=128)
-    log.info("api listening", host=host, port=port, max_connections=limit)
+    assert runner.server is not None
+    listener = Listener(runner.server, connection_limit(settings), app[TROUBLE])
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
+        await listener.start(host, port)
+        log.info("api listening", host=host, port=port, max_connections=listener.limit)
         await stopping.wait()
     finally:
         listener.close()
