@@ -50,7 +50,7 @@ _BUSY = (
 )
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy socket cannot starve the rest
-LISTEN_BACKLOG = 128
+LISTEN_BACKLOG = 1024  # a burst of connections waits here, not in SYN retries
 PAUSE_S = 1.0
 
 
