@@ -193,10 +193,14 @@ def test_under_oom_each_answer_matches_its_own_events_and_accepted_is_exact(
         oom_since: float | None = None
         counter = iter(range(10**9))
 
+        def done() -> bool:  # a while under OOM, and plenty refused
+            refused = sum(c.status == 503 for c in calls)
+            return oom_since is not None and time.monotonic() - oom_since > 1 and refused > 50
+
         async def client(n: int) -> None:
             nonlocal oom_since
             async with session() as http_client:
-                while oom_since is None or time.monotonic() - oom_since < 1.5:
+                while not done():
                     i = next(counter)
                     if i % 3:
                         ids = [f"b{i}-{j}" for j in range(10)]
@@ -345,6 +349,11 @@ def test_segments_watch_survives_idleness(stack: Stack) -> None:
     env = stack.env(stream_heartbeat="300ms", redis_timeout="1s")
     watch = stack._spawn(["segments", "watch"], env)
     (output,) = stack.log_dir.glob("*-segments.log")
+
+    def tailing() -> bool:
+        return any(c.get("cmd") == "xread" for c in stack.r.client_list())
+
+    wait_until(tailing, timeout=30, message="watch to block in XREAD")
     # Alive past redis-timeout and redis-py's 5 s default socket timeout.
     with pytest.raises(subprocess.TimeoutExpired):
         watch.wait(timeout=6.5)
