@@ -72,37 +72,37 @@ def api(stack: Stack) -> Stack:
 # -- 10: compression ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_a_compression_bomb_is_a_quick_413_that_costs_little_cpu(
-    api: Stack, bombs: dict[str, bytes], encoding: str
+    api: Stack, bombs: dict[str, bytes]
 ) -> None:
     pid = api_pid(api)
-    before = cpu_seconds(pid)
-    started = time.monotonic()
-    headers = {"Content-Type": "application/json", "Content-Encoding": encoding, **BASIC}
-    resp = api.request("POST", "/v1/batch", bombs[encoding], headers)
-    elapsed = time.monotonic() - started
-    assert resp.status == 413, resp.body
-    assert resp.json()["code"] == "request_too_large"
-    assert elapsed < 5
-    assert api.get("/healthz").status == 200
-    # Including what the server does after answering (aiohttp reads, and inflated, the
-    # rest of an unread body): all 400 MiB took 1.3 s of CPU, the limit takes ms.
-    spent = settled_cpu_seconds(pid) - before
-    assert spent < 0.4, f"the API spent {spent:.2f}s of CPU on a {encoding} bomb"
+    for encoding, bomb in bombs.items():
+        before = cpu_seconds(pid)
+        started = time.monotonic()
+        headers = {"Content-Type": "application/json", "Content-Encoding": encoding, **BASIC}
+        resp = api.request("POST", "/v1/batch", bomb, headers)
+        elapsed = time.monotonic() - started
+        assert resp.status == 413, resp.body
+        assert resp.json()["code"] == "request_too_large"
+        assert elapsed < 5
+        assert api.get("/healthz").status == 200
+        # Including what the server does after answering (aiohttp reads, and inflated,
+        # the rest of an unread body): all 400 MiB took 1.3 s of CPU, the limit takes ms.
+        spent = settled_cpu_seconds(pid) - before
+        assert spent < 0.4, f"the API spent {spent:.2f}s of CPU on a {encoding} bomb"
 
 
-@pytest.mark.parametrize("path", ["/cdp/ingest", "/v1/track"])
-def test_an_unsupported_content_encoding_is_a_json_415(api: Stack, path: str) -> None:
+def test_an_unsupported_content_encoding_is_a_json_415(api: Stack) -> None:
     headers = {"Content-Type": "application/json", "Content-Encoding": "br", **BASIC}
-    resp = api.request("POST", path, b"\x0b\x02\x80{}\x03", headers)
-    assert resp.status == 415, resp.body
-    body = resp.json()
-    assert "'br' is not supported" in body["message"]
-    if path.startswith("/v1/"):
-        assert set(body) == {"code", "message"}
-    else:
-        assert body["status"] == "error"
+    for path in ("/cdp/ingest", "/v1/track"):
+        resp = api.request("POST", path, b"\x0b\x02\x80{}\x03", headers)
+        assert resp.status == 415, resp.body
+        body = resp.json()
+        assert "'br' is not supported" in body["message"]
+        if path.startswith("/v1/"):
+            assert set(body) == {"code", "message"}  # Segment's error shape
+        else:
+            assert body["status"] == "error"
 
 
 # -- 14: slow clients, hang-ups, too many connections ----------------------------------------
