@@ -70,9 +70,9 @@ async def errors_middleware(
         return response
     except EventRejected as exc:
         return shape(exc, exc.status, str(exc))
-    except ClientGone:  # nobody left to answer; not worth a traceback each time
+    except ClientGone as exc:  # nobody is left to read the answer; no traceback each time
         _note(request, "client closed the connection mid-body", path=request.path)
-        return shape(web.HTTPBadRequest(), 400, "the connection closed mid-body")
+        return shape(exc, 400, str(exc))
     except RedisError as exc:
         _note(request, "redis unavailable; answered 503", error=str(exc))
         response = shape(exc, 503, "the event store is unavailable; retry shortly")
