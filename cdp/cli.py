@@ -158,21 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _api(args: argparse.Namespace, settings: Settings) -> None:
-    from aiohttp import web
-
-    from cdp.ingest.app import create_app
+    from cdp.ingest.server import run_api
     from cdp.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-        shutdown_timeout=5,
-    )
+    run_api(settings, args.host, args.port)
 
 
 def _profile(identifier: str, settings: Settings) -> int:

@@ -3,7 +3,10 @@
 CdpError
 ├── SettingsError      a configuration value is wrong (the CLI exits with its message)
 ├── EventRejected      a client sent something we do not accept (HTTP 4xx at ingest)
-│   └── EventTooLarge  ... because it is too big (HTTP 413)
+│   ├── EventTooLarge  ... because it is too big (HTTP 413)
+│   ├── BodyTimeout    ... because its body did not arrive in time (HTTP 408)
+│   └── UnsupportedEncoding  ... in a Content-Encoding we do not inflate (HTTP 415)
+├── ClientGone         the client closed the connection before its body was complete
 ├── LeaseLost          a worker applied to a partition it no longer owns (it stops)
 └── ProfileNotFound    no profile answers to an identifier
 """
@@ -31,6 +34,18 @@ class EventRejected(CdpError):
 
 class EventTooLarge(EventRejected):
     status = 413
+
+
+class BodyTimeout(EventRejected):
+    status = 408
+
+
+class UnsupportedEncoding(EventRejected):
+    status = 415
+
+
+class ClientGone(CdpError):
+    """The client closed its connection mid-body: nobody is left to answer."""
 
 
 class LeaseLost(CdpError):

@@ -98,6 +98,17 @@ class Settings:
     write_keys: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
+    # Connections (README "Configuration"): a request's headers must arrive within
+    # header-timeout of the connection opening or of the previous answer (so it is also
+    # the keep-alive idle time), its body within body-timeout; at most max-connections
+    # (and never more than the descriptor limit allows) are open at once.
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    max_connections: int = 10_000
+    # Redis: a command not answered within redis-timeout fails (the API answers 503).
+    redis_timeout_ms: int = 5_000
+    # The live stream sends an SSE comment after this long without an event.
+    stream_heartbeat_ms: int = 15_000
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).
     clock: str = "system"
     log_level: str = "info"
@@ -142,6 +153,11 @@ _POSITIVE = {
     "webhook_backoff_ms",
     "webhook_retry_for_ms",
     "webhook_timeout_ms",
+    "header_timeout_ms",
+    "body_timeout_ms",
+    "max_connections",
+    "redis_timeout_ms",
+    "stream_heartbeat_ms",
 }
 _CHOICES = {
     "clock": ("system", "redis"),

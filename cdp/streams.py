@@ -1,8 +1,10 @@
 """Reading streams the way several readers need it: from an id, or from "now".
 
 ``tail`` yields ``(entry id, fields)`` after ``cursor`` forever, blocking between
-batches (an idle ``None`` every ``block_ms`` lets callers send keep-alives); ``last_id``
-is where "from now" starts. Used by the SSE endpoint and ``cdp segments watch``.
+batches (an idle ``None`` every ``block_ms`` lets callers send keep-alives; the
+client's socket timeout must exceed ``block_ms``, see ``cdp.connect.redis_client``);
+``last_id`` is where "from now" starts. Used by the SSE endpoint and ``cdp segments
+watch``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ async def last_id(redis: Redis, stream: str) -> str:
 
 
 async def tail(
-    redis: Redis, stream: str, cursor: str, block_ms: int = 5000
+    redis: Redis, stream: str, cursor: str, block_ms: int
 ) -> AsyncIterator[Entry | None]:
     """Entries after ``cursor`` ("$": after the newest now), and None when idle."""
     if cursor == "$":

@@ -5,22 +5,31 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from redis.asyncio import Redis
+import structlog
 
 from cdp.clock import make_clock
+from cdp.connect import redis_client, wait_for_redis
 from cdp.logs import configure_logging
 from cdp.pipeline.worker import Worker
 from cdp.settings import Settings
 
 
 async def run_worker(settings: Settings, worker_id: str | None = None) -> None:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=10)
+    redis = redis_client(settings)
     worker = Worker(redis, settings, make_clock(settings.clock, redis), worker_id)
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        worker.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop)
     try:
-        await worker.run()
+        log = structlog.get_logger("cdp.worker").bind(worker=worker.worker_id)
+        if await wait_for_redis(settings, log, stopping):
+            await worker.run()
     finally:
         await redis.aclose()
 

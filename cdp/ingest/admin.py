@@ -19,10 +19,13 @@ from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cdp import keys
+from cdp.connect import redis_client
 from cdp.errors import EventRejected
-from cdp.ingest.appkeys import REDIS, SETTINGS
+from cdp.ingest.appkeys import REDIS, SETTINGS, TROUBLE
+from cdp.ingest.body import ADMIN_BODY_LIMIT, read_body
 from cdp.segments.definitions import (
     builtins,
     delete_definition,
@@ -67,7 +70,7 @@ def require_admin(request: web.Request) -> None:
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return json.loads(await request.read() or b"null")
+        return json.loads(await read_body(request, ADMIN_BODY_LIMIT) or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise EventRejected(f"body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -248,24 +251,43 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    # XREAD blocks for one heartbeat interval, within the connection's socket timeout,
+    # so an idle stream stays open and proxies see a comment every interval.
+    heartbeat_ms = settings.stream_heartbeat_ms
+    redis = redis_client(settings, blocking_ms=heartbeat_ms)
     streams = request.app[OPEN_STREAMS]
     task = asyncio.current_task()
     if task is not None:
         streams.add(task)
+    loop = asyncio.get_running_loop()
     try:
         await response.write(b": connected\n\n")
-        async for item in tail(redis, keys.SEGMENT_EVENTS, start):
-            if item is None:
-                await response.write(b": keep-alive\n\n")
-                continue
-            entry_id, fields = item
-            if segment_filter and text(fields[b"segment"]) not in segment_filter:
-                continue
-            data = text(fields[b"e"])
-            await response.write(f"id: {entry_id}\nevent: segment\ndata: {data}\n\n".encode())
-    except ConnectionResetError:
+        last_write = loop.time()
+        async for item in tail(redis, keys.SEGMENT_EVENTS, start, block_ms=heartbeat_ms):
+            if item is not None:
+                entry_id, fields = item
+                if not segment_filter or text(fields[b"segment"]) in segment_filter:
+                    data = text(fields[b"e"])
+                    await response.write(
+                        f"id: {entry_id}\nevent: segment\ndata: {data}\n\n".encode()
+                    )
+                    last_write = loop.time()
+                    continue
+                if loop.time() - last_write < heartbeat_ms / 1000:
+                    continue  # filtered out, and not silent for long yet
+            await response.write(b": keep-alive\n\n")
+            last_write = loop.time()
+    except ConnectionResetError:  # the client left
         pass
+    except RedisError as exc:
+        # The response has started: end it properly (a final comment, then the end of
+        # the chunked body) so the client sees a clean end and reconnects.
+        request.app[TROUBLE].note("live stream ended: redis error", error=str(exc))
+        with contextlib.suppress(ConnectionError):
+            await response.write(
+                b": the event store is unavailable; reconnect with Last-Event-ID\n\n"
+            )
+            await response.write_eof()
     finally:
         if task is not None:
             streams.discard(task)

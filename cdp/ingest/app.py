@@ -1,13 +1,18 @@
 """The aiohttp application: ``POST /cdp/ingest``, health, metrics and the OpenAPI document.
 
 ``create_app(settings)`` builds it; the Redis client, the publisher and the clock live
-in the app (``cleanup_ctx``). A request is answered 202 only after its XADD returned;
-a client mistake is a 4xx whose message names the field and the rule; Redis being
-unreachable is a 503 with Retry-After; nothing a client sends can cause a 500.
+in the app (``cleanup_ctx``); ``cdp/ingest/server.py`` serves it (bodies are read
+through ``cdp/ingest/body.py``, so it must be served with aiohttp's decompression
+off). A request is answered 202 only after its events are stored; a client mistake
+is a 4xx whose message names the field and the rule; Redis being unreachable is a 503
+with Retry-After; nothing a client sends can cause a 500. Until Redis first answers,
+the API serves /healthz, answers 503 elsewhere and logs one line per attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,14 +24,17 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp.clock import make_clock
-from cdp.errors import EventRejected
+from cdp.connect import redis_client, wait_for_redis
+from cdp.errors import BodyTimeout, ClientGone, EventRejected
 from cdp.events import decode_ingest
 from cdp.ingest.admin import add_admin_routes
-from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS
+from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
+from cdp.ingest.body import read_body
 from cdp.ingest.erasure import add_erasure_routes
 from cdp.ingest.profiles_api import add_profile_routes
 from cdp.ingest.publisher import Publisher
 from cdp.ingest.tracking import add_tracking_routes, segment_error
+from cdp.logs import TroubleLog
 from cdp.metrics import read_metrics, render_prometheus
 from cdp.settings import Settings
 
@@ -51,10 +59,22 @@ async def errors_middleware(
     shape = segment_error if request.path.startswith("/v1/") else _error_for
     try:
         return await handler(request)
+    except BodyTimeout as exc:  # a slow-loris body: answer, then hang up on it
+        _note(request, "request body too slow; answered 408", path=request.path)
+        response = shape(exc, exc.status, str(exc))
+        response.force_close()
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write_eof()
+        request.protocol.force_close()  # no lingering read of the rest of the body
+        return response
     except EventRejected as exc:
         return shape(exc, exc.status, str(exc))
+    except ClientGone as exc:  # nobody is left to read the answer; no traceback each time
+        _note(request, "client closed the connection mid-body", path=request.path)
+        return shape(exc, 400, str(exc))
     except RedisError as exc:
-        log.warning("redis unavailable", path=request.path, error=str(exc))
+        _note(request, "redis unavailable; answered 503", error=str(exc))
         response = shape(exc, 503, "the event store is unavailable; retry shortly")
         response.headers["Retry-After"] = RETRY_AFTER_S
         return response
@@ -72,22 +92,22 @@ async def errors_middleware(
         raise
 
 
+def _note(request: web.Request, kind: str, **fields: object) -> None:
+    """One rate-limited line per kind of trouble (see cdp.logs.TroubleLog)."""
+    trouble = request.app.get(TROUBLE)
+    if trouble is None:  # an app assembled without create_app (tests)
+        log.warning(kind, **fields)
+    else:
+        trouble.note(kind, **fields)
+
+
 def _error_for(exc: Exception, status: int, message: str) -> web.Response:
     return _error(status, message)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise EventRejected.too_large(request.content_length, limit)
-    body = await request.read()
-    if len(body) > limit:
-        raise EventRejected.too_large(len(body), limit)
-    return body
-
-
 async def ingest(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    body = await _read_body(request, settings.max_event_bytes)
+    body = await read_body(request, settings.max_event_bytes)
     event = decode_ingest(
         body,
         now_ms=await request.app[CLOCK].now_ms(),
@@ -127,15 +147,20 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         middlewares=[errors_middleware], client_max_size=max(settings.max_event_bytes, 1 << 20)
     )
     app[SETTINGS] = settings
+    app[TROUBLE] = TroubleLog("cdp.api")
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = redis or Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
-        )
+        client = redis or redis_client(settings)
         app[REDIS] = client
         app[CLOCK] = make_clock(settings.clock, client)
         app[PUBLISHER] = Publisher(client, settings.partitions)
+        # Serving starts at once (/healthz answers); this only says when Redis does.
+        waiting = None if redis else asyncio.create_task(wait_for_redis(settings, log))
         yield
+        if waiting is not None:
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
         await app[PUBLISHER].close()
         if redis is None:
             await client.aclose()

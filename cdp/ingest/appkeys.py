@@ -7,9 +7,11 @@ from redis.asyncio import Redis
 
 from cdp.clock import Clock
 from cdp.ingest.publisher import Publisher
+from cdp.logs import TroubleLog
 from cdp.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 PUBLISHER = web.AppKey("publisher", Publisher)
 CLOCK = web.AppKey("clock", Clock)
+TROUBLE = web.AppKey("trouble", TroubleLog)

@@ -1,30 +1,68 @@
-"""Coalesced XADDs: concurrent requests share one pipeline round trip.
+"""Coalesced publishing: concurrent requests share one pipeline round trip.
 
-``publish(event)`` resolves once Redis has stored the event in its partition stream
-(``cdp:events:{pN}``, field ``e`` = the event's JSON). Requests arriving while a
-pipeline is in flight are queued and sent together in the next one, so a burst of
-concurrent requests costs a few round trips instead of one each.
+``publish_many(events)`` resolves once Redis has stored the request's events in their
+partition streams (``cdp:events:{pN}``, field ``e`` = the event's JSON) and counted
+them in ``accepted``, or raises the Redis error that kept them out. Each request is
+one call of ``lua/publish-n.lua``, so its events are stored and counted together or
+not at all (under OOM too), and its answer is its own script's reply: one failing
+request never fails another. Requests arriving while a pipeline is in flight are
+queued and sent together in the next one, so a burst costs a few round trips.
+
+When a round trip fails as a whole (timeout, connection lost), what Redis did with
+that pipeline is unknown and Redis is not answering: the requests queued behind it
+fail at once, unsent, instead of each waiting out the same timeout in turn. So while
+Redis hangs every request is answered within about ``redis-timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from cdp import keys
 from cdp.errors import EventRejected
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
+from cdp.scripts import source
+
+
+@dataclass(slots=True)
+class _Request:
+    """One call of the publish script: the request's events, and who waits for them."""
+
+    streams: list[str]
+    bodies: list[bytes]
+    answer: asyncio.Future[list[str]]
+
+    def queue_on(self, pipe: Any, sha: str) -> None:
+        """EVALSHA publish-n: KEYS = metrics hash + one stream per event, ARGV = events."""
+        pipe.evalsha(sha, 1 + len(self.streams), keys.METRICS, *self.streams, *self.bodies)
+
+    def settle(self, reply: Any) -> None:
+        if self.answer.done():  # its waiter was cancelled
+            return
+        if isinstance(reply, Exception):
+            self.answer.set_exception(reply)
+        elif isinstance(reply, BaseException):  # the flush was cancelled (shutdown)
+            self.answer.cancel()
+        else:
+            self.answer.set_result([i.decode() if isinstance(i, bytes) else i for i in reply])
 
 
 class Publisher:
     def __init__(self, redis: Redis, partitions: int, max_batch: int = 500) -> None:
         self._redis = redis
         self._partitions = partitions
-        self._max_batch = max_batch
-        self._queue: list[tuple[str, bytes, asyncio.Future[str]]] = []
+        self._max_batch = max_batch  # events per round trip (a request is never split)
+        self._script = source("publish")
+        self._sha = redis.register_script(self._script).sha
+        self._queue: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
 
     def partition(self, event: StreamEvent) -> int:
@@ -33,46 +71,72 @@ class Publisher:
         )
 
     async def publish(self, event: StreamEvent) -> str:
-        """XADD the event to its partition; returns the stream entry id."""
+        """Store the event in its partition; returns the stream entry id."""
         return (await self.publish_many([event]))[0]
 
     async def publish_many(self, events: list[StreamEvent]) -> list[str]:
-        """XADD several events; all or none (an error fails the whole call)."""
+        """Store several events, all or none; returns their stream entry ids."""
         try:  # all encoded before any is queued: a bad one publishes none
             bodies = [stream_encoder.encode(event) for event in events]
         except UnicodeEncodeError:
             raise EventRejected(
                 "a string holds a lone UTF-16 surrogate (an emoji cut in half?)"
             ) from None
-        loop = asyncio.get_running_loop()
-        futures = []
-        for event, body in zip(events, bodies, strict=True):
-            future: asyncio.Future[str] = loop.create_future()
-            self._queue.append((keys.stream(self.partition(event)), body, future))
-            futures.append(future)
+        streams = [keys.stream(self.partition(event)) for event in events]
+        request = _Request(streams, bodies, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
-        return list(await asyncio.gather(*futures))
+        return await request.answer
+
+    def _next_batch(self) -> list[_Request]:
+        batch: list[_Request] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0].streams) <= self._max_batch):
+            request = self._queue.popleft()
+            if not request.answer.done():  # a cancelled waiter's events are not sent
+                batch.append(request)
+                size += len(request.streams)
+        return batch
 
     async def _flush_loop(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for stream, body, _ in batch:
-                        pipe.xadd(stream, {"e": body})
-                    pipe.hincrby(keys.METRICS, "accepted", len(batch))
-                    *ids, _ = await pipe.execute()
-            except Exception as exc:  # every waiter learns of it; none is left hanging
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            batch = self._next_batch()
+            if not batch:
                 continue
-            for (_, _, future), entry_id in zip(batch, ids, strict=True):
-                if not future.done():
-                    future.set_result(
-                        entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    )
+            try:
+                replies = await self._send(batch)
+            except BaseException as exc:
+                # Redis did not answer the round trip: those queued behind it would
+                # wait out the same timeout one batch after another. Fail them now;
+                # they were never sent, so their 503 hides nothing.
+                failed = batch + list(self._queue)
+                self._queue.clear()
+                for request in failed:
+                    request.settle(exc)
+                if not isinstance(exc, Exception):  # cancelled: stop, nobody left waiting
+                    raise
+                continue
+            for request, reply in zip(batch, replies, strict=True):
+                request.settle(reply)
+
+    async def _send(self, batch: list[_Request]) -> list[Any]:
+        """One pipeline of script calls; each reply is an entry id list or the error."""
+        replies: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for index in todo:
+                    batch[index].queue_on(pipe, self._sha)
+                answers = await pipe.execute(raise_on_error=False)
+            for index, answer in zip(todo, answers, strict=True):
+                replies[index] = answer
+            # A restarted or flushed Redis forgot the script: those calls did nothing.
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo or attempt:
+                break
+            await self._redis.script_load(self._script)
+        return replies
 
     async def close(self) -> None:
         if self._task is not None:

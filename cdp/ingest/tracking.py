@@ -21,8 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cdp.errors import EventTooLarge
 from cdp.ingest.appkeys import CLOCK, PUBLISHER, SETTINGS
+from cdp.ingest.body import read_body
 from cdp.segment_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
 
 MAX_BATCH_BYTES = 500 * 1024
@@ -90,11 +90,7 @@ def _source(request: web.Request, body_key: Any) -> str:
 
 
 async def _body(request: web.Request, limit: int) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise EventTooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
-    raw = await request.read()
-    if len(raw) > limit:
-        raise EventTooLarge(f"body is {len(raw)} bytes; the limit is {limit}")
+    raw = await read_body(request, limit)
     try:
         body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:

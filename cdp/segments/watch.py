@@ -7,6 +7,7 @@ import json
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.connect import redis_client
 from cdp.segments.definitions import load_segments
 from cdp.settings import Settings
 from cdp.streams import tail, text
@@ -26,10 +27,11 @@ async def list_segments(settings: Settings) -> None:
 
 
 async def watch_segments(settings: Settings, start: str, only: set[str]) -> None:
-    """Print each segment event as one JSON line, until interrupted."""
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    """Print each segment event as one JSON line, until interrupted (idle for hours too)."""
+    block_ms = settings.stream_heartbeat_ms  # within the socket timeout, see redis_client
+    redis = redis_client(settings, blocking_ms=block_ms)
     try:
-        async for item in tail(redis, keys.SEGMENT_EVENTS, start):
+        async for item in tail(redis, keys.SEGMENT_EVENTS, start, block_ms=block_ms):
             if item is None:
                 continue
             _, fields = item
