@@ -28,6 +28,7 @@
   Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
 ]]
 local rcall = redis.call
+--@include bytes
 local prefix, cid, version, now_iso, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local wanted = cjson.decode(ARGV[6])
 local who = cjson.decode(ARGV[7])
@@ -45,7 +46,7 @@ if meta[1] ~= version then return {"STALE"} end
 local skey = pkey .. ":segments"
 local names = {}
 for name in pairs(wanted) do names[#names + 1] = name end
-table.sort(names)
+table.sort(names, bytes_lt)
 
 local out = {"OK"}
 for _, name in ipairs(names) do

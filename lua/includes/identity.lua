@@ -36,7 +36,7 @@ local function merge(loser, survivor, ev)
   local lkey, skey = profile_key(loser), profile_key(survivor)
   local ltraits = rcall("HGETALL", lkey .. ":traits")
   for i = 1, #ltraits, 2 do
-    local cell = cjson.decode(ltraits[i + 1])
+    local cell = decode_cell(ltraits[i + 1])
     if cell_newer(cell.ts, cell.eventId, rcall("HGET", skey .. ":traits", ltraits[i])) then
       rcall("HSET", skey .. ":traits", ltraits[i], ltraits[i + 1])
     end
@@ -51,7 +51,7 @@ local function merge(loser, survivor, ev)
     local s_counter, l_counter = skey .. ":counter:" .. name, lkey .. ":counter:" .. name
     rcall("ZUNIONSTORE", s_counter, 2, s_counter, l_counter, "AGGREGATE", "SUM")
     local s_oldest = rcall("HGET", skey .. ":counters", name)
-    if not s_oldest or l_oldest < s_oldest then rcall("HSET", skey .. ":counters", name, l_oldest) end
+    if not s_oldest or tonumber(l_oldest) < tonumber(s_oldest) then rcall("HSET", skey .. ":counters", name, l_oldest) end
     rcall("DEL", l_counter)
   end
   local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges", "user")
@@ -62,7 +62,7 @@ local function merge(loser, survivor, ev)
   rcall("HINCRBY", skey, "merges", (tonumber(lmeta[6]) or 0) + 1)
   if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
   local l_last, s_last = rcall("HGET", lkey, "lastSeenMs"), rcall("HGET", skey, "lastSeenMs")
-  if l_last and (not s_last or l_last > s_last) then rcall("HSET", skey, "lastSeenMs", l_last) end
+  if l_last and (not s_last or tonumber(l_last) > tonumber(s_last)) then rcall("HSET", skey, "lastSeenMs", l_last) end
   -- The loser's memberships end without an EXIT: its id lives on in the survivor (the
   -- merge record says so), which is re-evaluated and ENTERs only what it newly matches.
   local memberships = rcall("HGETALL", lkey .. ":segments")
