@@ -152,30 +152,31 @@ def test_entries_read_under_the_workers_name_but_never_buffered_are_applied(redi
     """The reply of an XREADGROUP is lost: the entries are pending for the worker itself."""
 
     async def scenario() -> None:
-        redis = Redis.from_url(redis_url)
-        await redis.set(keys.CLOCK, T0 + 60_000)
-        s = settings(redis_url)
-        await ensure_groups(redis, s.partitions)
-        async with running(Worker(redis, s, RedisClock(redis), "w")) as worker:
-            await wait_for(lambda: owns_everything(worker))
-            user = "lost-reply"
-            stream = keys.stream(partition_of(f"user:{user}", 16))
-            # XADD and the read in one transaction, so that the worker's own blocked
-            # read cannot take them first: Redis executed the read, the reply is gone.
-            async with redis.pipeline(transaction=True) as pipe:
-                for i in range(5):
-                    pipe.xadd(
-                        stream, {"e": stream_encoder.encode(event(f"lost-{i}", user, T0 + i))}
-                    )
-                pipe.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=100)
-                *_, read = await pipe.execute()
-            assert len(read[0][1]) == 5
-            started = time.monotonic()
-            # Bounded: idle for lease-ttl, noticed within a lease interval, applied next tick.
-            await wait_for(lambda: _eq(processed(redis), 5), timeout=2 * s.lease_ttl_ms / 1000 + 3)
-            assert time.monotonic() - started >= s.lease_ttl_ms / 1000 * 0.9  # idle first
-            await wait_for(lambda: _eq(pending(redis), 0))
-        await redis.aclose()
+        async with Redis.from_url(redis_url) as redis:
+            await redis.set(keys.CLOCK, T0 + 60_000)
+            s = settings(redis_url)
+            await ensure_groups(redis, s.partitions)
+            async with running(Worker(redis, s, RedisClock(redis), "w")) as worker:
+                await wait_for(lambda: owns_everything(worker))
+                user = "lost-reply"
+                stream = keys.stream(partition_of(f"user:{user}", 16))
+                # XADD and the read in one transaction, so that the worker's own blocked
+                # read cannot take them first: Redis executed the read, the reply is gone.
+                async with redis.pipeline(transaction=True) as pipe:
+                    for i in range(5):
+                        pipe.xadd(
+                            stream, {"e": stream_encoder.encode(event(f"lost-{i}", user, T0 + i))}
+                        )
+                    pipe.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=100)
+                    *_, read = await pipe.execute()
+                assert len(read[0][1]) == 5
+                started = time.monotonic()
+                # Bounded: idle for lease-ttl, noticed within a lease interval, applied next tick.
+                await wait_for(
+                    lambda: _eq(processed(redis), 5), timeout=2 * s.lease_ttl_ms / 1000 + 3
+                )
+                assert time.monotonic() - started >= s.lease_ttl_ms / 1000 * 0.9  # idle first
+                await wait_for(lambda: _eq(pending(redis), 0))
 
     asyncio.run(scenario())
 
@@ -277,41 +278,40 @@ def test_a_failed_drop_record_loses_neither_the_other_streams_nor_itself(
     reply: the later streams are still buffered, and the dropped entry is recorded later."""
 
     async def scenario() -> None:
-        redis = Redis.from_url(own_redis.url)
-        s = settings(own_redis.url)
-        now = T0 + 3_600_000
-        await ensure_groups(redis, s.partitions)
-        worker = Worker(redis, s, ManualClock(now), "w")
-        await worker.rebalance()
-        late, good = user_in(2, "late"), user_in(9, "good")
-        too_old = now - s.window_size_ms - s.grace_period_ms - 60_000
-        await publish(
-            redis,
-            event("dropped-0", late, too_old, received_at=now),
-            event("good-0", good, now - 10_000, received_at=now),
-            event("good-1", good, now - 9_000, received_at=now),
-        )
-        await redis.config_set("maxmemory-policy", "noeviction")
-        await redis.config_set("maxmemory", 1)
-        reader = asyncio.create_task(worker._read_loop())
-        try:
-            # One read returns both streams; recording the drop fails (OOM).
-            await wait_for(lambda: _eq(pending(redis), 3))
-            await wait_for(lambda: _true(worker.buffered == 2), timeout=5)
-        finally:
-            await redis.config_set("maxmemory", 0)
-            worker.stop()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        assert await redis.xlen(keys.DROPPED) == 0
-        await worker.rebalance()  # renews the leases (no lease loop runs here)
-        assert await worker.tick() == 2
-        await wait_for(
-            lambda: _positive(worker.reclaim_pending()), timeout=2 * s.lease_ttl_ms / 1000 + 3
-        )
-        assert await redis.xlen(keys.DROPPED) == 1
-        assert await pending(redis) == 0
-        await redis.aclose()
+        async with Redis.from_url(own_redis.url) as redis:
+            s = settings(own_redis.url)
+            now = T0 + 3_600_000
+            await ensure_groups(redis, s.partitions)
+            worker = Worker(redis, s, ManualClock(now), "w")
+            await worker.rebalance()
+            late, good = user_in(2, "late"), user_in(9, "good")
+            too_old = now - s.window_size_ms - s.grace_period_ms - 60_000
+            await publish(
+                redis,
+                event("dropped-0", late, too_old, received_at=now),
+                event("good-0", good, now - 10_000, received_at=now),
+                event("good-1", good, now - 9_000, received_at=now),
+            )
+            await redis.config_set("maxmemory-policy", "noeviction")
+            await redis.config_set("maxmemory", 1)
+            reader = asyncio.create_task(worker._read_loop())
+            try:
+                # One read returns both streams; recording the drop fails (OOM).
+                await wait_for(lambda: _eq(pending(redis), 3))
+                await wait_for(lambda: _true(worker.buffered == 2), timeout=5)
+            finally:
+                await redis.config_set("maxmemory", 0)
+                worker.stop()
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            assert await redis.xlen(keys.DROPPED) == 0
+            await worker.rebalance()  # renews the leases (no lease loop runs here)
+            assert await worker.tick() == 2
+            await wait_for(
+                lambda: _positive(worker.reclaim_pending()), timeout=2 * s.lease_ttl_ms / 1000 + 3
+            )
+            assert await redis.xlen(keys.DROPPED) == 1
+            assert await pending(redis) == 0
 
     asyncio.run(scenario())
 
@@ -332,36 +332,37 @@ def test_a_tick_whose_round_trip_failed_requeues_every_chunk_it_popped(
 
     async def scenario() -> None:
         assert own_redis.process is not None
-        redis = Redis.from_url(own_redis.url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
-        s = settings(own_redis.url, batch_size=1)
-        now = T0 + 60_000
-        await ensure_groups(redis, s.partitions)
-        worker = Worker(redis, s, ManualClock(now), "w")
-        await worker.rebalance()
-        user = "stopped"
-        # Year 0 in UTC: the API refuses it, but an older one may have stored it.
-        unencodable = event("year-0", user, -62_135_650_000_000, received_at=now, mode="import")
-        await publish(redis, event("fine", user, T0), unencodable)
-        stream = keys.stream(partition_of(f"user:{user}", 16))
-        reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
-        partition = partition_of(f"user:{user}", 16)
-        await worker._ingest_entries(partition, reply[0][1])
-        assert worker.buffered == 2
-        os.kill(own_redis.process.pid, signal.SIGSTOP)
-        try:
-            with pytest.raises(RedisError):
-                await worker.tick()
-        finally:
-            os.kill(own_redis.process.pid, signal.SIGCONT)
-        assert worker.buffered == 2
-        await worker.tick()
-        assert worker.buffered == 0
-        dead = await redis.xrange(keys.DEAD)
-        assert [fields[b"entryId"] for _, fields in dead] == [reply[0][1][1][0]]
-        assert b"cannot encode" in dead[0][1][b"reason"]
-        assert await processed(redis) == 1
-        assert await pending(redis) == 0
-        await redis.aclose()
+        async with Redis.from_url(
+            own_redis.url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        ) as redis:
+            s = settings(own_redis.url, batch_size=1)
+            now = T0 + 60_000
+            await ensure_groups(redis, s.partitions)
+            worker = Worker(redis, s, ManualClock(now), "w")
+            await worker.rebalance()
+            user = "stopped"
+            # Year 0 in UTC: the API refuses it, but an older one may have stored it.
+            unencodable = event("year-0", user, -62_135_650_000_000, received_at=now, mode="import")
+            await publish(redis, event("fine", user, T0), unencodable)
+            stream = keys.stream(partition_of(f"user:{user}", 16))
+            reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
+            partition = partition_of(f"user:{user}", 16)
+            await worker._ingest_entries(partition, reply[0][1])
+            assert worker.buffered == 2
+            os.kill(own_redis.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RedisError):
+                    await worker.tick()
+            finally:
+                os.kill(own_redis.process.pid, signal.SIGCONT)
+            assert worker.buffered == 2
+            await worker.tick()
+            assert worker.buffered == 0
+            dead = await redis.xrange(keys.DEAD)
+            assert [fields[b"entryId"] for _, fields in dead] == [reply[0][1][1][0]]
+            assert b"cannot encode" in dead[0][1][b"reason"]
+            assert await processed(redis) == 1
+            assert await pending(redis) == 0
 
     asyncio.run(scenario())
 
@@ -391,46 +392,48 @@ def test_oom_and_readonly_inside_the_script_are_not_poison_but_poison_is(
     own_redis: RedisServer,
 ) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(own_redis.url)
-        s = settings(own_redis.url)
-        await ensure_groups(redis, s.partitions)
-        now = T0 + 60_000
-        entries = await _add(redis, event("oom-0", "oom", T0))
-        await redis.config_set("maxmemory-policy", "noeviction")
-        await redis.config_set("maxmemory", 1)
-        try:
-            oom = await _apply_reply(redis, s, now, entries)
-        finally:
-            await redis.config_set("maxmemory", 0)
-        assert isinstance(oom, RedisError) and "OOM" in str(oom), oom
-        assert not is_poison(oom)
-        assert (
-            await redis.hlen(keys.dedup(partition_of("user:oom", 16), now // s.dedup_ttl_ms)) == 0
-        )
+        async with Redis.from_url(own_redis.url) as redis:
+            s = settings(own_redis.url)
+            await ensure_groups(redis, s.partitions)
+            now = T0 + 60_000
+            entries = await _add(redis, event("oom-0", "oom", T0))
+            await redis.config_set("maxmemory-policy", "noeviction")
+            await redis.config_set("maxmemory", 1)
+            try:
+                oom = await _apply_reply(redis, s, now, entries)
+            finally:
+                await redis.config_set("maxmemory", 0)
+            assert isinstance(oom, RedisError) and "OOM" in str(oom), oom
+            assert not is_poison(oom)
+            assert (
+                await redis.hlen(keys.dedup(partition_of("user:oom", 16), now // s.dedup_ttl_ms))
+                == 0
+            )
 
-        # A replica refuses writes: READONLY from inside the script.
-        entries = await _add(redis, event("ro-0", "ro", T0))
-        await redis.execute_command("REPLICAOF", "127.0.0.1", free_port())
-        try:
-            readonly = await _apply_reply(redis, s, now, entries)
-        finally:
-            await redis.execute_command("REPLICAOF", "NO", "ONE")
-        assert isinstance(readonly, RedisError) and "READONLY" in str(readonly), readonly
-        assert not is_poison(readonly)
+            # A replica refuses writes: READONLY from inside the script.
+            entries = await _add(redis, event("ro-0", "ro", T0))
+            await redis.execute_command("REPLICAOF", "127.0.0.1", free_port())
+            try:
+                readonly = await _apply_reply(redis, s, now, entries)
+            finally:
+                await redis.execute_command("REPLICAOF", "NO", "ONE")
+            assert isinstance(readonly, RedisError) and "READONLY" in str(readonly), readonly
+            assert not is_poison(readonly)
 
-        # A stored trait cell that is not JSON: the event that meets it is refused.
-        identify = {"type": "IDENTIFY"}
-        entries = await _add(redis, event("p-0", "poisoned", T0, traits={"plan": "a"}, **identify))
-        assert (await _apply_reply(redis, s, now, entries))[1] == 1
-        cid = (await redis.get(keys.identifier("user:poisoned"))).decode()
-        await redis.hset(keys.traits(cid), "plan", "{not json")
-        entries = await _add(
-            redis, event("p-1", "poisoned", T0 + 1, traits={"plan": "b"}, **identify)
-        )
-        refused = await _apply_reply(redis, s, now, entries)
-        assert is_poison(refused), refused
-        assert str(refused).startswith("CDP_POISON event p-1: ")
-        await redis.aclose()
+            # A stored trait cell that is not JSON: the event that meets it is refused.
+            identify = {"type": "IDENTIFY"}
+            entries = await _add(
+                redis, event("p-0", "poisoned", T0, traits={"plan": "a"}, **identify)
+            )
+            assert (await _apply_reply(redis, s, now, entries))[1] == 1
+            cid = (await redis.get(keys.identifier("user:poisoned"))).decode()
+            await redis.hset(keys.traits(cid), "plan", "{not json")
+            entries = await _add(
+                redis, event("p-1", "poisoned", T0 + 1, traits={"plan": "b"}, **identify)
+            )
+            refused = await _apply_reply(redis, s, now, entries)
+            assert is_poison(refused), refused
+            assert str(refused).startswith("CDP_POISON event p-1: ")
 
     asyncio.run(scenario())
 
@@ -462,32 +465,31 @@ def test_events_refused_for_oom_are_applied_once_memory_is_back_not_parked(
     own_redis: RedisServer,
 ) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(own_redis.url)
-        s = settings(own_redis.url, lease_ttl_ms=30_000)
-        await ensure_groups(redis, s.partitions)
-        clock = ManualClock(T0)
-        hook = GiveMemoryBack(own_redis.url)
-        saved = structlog.get_config()
-        structlog.configure(processors=[hook])
-        try:
+        async with Redis.from_url(own_redis.url) as redis:
+            s = settings(own_redis.url, lease_ttl_ms=30_000)
+            await ensure_groups(redis, s.partitions)
+            clock = ManualClock(T0)
+            hook = GiveMemoryBack(own_redis.url)
             worker = Worker(redis, s, clock, "w")
-            async with running(worker):
-                await wait_for(lambda: owns_everything(worker))
-                await publish(
-                    redis, *(event(f"m-{i}", f"mem{i}", T0 + 1_000 + i) for i in range(3))
-                )
-                await wait_for(lambda: _true(worker.buffered == 3))
-                await redis.config_set("maxmemory-policy", "noeviction")
-                await redis.config_set("maxmemory", 1)
-                clock.now = T0 + 60_000  # the events are ready: applied under OOM
-                await wait_for(lambda: _eq(processed(redis), 3))
-                await wait_for(lambda: _eq(pending(redis), 0))
-        finally:
-            structlog.configure(**saved)
-            await redis.config_set("maxmemory", 0)
-        assert await redis.xlen(keys.DEAD) == 0, hook.seen
-        assert "event parked in dead-letter stream" not in hook.seen
-        await redis.aclose()
+            # The worker's log goes through the hook (whatever structlog's global set-up).
+            worker._log = structlog.wrap_logger(structlog.PrintLogger(), processors=[hook])
+            try:
+                async with running(worker):
+                    await wait_for(lambda: owns_everything(worker))
+                    await publish(
+                        redis, *(event(f"m-{i}", f"mem{i}", T0 + 1_000 + i) for i in range(3))
+                    )
+                    await wait_for(lambda: _true(worker.buffered == 3))
+                    await redis.config_set("maxmemory-policy", "noeviction")
+                    await redis.config_set("maxmemory", 1)
+                    clock.now = T0 + 60_000  # the events are ready: applied under OOM
+                    await wait_for(lambda: _eq(processed(redis), 3))
+                    await wait_for(lambda: _eq(pending(redis), 0))
+            finally:
+                await redis.config_set("maxmemory", 0)
+            assert await redis.xlen(keys.DEAD) == 0, hook.seen
+            # The apply met the OOM twice, and both times the batch waited for the next tick.
+            assert hook.seen[:2] == ["apply refused by redis; retried next tick"] * 2, hook.seen
 
     asyncio.run(scenario())
 
@@ -496,48 +498,49 @@ def test_only_the_event_at_fault_is_parked_and_a_broken_shared_key_parks_nothing
     redis_url: str,
 ) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(redis_url)
-        s = settings(redis_url)
-        now = T0 + 60_000
-        await ensure_groups(redis, s.partitions)
-        worker = Worker(redis, s, ManualClock(now), "w")
-        await worker.rebalance()
-        # The counter of "Broken" events of this profile is a string: WRONGTYPE on a
-        # key that only its "Broken" events name.
-        await publish(redis, event("bad-0", "bad", T0))
-        await _read_all(redis, worker)
-        assert await worker.tick() == 1
-        cid = (await redis.get(keys.identifier("user:bad"))).decode()
-        await redis.set(keys.counter(cid, "Broken"), "oops")
-        await publish(
-            redis,
-            event("good-a", "bad", T0 + 10),
-            event("bad-1", "bad", T0 + 20, name="Broken"),
-            event("good-b", "bad", T0 + 30),
-        )
-        await _read_all(redis, worker)
-        await worker.tick()
-        # good-a was applied by the batch call that bad-1 stopped; good-b event by event.
-        assert await processed(redis) == 3
-        assert await redis.zscore(keys.counter(cid, "Clicked"), f"{T0 - T0 % 60_000:013d}") == 3
-        dead = await redis.xrange(keys.DEAD)
-        assert len(dead) == 1 and b"CDP_POISON event bad-1" in dead[0][1][b"reason"], dead
-        assert await pending(redis) == 0
+        async with Redis.from_url(redis_url) as redis:
+            s = settings(redis_url)
+            now = T0 + 60_000
+            await ensure_groups(redis, s.partitions)
+            worker = Worker(redis, s, ManualClock(now), "w")
+            await worker.rebalance()
+            # The counter of "Broken" events of this profile is a string: WRONGTYPE on a
+            # key that only its "Broken" events name.
+            await publish(redis, event("bad-0", "bad", T0))
+            await _read_all(redis, worker)
+            assert await worker.tick() == 1
+            cid = (await redis.get(keys.identifier("user:bad"))).decode()
+            await redis.set(keys.counter(cid, "Broken"), "oops")
+            await publish(
+                redis,
+                event("good-a", "bad", T0 + 10),
+                event("bad-1", "bad", T0 + 20, name="Broken"),
+                event("good-b", "bad", T0 + 30),
+            )
+            await _read_all(redis, worker)
+            await worker.tick()
+            # good-a was applied by the batch call that bad-1 stopped; good-b event by event.
+            assert await processed(redis) == 3
+            assert await redis.zscore(keys.counter(cid, "Clicked"), f"{T0 - T0 % 60_000:013d}") == 3
+            dead = await redis.xrange(keys.DEAD)
+            assert len(dead) == 1 and b"CDP_POISON event bad-1" in dead[0][1][b"reason"], dead
+            assert await pending(redis) == 0
 
-        # A shared key of the wrong type would fail every event: nothing is parked,
-        # the events wait in the buffer until it is repaired.
-        await redis.delete(keys.PROFILE_SEQ)
-        await redis.hset(keys.PROFILE_SEQ, "oops", 1)
-        await publish(redis, event("wait-0", "other", T0 + 40), event("wait-1", "other", T0 + 50))
-        await _read_all(redis, worker)
-        assert await worker.tick() == 0
-        assert worker.buffered == 2
-        assert await redis.xlen(keys.DEAD) == 1
-        await redis.delete(keys.PROFILE_SEQ)
-        await redis.set(keys.PROFILE_SEQ, 100)
-        assert await worker.tick() == 2
-        assert await pending(redis) == 0
-        await redis.aclose()
+            # A shared key of the wrong type would fail every event: nothing is parked,
+            # the events wait in the buffer until it is repaired.
+            await redis.delete(keys.PROFILE_SEQ)
+            await redis.hset(keys.PROFILE_SEQ, "oops", 1)
+            await publish(
+                redis, event("wait-0", "other", T0 + 40), event("wait-1", "other", T0 + 50)
+            )
+            await _read_all(redis, worker)
+            assert await worker.tick() == 0
+            assert worker.buffered == 2
+            assert await redis.xlen(keys.DEAD) == 1
+            await redis.delete(keys.PROFILE_SEQ)
+            await redis.set(keys.PROFILE_SEQ, 100)
+            assert await worker.tick() == 2
+            assert await pending(redis) == 0
 
     asyncio.run(scenario())
 
@@ -556,24 +559,23 @@ async def _read_all(redis: Redis, worker: Worker) -> None:
 
 def test_one_read_over_sixteen_partitions_stays_within_max_buffer(redis_url: str) -> None:
     async def scenario() -> None:
-        redis = Redis.from_url(redis_url)
-        await redis.set(keys.CLOCK, T0)
-        s = settings(redis_url, max_buffer=50, read_count=20)
-        await ensure_groups(redis, s.partitions)
-        users = [user_in(p, "bp") for p in range(16)]
-        # 30 events per partition, a minute ahead: nothing is ready, all would fit 16 x 20.
-        await publish(
-            redis, *(event(f"{u}-{i}", u, T0 + 60_000 + i) for u in users for i in range(30))
-        )
-        async with running(Worker(redis, s, RedisClock(redis), "w")) as worker:
-            await wait_for(lambda: _true(worker.buffered >= 40))
-            most = 0
-            for _ in range(50):  # many read attempts and ticks later
-                most = max(most, worker.buffered, await pending(redis))
-                await asyncio.sleep(0.01)
-            assert most <= s.max_buffer
-            await redis.set(keys.CLOCK, T0 + 120_000)
-            await wait_for(lambda: _eq(processed(redis), 16 * 30), timeout=30)
-        await redis.aclose()
+        async with Redis.from_url(redis_url) as redis:
+            await redis.set(keys.CLOCK, T0)
+            s = settings(redis_url, max_buffer=50, read_count=20)
+            await ensure_groups(redis, s.partitions)
+            users = [user_in(p, "bp") for p in range(16)]
+            # 30 events per partition, a minute ahead: nothing is ready, all would fit 16 x 20.
+            await publish(
+                redis, *(event(f"{u}-{i}", u, T0 + 60_000 + i) for u in users for i in range(30))
+            )
+            async with running(Worker(redis, s, RedisClock(redis), "w")) as worker:
+                await wait_for(lambda: _true(worker.buffered >= 40))
+                most = 0
+                for _ in range(50):  # many read attempts and ticks later
+                    most = max(most, worker.buffered, await pending(redis))
+                    await asyncio.sleep(0.01)
+                assert most <= s.max_buffer
+                await redis.set(keys.CLOCK, T0 + 120_000)
+                await wait_for(lambda: _eq(processed(redis), 16 * 30), timeout=30)
 
     asyncio.run(scenario())
