@@ -185,6 +185,39 @@ async def _eq(awaitable: Awaitable[object], expected: object) -> bool:
     return await awaitable == expected
 
 
+def test_reclaiming_skips_what_the_worker_holds_and_takes_only_what_it_lost(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        async with Redis.from_url(redis_url) as redis:
+            s = settings(redis_url, lease_ttl_ms=200)
+            now = T0
+            await ensure_groups(redis, s.partitions)
+            worker = Worker(redis, s, ManualClock(now), "w")
+            await worker.rebalance()
+            user = "holder"
+            partition = partition_of(f"user:{user}", 16)
+            stream = keys.stream(partition)
+            # Three events an hour ahead wait in the buffer, idle far longer than lease-ttl.
+            await publish(redis, *(event(f"held-{i}", user, now + 3_600_000 + i) for i in range(3)))
+            reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
+            await worker._ingest_entries(partition, reply[0][1])
+            # Two more read under the worker's name, the reply lost.
+            await publish(redis, *(event(f"lost-{i}", user, now + 3_600_000 + i) for i in range(2)))
+            await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
+            # Taken up once idle for lease-ttl (the calls before that claim nothing).
+            await wait_for(lambda: _eq(worker.reclaim_pending(), 2), timeout=5)
+            assert worker.buffered == 5
+            # One more lost: the five held ones, idle too, are listed but skipped.
+            await publish(redis, event("lost-2", user, now + 3_600_000 + 2))
+            await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
+            await wait_for(lambda: _eq(worker.reclaim_pending(), 1), timeout=5)
+            assert worker.buffered == 6
+            assert await pending(redis, partition) == 6
+
+    asyncio.run(scenario())
+
+
 class CuttingProxy:
     """A TCP proxy to Redis that, once armed, cuts the connection carrying the first
     reply that contains ``marker`` instead of passing that reply on: Redis executed
