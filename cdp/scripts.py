@@ -3,8 +3,12 @@
 ``Scripts(redis)`` registers every ``lua/*.lua`` with redis-py's ``register_script``:
 calls go out as EVALSHA, and a NOSCRIPT answer (a restarted or flushed server) makes
 redis-py load the script and retry, in pipelines too. A line ``--@include name``
-pastes ``lua/includes/name.lua`` in place. Script names drop the ``-N`` key count:
+pastes ``lua/includes/name.lua`` in place, the first time only (includes may include
+others: ``profile`` needs ``bytes``). Script names drop the ``-N`` key count:
 ``apply_batch-5.lua`` is ``scripts.apply_batch``.
+
+A script refuses an event it cannot apply because of the event itself with the error
+code ``CDP_POISON`` (``lua/includes/poison.lua``); ``is_poison`` recognises it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
 
@@ -28,13 +33,36 @@ def lua_dir() -> Path:
     raise FileNotFoundError("the lua/ scripts are missing from this installation")
 
 
+POISON = "CDP_POISON"
+
+
+def is_poison(error: BaseException) -> bool:
+    """A script refused the event itself (error code ``CDP_POISON``): park it.
+
+    Any other error (OOM, READONLY, NOSCRIPT, BUSY, a lost connection, a bug in a
+    script) says nothing against the event, which is retried.
+    """
+    return isinstance(error, ResponseError) and str(error).startswith(POISON + " ")
+
+
 @cache
 def source(name: str) -> str:
-    """The text of script ``name`` with its includes pasted in."""
+    """The text of script ``name`` with its includes pasted in, each once."""
     directory = lua_dir()
     (path,) = [p for p in directory.glob("*.lua") if p.stem.split("-")[0] == name]
-    text = path.read_text()
-    return _INCLUDE.sub(lambda m: (directory / "includes" / f"{m.group(1)}.lua").read_text(), text)
+    pasted: set[str] = set()
+
+    def expand(text: str) -> str:
+        def paste(match: re.Match[str]) -> str:
+            include = match.group(1)
+            if include in pasted:
+                return ""
+            pasted.add(include)
+            return expand((directory / "includes" / f"{include}.lua").read_text())
+
+        return _INCLUDE.sub(paste, text)
+
+    return expand(path.read_text())
 
 
 def script_names() -> list[str]:

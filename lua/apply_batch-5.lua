@@ -27,6 +27,17 @@
   Finally the batch's stream entries are XACKed: an entry is acknowledged only
   by the call that applied it (or found it a duplicate).
 
+  Failures: an event that fails because of itself (includes/poison.lua: a stored
+  trait cell of its profile that is not JSON, WRONGTYPE on a key it names) stops the
+  call with the error `CDP_POISON event <eventId>: <reason>`; the worker applies the
+  batch again event by event and parks that one. Any other failure (OOM, READONLY,
+  ...) is raised as Redis reported it and the worker retries the batch. Events
+  applied before a failure stay applied and recorded, and are not acknowledged: their
+  retry is a duplicate. The current dedup bucket gets its time to live together with
+  its first id, so a failed call never leaves an id that is remembered forever.
+
+  Strings are compared byte-wise (includes/bytes.lua), never with the locale's `<`.
+
   Fencing: when ARGV[2] is not empty, nothing is applied unless the partition's
   lease (KEYS[2]) still names that worker.
 
@@ -38,7 +49,7 @@
 
   ARGV[1]  consumer group
   ARGV[2]  worker id holding the lease, or "" to skip the check
-  ARGV[3]  dedup bucket time to live, ms (PEXPIRE of KEYS[3])
+  ARGV[3]  dedup bucket time to live, ms (PEXPIRE of KEYS[3], set with its first id)
   ARGV[4]  counter cutoff: 13-digit bucket start; older buckets are pruned
   ARGV[5]  now, ISO-8601 (createdAt of new profiles)
   ARGV[6]  key prefix ("cdp")
@@ -55,6 +66,7 @@
 
   Returns  {"OK", applied, duplicates, cid of each applied live (not imported) event...}
         or {"LEASE_LOST"}
+        or the error CDP_POISON (see Failures)
 ]=]
 local rcall = redis.call
 
@@ -62,6 +74,7 @@ local stream_key, lease_key = KEYS[1], KEYS[2]
 local dedup_cur, dedup_prev, metrics_key = KEYS[3], KEYS[4], KEYS[5]
 local consumer_group, owner, dedup_expire_in = ARGV[1], ARGV[2], ARGV[3]
 local cutoff, now_iso, prefix = ARGV[4], ARGV[5], ARGV[6]
+local cutoff_ms = tonumber(cutoff)
 local events = cjson.decode(ARGV[7])
 local limits = cjson.decode(ARGV[8])
 
@@ -69,6 +82,8 @@ if owner ~= "" and rcall("GET", lease_key) ~= owner then
   return {"LEASE_LOST"}
 end
 
+--@include bytes
+--@include poison
 --@include profile
 --@include identity
 
@@ -91,19 +106,20 @@ end
 -- Only the first event of a bucket looks at it (ZINCRBY answered 1): that is when the
 -- oldest may change, and when buckets past the cutoff are pruned, so a counter holds
 -- at most the buckets of its window plus the one being opened.
+-- Buckets are 13-digit ms strings, compared as numbers.
 local function count(pkey, name, bucket)
   local ckey = pkey .. ":counter:" .. name
   if tonumber(rcall("ZINCRBY", ckey, 1, bucket)) ~= 1 then return end
   local oldest = rcall("HGET", pkey .. ":counters", name)
-  if oldest and oldest < cutoff then oldest = prune_counter(ckey, cutoff) end
-  if not oldest or bucket < oldest then oldest = bucket end
+  if oldest and tonumber(oldest) < cutoff_ms then oldest = prune_counter(ckey, cutoff) end
+  if not oldest or tonumber(bucket) < tonumber(oldest) then oldest = bucket end
   rcall("HSET", pkey .. ":counters", name, oldest)
 end
 
--- lastSeen in milliseconds, for inactivity rules.
+-- lastSeen in milliseconds (13 digits), for inactivity rules.
 local function note_seen(pkey, ev)
   local last = rcall("HGET", pkey, "lastSeenMs")
-  if not last or ev.m > last then rcall("HSET", pkey, "lastSeenMs", ev.m) end
+  if not last or tonumber(ev.m) > tonumber(last) then rcall("HSET", pkey, "lastSeenMs", ev.m) end
 end
 
 -- Erased people: an event naming a suppressed identifier is discarded (acknowledged,
@@ -117,61 +133,114 @@ local function suppressed(ev)
   return false
 end
 
-local applied, dups, recorded, discarded = 0, 0, false, 0
+-- The id is recorded only once the event is applied: if the script fails on an
+-- event, its retry is not mistaken for a duplicate (Redis keeps a failed script's
+-- earlier writes; the failing event is then parked, not lost). The bucket's time to
+-- live is set with the first id this call records, before anything else can fail.
+local expiry_set = false
+local function remember(id)
+  rcall("HSET", dedup_cur, id, "1")
+  if not expiry_set then
+    rcall("PEXPIRE", dedup_cur, dedup_expire_in)
+    expiry_set = true
+  end
+end
+
+-- Everything one event changes: its profile, identity and counters.
 local marked = {}
+local function apply_event(ev)
+  local cid = resolve(ev)
+  local pkey = profile_key(cid)
+  apply_traits(pkey, ev)
+  note_seen(pkey, ev)
+  widen_seen(pkey, ev.ts, ev.ts)
+  rcall("HINCRBY", pkey, "version", 1)
+  -- Touched profiles fall due for segment evaluation: the worker evaluates them
+  -- right after this call and reschedules them; if it dies first, the sweeper does.
+  if not ev.imp and not marked[cid] then
+    marked[cid] = true
+    rcall("ZADD", prefix .. ":segments:due", "LT", limits.dirtyDue, cid)
+  end
+  if tonumber(ev.b) >= cutoff_ms then
+    -- Every event is activity: "returned" rules read the gaps between these
+    -- buckets, which, unlike a gap measured at apply time, any order agrees on.
+    count(pkey, "$seen", ev.b)
+    if ev.t == "TRACK" then
+      count(pkey, ev.n, ev.b)
+      count(pkey, "$track", ev.b)
+    elseif ev.t == "PAGE" then
+      count(pkey, "$page", ev.b)
+    elseif ev.t == "SCREEN" then
+      count(pkey, "$screen", ev.b)
+    end
+  end
+  return cid
+end
+
+-- The keys every event may write besides its own. WRONGTYPE while these hold their
+-- types (or nothing) came from a key the event names: the event is refused. With one
+-- of these broken every event would fail: the error goes to the worker, which retries.
+local SHARED = {
+  [prefix .. ":merges"] = "stream", [prefix .. ":segment-events"] = "stream",
+  [prefix .. ":profiles"] = "zset", [prefix .. ":segments:due"] = "zset",
+  [prefix .. ":seq:profile"] = "string",
+}
+local function shared_keys_sound()
+  for key, kind in pairs(SHARED) do
+    local found = rcall("TYPE", key).ok
+    if found ~= "none" and found ~= kind then return false end
+  end
+  return true
+end
+
+local applied, dups, discarded = 0, 0, 0
+
+local function count_metrics()
+  if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
+  if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
+  if discarded > 0 then rcall("HINCRBY", metrics_key, "suppressed", discarded) end
+end
+
+-- The answer to a failure while applying `ev`: CDP_POISON when the event caused it,
+-- else the error itself, raised again as Redis reported it. Either way the events
+-- applied (or discarded) before it are counted now: their retry finds them duplicates.
+local function refuse(ev, err)
+  local reason = poison_reason(err)
+  if not reason then
+    local message = type(err) == "table" and err.err or tostring(err)
+    if string.find(message, "WRONGTYPE", 1, true) and shared_keys_sound() then
+      reason = "a key of its profile or identity holds the wrong type: " .. message
+    end
+  end
+  if applied + discarded > 0 then
+    dups = 0  -- counted by the retry
+    count_metrics()
+  end
+  if not reason then error(err, 0) end
+  return redis.error_reply(POISON_CODE .. " event " .. ev.id .. ": " .. reason)
+end
+
 local result = {"OK", 0, 0}
 local acks = {}
 for _, ev in ipairs(events) do
   acks[#acks + 1] = ev.sid
-  -- The id is recorded only once the event is applied: if the script fails on an
-  -- event, its retry is not mistaken for a duplicate (Redis keeps a failed
-  -- script's earlier writes; the failing event is then parked, not lost).
   if rcall("HEXISTS", dedup_prev, ev.id) == 1 or rcall("HEXISTS", dedup_cur, ev.id) == 1 then
     dups = dups + 1
   elseif suppressed(ev) then
-    recorded = true
     discarded = discarded + 1
-    rcall("HSET", dedup_cur, ev.id, "1")
+    remember(ev.id)
   elseif #ev.ids > 0 then
-    recorded = true
-    local cid = resolve(ev)
-    local pkey = profile_key(cid)
-    apply_traits(pkey, ev)
-    note_seen(pkey, ev)
-    widen_seen(pkey, ev.ts, ev.ts)
-    rcall("HINCRBY", pkey, "version", 1)
-    -- Touched profiles fall due for segment evaluation: the worker evaluates them
-    -- right after this call and reschedules them; if it dies first, the sweeper does.
-    if not ev.imp and not marked[cid] then
-      marked[cid] = true
-      rcall("ZADD", prefix .. ":segments:due", "LT", limits.dirtyDue, cid)
-    end
-    if ev.b >= cutoff then
-      -- Every event is activity: "returned" rules read the gaps between these
-      -- buckets, which, unlike a gap measured at apply time, any order agrees on.
-      count(pkey, "$seen", ev.b)
-      if ev.t == "TRACK" then
-        count(pkey, ev.n, ev.b)
-        count(pkey, "$track", ev.b)
-      elseif ev.t == "PAGE" then
-        count(pkey, "$page", ev.b)
-      elseif ev.t == "SCREEN" then
-        count(pkey, "$screen", ev.b)
-      end
-    end
-    rcall("HSET", dedup_cur, ev.id, "1")
+    local ok, cid = pcall(apply_event, ev)
+    if not ok then return refuse(ev, cid) end
+    remember(ev.id)
     applied = applied + 1
     if not ev.imp then result[#result + 1] = cid end
   else
-    recorded = true
-    rcall("HSET", dedup_cur, ev.id, "1")
+    remember(ev.id)
   end
 end
 
-if recorded then rcall("PEXPIRE", dedup_cur, dedup_expire_in) end
-if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
-if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
-if discarded > 0 then rcall("HINCRBY", metrics_key, "suppressed", discarded) end
+count_metrics()
 for i = 1, #acks, 500 do
   rcall("XACK", stream_key, consumer_group, unpack(acks, i, math.min(i + 499, #acks)))
 end

@@ -18,6 +18,7 @@
   Returns {"OK", identifiers removed, EXIT events} or {"GONE"}
 ]]
 local rcall = redis.call
+--@include bytes
 local prefix, cid, now_iso, job, who, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local pkey = prefix .. ":profile:{" .. cid .. "}"
 local meta = rcall("HMGET", pkey, "createdAt", "mergedInto", "user")
@@ -33,7 +34,7 @@ end
 local who_field, who_value
 local first = meta[3]
 if not first then
-  table.sort(ids)
+  table.sort(ids, bytes_lt)
   first = ids[1]
 end
 if first then

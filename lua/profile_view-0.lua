@@ -15,6 +15,7 @@
   A profile that does not exist (or was merged away) has a false version.
 ]]
 local rcall = redis.call
+--@include bytes
 local prefix = ARGV[1]
 local out = {}
 for i = 2, #ARGV do
@@ -30,7 +31,7 @@ for i = 2, #ARGV do
   local anon = false
   if not meta[3] then
     local ids = rcall("SMEMBERS", pkey .. ":identifiers")
-    table.sort(ids)
+    table.sort(ids, bytes_lt)
     anon = ids[1] or false
   end
   out[#out + 1] = {

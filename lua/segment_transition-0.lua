@@ -36,6 +36,7 @@
   Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
 ]]
 local rcall = redis.call
+--@include bytes
 local prefix, cid, version, now_iso, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local wanted = cjson.decode(ARGV[6])
 local who = cjson.decode(ARGV[7])
@@ -59,7 +60,7 @@ rcall("HSET", pkey, "evaluatedMs", at_ms)
 local skey = pkey .. ":segments"
 local names = {}
 for name in pairs(wanted) do names[#names + 1] = name end
-table.sort(names)
+table.sort(names, bytes_lt)
 
 local out = {"OK"}
 for _, name in ipairs(names) do

@@ -12,6 +12,8 @@ late or dropped ones:
 
 On each tick ``pop_ready(watermark)`` hands back every buffered event with
 ts <= watermark = now - window-size, sorted by (ts, eventId).
+
+Backpressure: ``read_plan`` sizes each read to the room left under ``max-buffer``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,26 @@ class Arrival(Enum):
     ON_TIME = "on_time"
     LATE = "late"
     DROPPED = "dropped"
+
+
+def read_plan(
+    partitions: list[int], room: int, read_count: int, turn: int = 0
+) -> tuple[list[int], int]:
+    """The partitions one XREADGROUP reads and its COUNT, adding at most ``room`` entries.
+
+    COUNT applies to each stream of the call, so it is the room shared among them
+    (at most ``read_count``). With less room than partitions, ``room`` of them are
+    read one entry each, starting at a partition that moves with ``turn`` so that
+    none is left behind.
+    """
+    if room <= 0 or not partitions:
+        return [], 0
+    n = len(partitions)
+    per_stream = min(read_count, room // n)
+    if per_stream >= 1:
+        return list(partitions), per_stream
+    first = turn % n
+    return (partitions[first:] + partitions[:first])[:room], 1
 
 
 def classify(
@@ -51,6 +73,9 @@ class PartitionBuffer(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._entry_ids
 
     def push(self, ts_ms: int, event_id: str, entry_id: str, item: T) -> bool:
         """Add one stream entry; False if this entry is already buffered."""

@@ -4,16 +4,26 @@ Four loops share one process and one event loop:
 
 - leases: every lease-ttl/3, heartbeat and rebalance; a gained partition starts with
   an empty buffer and claims every entry still pending in the group for it (a dead
-  owner's, or this worker's own from before); a lost one has its buffer forgotten;
+  owner's, or this worker's own from before); a lost one has its buffer forgotten.
+  Then every entry pending for an owned partition that this worker does not hold in
+  memory (read by a stale owner, or its own whose reply was lost, or left by a failed
+  tick) is claimed once idle for lease-ttl (``reclaim_pending``);
 - read: XREADGROUP over the owned partitions into their buffers, classifying each
-  event as on time, late or dropped; it stops reading while the buffers hold
-  ``max-buffer`` events (backpressure);
+  event as on time, late or dropped; a read asks for no more than the room left under
+  ``max-buffer`` (COUNT is per stream: ``read_plan`` shares it out) and reading stops
+  while there is none (backpressure);
 - tick: every ticker-interval, pop what is ready (ts <= now - window-size) from each
   buffer and apply it with one pipelined round trip of ``apply_batch`` calls, which
-  acknowledge what they applied; the metrics go in the same round trip. Then the
-  profiles the tick touched are evaluated against the segments (once each), and, if
-  this worker holds the sweeper lease, the due-time sweep and backfills run;
+  acknowledge what they applied; the metrics go in the same round trip. A call that
+  Redis refused (OOM, READONLY, a lost connection) goes back to the buffer for the
+  next tick; one the script refused as CDP_POISON is applied again event by event and
+  the guilty event parked in cdp:events:dead. Then the profiles the tick touched are
+  evaluated against the segments (once each), and, if this worker holds the sweeper
+  lease, the due-time sweep and backfills run;
 - webhooks: if this worker holds the dispatcher lease, deliver segment events.
+
+What the worker holds (buffered, or popped by a tick and not yet settled) counts
+against ``max-buffer``, and is never claimed again while held.
 
 Stopping (SIGTERM/SIGINT) ends reading, finishes the tick in hand, hands the leases
 back and logs one summary line; whatever was buffered stays pending for the next owner.
@@ -41,9 +51,9 @@ from cdp import keys
 from cdp.clock import Clock
 from cdp.events import StreamEvent, stream_decoder
 from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
-from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify
+from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify, read_plan
 from cdp.pipeline.leases import LeaseManager
-from cdp.scripts import Scripts
+from cdp.scripts import Scripts, is_poison
 from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
 from cdp.segments.webhooks import Dispatcher
@@ -54,14 +64,7 @@ log = structlog.get_logger("cdp.worker")
 
 # (entry id, fields or None when the entry was deleted), as redis-py returns them.
 Entry = Any
-
-
-def is_poison(error: Exception) -> bool:
-    """A failure of the event itself (the script raised), not of Redis (OOM, READONLY...)."""
-    text = str(error)
-    return isinstance(error, ResponseError) and (
-        "user_script" in text or "Error running script" in text or "cannot encode" in text
-    )
+Chunk = list[tuple[str, StreamEvent]]
 
 
 def new_worker_id() -> str:
@@ -97,6 +100,10 @@ class Worker:
             redis, self.scripts, self.worker_id, settings.partitions, settings.lease_ttl_ms
         )
         self.buffers: dict[int, PartitionBuffer[StreamEvent]] = {}
+        # (partition, entry id) popped by the tick in hand and not yet settled.
+        self._in_flight: set[tuple[int, str]] = set()
+        self._reserved = 0  # room promised to a read under way
+        self._read_turn = 0
         self.stats: Counter[str] = Counter()
         self._unflushed: Counter[str] = Counter()
         self._stopping = asyncio.Event()
@@ -112,6 +119,23 @@ class Worker:
     @property
     def buffered(self) -> int:
         return sum(len(b) for b in self.buffers.values())
+
+    @property
+    def held(self) -> int:
+        """Entries in memory: buffered, or in the hands of the tick."""
+        return self.buffered + len(self._in_flight)
+
+    @property
+    def room(self) -> int:
+        """How many more entries may be read or claimed under ``max-buffer``."""
+        return self.settings.max_buffer - self.held - self._reserved
+
+    def holds(self, partition: int, entry_id: str) -> bool:
+        buffer = self.buffers.get(partition)
+        return (buffer is not None and entry_id in buffer) or (
+            partition,
+            entry_id,
+        ) in self._in_flight
 
     def stop(self) -> None:
         self._stopping.set()
@@ -159,13 +183,11 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_ttl_ms / 3000
-        last_trim = last_reclaim = 0.0
+        last_trim = 0.0
         while not self._stopping.is_set():
             try:
                 await self.rebalance()
-                if time.monotonic() - last_reclaim > self.settings.lease_ttl_ms / 1000:
-                    last_reclaim = time.monotonic()
-                    await self.reclaim_strays()
+                await self.reclaim_pending()
                 if time.monotonic() - last_trim > 10:
                     last_trim = time.monotonic()
                     await self.trim()
@@ -190,49 +212,86 @@ class Worker:
             self._log.info("partition released", partition=partition, forgotten=len(buffer))
 
     async def _claim_pending(self, partition: int) -> int:
-        """Take over every entry still pending for ``partition``, whoever read it."""
+        """Take over the entries still pending for ``partition``, whoever read them.
+
+        As many as there is room for; the rest wait in the group, for
+        ``reclaim_pending`` once there is room again.
+        """
         stream = keys.stream(partition)
         cursor: Any = "0-0"
         claimed = 0
-        while True:
+        while self.room > 0 and partition in self.buffers:
             reply = await self.redis.xautoclaim(
-                stream, keys.GROUP, self.worker_id, min_idle_time=0, start_id=cursor, count=1000
+                stream,
+                keys.GROUP,
+                self.worker_id,
+                min_idle_time=0,
+                start_id=cursor,
+                count=min(1000, self.room),
             )
             cursor, entries = reply[0], reply[1]
             claimed += await self._ingest_entries(partition, entries, claimed=True)
             if cursor in (b"0-0", "0-0"):
-                return claimed
+                break
+        return claimed
 
-    async def reclaim_strays(self) -> int:
-        """Claim entries other consumers read from partitions this worker owns.
+    async def reclaim_pending(self) -> int:
+        """Claim every entry pending for an owned partition that this worker does not hold.
 
-        A worker whose lease has expired can read a few more entries before its next
-        rebalance notices; they wait, idle, in its pending list. Once idle for a lease
-        time they are claimed here, so nothing accepted waits for the next handover.
+        An entry can be pending in the group and in nobody's memory: read by a worker
+        whose lease had expired (it reads a few more before its next rebalance
+        notices), or read by this worker when the reply was lost with the connection,
+        or when recording dropped entries failed, or when a tick failed halfway. Once
+        idle for lease-ttl such an entry is claimed and buffered again (dedup makes a
+        second apply harmless), so it is applied, parked or dropped within about twice
+        lease-ttl, without a restart. Entries this worker holds are skipped; its own
+        pending list is only read when it is longer than what it holds.
         """
-        idle = self.settings.lease_ttl_ms
+        owned = sorted(self.owned)
+        if not owned:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in owned:
+                pipe.xpending(keys.stream(p), keys.GROUP)
+            summaries = await pipe.execute()
         claimed = 0
-        for p in sorted(self.owned):
-            stream = keys.stream(p)
-            summary = await self.redis.xpending(stream, keys.GROUP)
+        for p, summary in zip(owned, summaries, strict=True):
+            buffer = self.buffers.get(p)
+            held = (len(buffer) if buffer is not None else 0) + sum(
+                1 for q, _ in self._in_flight if q == p
+            )
             for consumer in summary["consumers"]:
                 name = text(consumer["name"])
-                if name == self.worker_id:
+                if name == self.worker_id and int(consumer["pending"]) <= held:
                     continue
-                while True:
-                    rows = await self.redis.xpending_range(
-                        stream, keys.GROUP, "-", "+", 500, consumername=name, idle=idle
-                    )
-                    if not rows:
-                        break
-                    entries = await self.redis.xclaim(
-                        stream, keys.GROUP, self.worker_id, idle, [r["message_id"] for r in rows]
-                    )
-                    claimed += await self._ingest_entries(p, entries, claimed=True)
-                    if len(rows) < 500:
-                        break
+                claimed += await self._reclaim_from(p, name)
         if claimed:
-            self._log.info("stray entries claimed", claimed=claimed)
+            self._log.info("pending entries claimed", claimed=claimed)
+        return claimed
+
+    async def _reclaim_from(self, partition: int, consumer: str) -> int:
+        """Claim ``consumer``'s entries of ``partition`` idle for lease-ttl and not held;
+        returns how many were claimed (buffered, or dropped at once)."""
+        stream = keys.stream(partition)
+        idle = self.settings.lease_ttl_ms
+        start = "-"
+        claimed = 0
+        while self.room > 0 and partition in self.buffers:
+            rows = await self.redis.xpending_range(
+                stream, keys.GROUP, start, "+", 500, consumername=consumer, idle=idle
+            )
+            ids: list[Any] = [
+                text(row["message_id"])
+                for row in rows
+                if not self.holds(partition, text(row["message_id"]))
+            ][: self.room]
+            if ids:
+                entries = await self.redis.xclaim(stream, keys.GROUP, self.worker_id, idle, ids)
+                await self._ingest_entries(partition, entries, claimed=True)
+                claimed += len(entries)
+            if len(rows) < 500:
+                break
+            start = "(" + text(rows[-1]["message_id"])  # exclusive (Redis >= 6.2)
         return claimed
 
     async def trim(self) -> None:
@@ -262,7 +321,8 @@ class Worker:
 
     async def _read_loop(self) -> None:
         while not self._stopping.is_set():
-            if self.buffered >= self.settings.max_buffer:
+            room = self.room
+            if room <= 0:
                 self._has_room.clear()
                 await self._has_room.wait()
                 continue
@@ -272,28 +332,40 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._owned_changed.wait(), 1)
                 continue
-            room = self.settings.max_buffer - self.buffered
+            partitions, count = read_plan(owned, room, self.settings.read_count, self._read_turn)
+            self._read_turn += 1
+            reserved = count * len(partitions)
+            self._reserved += reserved
             try:
-                reply = await self.redis.xreadgroup(
-                    keys.GROUP,
-                    self.worker_id,
-                    {keys.stream(p): ">" for p in owned},
-                    count=min(self.settings.read_count, room),
-                    block=200,
-                )
-            except RedisError as exc:
-                self._log.warning("read: redis error", error=str(exc))
-                await asyncio.sleep(0.5)
-                continue
-            streams: Any = reply or []  # RESP2: [[stream, entries], ...]
+                await self._read_once(partitions, count)
+            finally:
+                self._reserved -= reserved
+
+    async def _read_once(self, partitions: list[int], count: int) -> None:
+        try:
+            reply = await self.redis.xreadgroup(
+                keys.GROUP,
+                self.worker_id,
+                {keys.stream(p): ">" for p in partitions},
+                count=count,
+                block=200,
+            )
+        except RedisError as exc:  # a reply lost after Redis read: reclaim_pending
+            self._log.warning("read: redis error", error=str(exc))
+            await asyncio.sleep(0.5)
+            return
+        failed = False
+        streams: Any = reply or []  # RESP2: [[stream, entries], ...]
+        for stream, entries in streams:
+            name = text(stream)
+            partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
             try:
-                for stream, entries in streams:
-                    name = text(stream)
-                    partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
-                    await self._ingest_entries(partition, entries)
-            except RedisError as exc:  # entries not buffered stay pending: reclaimed later
-                self._log.warning("read: redis error", error=str(exc))
-                await asyncio.sleep(0.5)
+                await self._ingest_entries(partition, entries)
+            except RedisError as exc:  # what was not buffered stays pending: reclaim_pending
+                self._log.warning("read: redis error", partition=partition, error=str(exc))
+                failed = True
+        if failed:
+            await asyncio.sleep(0.5)
 
     async def _ingest_entries(
         self, partition: int, entries: list[Entry], claimed: bool = False
@@ -307,6 +379,8 @@ class Worker:
         count = 0
         for entry_id, fields in entries:
             eid = text(entry_id)
+            if (partition, eid) in self._in_flight:  # claimed again while being applied
+                continue
             raw = (fields or {}).get(b"e")
             if raw is None:  # deleted from the stream under us: nothing to apply
                 dropped.append((eid, None, b"", "missing"))
@@ -391,47 +465,15 @@ class Worker:
         watermark = now - self.settings.window_size_ms
         ready = {p: b.pop_ready(watermark) for p, b in list(self.buffers.items())}
         ready = {p: batch for p, batch in ready.items() if batch}
-        ctx = ApplyContext(now_ms=now, worker_id=self.worker_id)
-        calls: list[tuple[int, list[tuple[str, StreamEvent]]]] = []
-        unencodable: list[tuple[int, list[tuple[str, StreamEvent]], Exception]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for p, batch in ready.items():
-                size = self.settings.batch_size
-                for start in range(0, len(batch), size):
-                    chunk = batch[start : start + size]
-                    try:
-                        await queue_apply(pipe, self.scripts, self.settings, ctx, p, chunk)
-                    except (ValueError, TypeError, OverflowError) as exc:
-                        unencodable.append((p, chunk, exc))  # sorted out event by event
-                        continue
-                    calls.append((p, chunk))
-            for name, value in self._unflushed.items():
-                pipe.hincrby(keys.METRICS, name, value)
-            pipe.hset(keys.METRICS_BUFFERED, self.worker_id, self.buffered)
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except RedisError:
-                self._requeue(calls)
-                raise
-        self.stats.update(self._unflushed)
-        self._unflushed.clear()
-        applied = 0
-        for p, chunk, error in unencodable:
-            applied += await self._apply_one_by_one(p, chunk, ctx, error)
-        for (p, chunk), reply in zip(calls, replies, strict=False):
-            if isinstance(reply, Exception) and not is_poison(reply):
-                self._log.warning("apply refused by redis; retried next tick", error=str(reply))
-                self._requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
-                continue
-            if isinstance(reply, Exception):
-                applied += await self._apply_one_by_one(p, chunk, ctx, reply)
-                continue
-            result = parse_result(reply)
-            if result.lease_lost:
-                self._forget(p)
-                continue
-            applied += self._count(result)
-        if self.buffered < self.settings.max_buffer:
+        popped = {(p, entry_id) for p, batch in ready.items() for entry_id, _ in batch}
+        self._in_flight |= popped
+        try:
+            applied = await self._apply_ready(ready, ApplyContext(now, self.worker_id))
+        finally:
+            # Whatever failed to settle is back in its buffer, or pending in the group
+            # for reclaim_pending once idle: never both in flight and forgotten.
+            self._in_flight -= popped
+        if self.room > 0:
             self._has_room.set()
         # Segments: once per touched profile per tick, then whatever time made due.
         touched, self._touched = self._touched, set()
@@ -440,7 +482,53 @@ class Worker:
         self.stats["transitions"] += await self.sweeper.run_once()
         return applied
 
-    def _requeue(self, calls: list[tuple[int, list[tuple[str, StreamEvent]]]]) -> None:
+    async def _apply_ready(self, ready: dict[int, Chunk], ctx: ApplyContext) -> int:
+        """One pipelined round trip of ``apply_batch`` calls, then the failures sorted out."""
+        calls: list[tuple[int, Chunk]] = []
+        suspects: list[tuple[int, Chunk, str]] = []  # retried event by event
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, batch in ready.items():
+                size = self.settings.batch_size
+                for start in range(0, len(batch), size):
+                    chunk = batch[start : start + size]
+                    try:
+                        await queue_apply(pipe, self.scripts, self.settings, ctx, p, chunk)
+                    except (ValueError, TypeError, OverflowError) as exc:
+                        suspects.append((p, chunk, f"cannot encode the batch: {exc}"))
+                        continue
+                    calls.append((p, chunk))
+            for name, value in self._unflushed.items():
+                pipe.hincrby(keys.METRICS, name, value)
+            pipe.hset(keys.METRICS_BUFFERED, self.worker_id, self.buffered)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except RedisError:
+                self._requeue(calls + [(p, chunk) for p, chunk, _ in suspects])
+                raise
+        self.stats.update(self._unflushed)
+        self._unflushed.clear()
+        applied = 0
+        for (p, chunk), reply in zip(calls, replies, strict=False):
+            if isinstance(reply, Exception) and is_poison(reply):
+                suspects.append((p, chunk, str(reply)))
+            elif isinstance(reply, Exception):
+                self._log.warning("apply refused by redis; retried next tick", error=str(reply))
+                self._requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
+            else:
+                result = parse_result(reply)
+                if result.lease_lost:
+                    self._forget(p)
+                else:
+                    applied += self._count(result)
+        for index, (p, chunk, error) in enumerate(suspects):
+            try:
+                applied += await self._apply_one_by_one(p, chunk, ctx, error)
+            except BaseException:
+                self._requeue([(q, c) for q, c, _ in suspects[index + 1 :]])
+                raise
+        return applied
+
+    def _requeue(self, calls: list[tuple[int, Chunk]]) -> None:
         """The round trip failed: the events go back to their buffers for the next tick."""
         for p, chunk in calls:
             buffer = self.buffers.get(p)
@@ -455,56 +543,60 @@ class Worker:
         return result.applied
 
     async def _apply_one_by_one(
-        self,
-        partition: int,
-        chunk: list[tuple[str, StreamEvent]],
-        ctx: ApplyContext,
-        error: Exception,
+        self, partition: int, chunk: Chunk, ctx: ApplyContext, error: str
     ) -> int:
-        """A batch failed: apply its events alone, parking any that fail on their own."""
+        """A batch failed because of an event: apply its events alone, parking the guilty.
+
+        An event is parked in cdp:events:dead only when it fails on its own for a
+        reason of its own (the script answers CDP_POISON, or it cannot be encoded);
+        when Redis refuses the call for any other reason, the rest of the chunk goes
+        back to the buffer.
+        """
         self._log.error(
             "apply failed, retrying event by event",
             partition=partition,
-            error=str(error),
+            error=error,
             events=len(chunk),
         )
         applied = 0
         for index, item in enumerate(chunk):
-            reply: Any
+            reply: Any = None
+            reason: str | None = None
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     await queue_apply(pipe, self.scripts, self.settings, ctx, partition, [item])
                     (reply,) = await pipe.execute(raise_on_error=False)
             except (ValueError, TypeError, OverflowError) as exc:
-                reply = ResponseError(f"cannot encode the event: {exc}")
+                reason = f"cannot encode the event: {exc}"
             except RedisError:
                 self._requeue([(partition, chunk[index:])])
                 raise
-            if isinstance(reply, Exception) and not is_poison(reply):
-                self._requeue([(partition, chunk[index:])])
-                return applied
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, Exception):
+                if not is_poison(reply):
+                    self._log.warning("apply refused by redis; retried next tick", error=str(reply))
+                    self._requeue([(partition, chunk[index:])])
+                    return applied
+                reason = str(reply)
+            if reason is not None:
                 eid, event = item
                 self._log.error(
                     "event parked in dead-letter stream",
                     partition=partition,
                     eventId=event.eventId,
-                    error=str(reply),
+                    error=reason,
                 )
                 try:
                     await self._drop(
                         partition,
-                        [(eid, None, msgspec.json.encode(event), f"apply failed: {reply}")],
+                        [(eid, None, msgspec.json.encode(event), f"apply failed: {reason}")],
                     )
                 except RedisError:
                     self._requeue([(partition, chunk[index:])])
                     raise
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                result = parse_result(reply)
-                if result.lease_lost:
-                    self._forget(partition)
-                    return applied
-                applied += self._count(result)
+                continue
+            result = parse_result(reply)
+            if result.lease_lost:
+                self._forget(partition)
+                return applied
+            applied += self._count(result)
         return applied

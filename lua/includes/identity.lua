@@ -20,15 +20,6 @@ local function new_profile()
   return cid
 end
 
--- a < b, byte by byte (Lua's `<` on strings follows the server's locale).
-local function bytes_before(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
-
 local WHO_FIELD = {user = "userId", anon = "anonymousId", email = "email"}
 
 -- The loser's memberships end with an EXIT each, as erase_profile's do: numbered after
@@ -42,7 +33,7 @@ local function exit_merged(loser, survivor, user, ids)
   local first = user
   if not first then
     for _, id in ipairs(ids) do
-      if not first or bytes_before(id, first) then first = id end
+      if not first or bytes_lt(id, first) then first = id end
     end
   end
   local who_field, who_value
@@ -56,7 +47,7 @@ local function exit_merged(loser, survivor, user, ids)
       rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", loser)
       local event_id = "seg:" .. name .. ":" .. loser .. ":" .. (state.n + 1)
       local at = now_iso
-      if type(state.since) == "string" and bytes_before(at, state.since) then at = state.since end
+      if type(state.since) == "string" and bytes_lt(at, state.since) then at = state.since end
       local payload = {type = "TRACK", name = name .. " EXIT",
         properties = {canonicalId = loser, segment = name, transition = "EXIT",
           reason = "merged", mergedInto = survivor}}
@@ -84,7 +75,7 @@ local function merge(loser, survivor, ev)
   local lkey, skey = profile_key(loser), profile_key(survivor)
   local ltraits = rcall("HGETALL", lkey .. ":traits")
   for i = 1, #ltraits, 2 do
-    local cell = cjson.decode(ltraits[i + 1])
+    local cell = decode_cell(ltraits[i + 1])
     if cell_newer(cell.ts, cell.eventId, rcall("HGET", skey .. ":traits", ltraits[i])) then
       rcall("HSET", skey .. ":traits", ltraits[i], ltraits[i + 1])
     end
@@ -100,7 +91,7 @@ local function merge(loser, survivor, ev)
     local s_counter, l_counter = skey .. ":counter:" .. name, lkey .. ":counter:" .. name
     rcall("ZUNIONSTORE", s_counter, 2, s_counter, l_counter, "AGGREGATE", "SUM")
     local s_oldest = rcall("HGET", skey .. ":counters", name)
-    if not s_oldest or l_oldest < s_oldest then rcall("HSET", skey .. ":counters", name, l_oldest) end
+    if not s_oldest or tonumber(l_oldest) < tonumber(s_oldest) then rcall("HSET", skey .. ":counters", name, l_oldest) end
     rcall("DEL", l_counter)
   end
   local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges", "user")
@@ -111,7 +102,7 @@ local function merge(loser, survivor, ev)
   rcall("HINCRBY", skey, "merges", (tonumber(lmeta[6]) or 0) + 1)
   if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
   local l_last, s_last = rcall("HGET", lkey, "lastSeenMs"), rcall("HGET", skey, "lastSeenMs")
-  if l_last and (not s_last or l_last > s_last) then rcall("HSET", skey, "lastSeenMs", l_last) end
+  if l_last and (not s_last or tonumber(l_last) > tonumber(s_last)) then rcall("HSET", skey, "lastSeenMs", l_last) end
   -- The survivor is re-evaluated after this apply, with the merged state.
   exit_merged(loser, survivor, lmeta[7], lids)
   rcall("ZREM", prefix .. ":segments:due", loser)

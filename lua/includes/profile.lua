@@ -1,5 +1,7 @@
 -- includes/profile.lua: key names and Last-Write-Wins helpers shared by the scripts.
 -- Expects the locals `rcall` and `prefix` (the key prefix, "cdp") to be defined.
+--@include bytes
+--@include poison
 
 local function identifier_key(id) return prefix .. ":identifier:{" .. id .. "}" end
 local function profile_key(cid) return prefix .. ":profile:{" .. cid .. "}" end
@@ -7,28 +9,42 @@ local function seq_of(cid) return tonumber(string.sub(cid, 2)) or 0 end
 local function id_type(id) return string.match(id, "^(%a+):") end
 local TYPE_FIELD = {user = "users", email = "emails", anon = "anons"}
 
--- True when trait cell `a` ({"v","ts","eventId"} as JSON) beats cell `b` on (ts, eventId).
+-- A stored trait cell {"v","ts","eventId"}; one the event's write cannot be compared
+-- with (not JSON, or without its stamp) refuses the event rather than the partition.
+local function decode_cell(json)
+  local ok, cell = pcall(cjson.decode, json)
+  if not ok or type(cell) ~= "table" or type(cell.ts) ~= "string"
+      or type(cell.eventId) ~= "string" then
+    poison("a stored trait cell is not {\"v\",\"ts\",\"eventId\"} JSON: " .. string.sub(json, 1, 80))
+  end
+  return cell
+end
+
+-- True when trait cell `a` ({"v","ts","eventId"} as JSON) beats cell `b` on (ts, eventId),
+-- compared byte-wise.
 local function cell_newer(a_ts, a_id, b_json)
   if not b_json then return true end
-  local b = cjson.decode(b_json)
-  return a_ts > b.ts or (a_ts == b.ts and a_id > b.eventId)
+  local b = decode_cell(b_json)
+  return bytes_lt(b.ts, a_ts) or (a_ts == b.ts and bytes_lt(b.eventId, a_id))
 end
 
 -- firstSeen = min, lastSeen = max over the given times (ISO-8601, fixed width).
 local function widen_seen(pkey, first, last)
   local seen = rcall("HMGET", pkey, "firstSeen", "lastSeen")
-  if first and (not seen[1] or first < seen[1]) then rcall("HSET", pkey, "firstSeen", first) end
-  if last and (not seen[2] or last > seen[2]) then rcall("HSET", pkey, "lastSeen", last) end
+  if first and (not seen[1] or bytes_lt(first, seen[1])) then rcall("HSET", pkey, "firstSeen", first) end
+  if last and (not seen[2] or bytes_lt(seen[2], last)) then rcall("HSET", pkey, "lastSeen", last) end
 end
 
 -- Remove a counter's buckets older than `cutoff`; returns the oldest bucket left.
+-- Buckets are 13-digit ms strings: compared as numbers (exact below 2^53).
 local function prune_counter(ckey, cutoff)
-  local oldest
+  local oldest, oldest_ms, cutoff_ms = nil, nil, tonumber(cutoff)
   for _, member in ipairs(rcall("ZRANGE", ckey, 0, -1)) do
-    if member < cutoff then
+    local member_ms = tonumber(member)
+    if member_ms < cutoff_ms then
       rcall("ZREM", ckey, member)
-    elseif not oldest or member < oldest then
-      oldest = member
+    elseif not oldest or member_ms < oldest_ms then
+      oldest, oldest_ms = member, member_ms
     end
   end
   return oldest

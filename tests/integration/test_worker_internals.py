@@ -160,7 +160,7 @@ def test_entries_a_stale_consumer_read_are_claimed_by_the_owner(redis_url: str) 
         await redis.xclaim(
             stream, keys.GROUP, "stale", 0, [e for e, _ in (await redis.xrange(stream))]
         )
-        await wait_for(lambda: _positive(worker.reclaim_strays()))
+        await wait_for(lambda: _positive(worker.reclaim_pending()))
         assert worker.buffered == 5
         summary = await redis.xpending(stream, keys.GROUP)
         assert summary["consumers"] == [{"name": b"owner", "pending": 5}]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify
+from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify, read_plan
 
 WINDOW = 5_000
 GRACE = 120_000
@@ -171,3 +171,32 @@ def test_pop_ready_in_slices_equals_pop_ready_at_once(items, limit):
             break
         got.extend(part)
     assert [item for _, item in got] == [item for _, item in expected]
+
+
+@given(
+    n=st.integers(min_value=1, max_value=64),
+    room=st.integers(min_value=-5, max_value=100_000),
+    read_count=st.integers(min_value=1, max_value=2_000),
+    turn=st.integers(min_value=0, max_value=1_000),
+)
+def test_one_read_never_asks_for_more_than_the_room(n, room, read_count, turn):
+    partitions = list(range(100, 100 + n))
+    chosen, count = read_plan(partitions, room, read_count, turn)
+    # XREADGROUP's COUNT is per stream: the worst case is every stream full.
+    assert len(chosen) * count <= max(room, 0)
+    assert count <= read_count
+    assert set(chosen) <= set(partitions) and len(set(chosen)) == len(chosen)
+    if room > 0:
+        assert chosen and count >= 1  # some progress whenever there is room
+    if room >= n * read_count:
+        assert (chosen, count) == (partitions, read_count)  # plenty of room: one full read
+
+
+def test_with_less_room_than_partitions_every_partition_gets_its_turn():
+    partitions = list(range(16))
+    seen = set()
+    for turn in range(16):
+        chosen, count = read_plan(partitions, 3, 1_000, turn)
+        assert (len(chosen), count) == (3, 1)
+        seen.update(chosen)
+    assert seen == set(partitions)
