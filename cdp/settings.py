@@ -98,6 +98,10 @@ class Settings:
     write_keys: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
+    # The embedded redis-server of ``cdp up``: "everysec" (a kill -9 or power loss of
+    # Redis can lose about the last second of acknowledged events) or "always" (fsync
+    # before every reply: an acknowledged event survives it).
+    redis_appendfsync: str = "everysec"
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).
     clock: str = "system"
     log_level: str = "info"
@@ -145,6 +149,7 @@ _POSITIVE = {
 }
 _CHOICES = {
     "clock": ("system", "redis"),
+    "redis_appendfsync": ("everysec", "always"),
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("auto", "json", "console"),
 }

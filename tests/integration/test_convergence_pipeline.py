@@ -19,7 +19,7 @@ from cdp.events import StreamEvent, iso_ms
 from cdp.settings import Settings
 from tests.conftest import Stack, wait_until
 from tests.generators import T0, event_sets
-from tests.model import Model, canonical, snapshot
+from cdp.chaos.model import Model, canonical, snapshot
 
 pytestmark = pytest.mark.integration
 
