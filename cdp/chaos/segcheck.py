@@ -49,16 +49,19 @@ def check_segments(
         ts = json.loads(f["e"])["ts"]
         history[(f["segment"], f["canonicalId"])].append((f["transition"], n, ts))
     for (segment, cid), events in sorted(history.items()):
-        where = f"{segment} / {cid}: " + " ".join(f"{t}#{n}@{ts[11:23]}" for t, n, ts in events)
         for i, (transition, n, ts) in enumerate(events):
+            around = " ".join(
+                f"{t}#{k}@{when[11:23]}" for t, k, when in events[max(0, i - 2) : i + 2]
+            )
+            where = f"{segment} / {cid}: ... {around} ..."
             if transition != ("ENTER" if i % 2 == 0 else "EXIT"):
-                report("segment events do not alternate ENTER/EXIT", where[:400])
+                report("segment events do not alternate ENTER/EXIT", where)
                 break
             if n != i + 1:
-                report("segment event numbers skip or repeat", where[:400])
+                report("segment event numbers skip or repeat", where)
                 break
             if i and ts < events[i - 1][2]:
-                report("segment evaluation time went backwards", where[:400])
+                report("segment evaluation time went backwards", where)
                 break
     segments = ("power_user", "pro_plan", "reengage")
     members = {

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdp import keys
+from cdp.chaos.model import Model, canonical, snapshot
 from cdp.events import StreamEvent
 from cdp.identity import partition_of, routing_id
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import Scripts
 from cdp.settings import Settings
 from tests.generators import conflicting_events, event_sets
-from cdp.chaos.model import Model, canonical, snapshot
 
 NOW = 1_759_572_300_000  # five minutes after the generated events
 SETTINGS = Settings()

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from cdp import keys
+from cdp.chaos.model import Model, canonical, snapshot
 from cdp.events import StreamEvent, iso_ms
 from cdp.profiles import resolve
 from cdp.settings import Settings
 from tests.lua.conftest import LuaHarness
 from tests.lua.test_apply_batch import event, track
-from cdp.chaos.model import Model, canonical, snapshot
 
 SECOND = 1_000
 MINUTE = 60 * SECOND
