@@ -83,8 +83,8 @@ def main_chaos(
         f"cdp chaos: {minutes:g} min, appendfsync {appendfsync}, {workers} workers, "
         f"seed {seed}, run directory {run_dir}"
     )
-    run.start()
     try:
+        run.start()
         asyncio.run(run.drive())
         progress("faults over; waiting for the pipeline to settle")
         run.settle()

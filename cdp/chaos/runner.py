@@ -167,5 +167,7 @@ class ChaosRun:
         return verdict
 
     def stop(self) -> None:
-        self.history.dump(self.config.run_dir / "history.jsonl")
+        """Stop every process (also after a failed or interrupted start); keep the history."""
+        if self.config.run_dir.is_dir():
+            self.history.dump(self.config.run_dir / "history.jsonl")
         self.cluster.stop()

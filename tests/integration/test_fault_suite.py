@@ -48,8 +48,8 @@ def fault_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChaosR
         timing={"redis_pause_s": 6.0, "oom_s": 3.0},
     )
     run = ChaosRun(config, progress=lambda line: None)
-    run.start()
     try:
+        run.start()
         asyncio.run(run.drive())
         run.settle()
         yield run, run.check()
