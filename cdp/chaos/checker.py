@@ -87,8 +87,9 @@ def check(
         verdict.row(r.fault).count += r.fault != "none"
     state = read_state(client, settings.partitions)
     in_flight_s = settings.window_size_ms / 1000 + IN_FLIGHT_SLACK_S
+    hits = [r.hit_at for r in history.rounds[1:]]
     for op in history.ops.values():
-        round_ = history.rounds[_round_of(op, history, in_flight_s)]
+        round_ = history.rounds[_round_of(op, hits, in_flight_s)]
         _check_op(op, round_, state, verdict, appendfsync)
     _check_leftovers(state, verdict)
     live = _check_profiles(client, state, settings, verdict)
@@ -96,10 +97,10 @@ def check(
     return verdict
 
 
-def _round_of(op: Op, history: History, in_flight_s: float) -> int:
-    """The first fault that struck while the op's first attempt was in flight or its
-    event could still be waiting to be applied; else the round it was sent in."""
-    hits = [r.hit_at for r in history.rounds[1:]]
+def _round_of(op: Op, hits: list[float], in_flight_s: float) -> int:
+    """The first fault that struck (``hits``: when each round's did) while the op's
+    first attempt was in flight or its event could still wait to be applied; else the
+    round it was sent in."""
     first = op.attempts[0]
     sent = bisect_right(hits, first.started)
     if sent < len(hits) and hits[sent] <= first.ended + in_flight_s:
