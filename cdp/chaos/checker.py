@@ -11,7 +11,8 @@ and the applied set of ``state.read_state``:
 - stored although every attempt was answered 503: a note (allowed: an unacknowledged
   event may be applied once; but the 503 said it was not stored).
 
-Then the final state: the profiles (traits, identifiers, first/lastSeen, counters
+The ``accepted`` metric must equal the number of stream entries stored. Then the
+final state: the profiles (traits, identifiers, first/lastSeen, counters
 bucket by bucket) must equal the reference model fed with the applied events, and
 the segment events must be consistent (``segcheck``). Every anomaly is reported by
 kind with examples. With ``appendfsync everysec`` an acknowledged event missing
@@ -28,6 +29,7 @@ from typing import Any
 
 import redis as redis_sync
 
+from cdp import keys
 from cdp.chaos import segcheck
 from cdp.chaos.history import History, Op, Round
 from cdp.chaos.model import Model, canonical, snapshot
@@ -92,6 +94,13 @@ def check(
         round_ = history.rounds[_round_of(op, hits, in_flight_s)]
         _check_op(op, round_, state, verdict, appendfsync)
     _check_leftovers(state, verdict)
+    stored = sum(len(locations) for locations in state.copies.values())
+    accepted = int(client.hget(keys.METRICS, "accepted") or 0)
+    if accepted != stored:
+        verdict.add(
+            "the metric accepted differs from the events stored",
+            f"accepted {accepted}, stored {stored} (stream entries)",
+        )
     live = _check_profiles(client, state, settings, verdict)
     segcheck.check_segments(client, settings, live, verdict.add)
     return verdict

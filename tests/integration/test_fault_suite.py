@@ -69,6 +69,13 @@ def test_fault_struck_under_load(fault_run: tuple[ChaosRun, Verdict], fault: str
     assert row.accepted > 0, render(verdict)
     (struck,) = [r for r in run.history.rounds if r.fault == fault]
     assert 0 < struck.hit_at <= struck.healed_at
+    in_flight = [
+        a
+        for op in run.history.ops.values()
+        for a in op.attempts
+        if a.started <= struck.hit_at <= a.ended
+    ]
+    assert in_flight, f"no request was in flight when {fault} struck"
 
 
 @pytest.mark.parametrize("fault", SCHEDULE)
