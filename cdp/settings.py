@@ -98,9 +98,10 @@ class Settings:
     write_keys: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
-    # The embedded redis-server of ``cdp up``: "everysec" (a kill -9 or power loss of
-    # Redis can lose about the last second of acknowledged events) or "always" (fsync
-    # before every reply: an acknowledged event survives it).
+    # AOF fsync of the redis-server ``cdp up`` embeds: "everysec" (a crash of the
+    # machine can lose about the last second of acknowledged events; a kill -9 of Redis
+    # alone only what a slow disk made it postpone) or "always" (fsync before every
+    # reply: an acknowledged event survives both). README "Reliability".
     redis_appendfsync: str = "everysec"
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).
     clock: str = "system"
