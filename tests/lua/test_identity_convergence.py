@@ -3,7 +3,7 @@
 Generated event sets (tests/generators.py: collisions, alias chains, merges,
 duplicates, equal timestamps, tombstones) are applied in random orders and random
 batch sizes, in one stream or split over partitions applied in random interleavings,
-and every run must end in exactly the reference model's state (tests/model.py), up to
+and every run must end in exactly the reference model's state (cdp/chaos/model.py), up to
 the choice of canonical ids. Conflicting sets (two userIds meeting) must keep the
 guard rails' invariants whatever the order.
 """
@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdp import keys
+from cdp.chaos.model import Model, canonical, snapshot
 from cdp.events import StreamEvent
 from cdp.identity import partition_of, routing_id
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import Scripts
 from cdp.settings import Settings
 from tests.generators import conflicting_events, event_sets
-from tests.model import Model, canonical, snapshot
 
 NOW = 1_759_572_300_000  # five minutes after the generated events
 SETTINGS = Settings()

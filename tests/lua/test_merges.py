@@ -7,7 +7,7 @@ bucket, firstSeen/lastSeen by min/max; the loser keeps only a forward pointer; e
 merge and each guard-rail refusal is a record in ``cdp:merges``.
 
 Every scenario asserts the exact resulting keys, and is also checked against the
-reference model (tests/model.py) with the events applied in (ts, eventId) order.
+reference model (cdp/chaos/model.py) with the events applied in (ts, eventId) order.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from cdp import keys
+from cdp.chaos.model import Model, canonical, snapshot
 from cdp.events import StreamEvent, iso_ms
 from cdp.profiles import resolve
 from cdp.settings import Settings
 from tests.lua.conftest import LuaHarness
 from tests.lua.test_apply_batch import event, track
-from tests.model import Model, canonical, snapshot
 
 SECOND = 1_000
 MINUTE = 60 * SECOND

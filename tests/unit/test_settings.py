@@ -186,3 +186,10 @@ def test_blocked_identifiers_extend_the_built_in_placeholders():
     assert {"guest", "n/a", "null", "undefined"} <= s.blocked_values
     assert "" in s.blocked_values
     assert "guest" not in Settings().blocked_values
+
+
+def test_redis_appendfsync_is_everysec_unless_always():
+    assert load_settings(env={}).redis_appendfsync == "everysec"
+    assert load_settings(env={"CDP_REDIS_APPENDFSYNC": "Always"}).redis_appendfsync == "always"
+    with pytest.raises(SettingsError, match="redis-appendfsync"):
+        load_settings(env={"CDP_REDIS_APPENDFSYNC": "no"})
