@@ -7,6 +7,7 @@ CdpError
 │   ├── BodyTimeout    ... because its body did not arrive in time (HTTP 408)
 │   └── UnsupportedEncoding  ... in a Content-Encoding we do not inflate (HTTP 415)
 ├── ClientGone         the client closed the connection before its body was complete
+├── OutcomeUnknown     Redis did not answer a round trip that was sent (HTTP 504)
 ├── LeaseLost          a worker applied to a partition it no longer owns (it stops)
 └── ProfileNotFound    no profile answers to an identifier
 """
@@ -46,6 +47,14 @@ class UnsupportedEncoding(EventRejected):
 
 class ClientGone(CdpError):
     """The client closed its connection mid-body: nobody is left to answer."""
+
+
+class OutcomeUnknown(CdpError):
+    """A publish was sent but Redis did not answer: it may or may not have stored it.
+
+    The API answers 504 (not 503, which promises nothing was stored), so a client
+    retries only with the same eventId/messageId, which dedup makes harmless.
+    """
 
 
 class LeaseLost(CdpError):

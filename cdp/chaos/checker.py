@@ -8,8 +8,8 @@ and the applied set of ``state.read_state``:
 - applied under two eventIds or more: **applied twice** (a call without a messageId
   stored twice, e.g. once by an attempt answered 503, then by its retry);
 - a valid call answered 4xx, or rejected inside a 200 batch: an anomaly;
-- stored although every attempt was answered 503: a note (allowed: an unacknowledged
-  event may be applied once; but the 503 said it was not stored).
+- stored by an attempt answered 503: an anomaly (a 503 promises nothing was stored;
+  a 504 or no answer leaves it unknown, so such an attempt may store the event once).
 
 The ``accepted`` metric must equal the number of stream entries stored. Then the
 final state: the profiles (traits, identifiers, first/lastSeen, counters
@@ -39,7 +39,7 @@ from cdp.settings import Settings
 FINAL = "(final state)"
 EVERYSEC_LOSS = "acknowledged, lost by kill -9 of Redis (appendfsync everysec)"
 STORED_AFTER_503 = "answered 503, yet stored"
-NOTES = {EVERYSEC_LOSS, STORED_AFTER_503}
+NOTES = {EVERYSEC_LOSS}
 EXAMPLES = 5
 # An event may wait for its apply until window-size + this (a few ticks) after its answer.
 IN_FLIGHT_SLACK_S = 1.0
@@ -146,7 +146,7 @@ def _check_op(op: Op, round_: Round, state: RedisState, verdict: Verdict, append
     if len(applied) > 1:
         row.doubled += 1
         verdict.add("applied twice", f"{_describe(op)}: applied as {sorted(applied)}", row)
-    may_store = sum(1 for a in op.attempts if a.status is None or a.acked)
+    may_store = sum(1 for a in op.attempts if a.status in (None, 504) or a.acked)
     if op.answered_503 and (len(ids) > may_store or (ids and not may_store)):
         verdict.add(STORED_AFTER_503, f"{_describe(op)}: stored as {sorted(ids)}", row)
 

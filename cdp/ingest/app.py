@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from cdp.clock import make_clock
 from cdp.connect import redis_client, wait_for_redis
-from cdp.errors import BodyTimeout, ClientGone, EventRejected
+from cdp.errors import BodyTimeout, ClientGone, EventRejected, OutcomeUnknown
 from cdp.events import decode_ingest
 from cdp.ingest.admin import add_admin_routes
 from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
@@ -73,6 +73,16 @@ async def errors_middleware(
     except ClientGone as exc:  # nobody is left to read the answer; no traceback each time
         _note(request, "client closed the connection mid-body", path=request.path)
         return shape(exc, 400, str(exc))
+    except OutcomeUnknown as exc:  # sent, unanswered: stored or not, nobody knows
+        _note(request, "redis did not answer; answered 504", error=str(exc))
+        response = shape(
+            exc,
+            504,
+            "the event store did not answer in time; the event may have been stored: "
+            "retry with the same eventId/messageId (a duplicate is discarded)",
+        )
+        response.headers["Retry-After"] = RETRY_AFTER_S
+        return response
     except RedisError as exc:
         _note(request, "redis unavailable; answered 503", error=str(exc))
         response = shape(exc, 503, "the event store is unavailable; retry shortly")

@@ -9,9 +9,11 @@ request never fails another. Requests arriving while a pipeline is in flight are
 queued and sent together in the next one, so a burst costs a few round trips.
 
 When a round trip fails as a whole (timeout, connection lost), what Redis did with
-that pipeline is unknown and Redis is not answering: the requests queued behind it
-fail at once, unsent, instead of each waiting out the same timeout in turn. So while
-Redis hangs every request is answered within about ``redis-timeout``.
+that pipeline is unknown: its requests fail with ``OutcomeUnknown`` (the API answers
+504: retry with the same id), unless the connection was never made (the Redis error:
+503, nothing stored). Redis is not answering, so the requests queued behind it fail at
+once, unsent, with the Redis error (503), instead of each waiting out the same timeout
+in turn. So while Redis hangs every request is answered within about ``redis-timeout``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from cdp import keys
-from cdp.errors import EventRejected
+from cdp.errors import EventRejected, OutcomeUnknown
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
 from cdp.scripts import source
@@ -53,6 +56,15 @@ class _Request:
             self.answer.cancel()
         else:
             self.answer.set_result([i.decode() if isinstance(i, bytes) else i for i in reply])
+
+
+def _maybe_executed(exc: Exception) -> bool:
+    """Could Redis have run a round trip that failed with ``exc``?
+
+    Only a connection that was never made (refused, unresolvable) proves it did not;
+    a timeout or a connection lost mid-reply leaves it unknown.
+    """
+    return not (isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
 
 
 class Publisher:
@@ -110,9 +122,14 @@ class Publisher:
                 # Redis did not answer the round trip: those queued behind it would
                 # wait out the same timeout one batch after another. Fail them now;
                 # they were never sent, so their 503 hides nothing.
-                failed = batch + list(self._queue)
+                queued = list(self._queue)
                 self._queue.clear()
-                for request in failed:
+                sent: BaseException = exc
+                if isinstance(exc, Exception) and _maybe_executed(exc):
+                    sent = OutcomeUnknown(f"redis did not answer: {exc}")
+                for request in batch:
+                    request.settle(sent)
+                for request in queued:
                     request.settle(exc)
                 if not isinstance(exc, Exception):  # cancelled: stop, nobody left waiting
                     raise
