@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 
-from cdp.chaos.checker import FINAL, STORED_AFTER_503, Verdict, _round_of
+from cdp.chaos.checker import EVERYSEC_LOSS, FINAL, STORED_AFTER_503, Verdict, _round_of
 from cdp.chaos.history import Attempt, History
 from cdp.chaos.report import render
 from cdp.chaos.workload import Workload
@@ -77,13 +77,15 @@ def test_notes_do_not_count_as_anomalies_and_the_table_adds_up() -> None:
     verdict.row("none")
     row = verdict.row("redis-oom")
     row.count, row.accepted, row.lost = 2, 10, 1
-    verdict.add(STORED_AFTER_503, "op x", row)
+    verdict.add(EVERYSEC_LOSS, "op x", row)
     assert verdict.ok and row.anomalies == 0
+    verdict.add(STORED_AFTER_503, "op w", row)  # a 503 promises nothing was stored
     verdict.add("acknowledged, never stored", "op y", row)
     verdict.add("segment events do not alternate ENTER/EXIT", "pro_plan / p1")
     assert not verdict.ok
-    assert (row.anomalies, verdict.rows[FINAL].anomalies) == (1, 1)
+    assert (row.anomalies, verdict.rows[FINAL].anomalies) == (2, 1)
     table = render(verdict)
     assert "| redis-oom     |     2 |" in table
     assert "| total" in table and "ANOMALY: acknowledged, never stored (1)" in table
-    assert f"note: {STORED_AFTER_503} (1)" in table
+    assert f"ANOMALY: {STORED_AFTER_503} (1)" in table
+    assert f"note: {EVERYSEC_LOSS} (1)" in table
