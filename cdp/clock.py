@@ -17,13 +17,19 @@ from redis.asyncio import Redis
 from cdp import keys
 
 
+def wall_ms() -> int:
+    """Wall-clock milliseconds since the epoch: for bookkeeping (job times, trimming,
+    leases), never for event semantics, which ask a Clock."""
+    return time.time_ns() // 1_000_000
+
+
 class Clock(Protocol):
     async def now_ms(self) -> int: ...
 
 
 class SystemClock:
     async def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return wall_ms()
 
 
 class RedisClock:
@@ -34,7 +40,7 @@ class RedisClock:
 
     async def now_ms(self) -> int:
         raw = await self._redis.get(keys.CLOCK)
-        return int(raw) if raw is not None else time.time_ns() // 1_000_000
+        return int(raw) if raw is not None else wall_ms()
 
 
 def make_clock(kind: str, redis: Redis) -> Clock:
