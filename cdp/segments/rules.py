@@ -170,12 +170,8 @@ def _convert(obj: Any, kind: type[Any], path: str) -> Any:
         message = str(exc)
         if " - at `$" in message:
             text, _, where = message.rpartition(" - at `$")
-            return _raise(f"{path}{where.rstrip('`')}: {text}")
-        return _raise(f"{path}: {message}")
-
-
-def _raise(message: str) -> Any:
-    raise RuleError(message)
+            raise RuleError(f"{path}{where.rstrip('`')}: {text}") from None
+        raise RuleError(f"{path}: {message}") from None
 
 
 def _duration(raw: Any, path: str) -> int:
