@@ -8,11 +8,10 @@ summed over the live ones). ``GET /metrics`` renders them in Prometheus text for
 
 from __future__ import annotations
 
-import time
-
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.clock import wall_ms
 
 COUNTERS = {
     "processed": "Events applied to profiles.",
@@ -25,7 +24,7 @@ COUNTERS = {
 
 
 async def read_metrics(redis: Redis) -> dict[str, int]:
-    now = time.time_ns() // 1_000_000
+    now = wall_ms()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.METRICS)
         pipe.hgetall(keys.METRICS_BUFFERED)

@@ -102,7 +102,7 @@ def parse_definition(name: str, body: Any) -> Segment:
 async def load_segments(redis: Redis, settings: Settings) -> dict[str, Segment]:
     segments = builtins(settings)
     for raw_name, raw in (await redis.hgetall(keys.SEGMENTS)).items():
-        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        name = text(raw_name)
         try:
             segments[name] = parse_definition(name, json.loads(raw))
         except (RuleError, ValueError):

@@ -49,7 +49,6 @@ from cdp.streams import text
 log = structlog.get_logger("cdp.segments")
 
 _encoder = msgspec.json.Encoder()
-SEEN = keys.SEEN
 READ_CHUNK = 200
 MAX_RETRIES = 3
 YIELD_EVERY = 32  # profiles evaluated between two yields to the event loop
@@ -129,7 +128,7 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         traits=trait_values,
         counters=counter_values,
         last_seen_ms=int(last_seen) if last_seen else None,
-        returns=returns_of(counter_values.get(SEEN, {}), first_seen, bucket_ms),
+        returns=returns_of(counter_values.get(keys.SEEN, {}), first_seen, bucket_ms),
         bucket_ms=bucket_ms,
     )
     memberships = {text(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
@@ -220,12 +219,13 @@ class SegmentEngine:
         defined_at = self.cache.version
         now_iso = iso_ms(now_ms)
         maxlen = self.settings.segment_events_maxlen
+        bucket_ms = self.settings.counter_bucket_ms
         queued: list[str | None] = []  # per pipeline reply: the cid of a transition, or None
         async with self.redis.pipeline(transaction=False) as pipe:
             for n, (cid, row) in enumerate(zip(cids, rows, strict=True)):
                 if n % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
-                snap = self.snapshot(cid, row)
+                snap = parse_view(cid, row, bucket_ms)
                 if snap is None:  # merged away or erased meanwhile: nothing to evaluate
                     pipe.zrem(keys.SEGMENTS_DUE, cid)
                     queued.append(None)
@@ -267,22 +267,6 @@ class SegmentEngine:
             emitted += [text(e) for e in reply[1:]]
         return emitted, stale
 
-    def snapshot(self, cid: str, row: list[Any]) -> Snapshot | None:
-        return parse_view(cid, row, self.settings.counter_bucket_ms)
-
-    @staticmethod
-    def decide(
-        view: ProfileView, segments: dict[str, Segment], now_ms: int
-    ) -> tuple[dict[str, bool], int | None]:
-        wanted: dict[str, bool] = {}
-        due: int | None = None
-        for name, segment in segments.items():
-            matches, next_change = segment.check(view, now_ms)
-            wanted[name] = matches
-            if next_change is not None and (due is None or next_change < due):
-                due = next_change
-        return wanted, due
-
 
 def _retrieved(read: asyncio.Future[Any]) -> None:
     """Marks the error of a read nobody awaits (cancelled by an error) as seen."""
@@ -293,7 +277,8 @@ def _retrieved(read: asyncio.Future[Any]) -> None:
 def _changes(
     view: ProfileView, memberships: dict[str, bool], checks: list[tuple[str, Check]], now_ms: int
 ) -> tuple[dict[str, bool], int | None]:
-    """``decide``, keeping only the segments whose answer differs from ``memberships``."""
+    """The segments whose answer at ``now_ms`` differs from ``memberships`` (name ->
+    member now), and the earliest due time of them all (None: time alone changes none)."""
     changes: dict[str, bool] = {}
     due: int | None = None
     get = memberships.get

@@ -17,12 +17,11 @@ A rule is one JSON object of one of these shapes (combine freely)::
 
 ``parse_rule(obj)`` validates (msgspec for each node's fields) and raises
 ``RuleError`` whose message starts with the JSON path of the offending node
-(``$.all[1].count.within``). ``evaluate(rule, view, now_ms)`` returns whether the
-profile matches and, when time alone can change that answer, the earliest time at
-which it may (the due time the sweeper waits for). ``evaluate`` is the reference;
-``compile_rule(rule)`` turns a rule into a closure that returns exactly what
-``evaluate`` does, only faster (the engine runs the closures; a property test holds
-the two together).
+(``$.all[1].count.within``). ``compile_rule(rule)`` turns a parsed rule into a
+function of (view, now_ms) that returns whether the profile matches and, when time
+alone can change that answer, the earliest time at which it may (the due time the
+sweeper waits for); a definition compiles its rule once and the engine runs it. The
+one other evaluator is the test oracle (tests/support/rules_oracle.py).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 import msgspec
 
@@ -171,12 +170,8 @@ def _convert(obj: Any, kind: type[Any], path: str) -> Any:
         message = str(exc)
         if " - at `$" in message:
             text, _, where = message.rpartition(" - at `$")
-            return _raise(f"{path}{where.rstrip('`')}: {text}")
-        return _raise(f"{path}: {message}")
-
-
-def _raise(message: str) -> Any:
-    raise RuleError(message)
+            raise RuleError(f"{path}{where.rstrip('`')}: {text}") from None
+        raise RuleError(f"{path}: {message}") from None
 
 
 def _duration(raw: Any, path: str) -> int:
@@ -208,103 +203,14 @@ def _orderable(value: Any) -> bool:
 
 
 # -- evaluation ----------------------------------------------------------------------
+#
+# ``compile_rule`` turns a rule as ``parse_rule`` returns it into a closure: the
+# per-node dispatch, the constants (ISO times, the operator) and the intermediate lists
+# are done once at compile time or folded into single passes. What each node answers
+# is said once more, plainly, by the test oracle tests/support/rules_oracle.py; a
+# property test (tests/unit/test_rules.py) holds the two together.
 
 Result = tuple[bool, int | None]  # (matches, earliest time it may change by time alone)
-
-
-def _earliest(*times: int | None) -> int | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
-
-
-def evaluate(rule: Rule, view: ProfileView, now_ms: int) -> Result:
-    match rule:
-        case All(rules) | Any_(rules):
-            results = [evaluate(r, view, now_ms) for r in rules]
-            # A child with the absorbing value (false for all, true for any) decides the
-            # result; it can only change once every such child has changed.
-            absorbing = isinstance(rule, Any_)
-            deciding = [due for ok, due in results if ok == absorbing]
-            if not deciding:
-                return not absorbing, _earliest(*(due for _, due in results))
-            if any(due is None for due in deciding):
-                return absorbing, None
-            return absorbing, _earliest(*deciding)
-        case Not(inner):
-            ok, due = evaluate(inner, view, now_ms)
-            return not ok, due
-        case TraitRule(name, op, value):
-            return _trait(view.traits, name, op, value), None
-        case Count(event, within_ms, gte):
-            return _count(view, event, within_ms, gte, now_ms)
-        case Inactive(for_ms):
-            if view.last_seen_ms is None:
-                return False, None
-            since = view.last_seen_ms + for_ms
-            return (True, None) if now_ms >= since else (False, since)
-        case Returned(after_ms, within_ms):
-            qualifying = [t for t, gap in view.returns if gap >= after_ms]
-            current = [t for t in qualifying if now_ms - within_ms <= t <= now_ms]
-            upcoming = [t for t in qualifying if t > now_ms]
-            if current:
-                return True, max(current) + within_ms + 1
-            return False, min(upcoming) if upcoming else None
-    raise TypeError(f"not a rule: {rule!r}")  # pragma: no cover
-
-
-def _trait(traits: dict[str, Any], name: str, op: str, value: Any) -> bool:
-    if op == "exists":
-        return traits.get(name) is not None
-    if name not in traits or traits[name] is None:
-        return op == "ne"
-    have = traits[name]
-    if op == "eq":
-        return bool(have == value)
-    if op == "ne":
-        return bool(have != value)
-    if op == "in":
-        return have in value
-    if op == "contains":
-        if isinstance(have, str) and isinstance(value, str):
-            return value in have
-        return isinstance(have, list) and value in have
-    left, right = have, value
-    if isinstance(value, str):
-        left, right = _time(have), _time(value)
-    elif isinstance(have, bool) or not isinstance(have, int | float):
-        return False
-    if left is None or right is None:
-        return False
-    return bool(
-        {"gt": left > right, "gte": left >= right, "lt": left < right, "lte": left <= right}[op]
-    )
-
-
-def _count(view: ProfileView, event: str, within_ms: int, gte: int, now_ms: int) -> Result:
-    """Buckets whose span overlaps (now - within, now] count; exact to a bucket."""
-    buckets = view.counters.get(event, {})
-    start = now_ms - within_ms
-    live = sorted((b, n) for b, n in buckets.items() if b + view.bucket_ms > start and b <= now_ms)
-    total = sum(n for _, n in live)
-    if total >= gte:
-        # It stops holding once enough of the oldest buckets have left the window.
-        remaining = total
-        for bucket, n in live:
-            remaining -= n
-            if remaining < gte:
-                return True, bucket + view.bucket_ms + within_ms
-        return True, None  # pragma: no cover (remaining reaches 0 < gte)
-    future = [b for b in buckets if b > now_ms]
-    return False, min(future) if future else None
-
-
-# -- compiled evaluation -------------------------------------------------------------
-#
-# ``compile_rule`` returns, for each rule, a closure equivalent to ``evaluate`` with the
-# per-node dispatch, the validation-time constants (ISO times, the op) and the
-# intermediate lists done once at compile time or folded into single passes. Keep every
-# closure in step with ``evaluate``: tests/unit/test_rules.py checks that they agree.
-
 Check = Callable[[ProfileView, int], Result]
 
 _TRUE: Result = (True, None)
@@ -323,16 +229,14 @@ def _time_cached(value: str) -> float | None:
 
 
 def compile_rule(rule: Rule) -> Check:
-    """``rule`` -> a function of (view, now_ms) returning what ``evaluate`` returns."""
+    """``rule`` (as ``parse_rule`` returns it) -> a function of (view, now_ms) returning
+    whether the profile matches at ``now_ms`` and, when time alone can change that
+    answer, the earliest time at which it may (the due time the sweeper waits for)."""
     match rule:
         case All(rules):
-            return _compile_combination(
-                tuple(compile_rule(r) for r in rules), _stops_early(rules), absorbing=False
-            )
+            return _compile_combination(tuple(compile_rule(r) for r in rules), absorbing=False)
         case Any_(rules):
-            return _compile_combination(
-                tuple(compile_rule(r) for r in rules), _stops_early(rules), absorbing=True
-            )
+            return _compile_combination(tuple(compile_rule(r) for r in rules), absorbing=True)
         case Not(inner):
             return _compile_not(inner)
         case TraitRule(name, op, value):
@@ -343,32 +247,30 @@ def compile_rule(rule: Rule) -> Check:
             return _compile_inactive(for_ms, negate=False)
         case Returned(after_ms, within_ms):
             return _compile_returned(after_ms, within_ms)
-    raise TypeError(f"not a rule: {rule!r}")  # pragma: no cover
+        case _:
+            assert_never(rule)
 
 
-def _compile_combination(checks: tuple[Check, ...], early: bool, absorbing: bool) -> Check:
-    """all (``absorbing`` False) or any (True): a child with the absorbing value decides;
-    with one whose due is None the answer is final (and, when no child can raise, the
-    remaining ones need not run)."""
-    final_result: Result = (absorbing, None)
+def _compile_combination(checks: tuple[Check, ...], absorbing: bool) -> Check:
+    """all (``absorbing`` False) or any (True). A child with the absorbing value (false
+    for all, true for any) decides the answer, which can only change once every such
+    child has: with one that time cannot change, the answer is final and the remaining
+    children need not run; otherwise it is due when the first deciding child is. With
+    no deciding child, it is due when the first child is."""
+    final: Result = (absorbing, None)
 
     def check(view: ProfileView, now_ms: int) -> Result:
         deciding: int | None = None
         other: int | None = None
-        final = False
         for child in checks:
             ok, due = child(view, now_ms)
             if ok == absorbing:
                 if due is None:
-                    if early:
-                        return final_result
-                    final = True
-                elif deciding is None or due < deciding:
+                    return final
+                if deciding is None or due < deciding:
                     deciding = due
             elif due is not None and (other is None or due < other):
                 other = due
-        if final:
-            return final_result
         if deciding is not None:
             return absorbing, deciding
         return not absorbing, other
@@ -376,36 +278,8 @@ def _compile_combination(checks: tuple[Check, ...], early: bool, absorbing: bool
     return check
 
 
-def _stops_early(rules: tuple[Rule, ...]) -> bool:
-    """Whether no rule of ``rules`` can raise, so that all/any may skip the rest once the
-    answer is final (``evaluate`` runs every child, and raises with the first that does)."""
-    return not any(_can_raise(r) for r in rules)
-
-
-def _can_raise(rule: Rule) -> bool:
-    match rule:
-        case All(rules) | Any_(rules):
-            return any(_can_raise(r) for r in rules)
-        case Not(inner):
-            return _can_raise(inner)
-        case TraitRule(_, op, value):
-            return not _well_formed(op, value)
-    return False
-
-
-def _well_formed(op: str, value: Any) -> bool:
-    """Whether ``_trait`` cannot raise with this op and value (true of every trait rule
-    that ``parse_rule`` accepts)."""
-    if op in ("exists", "eq", "ne", "contains"):
-        return True
-    if op == "in":
-        return isinstance(value, list)
-    return op in _ORDER and (
-        isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool))
-    )
-
-
 def _compile_not(inner: Rule) -> Check:
+    """The inner answer negated, due when it is."""
     match inner:
         case TraitRule(name, op, value):
             return _compile_trait(name, op, value, negate=True)
@@ -421,8 +295,10 @@ def _compile_not(inner: Rule) -> Check:
 
 
 def _compile_trait(name: str, op: str, value: Any, *, negate: bool) -> Check:
+    """Never due (only a change to the profile changes it). A trait that is absent or
+    null satisfies ``ne`` and nothing else (``exists`` included)."""
     yes, no = (_FALSE, _TRUE) if negate else (_TRUE, _FALSE)
-    missing = yes if op == "ne" else no  # absent or None
+    missing = yes if op == "ne" else no
 
     if op == "exists":
 
@@ -448,7 +324,7 @@ def _compile_trait(name: str, op: str, value: Any, *, negate: bool) -> Check:
             return yes if have != value else no
 
         return check_ne
-    if op == "in" and isinstance(value, list):
+    if op == "in":  # ``value`` is a list
 
         def check_in(view: ProfileView, now_ms: int) -> Result:
             have = view.traits.get(name)
@@ -457,7 +333,7 @@ def _compile_trait(name: str, op: str, value: Any, *, negate: bool) -> Check:
             return yes if have in value else no
 
         return check_in
-    if op == "contains":
+    if op == "contains":  # a substring of a string trait, or an item of a list trait
 
         def check_contains(view: ProfileView, now_ms: int) -> Result:
             have = view.traits.get(name)
@@ -468,48 +344,41 @@ def _compile_trait(name: str, op: str, value: Any, *, negate: bool) -> Check:
             return yes if isinstance(have, list) and value in have else no
 
         return check_contains
-    compare = _ORDER.get(op)
-    if compare is not None and isinstance(value, str):
+    compare = _ORDER[op]  # ``value`` is a number or an ISO-8601 time with a zone
+    if isinstance(value, str):
         right = _time(value)
 
         def check_time(view: ProfileView, now_ms: int) -> Result:
             have = view.traits.get(name)
             if have is None:
                 return missing
-            if right is None or not isinstance(have, str):
-                return no
-            left = _time_cached(have)
-            if left is None:
+            left = _time_cached(have) if isinstance(have, str) else None
+            if left is None:  # not a time (a zone included): no order
                 return no
             return yes if compare(left, right) else no
 
         return check_time
-    if compare is not None and isinstance(value, int | float) and not isinstance(value, bool):
 
-        def check_number(view: ProfileView, now_ms: int) -> Result:
-            have = view.traits.get(name)
-            if have is None:
-                return missing
-            if isinstance(have, bool) or not isinstance(have, int | float):
-                return no
-            return yes if compare(have, value) else no
+    def check_number(view: ProfileView, now_ms: int) -> Result:
+        have = view.traits.get(name)
+        if have is None:
+            return missing
+        if isinstance(have, bool) or not isinstance(have, int | float):
+            return no  # a bool, a string or a list is no number
+        return yes if compare(have, value) else no
 
-        return check_number
-
-    # Anything else (only reachable by building a TraitRule by hand): the reference.
-    def check_other(view: ProfileView, now_ms: int) -> Result:
-        return yes if _trait(view.traits, name, op, value) else no
-
-    return check_other
+    return check_number
 
 
 def _compile_count(event: str, within_ms: int, gte: int) -> Check:
-    empty = _TRUE if gte <= 0 else _FALSE  # no buckets: total 0
+    """At least ``gte`` events in the buckets whose span overlaps (now - within, now]
+    (exact to a bucket). While it holds, it is due when enough of the oldest buckets
+    have left the window; while it does not, when the next future bucket starts."""
 
     def check_count(view: ProfileView, now_ms: int) -> Result:
         buckets = view.counters.get(event)
         if not buckets:
-            return empty
+            return _FALSE
         bucket_ms = view.bucket_ms
         start = now_ms - within_ms
         total = 0
@@ -524,19 +393,22 @@ def _compile_count(event: str, within_ms: int, gte: int) -> Check:
                 live.append((bucket, n))
         if total < gte:
             return False, future
-        # It stops holding once enough of the oldest buckets have left the window.
+        # It stops holding once enough of the oldest buckets have left the window: at
+        # the latest with the newest one (then 0 < gte remain).
         live.sort()
         remaining = total
-        for bucket, n in live:
+        for bucket, n in live[:-1]:
             remaining -= n
             if remaining < gte:
                 return True, bucket + bucket_ms + within_ms
-        return _TRUE
+        return True, live[-1][0] + bucket_ms + within_ms
 
     return check_count
 
 
 def _compile_inactive(for_ms: int, *, negate: bool) -> Check:
+    """No event for at least ``for_ms``, due when that becomes true; never true of a
+    profile never seen."""
     if negate:
 
         def check_active(view: ProfileView, now_ms: int) -> Result:
@@ -559,6 +431,10 @@ def _compile_inactive(for_ms: int, *, negate: bool) -> Check:
 
 
 def _compile_returned(after_ms: int, within_ms: int) -> Check:
+    """A return after at least ``after_ms`` of inactivity at a time in [now - within,
+    now]: due when the latest such return leaves the window; without one, when the
+    next future return happens."""
+
     def check_returned(view: ProfileView, now_ms: int) -> Result:
         start = now_ms - within_ms
         current: int | None = None

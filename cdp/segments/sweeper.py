@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from cdp import keys
-from cdp.clock import Clock
+from cdp.clock import Clock, wall_ms
 from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
@@ -88,7 +88,7 @@ class Sweeper:
         )
         if not rows:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"state": "done", "finishedAt": int(time.time() * 1000)})
+                pipe.hset(key, mapping={"state": "done", "finishedAt": wall_ms()})
                 pipe.srem(keys.BACKFILLS, name)
                 await pipe.execute()
             log.info("backfill done", segment=name)

@@ -17,13 +17,15 @@ from cdp import keys
 from cdp.events import StreamEvent
 from cdp.scripts import Scripts
 from cdp.segments.engine import parse_view
-from cdp.segments.rules import ProfileView, evaluate, parse_rule
+from cdp.segments.rules import ProfileView, compile_rule, parse_rule
 from tests.lua.test_identity_convergence import apply_in_order
 
 MIN = 60_000
 T0 = 1_759_572_000_000
-REENGAGE = parse_rule(
-    {"all": [{"returned": {"after": "10m", "within": "1h"}}, {"not": {"inactive": "10m"}}]}
+REENGAGE = compile_rule(
+    parse_rule(
+        {"all": [{"returned": {"after": "10m", "within": "1h"}}, {"not": {"inactive": "10m"}}]}
+    )
 )
 
 
@@ -59,7 +61,7 @@ def test_every_order_gives_the_same_returns_and_the_same_reengage() -> None:
     for order in itertools.permutations(events):
         view = view_after(list(order))
         seen.add(view.returns)
-        assert evaluate(REENGAGE, view, T0 + 16 * MIN) == (True, T0 + 25 * MIN)
+        assert REENGAGE(view, T0 + 16 * MIN) == (True, T0 + 25 * MIN)
     assert seen == {((T0 + 14 * MIN, 14 * MIN),)}
 
 
@@ -77,4 +79,4 @@ def test_a_return_after_a_gap_longer_than_the_counters_keep_still_counts() -> No
     )
     view = view_after([old, back])  # the 3-day-old bucket is past the cutoff: not counted
     assert list(view.counters[keys.SEEN]) == [T0 + 4 * MIN]
-    assert evaluate(REENGAGE, view, T0 + 5 * MIN)[0] is True
+    assert REENGAGE(view, T0 + 5 * MIN)[0] is True
