@@ -4,8 +4,9 @@ Each sender takes the workload's next request, sends it and records every attemp
 It retries as an SDK does, but only where a retry cannot duplicate: after a 503 (the
 server says nothing was stored), and after a 504 (Redis did not answer: stored or not,
 unknown) or no answer at all (the API died, a timeout) only when every call of the
-request names itself (a keyed request: the retry is deduplicated). An unkeyed request without an answer is left unacknowledged: it may
-or may not have been stored, and the checker allows it to be applied at most once.
+request names itself (a keyed request: the retry is deduplicated). An unkeyed request
+without an answer is left unacknowledged: it may or may not have been stored, and the
+checker allows it to be applied at most once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiohttp
 
 from cdp.chaos.history import Attempt, History
 from cdp.chaos.workload import Request, Workload
+from cdp.clock import wall_ms
 
 
 class LoadClient:
@@ -47,7 +49,7 @@ class LoadClient:
 
     async def _sender(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            request = self.workload.next_request(time.time_ns() // 1_000_000)
+            request = self.workload.next_request(wall_ms())
             await self.send(session, request)
             if self.pause:
                 await asyncio.sleep(self.pause)

@@ -28,6 +28,7 @@ from cdp import keys
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import bucket_member
 from cdp.settings import Settings
+from cdp.streams import text
 
 Cell = tuple[str, str, Any]  # (ts, eventId, value); value None is a tombstone
 
@@ -187,28 +188,24 @@ def snapshot(client: redis_sync.Redis) -> list[Profile]:
     """Every live profile in Redis, read back into the model's shape."""
     out = []
     for raw_key in client.scan_iter(match=keys.PROFILE_PREFIX + "{*}", count=1000):
-        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        key = text(raw_key)
         meta = _str_dict(client.hgetall(key))
         if "mergedInto" in meta or "createdAt" not in meta:
             continue
         cid = key[len(keys.PROFILE_PREFIX) + 1 : -1]
         p = Profile(int(cid[1:]), merges=int(meta.get("merges", 0)))
-        p.identifiers = {_s(i) for i in client.smembers(keys.identifiers(cid))}
+        p.identifiers = {text(i) for i in client.smembers(keys.identifiers(cid))}
         for name, raw in _str_dict(client.hgetall(keys.traits(cid))).items():
             cell = json.loads(raw)
             p.traits[name] = (cell["ts"], cell["eventId"], cell["v"])
         p.first_seen, p.last_seen = meta.get("firstSeen"), meta.get("lastSeen")
         for raw_name in client.hkeys(keys.counters(cid)):
-            name = _s(raw_name)
+            name = text(raw_name)
             rows: Any = client.zrange(keys.counter(cid, name), 0, -1, withscores=True)
-            p.counters[name] = Counter({_s(m): int(score) for m, score in rows})
+            p.counters[name] = Counter({text(m): int(score) for m, score in rows})
         out.append(p)
     return out
 
 
-def _s(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 def _str_dict(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}

@@ -30,6 +30,7 @@ from cdp.chaos.cluster import Cluster
 from cdp.chaos.history import History
 from cdp.chaos.nemesis import FAULTS, Nemesis, Timing
 from cdp.chaos.workload import WRITE_KEY, Workload
+from cdp.clock import wall_ms
 from cdp.settings import load_settings, parse_duration_ms
 from cdp.streams import text
 
@@ -138,7 +139,7 @@ class ChaosRun:
             client.close()
 
     def _quiet(self, client: redis_sync.Redis) -> bool:
-        soon = time.time_ns() // 1_000_000 + 2 * parse_duration_ms(self.config.lease_ttl)
+        soon = wall_ms() + 2 * parse_duration_ms(self.config.lease_ttl)
         if client.zcount(keys.SEGMENTS_DUE, "-inf", soon):
             return False
         for p in range(self.settings.partitions):
