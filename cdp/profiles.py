@@ -6,11 +6,14 @@ JSON-ready view that ``cdp profile`` prints. Tombstoned traits are left out of
 ``traits`` and listed, with their timestamps, under ``tombstones``. ``read_profiles``
 reads many profiles (plus their segment memberships) in two round trips, and
 ``read_page`` walks ``cdp:profiles`` in canonical-id order (the admin API, the export).
+``main_profile`` is ``cdp profile``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,3 +208,21 @@ async def read_page(
     rows = found[:limit]
     docs = await read_profiles(redis, [text(cid) for cid, _ in rows])
     return docs, int(rows[-1][1]) if len(found) > limit else None
+
+
+def main_profile(settings: Settings, identifier: str) -> int:
+    """``cdp profile``: print the profile as indented JSON; 1 when there is none."""
+
+    async def fetch() -> dict[str, object]:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            return await read_profile(redis, identifier)
+        finally:
+            await redis.aclose()
+
+    try:
+        print(json.dumps(asyncio.run(fetch()), indent=2))
+    except ProfileNotFound as exc:
+        print(f"cdp: {exc}", file=sys.stderr)
+        return 1
+    return 0
