@@ -19,7 +19,6 @@ CdpError
 ├── RuleError            a segment rule or definition is not valid (cdp.segments.rules)
 ├── ClientGone           the client closed the connection before its body was complete
 ├── OutcomeUnknown       Redis did not answer a round trip that was sent (HTTP 504)
-├── LeaseLost            a worker applied to a partition it no longer owns (it stops)
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
 ├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
@@ -81,10 +80,6 @@ class OutcomeUnknown(CdpError):
     The API answers 504 (not 503, which promises nothing was stored), so a client
     retries only with the same eventId/messageId, which dedup makes harmless.
     """
-
-
-class LeaseLost(CdpError):
-    """The partition's lease belongs to another worker now."""
 
 
 class ProfileNotFound(CdpError):
