@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import fields, replace
-from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cdp.errors import CdpError, ProfileNotFound, SettingsError
-from cdp.settings import Settings, describe, format_duration, load_settings
+from cdp.errors import CdpError, SettingsError
+from cdp.settings import Settings, load_settings, print_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +118,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_settings(args.config)
         if args.command == "up":
-            sys.exit(_up(args, settings))
+            from cdp.local import run_local
+
+            sys.exit(
+                run_local(
+                    settings,
+                    host=args.host,
+                    port=args.port,
+                    workers=args.workers,
+                    data_dir=args.data_dir,
+                    redis_port=args.redis_port,
+                    config=args.config,
+                )
+            )
         elif args.command == "api":
             _api(args, settings)
         elif args.command == "worker":
@@ -133,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             worker_main(settings, args.worker_id)
         elif args.command == "profile":
-            sys.exit(_profile(args.identifier, settings))
+            from cdp.profiles import main_profile
+
+            sys.exit(main_profile(settings, args.identifier))
         elif args.command == "segments":
             from cdp.segments.watch import list_segments, watch_segments
 
@@ -146,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             sys.exit(main_export(settings, args.file))
         elif args.command == "config":
-            _config(settings)
+            print_config(settings)
         elif args.command == "bench":
             from cdp.bench import run_bench
 
@@ -196,117 +203,3 @@ def _api(args: argparse.Namespace, settings: Settings) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     run_api(settings, args.host, args.port)
-
-
-def _profile(identifier: str, settings: Settings) -> int:
-    from redis.asyncio import Redis
-
-    from cdp.profiles import read_profile
-
-    async def fetch() -> dict[str, object]:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-        try:
-            return await read_profile(redis, identifier)
-        finally:
-            await redis.aclose()
-
-    try:
-        print(json.dumps(asyncio.run(fetch()), indent=2))
-    except ProfileNotFound as exc:
-        print(f"cdp: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _config(settings: Settings) -> None:
-    defaults = {row[0]: row for row in describe()}
-    print(f"{'key':34} {'value':28} environment variable")
-    for f in fields(Settings):
-        key = f.name[:-3] if f.name.endswith("_ms") else f.name
-        key = key.replace("_", "-")
-        value = getattr(settings, f.name)
-        shown = format_duration(value) if f.name.endswith("_ms") else value
-        if key in ("admin-token", "write-keys") and value:
-            shown = "(set)"
-        print(f"{key:34} {str(shown):28} {defaults[key][1]}")
-
-
-def _up(args: argparse.Namespace, settings: Settings) -> int:
-    """Supervise Redis, one API and ``--workers`` worker processes until Ctrl-C."""
-    from cdp.embedded import RedisServer, port_is_free
-
-    server = None
-    if os.environ.get("CDP_REDIS_URL"):
-        redis_url = settings.redis_url
-    else:
-        port = args.redis_port or (6379 if port_is_free(6379) else None)
-        server = RedisServer(Path(args.data_dir), port, appendfsync=settings.redis_appendfsync)
-        try:
-            server.start()
-        except BaseException:  # Ctrl-C while it starts: no orphaned redis-server
-            server.stop()
-            raise
-        redis_url = server.url
-    settings = replace(settings, redis_url=redis_url)
-    env = {**os.environ, "CDP_REDIS_URL": redis_url}
-    if args.config:
-        env["CDP_CONFIG"] = str(Path(args.config).resolve())
-    commands = {"api": ["api", "--host", args.host, "--port", str(args.port)]}
-    for n in range(args.workers):
-        commands[f"worker-{n + 1}"] = ["worker"]
-    children: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(name: str) -> None:
-        children[name] = subprocess.Popen(
-            [sys.executable, "-m", "cdp", *commands[name]], env=env, start_new_session=True
-        )
-
-    stopping = False
-    status = 0
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        for name in commands:
-            spawn(name)
-        print(
-            f"cdp is up: API http://{args.host}:{args.port}  Redis {redis_url}"
-            f"  ({args.workers} workers{', data in ' + str(server.data_dir) if server else ''})",
-            flush=True,
-        )
-        print(f"  try: redis-cli -u {redis_url} --scan --pattern 'cdp:profile:*'", flush=True)
-        print("  Ctrl-C stops everything.", flush=True)
-        while not stopping:
-            if server is not None and server.process and server.process.poll() is not None:
-                print(
-                    f"cdp: the embedded redis-server exited ({server.process.returncode}); "
-                    f"stopping. See {server.data_dir / 'redis.log'}",
-                    file=sys.stderr,
-                )
-                status = 1
-                break
-            for name, child in list(children.items()):
-                if child.poll() is not None and not stopping:
-                    print(
-                        f"cdp: {name} exited with {child.returncode}; restarting", file=sys.stderr
-                    )
-                    time.sleep(1)
-                    spawn(name)
-            time.sleep(0.2)
-    finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children.values():
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        if server is not None:
-            server.stop()
-        print("cdp stopped.", flush=True)
-    return status

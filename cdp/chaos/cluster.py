@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from cdp.embedded import RedisServer, free_port
+from cdp.errors import ChaosError
 
 
 class Cluster:
@@ -69,7 +70,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while not self._api_ready():
             if self.processes["api"].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not start; see {self.log_dir}")
+                raise ChaosError(f"the API did not start; see {self.log_dir}")
             time.sleep(0.05)
 
     def _api_ready(self) -> bool:

@@ -26,6 +26,7 @@ import redis as redis_sync
 
 from cdp.chaos.cluster import Cluster
 from cdp.chaos.history import History, Round
+from cdp.errors import ChaosError
 
 FAULTS = ("worker-kill", "worker-pause", "redis-kill", "redis-pause", "redis-oom", "api-kill")
 
@@ -50,7 +51,7 @@ class Nemesis:
     async def strike(self, fault: str) -> Round:
         """Begin a round, inject ``fault``, wait, heal it; returns the round."""
         if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+            raise ChaosError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
         round_ = self.history.begin_round(fault)
         await getattr(self, "_" + fault.replace("-", "_"))(round_)
         round_.healed_at = time.time()

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.clock import Clock
+from cdp.errors import InvalidSubscription
 from cdp.events import iso_ms
 from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
@@ -70,29 +71,38 @@ class Subscription(msgspec.Struct, frozen=True):
 
 
 def parse_subscription(body: Any, new_id: str, now_ms: int = 0) -> Subscription:
-    """A POST /cdp/webhooks body -> Subscription; ValueError says what is wrong."""
+    """A POST /cdp/webhooks body -> Subscription; InvalidSubscription says what is wrong."""
     if not isinstance(body, dict):
-        raise ValueError('expected {"url": "https://...", "segments": [...], "secret": "..."}')
+        raise InvalidSubscription(
+            'invalid webhook: expected {"url": "https://...", "segments": [...], "secret": "..."}'
+        )
     unknown = set(body) - {"url", "segments", "secret"}
     if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)}")
+        raise InvalidSubscription(f"invalid webhook: unknown fields {sorted(unknown)}")
     url = body.get("url")
-    parts = urlsplit(url) if isinstance(url, str) else None
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError as exc:  # "http://[x": Invalid IPv6 URL
+        raise InvalidSubscription(f"invalid webhook: {exc}") from None
     if (
         not isinstance(url, str)
         or parts is None
         or parts.scheme not in ("http", "https")
         or not parts.netloc
     ):
-        raise ValueError("`url` must be an http:// or https:// URL")
+        raise InvalidSubscription("invalid webhook: `url` must be an http:// or https:// URL")
     segments = body.get("segments")
     if segments is not None and (
         not isinstance(segments, list) or not all(isinstance(s, str) and s for s in segments)
     ):
-        raise ValueError("`segments` must be a list of segment names, or absent for all")
+        raise InvalidSubscription(
+            "invalid webhook: `segments` must be a list of segment names, or absent for all"
+        )
     secret = body.get("secret") or secrets.token_hex(16)
     if not isinstance(secret, str) or len(secret) < 16:
-        raise ValueError("`secret` must be a string of at least 16 characters")
+        raise InvalidSubscription(
+            "invalid webhook: `secret` must be a string of at least 16 characters"
+        )
     return Subscription(new_id, url, secret, segments, iso_ms(now_ms) if now_ms else "")
 
 

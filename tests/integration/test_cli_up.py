@@ -195,6 +195,30 @@ def test_profile_of_an_unknown_identifier_exits_1_with_a_message(redis_url: str)
     assert "user:nobody" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("identifier", "message"),
+    [
+        ("phone:123", "cdp: 'phone:123' is not a profile identifier: use user:<userId>"),
+        ("u1", "cdp: 'u1' is not a profile identifier: use user:<userId>"),
+        ("email:", "cdp: 'email:' has no value after email:"),
+    ],
+)
+def test_profile_of_a_malformed_identifier_exits_2_not_1(
+    redis_url: str, identifier: str, message: str
+) -> None:
+    env = _env() | {"CDP_REDIS_URL": redis_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "cdp", "profile", identifier],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(message), done.stderr
+
+
 def test_up_stops_with_an_error_when_its_redis_dies(tmp_path: Path) -> None:
     import redis
 

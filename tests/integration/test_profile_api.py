@@ -196,6 +196,32 @@ def test_any_identifier_or_merged_away_id_answers_the_survivor(live: Stack) -> N
         assert "is not a profile identifier: use user:<userId>" in resp.json()["message"]
 
 
+def test_a_malformed_id_is_a_400_on_every_route_that_takes_one(stack: Stack) -> None:
+    """Never a 404 (ProfileNotFound) for what cannot be an identifier: reads, erasure
+    and lifting a suppression alike; a well-formed unknown one stays a 404."""
+    stack.start_api(admin_token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for method, route in (
+        ("GET", "/cdp/profiles/"),
+        ("DELETE", "/cdp/profiles/"),
+        ("DELETE", "/cdp/suppressions/"),
+    ):
+        for malformed in ("phone:123", "u1", "P1", "p1x", "user:", "email:%20%20"):
+            resp = stack.request(method, route + malformed, headers=auth)
+            assert resp.status == 400, (method, route + malformed, resp.body)
+            assert resp.json()["status"] == "error"
+        for unknown in ("user:nobody", "p99", "user:null"):
+            resp = stack.request(method, route + unknown, headers=auth)
+            assert resp.status == 404, (method, route + unknown, resp.body)
+    resp = stack.request("DELETE", "/cdp/profiles/phone:1", headers=auth)
+    assert resp.json()["message"] == (
+        "'phone:1' is not a profile identifier: use user:<userId>, anon:<anonymousId>, "
+        "email:<address> or a canonical id such as p12"
+    )
+    resp = stack.request("DELETE", "/cdp/suppressions/user:", headers=auth)
+    assert resp.json()["message"] == "'user:' has no value after user:"
+
+
 @pytest.fixture
 def many(live: Stack) -> Stack:
     """27 profiles made, two merged away: 25 live, with gaps in canonical-id order."""
