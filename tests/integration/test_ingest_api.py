@@ -11,7 +11,8 @@ import pytest
 
 from cdp import keys
 from cdp.embedded import free_port
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

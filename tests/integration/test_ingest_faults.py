@@ -39,15 +39,15 @@ from cdp import keys
 from cdp.embedded import RedisServer, free_port
 from cdp.events import iso_ms
 from cdp.identity import partition_of
-from tests.conftest import Stack, ms, wait_until
+from tests.support.stack import Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, WRITE_KEY, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-WRITE_KEY = "wk1"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
-TOKEN = "admin-token-for-tests-0123456789"
 STREAM_PATH = "/cdp/segment-events/stream"
-T0 = "2025-10-04T10:00:00Z"
 
 
 # -- a load client that records every request and its answer -------------------------

@@ -43,11 +43,11 @@ from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.worker import Worker, ensure_groups
 from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings, load_settings
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.values import T0_MS as T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_759_572_000_000  # 2025-10-04T10:00:00Z
 
 
 def settings(redis_url: str, **overrides: object) -> Settings:

@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 
 from cdp import keys
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.values import T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-T0 = "2025-10-04T10:00:00Z"
 
 
 def lease_owners(stack: Stack) -> Counter[str]:

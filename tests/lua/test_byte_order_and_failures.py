@@ -29,10 +29,10 @@ from cdp.identity import partition_of
 from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
 from cdp.scripts import Scripts, is_poison, lua_dir, source
 from cdp.settings import Settings
+from tests.support.values import NOW_MS as NOW
 
 pytestmark = pytest.mark.integration
 
-NOW = 1_759_622_400_000  # 2025-10-05T00:00:00Z
 T0 = NOW - 3_600_000
 
 BYTES_LT = (
