@@ -25,7 +25,7 @@ from cdp.events import iso_ms
 from tests.support.stack import Response, Stack
 from tests.support.tracking import WRITE_KEYS, assert_person, basic, read_doc, total, wait_doc
 from tests.support.values import ADMIN_TOKEN as TOKEN
-from tests.support.values import T0, iso, ms
+from tests.support.values import PARTITIONS, T0, iso, ms
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def assert_segment_error(resp: Response, status: int) -> dict[str, Any]:
 
 
 def partition_streams() -> list[str]:
-    return [keys.stream(p) for p in range(16)]
+    return [keys.stream(p) for p in range(PARTITIONS)]
 
 
 def stored(stack: Stack, event_id: str) -> dict[str, Any] | None:
