@@ -15,12 +15,13 @@ import pytest
 from cdp import keys
 from cdp.ingest.app import create_app
 from cdp.settings import load_settings
-from tests.conftest import Response, Stack, ms, wait_until
+from tests.support.stack import Response, Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "admin-token-for-tests-0123456789"
-T0 = "2025-10-04T10:00:00Z"
 BUILTINS = {"power_user", "pro_plan", "reengage"}
 
 # Routes anyone may call; every other route of the app is an admin route. A new route

@@ -22,20 +22,14 @@ import redis as redis_sync
 from cdp import keys
 from cdp.embedded import RedisServer
 from cdp.events import iso_ms
-from tests.conftest import Response, Stack, iso, ms, wait_until
-from tests.integration.test_segment_sdk import (
-    TOKEN,
-    WRITE_KEYS,
-    assert_person,
-    basic,
-    read_doc,
-    total,
-    wait_doc,
-)
+from tests.support.stack import Response, Stack
+from tests.support.tracking import WRITE_KEYS, assert_person, basic, read_doc, total, wait_doc
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import PARTITIONS, T0, iso, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-T0 = "2025-10-04T10:00:00Z"
 ORIGIN = "https://shop.example"
 HOUR = 3_600_000
 
@@ -88,7 +82,7 @@ def assert_segment_error(resp: Response, status: int) -> dict[str, Any]:
 
 
 def partition_streams() -> list[str]:
-    return [keys.stream(p) for p in range(16)]
+    return [keys.stream(p) for p in range(PARTITIONS)]
 
 
 def stored(stack: Stack, event_id: str) -> dict[str, Any] | None:

@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from cdp.embedded import free_port
-from tests.conftest import ROOT, Stack, wait_until
+from tests.support.stack import ROOT, Stack
+from tests.support.values import WRITE_KEY
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-WRITE_KEY = "wk1"
 BASIC = {"Authorization": "Basic d2sxOg=="}  # wk1:
 
 

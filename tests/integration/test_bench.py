@@ -13,7 +13,8 @@ import pytest
 
 from cdp import keys
 from cdp.embedded import free_port
-from tests.conftest import ROOT, Stack, wait_until
+from tests.support.stack import ROOT, Stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from cdp.embedded import free_port
-from tests.conftest import ROOT, wait_until
+from tests.support.stack import ROOT
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

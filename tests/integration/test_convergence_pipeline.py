@@ -18,8 +18,10 @@ from cdp.chaos.model import Model, canonical, snapshot
 from cdp.embedded import RedisServer
 from cdp.events import StreamEvent, iso_ms
 from cdp.settings import Settings
-from tests.conftest import Stack, wait_until
-from tests.generators import T0, event_sets
+from tests.support.events import event_sets
+from tests.support.stack import Stack
+from tests.support.values import T0_MS as T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from cdp import keys
-from tests.conftest import ROOT, Response, Stack, iso, ms, wait_until
+from tests.support.stack import ROOT, Response, Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, iso, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "t"
-T0 = "2025-10-04T10:00:00Z"
 USER, EMAIL, ANON = "erase-me", "Erase.Me@Example.COM", "anon-erase-me"
 IDENTIFIERS = [f"user:{USER}", f"email:{EMAIL.lower()}", f"anon:{ANON}"]
 PERSONAL = [USER, EMAIL, EMAIL.lower(), ANON]

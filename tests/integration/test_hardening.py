@@ -8,13 +8,12 @@ import json
 import pytest
 
 from cdp import keys
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, WRITE_KEY
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-T0 = "2025-10-04T10:00:00Z"
-WRITE_KEY = "wk1"
-TOKEN = "t0ken"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.profiles import read_profile
-from tests.conftest import ROOT, Stack
+from tests.support.stack import ROOT, Stack
 
 pytestmark = pytest.mark.integration
 

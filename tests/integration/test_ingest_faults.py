@@ -39,15 +39,15 @@ from cdp import keys
 from cdp.embedded import RedisServer, free_port
 from cdp.events import iso_ms
 from cdp.identity import partition_of
-from tests.conftest import Stack, ms, wait_until
+from tests.support.stack import Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import PARTITIONS, T0, WRITE_KEY, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-WRITE_KEY = "wk1"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
-TOKEN = "admin-token-for-tests-0123456789"
 STREAM_PATH = "/cdp/segment-events/stream"
-T0 = "2025-10-04T10:00:00Z"
 
 
 # -- a load client that records every request and its answer -------------------------
@@ -124,7 +124,7 @@ def send_all(port: int, calls: list[Call]) -> list[Call]:
 def stored_event_ids(r: redis_sync.Redis) -> list[str]:
     """eventId of every entry of every partition stream (duplicates kept)."""
     found = []
-    for p in range(16):
+    for p in range(PARTITIONS):
         if r.type(keys.stream(p)) != "stream":
             continue
         for _, fields in r.xrange(keys.stream(p)):
@@ -155,7 +155,7 @@ def test_a_request_failing_in_redis_fails_no_other_request_of_its_pipeline(
 ) -> None:
     stack.start_api(write_keys=WRITE_KEY, clock="system")
     users = [f"u{i}" for i in range(400)]
-    broken = partition_of(f"user:{users[0]}", 16)
+    broken = partition_of(f"user:{users[0]}", stack.partitions)
     stack.r.set(keys.stream(broken), "not a stream")  # every XADD there is refused
 
     calls = [ingest_call(f"e-{i}", u) for i, u in enumerate(users)]
@@ -167,7 +167,9 @@ def test_a_request_failing_in_redis_fails_no_other_request_of_its_pipeline(
 
     stack.r.delete(keys.stream(broken))
     for call in calls:
-        on_broken = any(partition_of(f"user:{u}", 16) == broken for u in call_users(call))
+        on_broken = any(
+            partition_of(f"user:{u}", stack.partitions) == broken for u in call_users(call)
+        )
         ok = 202 if call.path == "/cdp/ingest" else 200
         assert call.status == (503 if on_broken else ok), (call.path, call.status, on_broken)
     assert_answers_match_what_is_stored(calls, stack.r)

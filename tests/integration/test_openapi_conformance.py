@@ -46,13 +46,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis.errors import FailureGroup
 
 from cdp.embedded import RedisServer
-from tests.conftest import ROOT, Stack, wait_until
+from tests.support.stack import ROOT, Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, WRITE_KEY
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "conformance-admin-token-0123456789"
-WRITE_KEY = "wk1"
-T0 = "2025-10-04T10:00:00Z"
 DOCUMENT = ROOT / "cdp" / "ingest" / "openapi.json"
 STREAM = "/cdp/segment-events/stream"
 BATCH_PATHS = {"/v1/batch", "/v1/b", "/v1/import"}

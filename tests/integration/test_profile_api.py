@@ -27,12 +27,13 @@ from cdp.ingest.appkeys import REDIS, SETTINGS
 from cdp.ingest.profiles_api import add_profile_routes
 from cdp.profiles import read_page
 from cdp.settings import Settings
-from tests.conftest import ROOT, Response, Stack, wait_until
+from tests.support.stack import ROOT, Response, Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "t"
-T0 = "2025-10-04T10:00:00Z"
 ROUTES = [
     "/cdp/profiles/user:u1",
     "/cdp/profiles/user:u1/traits",

@@ -18,13 +18,13 @@ from cdp.embedded import RedisServer
 from cdp.ingest.app import create_app
 from cdp.segment_spec import SHORT, TYPES
 from cdp.settings import load_settings
-from tests.conftest import Response, Stack, iso, ms, wait_until
+from tests.support.stack import Response, Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, WRITE_KEY, iso, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "admin-token-0123456789abcdef"
-WRITE_KEY = "wk1"
-T0 = "2025-10-04T10:00:00Z"
 USER, EMAIL = "sec-user", "secret.person@example.com"
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from cdp import keys
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

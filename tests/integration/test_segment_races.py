@@ -28,12 +28,12 @@ from cdp.scripts import Scripts
 from cdp.segments.definitions import builtins, delete_definition
 from cdp.segments.engine import SegmentEngine, parse_view
 from cdp.settings import Settings, load_settings
-from tests.conftest import ms
 from tests.support.interleave import Evaluator, apply_events, hooked_client
+from tests.support.values import T0_MS as T0
+from tests.support.values import ms
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_759_572_000_000  # 2025-10-04T10:00:00Z
 S = 1_000
 MIN = 60 * S
 H = 60 * MIN

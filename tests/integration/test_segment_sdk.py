@@ -5,127 +5,27 @@ and counters, and a messageId sent twice counts once.
 The library stamps ``timestamp`` and ``sentAt`` from the machine clock, so these tests
 run the API and the worker on the system clock with a short window.
 
-The profile is read through the admin profile API (``GET /cdp/profiles/{id}``) when
-the app registers it, else with ``cdp.profiles.read_profile`` straight from Redis;
-the helpers here are shared with ``test_analytics_js.py``.
+The profile is read back with ``tests.support.tracking`` (the admin profile API, else
+straight from Redis).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from redis.asyncio import Redis
 
-from cdp.errors import ProfileNotFound
-from cdp.ingest.app import create_app
-from cdp.profiles import read_profile
-from cdp.settings import load_settings
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.tracking import WRITE_KEYS, assert_person, basic, read_doc, total, wait_doc
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "t"
-WRITE_KEYS = "wk1=web,wk2=ios"
 FAST = {"clock": "system", "window_size": "200ms"}
-
-
-def basic(key: str, password: str = "") -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:{password}".encode()).decode()}
-
-
-def profile_api_registered() -> bool:
-    """Whether the app serves ``GET /cdp/profiles/{id}`` (the admin profile API)."""
-    app = create_app(load_settings(env={}))
-    return any(
-        route.method == "GET"
-        and route.resource is not None
-        and route.resource.canonical == "/cdp/profiles/{id}"
-        for route in app.router.routes()
-    )
-
-
-PROFILE_API = profile_api_registered()
-
-
-async def _read(redis_url: str, identifier: str) -> dict[str, Any] | None:
-    redis = Redis.from_url(redis_url)
-    try:
-        return await read_profile(redis, identifier)
-    except ProfileNotFound:
-        return None
-    finally:
-        await redis.aclose()
-
-
-def read_doc(stack: Stack, identifier: str, token: str = TOKEN) -> dict[str, Any] | None:
-    """The profile document of ``identifier``, or None when no profile answers to it."""
-    if PROFILE_API:
-        resp = stack.request(
-            "GET",
-            "/cdp/profiles/" + quote(identifier, safe=":@"),
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        if resp.status == 404:
-            return None
-        assert resp.status == 200, (resp.status, resp.body)
-        doc: dict[str, Any] = resp.json()
-        return doc
-    return asyncio.run(_read(stack.redis_url, identifier))
-
-
-def total(doc: dict[str, Any] | None, counter: str) -> int:
-    if not doc:
-        return 0
-    return int(doc["counters"].get(counter, {}).get("total", 0))
-
-
-def wait_doc(stack: Stack, identifier: str, wanted: dict[str, int]) -> dict[str, Any]:
-    """Wait until the profile of ``identifier`` has at least these counter totals."""
-
-    def ready() -> dict[str, Any] | None:
-        doc = read_doc(stack, identifier)
-        if doc and all(total(doc, name) >= n for name, n in wanted.items()):
-            return doc
-        return None
-
-    doc: dict[str, Any] = wait_until(ready, timeout=20, message=f"profile {identifier} {wanted}")
-    return doc
-
-
-def assert_person(
-    doc: dict[str, Any],
-    *,
-    user: str,
-    email: str,
-    anon: str,
-    event: str,
-    pages: int,
-    screens: int = 0,
-) -> None:
-    """What an identify + track + alias + page (+ screen) + group session leaves."""
-    assert sorted(doc["identifiers"]) == sorted(
-        [f"user:{user}", f"email:{email.strip().lower()}", f"anon:{anon}"]
-    ), doc["identifiers"]
-    traits = {name: cell["v"] for name, cell in doc["traits"].items()}
-    assert traits["plan"] == "pro"
-    assert traits["email"] == email
-    assert traits["groupId"] == "acme-1"
-    assert traits["groupTraits"] == {"name": "Acme Inc", "employees": 42}
-    counters = {name: c["total"] for name, c in doc["counters"].items()}
-    assert counters[event] == 1
-    assert counters["$track"] == 1
-    assert counters["$page"] == pages
-    if screens:
-        assert counters["$screen"] == screens
-    else:
-        assert "$screen" not in counters
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from cdp import keys
-from tests.conftest import Stack, iso, ms, wait_until
+from tests.support.stack import Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, iso, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "admin-token-for-tests-0123456789"
-T0 = "2025-10-04T10:00:00Z"
 PATH = "/cdp/segment-events/stream"
 
 

@@ -9,12 +9,13 @@ import signal
 import pytest
 
 from cdp import keys
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.values import T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 H = 3_600_000
-T0 = "2025-10-04T10:00:00Z"
 
 
 def segment_events(stack: Stack) -> list[dict[str, object]]:

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from cdp import keys
-from tests.conftest import Response, Stack, iso, ms, wait_until
+from tests.support.stack import Response, Stack
+from tests.support.values import ADMIN_TOKEN as TOKEN
+from tests.support.values import T0, iso, ms
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "admin-token-for-tests-0123456789"
 SECRET = "0123456789abcdef0123456789abcdef"  # 32 characters
-T0 = "2025-10-04T10:00:00Z"
 
 
 # -- the receiver ----------------------------------------------------------------------

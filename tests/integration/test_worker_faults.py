@@ -43,11 +43,12 @@ from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.worker import Worker, ensure_groups
 from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings, load_settings
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.values import PARTITIONS
+from tests.support.values import T0_MS as T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_759_572_000_000  # 2025-10-04T10:00:00Z
 
 
 def settings(redis_url: str, **overrides: object) -> Settings:
@@ -94,7 +95,9 @@ def event(
 def user_in(partition: int, prefix: str = "u") -> str:
     """A userId that routes to ``partition``."""
     return next(
-        f"{prefix}{i}" for i in range(10_000) if partition_of(f"user:{prefix}{i}", 16) == partition
+        f"{prefix}{i}"
+        for i in range(10_000)
+        if partition_of(f"user:{prefix}{i}", PARTITIONS) == partition
     )
 
 
@@ -102,13 +105,14 @@ async def publish(redis: Redis, *events: StreamEvent) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for ev in events:
             pipe.xadd(
-                keys.stream(partition_of(f"user:{ev.userId}", 16)), {"e": stream_encoder.encode(ev)}
+                keys.stream(partition_of(f"user:{ev.userId}", PARTITIONS)),
+                {"e": stream_encoder.encode(ev)},
             )
         await pipe.execute()
 
 
 async def pending(redis: Redis, partition: int | None = None) -> int:
-    parts = range(16) if partition is None else [partition]
+    parts = range(PARTITIONS) if partition is None else [partition]
     total = 0
     for p in parts:
         with contextlib.suppress(RedisError):
@@ -131,7 +135,7 @@ async def running(worker: Worker):  # type: ignore[no-untyped-def]
 
 
 async def owns_everything(worker: Worker) -> bool:
-    return worker.owned == set(range(16))
+    return worker.owned == set(range(PARTITIONS))
 
 
 @pytest.fixture
@@ -159,7 +163,7 @@ def test_entries_read_under_the_workers_name_but_never_buffered_are_applied(redi
             async with running(Worker(redis, s, RedisClock(redis), "w")) as worker:
                 await wait_for(lambda: owns_everything(worker))
                 user = "lost-reply"
-                stream = keys.stream(partition_of(f"user:{user}", 16))
+                stream = keys.stream(partition_of(f"user:{user}", PARTITIONS))
                 # XADD and the read in one transaction, so that the worker's own blocked
                 # read cannot take them first: Redis executed the read, the reply is gone.
                 async with redis.pipeline(transaction=True) as pipe:
@@ -196,7 +200,7 @@ def test_reclaiming_skips_what_the_worker_holds_and_takes_only_what_it_lost(
             worker = Worker(redis, s, ManualClock(now), "w")
             await worker.rebalance()
             user = "holder"
-            partition = partition_of(f"user:{user}", 16)
+            partition = partition_of(f"user:{user}", PARTITIONS)
             stream = keys.stream(partition)
             # Three events an hour ahead wait in the buffer, idle far longer than lease-ttl.
             await publish(redis, *(event(f"held-{i}", user, now + 3_600_000 + i) for i in range(3)))
@@ -286,13 +290,13 @@ def test_a_read_reply_lost_with_the_connection_is_applied_by_the_running_worker(
         stack.set_clock(T0 + 60_000)
         stack.start_worker("w1", redis_url=proxy.url)
         wait_until(
-            lambda: all(stack.r.get(keys.lease(p)) == "w1" for p in range(16)),
+            lambda: all(stack.r.get(keys.lease(p)) == "w1" for p in range(PARTITIONS)),
             timeout=20,
             message="w1 to hold every partition",
         )
         proxy.arm(b"cut-0")
         user = "cut-user"
-        stream = keys.stream(partition_of(f"user:{user}", 16))
+        stream = keys.stream(partition_of(f"user:{user}", PARTITIONS))
         for i in range(3):
             stack.r.xadd(stream, {"e": stream_encoder.encode(event(f"cut-{i}", user, T0 + i))})
         wait_until(proxy.cut.is_set, timeout=10, message="the read reply to be cut")
@@ -377,9 +381,9 @@ def test_a_tick_whose_round_trip_failed_requeues_every_chunk_it_popped(
             # Year 0 in UTC: the API refuses it, but an older one may have stored it.
             unencodable = event("year-0", user, -62_135_650_000_000, received_at=now, mode="import")
             await publish(redis, event("fine", user, T0), unencodable)
-            stream = keys.stream(partition_of(f"user:{user}", 16))
+            stream = keys.stream(partition_of(f"user:{user}", PARTITIONS))
             reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
-            partition = partition_of(f"user:{user}", 16)
+            partition = partition_of(f"user:{user}", PARTITIONS)
             await worker._ingest_entries(partition, reply[0][1])
             assert worker.buffered == 2
             os.kill(own_redis.process.pid, signal.SIGSTOP)
@@ -405,7 +409,7 @@ def test_a_tick_whose_round_trip_failed_requeues_every_chunk_it_popped(
 
 async def _add(redis: Redis, *events: StreamEvent) -> list[tuple[str, StreamEvent]]:
     """XADD the events (one user's, so one partition) and return (entry id, event)."""
-    stream = keys.stream(partition_of(f"user:{events[0].userId}", 16))
+    stream = keys.stream(partition_of(f"user:{events[0].userId}", PARTITIONS))
     ids = [await redis.xadd(stream, {"e": stream_encoder.encode(ev)}) for ev in events]
     return [(i.decode(), ev) for i, ev in zip(ids, events, strict=True)]
 
@@ -414,7 +418,7 @@ async def _apply_reply(
     redis: Redis, s: Settings, now: int, entries: list[tuple[str, StreamEvent]]
 ) -> Any:
     """The raw reply of one apply_batch call (no lease check) for these entries."""
-    partition = partition_of(f"user:{entries[0][1].userId}", 16)
+    partition = partition_of(f"user:{entries[0][1].userId}", PARTITIONS)
     async with redis.pipeline(transaction=False) as pipe:
         await queue_apply(pipe, Scripts(redis), s, ApplyContext(now, ""), partition, entries)
         (reply,) = await pipe.execute(raise_on_error=False)
@@ -439,7 +443,9 @@ def test_oom_and_readonly_inside_the_script_are_not_poison_but_poison_is(
             assert isinstance(oom, RedisError) and "OOM" in str(oom), oom
             assert not is_poison(oom)
             assert (
-                await redis.hlen(keys.dedup(partition_of("user:oom", 16), now // s.dedup_ttl_ms))
+                await redis.hlen(
+                    keys.dedup(partition_of("user:oom", PARTITIONS), now // s.dedup_ttl_ms)
+                )
                 == 0
             )
 
@@ -596,8 +602,8 @@ def test_one_read_over_sixteen_partitions_stays_within_max_buffer(redis_url: str
             await redis.set(keys.CLOCK, T0)
             s = settings(redis_url, max_buffer=50, read_count=20)
             await ensure_groups(redis, s.partitions)
-            users = [user_in(p, "bp") for p in range(16)]
-            # 30 events per partition, a minute ahead: nothing is ready, all would fit 16 x 20.
+            users = [user_in(p, "bp") for p in range(PARTITIONS)]
+            # 30 events per partition, a minute ahead: nothing ready, all would fit PARTITIONS x 20.
             await publish(
                 redis, *(event(f"{u}-{i}", u, T0 + 60_000 + i) for u in users for i in range(30))
             )
@@ -609,6 +615,6 @@ def test_one_read_over_sixteen_partitions_stays_within_max_buffer(redis_url: str
                     await asyncio.sleep(0.01)
                 assert most <= s.max_buffer
                 await redis.set(keys.CLOCK, T0 + 120_000)
-                await wait_for(lambda: _eq(processed(redis), 16 * 30), timeout=30)
+                await wait_for(lambda: _eq(processed(redis), PARTITIONS * 30), timeout=30)
 
     asyncio.run(scenario())

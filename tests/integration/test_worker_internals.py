@@ -17,10 +17,10 @@ from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
 from cdp.pipeline.worker import Worker, ensure_groups
 from cdp.settings import Settings, load_settings
+from tests.support.values import PARTITIONS
+from tests.support.values import T0_MS as T0
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_759_572_000_000  # 2025-10-04T10:00:00Z
 
 
 def settings(redis_url: str, **overrides: object) -> Settings:
@@ -40,7 +40,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10
 
 
 async def publish(redis: Redis, n: int, ts: int, user: str = "u1") -> int:
-    partition = partition_of(f"user:{user}", 16)
+    partition = partition_of(f"user:{user}", PARTITIONS)
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(n):
             event = StreamEvent(

@@ -10,15 +10,15 @@ from collections import Counter
 import pytest
 
 from cdp import keys
-from tests.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.values import T0
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-T0 = "2025-10-04T10:00:00Z"
-
 
 def lease_owners(stack: Stack) -> Counter[str]:
-    owners = (stack.r.get(keys.lease(p)) for p in range(16))
+    owners = (stack.r.get(keys.lease(p)) for p in range(stack.partitions))
     return Counter(o for o in owners if o)
 
 
@@ -80,10 +80,15 @@ def test_a_second_worker_takes_over_partitions_and_both_apply(stack: Stack) -> N
     stack.set_clock(T0)
     stack.start_api()
     first = stack.start_worker("w1")
-    wait_until(lambda: lease_owners(stack) == Counter({"w1": 16}), message="w1 owns all 16")
+    wait_until(
+        lambda: lease_owners(stack) == Counter({"w1": stack.partitions}), message="w1 owns all"
+    )
     second = stack.start_worker("w2")
     wait_until(
-        lambda: lease_owners(stack) == Counter({"w1": 8, "w2": 8}),
+        lambda: (
+            lease_owners(stack)
+            == Counter({"w1": stack.partitions // 2, "w2": stack.partitions // 2})
+        ),
         timeout=10,
         message="an even split of the leases",
     )
@@ -111,7 +116,10 @@ def test_a_killed_workers_partitions_and_pending_entries_are_taken_over(stack: S
     survivor = stack.start_worker("w1")
     victim = stack.start_worker("w2")
     wait_until(
-        lambda: lease_owners(stack) == Counter({"w1": 8, "w2": 8}),
+        lambda: (
+            lease_owners(stack)
+            == Counter({"w1": stack.partitions // 2, "w2": stack.partitions // 2})
+        ),
         timeout=10,
         message="an even split of the leases",
     )
@@ -119,7 +127,7 @@ def test_a_killed_workers_partitions_and_pending_entries_are_taken_over(stack: S
     wait_until(lambda: stack.pending() == n, message="every event read into a buffer")
     stack.kill(victim, signal.SIGKILL)
     wait_until(
-        lambda: lease_owners(stack) == Counter({"w1": 16}),
+        lambda: lease_owners(stack) == Counter({"w1": stack.partitions}),
         timeout=10,
         message="w1 to take over the dead worker's leases",
     )

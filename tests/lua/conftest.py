@@ -1,180 +1,21 @@
-"""A fakeredis harness for the Lua scripts of ``lua/``.
+"""Fixtures of the Lua tests: fakeredis harnesses (``tests.support.lua.LuaHarness``).
 
-``lua`` gives a ``LuaHarness``: one isolated ``FakeServer`` with an async client (the
-scripts are registered through ``cdp.scripts.Scripts`` and called through the real
-``queue_apply`` in a pipeline, so the tests exercise the real argument encoding) and a
-sync client on the same server for assertions. Events are XADDed to the partition
-stream and delivered with XREADGROUP before they are applied, so XACK is observable.
-
-No pytest-asyncio here: every coroutine runs on the harness's own ``asyncio.Runner``.
-
-The tests build their events with ``StreamEvent`` (the API's output) and read state back
-through the harness (``cid``, ``traits``, ``counter``...) or the product's own
-``read_profile``.
-
-Time: ``now_ms`` (the workers' "now", as the injectable clock gives it) is a fixed
-instant, deliberately far from fakeredis' wall clock: the scripts must not mix the two.
+- ``runner``: the ``asyncio.Runner`` every harness of a test runs its coroutines on.
+- ``now_ms``: the workers' "now", ``tests.support.values.NOW_MS`` (see there).
+- ``lua``: one fresh harness; ``make_harness``: a factory of more (for comparing
+  orders of the same events).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
-import fakeredis
 import pytest
 
-from cdp import keys
-from cdp.events import StreamEvent, stream_encoder
-from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
-from cdp.profiles import read_profile
-from cdp.scripts import Scripts
-from cdp.settings import Settings
-
-T = TypeVar("T")
-
-# 2025-10-05T00:00:00Z, the day after the seed's examples.
-NOW_MS = 1_759_622_400_000
-
-
-class LuaHarness:
-    """One fresh fakeredis server, one partition, its consumer group and lease."""
-
-    def __init__(
-        self,
-        runner: asyncio.Runner,
-        now_ms: int,
-        settings: Settings | None = None,
-        partition: int = 0,
-        worker_id: str = "w1",
-    ) -> None:
-        self.runner = runner
-        self.now_ms = now_ms
-        self.settings = settings or Settings()
-        self.partition = partition
-        self.worker_id = worker_id
-        self.server = fakeredis.FakeServer()
-        self.redis = fakeredis.FakeAsyncRedis(server=self.server)
-        self.scripts = Scripts(self.redis)
-        self.r = fakeredis.FakeRedis(server=self.server, decode_responses=True)
-        self.stream = keys.stream(partition)
-        self.r.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
-        self.r.set(keys.lease(partition), worker_id)
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.runner.run(coro)
-
-    def close(self) -> None:
-        self.run(self.redis.aclose())
-        self.r.close()
-
-    # -- the stream --------------------------------------------------------------
-
-    def deliver(self, events: Iterable[StreamEvent]) -> list[tuple[str, StreamEvent]]:
-        """XADD each event (one entry each, duplicates included), then XREADGROUP them."""
-        events = list(events)
-        for ev in events:
-            self.r.xadd(self.stream, {"e": stream_encoder.encode(ev)})
-        read = self.r.xreadgroup(keys.GROUP, "consumer", {self.stream: ">"})
-        entries = read[0][1] if read else []
-        assert len(entries) == len(events)
-        # The stream keeps XADD order, so entry i is event i.
-        return [(entry_id, ev) for (entry_id, _), ev in zip(entries, events, strict=True)]
-
-    def pending(self) -> int:
-        return int(self.r.xpending(self.stream, keys.GROUP)["pending"])
-
-    # -- the apply script ----------------------------------------------------------
-
-    def apply_entries(
-        self,
-        batch: list[tuple[str, StreamEvent]],
-        now_ms: int | None = None,
-        worker_id: str | None = None,
-    ) -> BatchResult:
-        ctx = ApplyContext(
-            now_ms=self.now_ms if now_ms is None else now_ms,
-            worker_id=self.worker_id if worker_id is None else worker_id,
-        )
-
-        async def call() -> Any:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await queue_apply(pipe, self.scripts, self.settings, ctx, self.partition, batch)
-                (reply,) = await pipe.execute()
-            return reply
-
-        return parse_result(self.run(call()))
-
-    def apply(
-        self,
-        *events: StreamEvent,
-        now_ms: int | None = None,
-        worker_id: str | None = None,
-    ) -> BatchResult:
-        """Deliver these events through the stream and apply them in one call."""
-        return self.apply_entries(self.deliver(events), now_ms=now_ms, worker_id=worker_id)
-
-    # -- reading state back --------------------------------------------------------
-
-    def cid(self, typed_identifier: str) -> str | None:
-        return self.r.get(keys.identifier(typed_identifier))
-
-    def traits(self, cid: str) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self.r.hgetall(keys.traits(cid)).items()}
-
-    def trait_values(self, cid: str) -> dict[str, Any]:
-        return {k: cell["v"] for k, cell in self.traits(cid).items()}
-
-    def identifiers(self, cid: str) -> set[str]:
-        return set(self.r.smembers(keys.identifiers(cid)))
-
-    def meta(self, cid: str) -> dict[str, str]:
-        return self.r.hgetall(keys.profile(cid))
-
-    def counter(self, cid: str, name: str) -> dict[str, int]:
-        rows = self.r.zrange(keys.counter(cid, name), 0, -1, withscores=True)
-        return {member: int(score) for member, score in rows}
-
-    def counter_names(self, cid: str) -> set[str]:
-        return set(self.r.hkeys(keys.counters(cid)))
-
-    def metric(self, name: str) -> int:
-        return int(self.r.hget(keys.METRICS, name) or 0)
-
-    def merges(self) -> list[dict[str, str]]:
-        return [fields for _, fields in self.r.xrange(keys.MERGES)]
-
-    def profile_ids(self) -> list[str]:
-        """Every canonical id that has an identifier set."""
-        out = []
-        for key in self.r.scan_iter(match=keys.PROFILE_PREFIX + "*:identifiers"):
-            out.append(key[len(keys.PROFILE_PREFIX) + 1 : -len("}:identifiers")])
-        return sorted(out)
-
-    def read_profile(self, identifier: str) -> dict[str, Any]:
-        return self.run(read_profile(self.redis, identifier))
-
-    def dump(self) -> dict[str, Any]:
-        """Every key with its type, value and expiry time: to prove a call changed nothing."""
-        out: dict[str, Any] = {}
-        for key in sorted(self.r.keys("*")):
-            kind = self.r.type(key)
-            if kind == "string":
-                value: Any = self.r.get(key)
-            elif kind == "hash":
-                value = self.r.hgetall(key)
-            elif kind == "set":
-                value = sorted(self.r.smembers(key))
-            elif kind == "zset":
-                value = self.r.zrange(key, 0, -1, withscores=True)
-            elif kind == "stream":
-                value = (self.r.xrange(key), self.pending() if key == self.stream else None)
-            else:  # pragma: no cover - the scripts write no other type
-                value = kind
-            out[key] = (kind, value, self.r.pexpiretime(key))
-        return out
+from tests.support.lua import LuaHarness
+from tests.support.values import NOW_MS
 
 
 @pytest.fixture

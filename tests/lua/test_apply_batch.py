@@ -2,7 +2,7 @@
 
 Each test delivers real stream entries to the consumer group (XADD + XREADGROUP),
 applies them with one or more script calls and reads the keys back. Event times are
-placed a few hours before ``now_ms``, a fixed instant (see conftest.py).
+placed a few hours before ``now_ms``, a fixed instant (see tests/support/lua.py).
 """
 
 from __future__ import annotations
@@ -15,39 +15,11 @@ import pytest
 from cdp import keys
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import bucket_member
+from tests.support.events import event, track
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-
-
-def event(
-    event_id: str,
-    ts: int,
-    type: str = "IDENTIFY",
-    *,
-    user: str | None = None,
-    anon: str | None = None,
-    email: str | None = None,
-    traits: dict[str, Any] | None = None,
-    name: str | None = None,
-) -> StreamEvent:
-    """An event as the API puts it on a partition stream."""
-    return StreamEvent(
-        eventId=event_id,
-        ts=ts,
-        receivedAt=ts,
-        type=type,
-        userId=user,
-        anonymousId=anon,
-        email=email,
-        traits=traits,
-        name=name,
-    )
-
-
-def track(event_id: str, ts: int, name: str, **kw: Any) -> StreamEvent:
-    return event(event_id, ts, "TRACK", name=name, **kw)
 
 
 def bucket(ts: int) -> str:

@@ -29,10 +29,11 @@ from cdp.identity import partition_of
 from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
 from cdp.scripts import Scripts, is_poison, lua_dir, source
 from cdp.settings import Settings
+from tests.support.values import NOW_MS as NOW
+from tests.support.values import PARTITIONS
 
 pytestmark = pytest.mark.integration
 
-NOW = 1_759_622_400_000  # 2025-10-05T00:00:00Z
 T0 = NOW - 3_600_000
 
 BYTES_LT = (
@@ -122,7 +123,7 @@ def apply(url: str, *events: StreamEvent, now: int = NOW) -> Any:
     async def run() -> Any:
         redis = Redis.from_url(url)
         try:
-            partition = partition_of(f"user:{events[0].userId}", 16)
+            partition = partition_of(f"user:{events[0].userId}", PARTITIONS)
             stream = keys.stream(partition)
             with contextlib.suppress(redis_sync.ResponseError):
                 await redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
@@ -190,7 +191,7 @@ def test_a_call_that_fails_on_an_event_leaves_its_dedup_bucket_with_a_ttl(
     assert parse_result(apply(url, identify("ttl-0", T0, user))).applied == 1
     cid = plain_redis.get(keys.identifier(f"user:{user}")).decode()
     plain_redis.set(keys.counter(cid, "Broken"), "not a sorted set")  # WRONGTYPE for it
-    partition = partition_of(f"user:{user}", 16)
+    partition = partition_of(f"user:{user}", PARTITIONS)
     bucket = keys.dedup(partition, NOW // Settings().dedup_ttl_ms)
     plain_redis.delete(bucket)  # the failing call creates the bucket
 
@@ -210,7 +211,7 @@ def test_refused_events_leave_the_dedup_bucket_and_the_profile_untouched_under_o
     plain_redis: redis_sync.Redis,
 ) -> None:
     url = url_of(plain_redis)
-    partition = partition_of("user:oom-user", 16)
+    partition = partition_of("user:oom-user", PARTITIONS)
     bucket = keys.dedup(partition, NOW // Settings().dedup_ttl_ms)
     plain_redis.delete(bucket)
     plain_redis.config_set("maxmemory-policy", "noeviction")

@@ -1,6 +1,6 @@
 """Convergence, the headline property, through the real Lua scripts on fakeredis.
 
-Generated event sets (tests/generators.py: collisions, alias chains, merges,
+Generated event sets (tests/support/events.py: collisions, alias chains, merges,
 duplicates, equal timestamps, tombstones) are applied in random orders and random
 batch sizes, in one stream or split over partitions applied in random interleavings,
 and every run must end in exactly the reference model's state (cdp/chaos/model.py), up to
@@ -10,73 +10,19 @@ guard rails' invariants whatever the order.
 
 from __future__ import annotations
 
-import asyncio
 import random
 
-import fakeredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdp import keys
 from cdp.chaos.model import Model, canonical, snapshot
 from cdp.events import StreamEvent
-from cdp.identity import partition_of, routing_id
-from cdp.pipeline.apply import ApplyContext, queue_apply
-from cdp.scripts import Scripts
 from cdp.settings import Settings
-from tests.generators import conflicting_events, event_sets
+from tests.support.events import conflicting_events, event_sets
+from tests.support.lua import apply_in_order
 
-NOW = 1_759_572_300_000  # five minutes after the generated events
 SETTINGS = Settings()
-
-
-def apply_in_order(
-    events: list[StreamEvent], rng: random.Random, split: bool, shuffle: bool = True
-) -> fakeredis.FakeRedis:
-    """Apply ``events`` through ``apply_batch`` in random batches; returns a sync client.
-
-    ``shuffle``: in a random order; otherwise in (ts, eventId) order, as one worker would.
-    """
-    server = fakeredis.FakeServer()
-    order = events[:]
-    if shuffle:
-        rng.shuffle(order)
-    else:
-        order.sort(key=lambda e: (e.ts, e.eventId))
-    if split:  # per partition, interleaved at random, as several workers would
-        by_partition: dict[int, list[StreamEvent]] = {}
-        for ev in order:
-            p = partition_of(routing_id(ev.userId, ev.anonymousId, ev.email), SETTINGS.partitions)
-            by_partition.setdefault(p, []).append(ev)
-        calls = []
-        queues = {p: evs[:] for p, evs in by_partition.items()}
-        while queues:
-            p = rng.choice(sorted(queues))
-            size = rng.randint(1, 4)
-            calls.append((p, queues[p][:size]))
-            queues[p] = queues[p][size:]
-            if not queues[p]:
-                del queues[p]
-    else:
-        calls = []
-        while order:
-            size = rng.randint(1, 6)
-            calls.append((0, order[:size]))
-            order = order[size:]
-
-    async def run() -> None:
-        redis = fakeredis.FakeAsyncRedis(server=server)
-        scripts = Scripts(redis)
-        ctx = ApplyContext(now_ms=NOW, worker_id="")
-        for n, (partition, chunk) in enumerate(calls):
-            async with redis.pipeline(transaction=False) as pipe:
-                batch = [(f"0-{n * 10 + i + 1}", ev) for i, ev in enumerate(chunk)]
-                await queue_apply(pipe, scripts, SETTINGS, ctx, partition, batch)
-                await pipe.execute()
-        await redis.aclose()
-
-    asyncio.run(run())
-    return fakeredis.FakeRedis(server=server, decode_responses=True)
 
 
 def model_state(events: list[StreamEvent]) -> object:

@@ -23,8 +23,8 @@ from cdp.chaos.model import Model, canonical, snapshot
 from cdp.events import StreamEvent, iso_ms
 from cdp.profiles import resolve
 from cdp.settings import Settings
-from tests.lua.conftest import LuaHarness
-from tests.lua.test_apply_batch import event, track
+from tests.support.events import event, track
+from tests.support.lua import LuaHarness
 
 SECOND = 1_000
 MINUTE = 60 * SECOND

@@ -15,8 +15,7 @@ from redis.exceptions import ResponseError
 from cdp import keys
 from cdp.events import StreamEvent
 from cdp.ingest.publisher import Publisher
-
-PARTITIONS = 16
+from tests.support.values import PARTITIONS
 
 
 def event(n: int, user: str) -> StreamEvent:

@@ -18,10 +18,10 @@ from cdp.events import StreamEvent
 from cdp.scripts import Scripts
 from cdp.segments.engine import parse_view
 from cdp.segments.rules import ProfileView, compile_rule, parse_rule
-from tests.lua.test_identity_convergence import apply_in_order
+from tests.support.lua import apply_in_order
+from tests.support.values import T0_MS as T0
 
 MIN = 60_000
-T0 = 1_759_572_000_000
 REENGAGE = compile_rule(
     parse_rule(
         {"all": [{"returned": {"after": "10m", "within": "1h"}}, {"not": {"inactive": "10m"}}]}

@@ -2,7 +2,7 @@
 
 The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the real argument
 encoding of ``cdp.segments.engine`` and ``cdp.ingest.erasure``); the profiles they read
-are built by the real apply script (the ``lua`` harness of conftest.py). Every test
+are built by the real apply script (the ``lua`` harness, tests/support/lua.py). Every test
 asserts the exact keys the script leaves behind.
 """
 
@@ -17,8 +17,8 @@ from cdp import keys
 from cdp.events import iso_ms
 from cdp.segments.engine import Snapshot, parse_view
 from cdp.segments.rules import ProfileView
-from tests.lua.conftest import LuaHarness
-from tests.lua.test_apply_batch import event, track
+from tests.support.events import event, track
+from tests.support.lua import LuaHarness
 
 SECOND = 1_000
 MINUTE = 60 * SECOND

@@ -1,5 +1,8 @@
-"""Hypothesis strategies for event sets over a small universe of identifiers.
+"""Events as the API puts them on a partition stream (``StreamEvent``), for the tests.
 
+``event`` / ``track``: one event, by hand.
+
+The rest are Hypothesis strategies for event sets over a small universe of identifiers.
 The universe is a few *personas*, each with one userId, two emails and three
 anonymousIds; an event names one to three identifiers of one persona. So identifiers
 collide constantly, alias chains and merges of existing profiles are frequent, and
@@ -16,9 +19,38 @@ from typing import Any
 from hypothesis import strategies as st
 
 from cdp.events import StreamEvent
+from tests.support.values import T0_MS
 
-T0 = 1_759_572_000_000  # 2025-10-04T10:00:00Z
 PERSONAS = 3
+
+
+def event(
+    event_id: str,
+    ts: int,
+    type: str = "IDENTIFY",
+    *,
+    user: str | None = None,
+    anon: str | None = None,
+    email: str | None = None,
+    traits: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> StreamEvent:
+    """An event as the API puts it on a partition stream."""
+    return StreamEvent(
+        eventId=event_id,
+        ts=ts,
+        receivedAt=ts,
+        type=type,
+        userId=user,
+        anonymousId=anon,
+        email=email,
+        traits=traits,
+        name=name,
+    )
+
+
+def track(event_id: str, ts: int, name: str, **kw: Any) -> StreamEvent:
+    return event(event_id, ts, "TRACK", name=name, **kw)
 
 
 def persona(k: int) -> dict[str, list[str]]:
@@ -56,7 +88,7 @@ def event_body(draw: st.DrawFn, n: int, personas: list[int]) -> StreamEvent:
             )
         )
         fields = {name: draw(st.sampled_from(ids[name])) for name in chosen}
-    ts = T0 + draw(st.sampled_from([0, 0, 1000, 2000, 60_000, 61_000, 125_000]))
+    ts = T0_MS + draw(st.sampled_from([0, 0, 1000, 2000, 60_000, 61_000, 125_000]))
     return StreamEvent(
         eventId=f"e{n:03d}",
         ts=ts,
@@ -93,7 +125,7 @@ def conflicting_events(draw: st.DrawFn, max_events: int = 25) -> list[StreamEven
         }
         key = next(k for k in fields if k != "userId")
         fields[key] = draw(st.sampled_from(b[key]))
-        ts = T0 + draw(st.integers(0, 5)) * 1000
+        ts = T0_MS + draw(st.integers(0, 5)) * 1000
         events.append(
             StreamEvent(
                 eventId=f"c{n:03d}",
