@@ -30,7 +30,10 @@ from cdp.segments.webhooks import Subscription, parse_subscription
 from cdp.streams import last_id, tail, text
 
 PAGE_MAX = 1000
-STREAM_ID = re.compile(r"^(\$|\d+(-\d+)?)$")
+# A start id for XREAD (both parts fit in 64 bits); also in the OpenAPI document.
+STREAM_ID = re.compile(r"^(\$|[0-9]{1,19}(-[0-9]{1,19})?)$")
+# A whole number in a query string (cursors, limits); also in the OpenAPI document.
+WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}$")
 OPEN_STREAMS = web.AppKey("open_streams", set[asyncio.Task[Any]])
 
 
@@ -194,10 +197,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise EventRejected(f"query parameter {name!r} must be a whole number") from None
+    if not WHOLE_NUMBER.fullmatch(raw):  # int() would take " 7", "+7", "7_0" and "٧"
+        raise EventRejected(f"query parameter {name!r} must be a whole number (at most 18 digits)")
+    value = int(raw)
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise EventRejected(f"query parameter {name!r} must be {bound}")
@@ -258,7 +260,7 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     settings = request.app[SETTINGS]
     start = request.headers.get("Last-Event-ID") or request.query.get("from") or "$"
-    if not STREAM_ID.match(start):
+    if not STREAM_ID.fullmatch(start):
         raise EventRejected(f"{start!r} is not a stream id (like 1700000000000-0, or $)")
     segment_filter = set(request.query.getall("segment", []))
     if start == "$":  # "now" is fixed before the client hears it is connected
