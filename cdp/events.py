@@ -8,6 +8,7 @@ Every rejection raises ``EventRejected`` whose message names the field and the r
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -32,7 +33,7 @@ class Payload(msgspec.Struct, forbid_unknown_fields=False):
 
 class IngestEvent(msgspec.Struct):
     eventId: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    ts: Annotated[datetime, msgspec.Meta(tz=True)]
+    ts: str  # EVENT_TIME, checked by parse_time (msgspec's own parser accepts more)
     payload: Payload
 
 
@@ -94,6 +95,60 @@ MAX_TRAITS = 1000
 MIN_TS_MS = 0
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
+# The grammar the OpenAPI document states, written once: each pattern below is also a
+# ``pattern`` of cdp/ingest/openapi.json (tests/unit/test_contract.py keeps them equal).
+# Only constructs that mean the same in Python and in ECMA-262 (JSON Schema's regex
+# dialect): explicit classes, never \d, \s or \w, which differ; matched in full here.
+#
+# Python's whitespace (str.strip, str.isspace): "blank" means only these characters.
+WHITESPACE = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# A string holding something else than whitespace (searched, like JSON Schema does).
+NOT_BLANK = "[^" + WHITESPACE[1:]
+_CLOCK = (
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_MONTH_DAY = r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+# RFC 3339 with a zone, years 0001 to 9999 (sentAt, originalTimestamp).
+DATE_TIME = r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-" + _MONTH_DAY + _CLOCK
+# The same from 1970-01-02 to 9999-12-30, so that every zone offset stays inside the
+# range event times are kept in (ts, timestamp).
+EVENT_TIME = (
+    r"^(1970-01-(0[2-9]|[12][0-9]|3[01])|1970-(0[2-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"|(197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-"
+    + _MONTH_DAY
+    + r"|9999-(0[1-9]|1[01])-(0[1-9]|[12][0-9]|3[01])|9999-12-(0[1-9]|[12][0-9]|30))"
+    + _CLOCK
+)
+_NOT_BLANK = re.compile(NOT_BLANK)
+_DATE_TIME = re.compile(DATE_TIME)
+_EVENT_TIME = re.compile(EVENT_TIME)
+_NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?")
+
+
+def is_blank(value: str) -> bool:
+    return _NOT_BLANK.search(value) is None
+
+
+def parse_time(raw: Any, field: str, *, event_time: bool = True) -> int:
+    """An RFC 3339 time with a zone -> epoch ms; EventRejected names ``field`` and the rule.
+
+    ``event_time``: within EVENT_TIME's range (an event's own time); else DATE_TIME's.
+    """
+    if not isinstance(raw, str):
+        raise EventRejected(f"`{field}` must be an RFC 3339 time string like 2025-10-04T10:30:00Z")
+    if _NAIVE.fullmatch(raw):
+        raise EventRejected(f"`{field}` needs a timezone (Z or +hh:mm): {raw!r}")
+    if not _DATE_TIME.fullmatch(raw):
+        raise EventRejected(f"`{field}` is not an RFC 3339 time like 2025-10-04T10:30:00Z: {raw!r}")
+    if event_time and not _EVENT_TIME.fullmatch(raw):
+        raise EventRejected(f"`{field}` must be between 1970-01-02 and 9999-12-30")
+    try:
+        parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1] in "Zz" else raw)
+    except ValueError as exc:  # a day the month does not have
+        raise EventRejected(f"`{field}` is not a valid time: {exc}") from None
+    return to_ms(parsed)
+
 
 def check_time_range(ts_ms: int, field: str = "ts") -> None:
     if not MIN_TS_MS <= ts_ms <= MAX_TS_MS:
@@ -109,9 +164,9 @@ def validate_rules(
     blocked: frozenset[str] = BLOCKED_VALUES,
 ) -> None:
     """The rules msgspec's types cannot say (DESIGN.md, seed's "Validation Rules")."""
-    if not event_id.strip():
+    if is_blank(event_id):
         raise EventRejected("`eventId` must not be empty or whitespace")
-    if not any((v or "").strip() for v in (payload.userId, payload.anonymousId, payload.email)):
+    if all(is_blank(v or "") for v in (payload.userId, payload.anonymousId, payload.email)):
         raise EventRejected(
             "at least one of `payload.userId`, `payload.anonymousId` or `payload.email` is required"
         )
@@ -122,12 +177,12 @@ def validate_rules(
             "no usable identifier: `payload.userId`, `payload.anonymousId` and `payload.email` "
             "hold only placeholder values (such as 'null', 'undefined', '0', 'anonymous')"
         )
-    if payload.type == "TRACK" and not (payload.name or "").strip():
+    if payload.type == "TRACK" and is_blank(payload.name or ""):
         raise EventRejected("TRACK events require a `payload.name`")
     if (payload.name or "").startswith("$"):
         raise EventRejected("`payload.name`: names starting with '$' are reserved")
-    if payload.type == "ALIAS" and not (
-        (payload.anonymousId or "").strip() and (payload.userId or "").strip()
+    if payload.type == "ALIAS" and (
+        is_blank(payload.anonymousId or "") or is_blank(payload.userId or "")
     ):
         raise EventRejected("ALIAS events require both `payload.anonymousId` and `payload.userId`")
     check_time_range(ts_ms)
@@ -161,7 +216,7 @@ def decode_ingest(
     except RecursionError:
         raise EventRejected("body is nested too deeply") from None
     payload = event.payload
-    ts_ms = to_ms(event.ts)
+    ts_ms = parse_time(event.ts, "ts")
     validate_rules(event.eventId, ts_ms, payload, now_ms, max_future_skew_ms, blocked)
     return StreamEvent(
         eventId=event.eventId,

@@ -13,7 +13,9 @@ call (with the batch's ``context``/``integrations`` already merged in) into a
 - page and screen are activity: they move lastSeen and are counted under ``$page`` /
   ``$screen`` (not in ``$track``);
 - time, as Segment corrects client clocks: ``receivedAt − (sentAt −
-  originalTimestamp)`` when both are sent, else ``timestamp``, else receipt time.
+  originalTimestamp)`` when both are sent (and the result is a time events can have),
+  else ``timestamp``, else receipt time. Every time sent must be RFC 3339 with a zone
+  (``timestamp`` an event time: cdp.events.EVENT_TIME), even one the correction ignores.
 
 Every problem raises ``CallRejected`` with a Segment-style ``code`` and a message
 naming the field.
@@ -22,11 +24,10 @@ naming the field.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from cdp.errors import EventRejected
-from cdp.events import MAX_TRAITS, StreamEvent, check_time_range, to_ms
+from cdp.events import MAX_TRAITS, MAX_TS_MS, MIN_TS_MS, StreamEvent, is_blank, parse_time
 from cdp.identity import BLOCKED_VALUES, typed_identifiers
 
 TYPES = {
@@ -39,6 +40,7 @@ TYPES = {
 }
 SHORT = {"i": "identify", "t": "track", "a": "alias", "p": "page", "s": "screen", "g": "group"}
 MAX_ID = 512
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 class CallRejected(EventRejected):
@@ -50,33 +52,28 @@ class CallRejected(EventRejected):
         self.status = status
 
 
-def _time(raw: Any, field: str) -> int | None:
+def _time(raw: Any, field: str, *, event_time: bool = False) -> int | None:
     if raw is None:
         return None
-    if not isinstance(raw, str):
-        raise CallRejected(f"`{field}` must be an ISO-8601 string")
     try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise CallRejected(f"`{field}` is not an ISO-8601 time: {raw!r}") from None
-    if parsed.tzinfo is None:
-        raise CallRejected(f"`{field}` needs a time zone (Z or +hh:mm): {raw!r}")
-    return to_ms(parsed)
+        return parse_time(raw, field, event_time=event_time)
+    except EventRejected as exc:
+        raise CallRejected(str(exc)) from None
 
 
 def event_time(call: dict[str, Any], sent_at: int | None, received_at: int) -> int:
-    """Segment's clock-skew correction, then ``timestamp``, then receipt time."""
+    """Segment's clock-skew correction, then ``timestamp``, then receipt time.
+
+    A correction that lands outside the times events can have (clocks years apart)
+    says nothing about when the event happened: the next source is used instead.
+    """
+    timestamp = _time(call.get("timestamp"), "timestamp", event_time=True)
     original = _time(call.get("originalTimestamp"), "originalTimestamp")
     if original is not None and sent_at is not None:
-        ts = received_at - (sent_at - original)
-    else:
-        timestamp = _time(call.get("timestamp"), "timestamp")
-        ts = timestamp if timestamp is not None else received_at
-    try:
-        check_time_range(ts, "timestamp")
-    except EventRejected as exc:
-        raise CallRejected(str(exc)) from None
-    return ts
+        corrected = received_at - (sent_at - original)
+        if MIN_TS_MS <= corrected <= MAX_TS_MS:
+            return corrected
+    return timestamp if timestamp is not None else received_at
 
 
 def _string(call: dict[str, Any], field: str) -> str | None:
@@ -84,7 +81,14 @@ def _string(call: dict[str, Any], field: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)  # SDKs happily send numeric ids
+        # SDKs happily send numeric ids: used as their decimal text, within the numbers
+        # JavaScript holds exactly, where 5.0 is 5 (and -0.0 is 0).
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise CallRejected(
+                f"`{field}`: a number must be within ±{MAX_SAFE_INTEGER}; "
+                "send larger ids as strings"
+            )
+        value = str(int(value) if isinstance(value, float) and value.is_integer() else value)
     if not isinstance(value, str):
         raise CallRejected(f"`{field}` must be a string")
     if len(value) > MAX_ID:
@@ -130,7 +134,7 @@ def to_stream_event(
         anonymous_id = previous
     if kind == "track":
         name = _string(call, "event")
-        if not name or not name.strip():
+        if not name or is_blank(name):
             raise CallRejected("track needs an `event` name")
         if name.startswith("$"):
             raise CallRejected("`event`: names starting with '$' are reserved")
@@ -150,8 +154,9 @@ def to_stream_event(
             "groupId": group_id,
             "groupTraits": traits or {},
         }
-    if profile_traits is not None and len(profile_traits) > MAX_TRAITS:
-        raise CallRejected(f"at most {MAX_TRAITS} traits per call (traits and context.traits)")
+    for field, given in (("traits", traits), ("context.traits", context_traits)):
+        if given is not None and len(given) > MAX_TRAITS:
+            raise CallRejected(f"`{field}`: at most {MAX_TRAITS} traits")
     email = (profile_traits or {}).get("email")
     email = email if isinstance(email, str) and email.strip() else None
     if not typed_identifiers(user_id, anonymous_id, email, blocked):

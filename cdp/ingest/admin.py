@@ -14,7 +14,6 @@ import hmac
 import json
 import re
 import secrets
-import time
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
+from cdp.clock import wall_ms
 from cdp.connect import redis_client
 from cdp.errors import EventRejected
 from cdp.ingest.appkeys import REDIS, SETTINGS, TROUBLE
@@ -38,7 +38,10 @@ from cdp.segments.webhooks import Subscription, parse_subscription
 from cdp.streams import last_id, tail, text
 
 PAGE_MAX = 1000
-STREAM_ID = re.compile(r"^(\$|\d+(-\d+)?)$")
+# A start id for XREAD (both parts fit in 64 bits); also in the OpenAPI document.
+STREAM_ID = re.compile(r"^(\$|[0-9]{1,19}(-[0-9]{1,19})?)$")
+# A whole number in a query string (cursors, limits); also in the OpenAPI document.
+WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}$")
 OPEN_STREAMS = web.AppKey("open_streams", set[asyncio.Task[Any]])
 
 
@@ -174,10 +177,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise EventRejected(f"query parameter {name!r} must be a whole number") from None
+    if not WHOLE_NUMBER.fullmatch(raw):  # int() would take " 7", "+7", "7_0" and "٧"
+        raise EventRejected(f"query parameter {name!r} must be a whole number (at most 18 digits)")
+    value = int(raw)
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise EventRejected(f"query parameter {name!r} must be {bound}")
@@ -189,12 +191,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 async def create_webhook(request: web.Request) -> web.Response:
     require_admin(request)
-    try:
-        sub = parse_subscription(
-            await _json_body(request), secrets.token_hex(8), time.time_ns() // 1_000_000
-        )
-    except ValueError as exc:
-        raise EventRejected(f"invalid webhook: {exc}") from None
+    sub = parse_subscription(await _json_body(request), secrets.token_hex(8), wall_ms())
     redis = request.app[REDIS]
     cursor = await last_id(redis, keys.SEGMENT_EVENTS)
     async with redis.pipeline(transaction=True) as pipe:
@@ -238,7 +235,7 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     settings = request.app[SETTINGS]
     start = request.headers.get("Last-Event-ID") or request.query.get("from") or "$"
-    if not STREAM_ID.match(start):
+    if not STREAM_ID.fullmatch(start):
         raise EventRejected(f"{start!r} is not a stream id (like 1700000000000-0, or $)")
     segment_filter = set(request.query.getall("segment", []))
     if start == "$":  # "now" is fixed before the client hears it is connected

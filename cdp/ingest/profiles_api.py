@@ -26,8 +26,8 @@ from cdp.profiles import read_page, read_profiles, resolve
 
 log = structlog.get_logger("cdp.api")
 
-TYPES = ("user", "anon", "email")
-CANONICAL_ID = re.compile(r"^p[0-9]+$")
+# A typed identifier or a canonical id (also the OpenAPI document's pattern for {id}).
+PROFILE_ID = re.compile(r"^((user|anon|email):[\s\S]*|p[0-9]+)$")
 # A profile merged away between resolving an id and reading it is resolved again.
 READ_ATTEMPTS = 3
 
@@ -36,8 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _identifier(request: web.Request) -> str:
     raw = request.match_info["id"]
-    kind, sep, _ = raw.partition(":")
-    if (sep and kind in TYPES) or (not sep and CANONICAL_ID.match(raw)):
+    if PROFILE_ID.fullmatch(raw):
         return raw
     raise EventRejected(
         f"{raw!r} is not a profile identifier: use user:<userId>, anon:<anonymousId>, "

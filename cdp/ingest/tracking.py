@@ -8,8 +8,10 @@ the past). Auth is the write key: HTTP Basic with the key as user name, or
 may be gzip-encoded; browsers get CORS headers and preflight answers.
 
 Answers are Segment's: ``200 {"success": true}``; ``400 {"code", "message"}``; a
-batch accepts its valid calls and lists the rejected ones; 413 past 32 KB per call or
-500 KB per request; 401 for an unknown write key. Late events are always accepted.
+batch accepts its valid calls and lists the rejected ones (200 even when none is valid,
+as Segment answers; 400 only for a request that is not a batch of JSON objects); 413
+past 32 KB per call or 500 KB per request; 401 for an unknown write key. Late events
+are always accepted.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def segment_error(exc: Exception, status: int, message: str) -> web.Response:
     """An error on a /v1 route, in Segment's shape, with CORS so browsers can read it."""
     code = getattr(exc, "code", None) or {
         401: "unauthorized",
+        404: "not_found",
+        405: "method_not_allowed",
         413: "request_too_large",
         503: "unavailable",
     }.get(status, "invalid_request")
@@ -64,6 +68,8 @@ def write_keys(raw: str) -> dict[str, str]:
 
 
 def _source(request: web.Request, body_key: Any) -> str:
+    if body_key is not None and not isinstance(body_key, str):
+        raise CallRejected("`writeKey` must be a string")
     keys = write_keys(request.app[SETTINGS].write_keys)
     key = None
     header = request.headers.get("Authorization", "")
@@ -125,12 +131,8 @@ def _check_size(call: Any, limit: int) -> None:
 
 
 async def single(request: web.Request) -> web.Response:
-    kind = request.match_info["kind"]
+    kind = request.path.rsplit("/", 1)[1]  # one route per call type (add_tracking_routes)
     kind = SHORT.get(kind, kind)
-    if kind not in TYPES:
-        raise CallRejected(
-            f"no such call type {kind!r}: use {', '.join(TYPES)} or batch", "not_found", 404
-        )
     settings = request.app[SETTINGS]
     body = await _body(request, settings.max_event_bytes)
     source = _source(request, body.get("writeKey"))
@@ -181,22 +183,26 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
         raise CallRejected("`batch` must be a non-empty list of calls")
     if len(calls) > MAX_BATCH_ITEMS:
         raise CallRejected(f"`batch` has {len(calls)} calls; at most {MAX_BATCH_ITEMS}")
-    shared_context: dict[str, Any] = (
-        body["context"] if isinstance(body.get("context"), dict) else {}
-    )
+    # The shape of the request is all-or-nothing; each call's content is judged alone.
+    for index, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise CallRejected(f"`batch[{index}]`: each call must be a JSON object")
+    for field in ("context", "integrations"):
+        if body.get(field) is not None and not isinstance(body[field], dict):
+            raise CallRejected(f"`{field}` must be a JSON object")
+    shared_context: dict[str, Any] = body.get("context") or {}
     shared_integrations = body.get("integrations")
     now = await request.app[CLOCK].now_ms()
     sent_at = _time(body.get("sentAt"), "sentAt")
     events, rejected = [], []
     for index, call in enumerate(calls):
         try:
-            if isinstance(call, dict):
-                own_context = call.get("context") or {}
-                if not isinstance(own_context, dict):
-                    raise CallRejected("`context` must be a JSON object")
-                call = {**call, "context": {**shared_context, **own_context}}
-                if shared_integrations is not None and "integrations" not in call:
-                    call["integrations"] = shared_integrations
+            own_context = call.get("context") or {}
+            if not isinstance(own_context, dict):
+                raise CallRejected("`context` must be a JSON object")
+            call = {**call, "context": {**shared_context, **own_context}}
+            if shared_integrations is not None and "integrations" not in call:
+                call["integrations"] = shared_integrations
             # Sized with the batch's context merged in: that is what gets stored.
             _check_size(call, settings.max_event_bytes)
             events.append(
@@ -204,31 +210,21 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
                     call,
                     None,
                     now,
-                    _time(call.get("sentAt"), "sentAt")
-                    if isinstance(call, dict) and call.get("sentAt")
-                    else sent_at,
+                    _time(call.get("sentAt"), "sentAt") if call.get("sentAt") else sent_at,
                     source,
                     mode,
                     request,
                 )
             )
         except CallRejected as exc:
-            message_id = call.get("messageId") if isinstance(call, dict) else None
+            message_id = call.get("messageId")
             if not isinstance(message_id, str):
                 message_id = None
             rejected.append(
                 {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
             )
-    if not events:
-        return _answer(
-            {
-                "code": "invalid_request",
-                "message": "no valid call in the batch",
-                "rejected": rejected,
-            },
-            400,
-        )
-    await request.app[PUBLISHER].publish_many(events)
+    if events:
+        await request.app[PUBLISHER].publish_many(events)
     answer: dict[str, Any] = {"success": True}
     if rejected:
         answer["rejected"] = rejected
@@ -270,5 +266,6 @@ def add_tracking_routes(app: web.Application) -> None:
     app.router.add_post("/v1/b", batch)
     app.router.add_post("/v1/import", import_batch)
     app.router.add_get("/v1/projects/{write_key}/settings", project_settings)
-    app.router.add_post("/v1/{kind}", single)
+    for kind in (*TYPES, *SHORT):  # one route each, as the OpenAPI document lists them
+        app.router.add_post(f"/v1/{kind}", single)
     app.router.add_route("OPTIONS", r"/v1/{tail:[\s\S]*}", preflight)

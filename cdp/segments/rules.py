@@ -15,6 +15,9 @@ A rule is one JSON object of one of these shapes (combine freely)::
     {"returned": {"after": "10m", "within": "1h"}}
         an event arrived after at least ``after`` of inactivity, in the last ``within``
 
+Durations are a whole number and a unit (``DURATION``: 500ms, 5s, 2m, 24h, 7d); times
+compared with gt/gte/lt/lte are RFC 3339 with a zone (cdp.events.DATE_TIME).
+
 ``parse_rule(obj)`` validates (msgspec for each node's fields) and raises
 ``RuleError`` whose message starts with the JSON path of the offending node
 (``$.all[1].count.within``). ``compile_rule(rule)`` turns a parsed rule into a
@@ -27,6 +30,7 @@ one other evaluator is the test oracle (tests/support/rules_oracle.py).
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,7 +41,13 @@ import msgspec
 
 from cdp import keys
 from cdp.errors import CdpError
+from cdp.events import DATE_TIME
 from cdp.settings import parse_duration_ms
+
+# Also the ``Duration`` pattern of the OpenAPI document.
+DURATION = r"^[1-9][0-9]{0,15}(ms|s|m|h|d)$"
+_DURATION = re.compile(DURATION)
+_DATE_TIME = re.compile(DATE_TIME)
 
 
 class RuleError(CdpError):
@@ -177,19 +187,21 @@ def _convert(obj: Any, kind: type[Any], path: str) -> Any:
 def _duration(raw: Any, path: str) -> int:
     if not isinstance(raw, str):
         raise RuleError(f"{path}: expected a duration like '10m', got {raw!r}")
+    if not _DURATION.fullmatch(raw):
+        raise RuleError(
+            f"{path}: {raw!r} is not a duration; write a whole number and a unit, like "
+            "'500ms', '5s', '2m', '24h' or '7d'"
+        )
     try:
-        value = parse_duration_ms(raw, path)
-    except CdpError as exc:
+        return parse_duration_ms(raw, path)
+    except CdpError as exc:  # pragma: no cover (the pattern admits only what it parses)
         raise RuleError(str(exc)) from None
-    if value <= 0:
-        raise RuleError(f"{path}: must be longer than zero")
-    return value
 
 
 def _time(value: Any) -> float | None:
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             return None
         return parsed.timestamp() if parsed.tzinfo else None
@@ -197,9 +209,10 @@ def _time(value: Any) -> float | None:
 
 
 def _orderable(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)) or (
-        _time(value) is not None
-    )
+    """A rule's bound: a number, or an RFC 3339 time (a stored trait may be any ISO-8601)."""
+    if isinstance(value, str):
+        return _DATE_TIME.fullmatch(value) is not None and _time(value) is not None
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- evaluation ----------------------------------------------------------------------

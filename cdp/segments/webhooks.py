@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -44,6 +44,17 @@ log = structlog.get_logger("cdp.webhooks")
 
 MAX_BACKOFF_MS = 600_000
 DELIVERIES_PER_RUN = 50
+# What a subscription URL may be (also the OpenAPI document's ``WebhookCreate.url``):
+# http(s), an ASCII host name or address (IDNs in punycode), an optional port, then
+# printable ASCII. Stricter than a URL parser on purpose: what passes is deliverable.
+URL = (
+    r"^https?://[A-Za-z0-9.-]+"
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+    r"([/?#][\x21-\x7e]*)?$"
+)
+MAX_URL_LENGTH = 2048
+MIN_SECRET_LENGTH = 16
+_URL = re.compile(URL)
 
 
 class Subscription(msgspec.Struct, frozen=True):
@@ -80,17 +91,12 @@ def parse_subscription(body: Any, new_id: str, now_ms: int = 0) -> Subscription:
     if unknown:
         raise InvalidSubscription(f"invalid webhook: unknown fields {sorted(unknown)}")
     url = body.get("url")
-    try:
-        parts = urlsplit(url) if isinstance(url, str) else None
-    except ValueError as exc:  # "http://[x": Invalid IPv6 URL
-        raise InvalidSubscription(f"invalid webhook: {exc}") from None
-    if (
-        not isinstance(url, str)
-        or parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.netloc
-    ):
-        raise InvalidSubscription("invalid webhook: `url` must be an http:// or https:// URL")
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or not _URL.fullmatch(url):
+        raise InvalidSubscription(
+            "invalid webhook: `url` must be an http:// or https:// URL with an ASCII host "
+            "(punycode for international names) and printable ASCII after it, at most "
+            f"{MAX_URL_LENGTH} long"
+        )
     segments = body.get("segments")
     if segments is not None and (
         not isinstance(segments, list) or not all(isinstance(s, str) and s for s in segments)
@@ -98,10 +104,11 @@ def parse_subscription(body: Any, new_id: str, now_ms: int = 0) -> Subscription:
         raise InvalidSubscription(
             "invalid webhook: `segments` must be a list of segment names, or absent for all"
         )
-    secret = body.get("secret") or secrets.token_hex(16)
-    if not isinstance(secret, str) or len(secret) < 16:
+    secret = body.get("secret", secrets.token_hex(16))
+    if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
         raise InvalidSubscription(
-            "invalid webhook: `secret` must be a string of at least 16 characters"
+            f"invalid webhook: `secret` must be a string of at least {MIN_SECRET_LENGTH} "
+            "characters, or absent to have one generated"
         )
     return Subscription(new_id, url, secret, segments, iso_ms(now_ms) if now_ms else "")
 
