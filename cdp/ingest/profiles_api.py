@@ -27,7 +27,7 @@ from cdp.profiles import read_page, read_profiles, resolve
 log = structlog.get_logger("cdp.api")
 
 # A typed identifier or a canonical id (also the OpenAPI document's pattern for {id}).
-PROFILE_ID = re.compile(r"^((user|anon|email):[\s\S]*|p[0-9]+)$")
+PROFILE_ID = re.compile(r"^((user|anon|email):[\s\S]*\S[\s\S]*|p[0-9]+)$")
 # A profile merged away between resolving an id and reading it is resolved again.
 READ_ATTEMPTS = 3
 

@@ -28,7 +28,7 @@ from cdp.segment_spec import SHORT, TYPES, to_stream_event
 from cdp.segments.definitions import NAME, parse_definition
 from cdp.segments.rules import DURATION
 from cdp.segments.webhooks import URL, parse_subscription
-from tests.conftest import ROOT
+from tests.support.stack import ROOT
 
 DOCUMENT = ROOT / "cdp" / "ingest" / "openapi.json"
 RAW = json.loads(DOCUMENT.read_text())

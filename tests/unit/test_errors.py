@@ -173,7 +173,7 @@ def test_well_formed_identifiers_normalise_and_placeholders_name_nobody() -> Non
         ),
         ({"url": "https://x.io", "x": 1}, "invalid webhook: unknown fields ['x']"),
         ({"url": "ftp://x.io"}, "invalid webhook: `url` must be an http:// or https:// URL"),
-        ({"url": "http://[x"}, "invalid webhook: Invalid IPv6 URL"),
+        ({"url": "http://[x"}, "invalid webhook: `url` must be an http:// or https:// URL"),
         ({"url": "https://x.io", "secret": "short"}, "invalid webhook: `secret` must be a"),
     ],
 )
