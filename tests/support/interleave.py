@@ -25,10 +25,10 @@ from redis.asyncio.client import Pipeline
 from cdp import keys
 from cdp.events import StreamEvent, stream_encoder
 from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
-from cdp.pipeline.worker import ensure_groups
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.settings import Settings
+from workers.housekeeping import ensure_groups
 
 
 class Gate:
