@@ -49,8 +49,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from cdp import keys
 from cdp.events import StreamEvent, decode_ingest, iso_ms, stream_encoder
-from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
-from cdp.scripts import Scripts, source
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import Bound, Scripts, calls, source
 from cdp.settings import Settings, format_duration
 from cdp.streams import text
 
@@ -323,7 +323,7 @@ class RawApply:
     def __init__(self, redis: Redis, settings: Settings, prefix: str, partition: int) -> None:
         self.redis, self.settings, self.partition = redis, settings, partition
         self.scripts = Scripts(redis)
-        self.scripts.apply_batch = _Renamed(redis, prefix)
+        self.scripts.apply_batch = Bound(calls.apply_batch, _Renamed(redis, prefix))
         self.stream = rename(keys.stream(partition), prefix)
 
     async def pending(self, events: list[StreamEvent]) -> list[tuple[str, StreamEvent]]:
@@ -352,7 +352,7 @@ class RawApply:
             calls_s, replies = await timed(len(chunks), queue, self.redis, max(1, 10_000 // size))
         except ResponseError as exc:
             raise RuntimeError(f"apply_batch failed: {exc}") from None
-        applied = sum(parse_result(r).applied for r in replies)
+        applied = sum(self.scripts.apply_batch.decode(r).applied for r in replies)
         return calls_s * len(batch) / len(chunks), applied
 
 

@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 
 from cdp import keys
 from cdp.events import StreamEvent
-from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
-from cdp.scripts import Scripts, is_poison
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.settings import Settings
 from workers.state import Chunk, WorkerState
 
@@ -121,7 +121,7 @@ class DeadLetters:
                     state.requeue([(partition, chunk[index:])])
                     raise
                 continue
-            result = parse_result(reply)
+            result = self.scripts.apply_batch.decode(reply)
             if result.lease_lost:
                 state.forget(partition)
                 return applied

@@ -21,8 +21,8 @@ from redis.exceptions import RedisError
 
 from cdp import keys
 from cdp.clock import Clock
-from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
-from cdp.scripts import Scripts, is_poison
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.segments.engine import SegmentEngine
 from cdp.settings import Settings
 from workers.dead_letters import DeadLetters
@@ -126,7 +126,7 @@ class Ticker:
                 state.log.warning("apply refused by redis; retried next tick", error=str(reply))
                 state.requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
             else:
-                result = parse_result(reply)
+                result = self.scripts.apply_batch.decode(reply)
                 if result.lease_lost:
                     state.forget(p)
                 else:

@@ -28,9 +28,9 @@ import pytest
 
 from cdp import keys
 from cdp.events import StreamEvent, stream_encoder
-from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
+from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.profiles import read_profile
-from cdp.scripts import Scripts
+from cdp.scripts import BatchResult, Scripts
 from cdp.settings import Settings
 
 T = TypeVar("T")
@@ -105,7 +105,7 @@ class LuaHarness:
                 (reply,) = await pipe.execute()
             return reply
 
-        return parse_result(self.run(call()))
+        return BatchResult.decode(self.run(call()))
 
     def apply(
         self,
