@@ -18,8 +18,8 @@
   Returns {"OK", identifiers removed, EXIT events} or {"GONE"}
 ]]
 local rcall = redis.call
---@include bytes
 local prefix, cid, now_iso, job, who, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+--@include segments
 local pkey = prefix .. ":profile:{" .. cid .. "}"
 local meta = rcall("HMGET", pkey, "createdAt", "mergedInto", "user")
 if not meta[1] or meta[2] then return {"GONE"} end
@@ -30,33 +30,16 @@ for _, id in ipairs(ids) do
   rcall("DEL", prefix .. ":identifier:{" .. id .. "}")
 end
 
--- Who the EXIT names, as segment_transition does: the userId, else the first identifier.
-local who_field, who_value
-local first = meta[3]
-if not first then
-  table.sort(ids, bytes_lt)
-  first = ids[1]
-end
-if first then
-  local kind, value = string.match(first, "^(%a+):(.*)$")
-  who_field = ({user = "userId", anon = "anonymousId", email = "email"})[kind]
-  who_value = value
-end
-
+-- The EXITs name the profile as segment_transition did: the userId, else the first identifier.
+local who_field, who_value = who_of(meta[3], ids)
 local exits = 0
 local memberships = rcall("HGETALL", pkey .. ":segments")
 for i = 1, #memberships, 2 do
   local name, state = memberships[i], cjson.decode(memberships[i + 1])
   if state["in"] then
-    rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
-    local n = state.n + 1
-    local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
-    local payload = {type = "TRACK", name = name .. " EXIT",
-      properties = {canonicalId = cid, segment = name, transition = "EXIT", reason = "erased"}}
-    if who_field then payload[who_field] = who_value end
-    rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", maxlen, "*",
-      "eventId", event_id, "segment", name, "transition", "EXIT", "canonicalId", cid,
-      "e", cjson.encode({eventId = event_id, ts = now_iso, payload = payload}))
+    rcall("ZREM", members_key(name), cid)
+    emit_transition(name, cid, state.n + 1, "EXIT", now_iso, who_field, who_value, maxlen,
+      "erased")
     exits = exits + 1
   end
 end

@@ -18,10 +18,11 @@
 ]]
 local rcall = redis.call
 local prefix, name, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+--@include segments
 if rcall("HEXISTS", prefix .. ":segments", name) == 1 then return 0 end
 
-local members_key = prefix .. ":segment:{" .. name .. "}:members"
-local chunk = rcall("ZRANGE", members_key, 0, limit - 1)
+local members = members_key(name)
+local chunk = rcall("ZRANGE", members, 0, limit - 1)
 for _, cid in ipairs(chunk) do
   local skey = prefix .. ":profile:{" .. cid .. "}:segments"
   local raw = rcall("HGET", skey, name)
@@ -33,5 +34,5 @@ for _, cid in ipairs(chunk) do
     end
   end
 end
-if #chunk > 0 then rcall("ZREM", members_key, unpack(chunk)) end
+if #chunk > 0 then rcall("ZREM", members, unpack(chunk)) end
 return #chunk

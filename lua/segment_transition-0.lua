@@ -36,10 +36,10 @@
   Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
 ]]
 local rcall = redis.call
---@include bytes
 local prefix, cid, version, now_iso, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+--@include segments
 local wanted = cjson.decode(ARGV[6])
-local who = cjson.decode(ARGV[7])
+local who_field, who_value = next(cjson.decode(ARGV[7]))
 local maxlen = ARGV[8]
 
 local pkey = prefix .. ":profile:{" .. cid .. "}"
@@ -70,22 +70,13 @@ for _, name in ipairs(names) do
   if state["in"] ~= want then
     local n = state.n + 1
     rcall("HSET", skey, name, cjson.encode({["in"] = want, n = n, since = now_iso}))
-    local members = prefix .. ":segment:{" .. name .. "}:members"
     if want then
-      rcall("ZADD", members, tonumber(string.sub(cid, 2)) or 0, cid)
+      rcall("ZADD", members_key(name), tonumber(string.sub(cid, 2)) or 0, cid)
     else
-      rcall("ZREM", members, cid)
+      rcall("ZREM", members_key(name), cid)
     end
-    local transition = want and "ENTER" or "EXIT"
-    local event_id = "seg:" .. name .. ":" .. cid .. ":" .. n
-    local payload = {type = "TRACK", name = name .. " " .. transition,
-      properties = {canonicalId = cid, segment = name, transition = transition}}
-    for k, v in pairs(who) do payload[k] = v end
-    local event = cjson.encode({eventId = event_id, ts = now_iso, payload = payload})
-    rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", maxlen, "*",
-      "eventId", event_id, "segment", name, "transition", transition, "canonicalId", cid,
-      "e", event)
-    out[#out + 1] = event_id
+    out[#out + 1] = emit_transition(name, cid, n, want and "ENTER" or "EXIT", now_iso,
+      who_field, who_value, maxlen)
   end
 end
 for _, name in ipairs(cjson.decode(ARGV[9])) do
@@ -94,7 +85,7 @@ for _, name in ipairs(cjson.decode(ARGV[9])) do
     local state = cjson.decode(raw)
     rcall("HSET", skey, name, cjson.encode({["in"] = false, n = state.n, since = now_iso}))
   end
-  rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", cid)
+  rcall("ZREM", members_key(name), cid)
 end
 if due == "" then rcall("ZREM", due_key, cid) else rcall("ZADD", due_key, due, cid) end
 return out

@@ -10,8 +10,8 @@ import structlog
 from cdp.clock import make_clock
 from cdp.connect import redis_client, wait_for_redis
 from cdp.logs import configure_logging
-from cdp.pipeline.worker import Worker
 from cdp.settings import Settings
+from workers.worker import Worker
 
 
 async def run_worker(settings: Settings, worker_id: str | None = None) -> None:

@@ -27,8 +27,8 @@ from cdp.bench.workload import NAMES, small_profiles, stream_event, workload
 from cdp.clock import wall_ms
 from cdp.errors import BenchError
 from cdp.events import StreamEvent, stream_encoder
-from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
-from cdp.scripts import Scripts, source
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import Bound, Scripts, calls, source
 from cdp.settings import Settings
 
 TRIVIAL_LUA = """redis.call('HINCRBY', KEYS[1], 'n', 1)
@@ -87,7 +87,7 @@ class RawApply:
     def __init__(self, redis: Redis, settings: Settings, prefix: str, partition: int) -> None:
         self.redis, self.settings, self.partition = redis, settings, partition
         self.scripts = Scripts(redis)
-        self.scripts.apply_batch = _Renamed(redis, prefix)
+        self.scripts.apply_batch = Bound(calls.apply_batch, _Renamed(redis, prefix))
         self.stream = rename(keys.stream(partition), prefix)
 
     async def pending(self, events: list[StreamEvent]) -> list[tuple[str, StreamEvent]]:
@@ -116,7 +116,7 @@ class RawApply:
             calls_s, replies = await timed(len(chunks), queue, self.redis, max(1, 10_000 // size))
         except ResponseError as exc:
             raise BenchError(f"apply_batch failed: {exc}") from None
-        applied = sum(parse_result(r).applied for r in replies)
+        applied = sum(self.scripts.apply_batch.decode(r).applied for r in replies)
         return calls_s * len(batch) / len(chunks), applied
 
 

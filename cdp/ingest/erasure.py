@@ -54,16 +54,13 @@ async def erase(request: web.Request) -> web.Response:
         identifiers = sorted(text(i) for i in await redis.smembers(keys.identifiers(cid)))
         cids = {cid} | {text(c) for c in await redis.smembers(keys.merged(cid))}
         reply = await Scripts(redis).erase_profile(
-            args=[
-                keys.PREFIX,
-                cid,
-                iso_ms(now),
-                job_id,
-                "admin",
-                request.app[SETTINGS].segment_events_maxlen,
-            ]
+            cid=cid,
+            now_iso=iso_ms(now),
+            job_id=job_id,
+            requested_by="admin",
+            events_maxlen=request.app[SETTINGS].segment_events_maxlen,
         )
-        if text(reply[0]) != "GONE":
+        if reply.status != "GONE":
             break
     else:
         raise NotFound(f"profile {cid!r} no longer exists")
@@ -72,8 +69,8 @@ async def erase(request: web.Request) -> web.Response:
         "state": "purging",
         "canonicalId": cid,
         "createdAt": iso_ms(now),
-        "identifiers": int(reply[1]),
-        "exits": int(reply[2]),
+        "identifiers": reply.identifiers,
+        "exits": reply.exits,
     }
     await redis.hset(keys.job(job_id), mapping=state)
     await redis.expire(keys.job(job_id), JOB_TTL_S)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -103,7 +102,8 @@ async def queue_apply(
     partition: int,
     batch: Sequence[tuple[str, StreamEvent]],
 ) -> None:
-    """Queue one ``apply_batch`` call for a slice of one partition's ordered events."""
+    """Queue one ``apply_batch`` call for a slice of one partition's ordered events; its
+    reply, in the pipeline's, is read with ``scripts.apply_batch.decode`` (a BatchResult)."""
     dedup_cur, dedup_prev, expire_in = ctx.dedup_keys(partition, settings)
     cutoff_ms = max(ctx.now_ms - settings.counter_window_ms, 0)
     payload = _encoder.encode(
@@ -112,33 +112,18 @@ async def queue_apply(
             for eid, ev in batch
         ]
     )
-    await scripts.apply_batch(
-        keys=[keys.stream(partition), keys.lease(partition), dedup_cur, dedup_prev, keys.METRICS],
-        args=[
-            keys.GROUP,
-            ctx.worker_id,
-            expire_in,
-            bucket_member(cutoff_ms, settings.counter_bucket_ms),
-            iso_ms(ctx.now_ms),
-            keys.PREFIX,
-            payload,
-            script_limits(settings, ctx.now_ms),
-        ],
-        client=pipe,
+    await scripts.apply_batch.queue(
+        pipe,
+        stream=keys.stream(partition),
+        lease=keys.lease(partition),
+        dedup_current=dedup_cur,
+        dedup_previous=dedup_prev,
+        metrics=keys.METRICS,
+        group=keys.GROUP,
+        worker_id=ctx.worker_id,
+        dedup_expire_ms=expire_in,
+        counter_cutoff=bucket_member(cutoff_ms, settings.counter_bucket_ms),
+        now_iso=iso_ms(ctx.now_ms),
+        events=payload,
+        limits=script_limits(settings, ctx.now_ms),
     )
-
-
-@dataclass(slots=True)
-class BatchResult:
-    lease_lost: bool = False
-    applied: int = 0
-    duplicates: int = 0
-    profiles: tuple[str, ...] = ()
-
-
-def parse_result(reply: Any) -> BatchResult:
-    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-    if status == "LEASE_LOST":
-        return BatchResult(lease_lost=True)
-    profiles = tuple(p.decode() if isinstance(p, bytes) else p for p in reply[3:])
-    return BatchResult(applied=int(reply[1]), duplicates=int(reply[2]), profiles=profiles)

@@ -10,12 +10,11 @@ it, so a worker that lost a lease cannot apply to that partition any more.
 
 from __future__ import annotations
 
-import time
-
 import structlog
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.clock import wall_ms
 from cdp.scripts import Scripts
 
 
@@ -39,7 +38,7 @@ class LeaseManager:
 
     async def heartbeat(self) -> list[str]:
         """Announce this worker and return the live worker ids (wall time, not event time)."""
-        now = time.time_ns() // 1_000_000
+        now = wall_ms()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.WORKERS, {self.worker_id: now + self.ttl_ms})
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
@@ -55,23 +54,22 @@ class LeaseManager:
         to_hold = sorted(wanted)
         async with self._redis.pipeline(transaction=False) as pipe:
             for p in to_release:
-                await self._scripts.lease_release(
-                    keys=[keys.lease(p)], args=[self.worker_id], client=pipe
-                )
+                await self._scripts.lease_release.queue(pipe, keys.lease(p), self.worker_id)
             for p in to_hold:
-                await self._scripts.lease_acquire(
-                    keys=[keys.lease(p)], args=[self.worker_id, self.ttl_ms], client=pipe
+                await self._scripts.lease_acquire.queue(
+                    pipe, keys.lease(p), self.worker_id, self.ttl_ms
                 )
             replies = await pipe.execute()
-        held = {p for p, ok in zip(to_hold, replies[len(to_release) :], strict=True) if ok}
+        acquired = self._scripts.lease_acquire.decode
+        held = {
+            p for p, ok in zip(to_hold, replies[len(to_release) :], strict=True) if acquired(ok)
+        }
         return held - owned, owned - held
 
     async def release_all(self, owned: set[int]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for p in sorted(owned):
-                await self._scripts.lease_release(
-                    keys=[keys.lease(p)], args=[self.worker_id], client=pipe
-                )
+                await self._scripts.lease_release.queue(pipe, keys.lease(p), self.worker_id)
             pipe.zrem(keys.WORKERS, self.worker_id)
             pipe.hdel(keys.METRICS_BUFFERED, self.worker_id)
             await pipe.execute()
@@ -93,11 +91,7 @@ class RoleLease:
         self.holding = False
 
     async def hold(self) -> bool:
-        held = bool(
-            await self._scripts.lease_acquire(
-                keys=[self._key], args=[self._worker_id, self._ttl_ms]
-            )
-        )
+        held = await self._scripts.lease_acquire(self._key, self._worker_id, self._ttl_ms)
         if held != self.holding:
             self.holding = held
             structlog.get_logger("cdp.leases").info(
@@ -107,5 +101,5 @@ class RoleLease:
 
     async def release(self) -> None:
         if self.holding:
-            await self._scripts.lease_release(keys=[self._key], args=[self._worker_id])
+            await self._scripts.lease_release(self._key, self._worker_id)
             self.holding = False

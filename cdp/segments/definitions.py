@@ -151,6 +151,6 @@ async def delete_definition(redis: Redis, name: str) -> bool:
     if not removed:
         return False
     forget = Scripts(redis).segment_forget
-    while await forget(args=[keys.PREFIX, name, FORGET_CHUNK]):
+    while await forget(name, FORGET_CHUNK):
         pass
     return True

@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.events import iso_ms, to_ms
-from cdp.scripts import Scripts
+from cdp.scripts import ProfileRow, Scripts
 from cdp.segments.definitions import Segment, SegmentCache
 from cdp.segments.rules import Check, ProfileView
 from cdp.settings import Settings
@@ -48,7 +48,6 @@ from cdp.streams import text
 
 log = structlog.get_logger("cdp.segments")
 
-_encoder = msgspec.json.Encoder()
 READ_CHUNK = 200
 MAX_RETRIES = 3
 YIELD_EVERY = 32  # profiles evaluated between two yields to the event loop
@@ -104,12 +103,11 @@ def _member(raw: Any) -> bool:
         return bool(json.loads(raw)["in"])
 
 
-def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
+def parse_view(cid: str, row: ProfileRow, bucket_ms: int) -> Snapshot | None:
     """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
-    version, merged_into, user, last_seen, first_seen, *rest = row
-    traits, counters, states, anon, due, evaluated = rest
-    if not version or merged_into:
+    if not row.version or row.merged_into:
         return None
+    traits, counters, states = row.traits, row.counters, row.segments
     trait_values: dict[str, Any] = {}
     for i in range(0, len(traits), 2):
         value = _trait_value(traits[i + 1])
@@ -119,27 +117,27 @@ def parse_view(cid: str, row: list[Any], bucket_ms: int) -> Snapshot | None:
         text(counters[i]): _pairs(counters[i + 1]) for i in range(0, len(counters), 2)
     }
     who: dict[str, str] = {}
-    if user:
-        who["userId"] = text(user).removeprefix("user:")
-    elif anon:
-        kind, _, value = text(anon).partition(":")
+    if row.user:
+        who["userId"] = text(row.user).removeprefix("user:")
+    elif row.first_identifier:
+        kind, _, value = text(row.first_identifier).partition(":")
         who[_WHO[kind]] = value
     view = ProfileView(
         traits=trait_values,
         counters=counter_values,
-        last_seen_ms=int(last_seen) if last_seen else None,
-        returns=returns_of(counter_values.get(keys.SEEN, {}), first_seen, bucket_ms),
+        last_seen_ms=int(row.last_seen_ms) if row.last_seen_ms else None,
+        returns=returns_of(counter_values.get(keys.SEEN, {}), row.first_seen, bucket_ms),
         bucket_ms=bucket_ms,
     )
     memberships = {text(states[i]): _member(states[i + 1]) for i in range(0, len(states), 2)}
     return Snapshot(
         cid,
-        text(version),
+        text(row.version),
         view,
         who,
         memberships,
-        int(float(due)) if due else None,
-        text(evaluated) if evaluated else "",
+        int(float(row.due)) if row.due else None,
+        text(row.evaluated_ms) if row.evaluated_ms else "",
     )
 
 
@@ -205,14 +203,14 @@ class SegmentEngine:
             pending = stale
         return emitted
 
-    def _read(self, cids: list[str]) -> asyncio.Future[list[Any]]:
+    def _read(self, cids: list[str]) -> asyncio.Future[list[ProfileRow]]:
         """``profile_view`` of ``cids``, started now."""
-        read = asyncio.ensure_future(self.scripts.profile_view(args=[keys.PREFIX, *cids]))
+        read = asyncio.ensure_future(self.scripts.profile_view(cids))
         read.add_done_callback(_retrieved)
         return read
 
     async def _evaluate_chunk(
-        self, cids: list[str], rows: list[Any], segments: dict[str, Segment], now_ms: int
+        self, cids: list[str], rows: list[ProfileRow], segments: dict[str, Segment], now_ms: int
     ) -> tuple[list[str], list[str]]:
         checks = [(name, segment.check) for name, segment in segments.items()]
         names = segments.keys()
@@ -238,33 +236,32 @@ class SegmentEngine:
                 )
                 if not changes and not dropped and due == snap.due:
                     continue  # nothing to write: the steady state costs no script call
-                await self.scripts.segment_transition(
-                    args=[
-                        keys.PREFIX,
-                        cid,
-                        snap.version,
-                        now_iso if at_ms == now_ms else iso_ms(at_ms),
-                        "" if due is None else due,
-                        _encoder.encode(changes),
-                        _encoder.encode(snap.who),
-                        maxlen,
-                        _encoder.encode(dropped),
-                        at_ms,
-                        snap.evaluated,
-                        defined_at,
-                    ],
-                    client=pipe,
+                await self.scripts.segment_transition.queue(
+                    pipe,
+                    cid=cid,
+                    version=snap.version,
+                    at_iso=now_iso if at_ms == now_ms else iso_ms(at_ms),
+                    at_ms=at_ms,
+                    due_ms=due,
+                    wanted=changes,
+                    who=snap.who,
+                    events_maxlen=maxlen,
+                    dropped=dropped,
+                    read_evaluated=snap.evaluated,
+                    definitions_version=defined_at,
                 )
                 queued.append(cid)
             replies = await pipe.execute() if queued else []
         emitted: list[str] = []
         stale: list[str] = []
+        decode = self.scripts.segment_transition.decode
         for queued_cid, reply in zip(queued, replies, strict=True):
             if queued_cid is None:
                 continue
-            if text(reply[0]) == "STALE":
+            transition = decode(reply)
+            if transition.status == "STALE":
                 stale.append(queued_cid)
-            emitted += [text(e) for e in reply[1:]]
+            emitted += transition.event_ids
         return emitted, stale
 
 

@@ -2,6 +2,7 @@
 -- profiles they link, within the guard rails. Expects `rcall`, `prefix`, `now_iso`,
 -- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers, segmentEventsMaxlen)
 -- and the helpers of includes/profile.lua.
+--@include segments
 
 local function record(ev, fields)
   local args = {prefix .. ":merges", "MAXLEN", "~", "100000", "*"}
@@ -20,8 +21,6 @@ local function new_profile()
   return cid
 end
 
-local WHO_FIELD = {user = "userId", anon = "anonymousId", email = "email"}
-
 -- The loser's memberships end with an EXIT each, as erase_profile's do: numbered after
 -- its last transition, stamped no earlier than it, naming the profile as its ENTER did
 -- (its userId, else its first identifier), with reason "merged" and the survivor. The
@@ -30,31 +29,15 @@ local WHO_FIELD = {user = "userId", anon = "anonymousId", email = "email"}
 local function exit_merged(loser, survivor, user, ids)
   local memberships = rcall("HGETALL", profile_key(loser) .. ":segments")
   if #memberships == 0 then return end
-  local first = user
-  if not first then
-    for _, id in ipairs(ids) do
-      if not first or bytes_lt(id, first) then first = id end
-    end
-  end
-  local who_field, who_value
-  if first then
-    local kind, value = string.match(first, "^(%a+):(.*)$")
-    who_field, who_value = WHO_FIELD[kind], value
-  end
+  local who_field, who_value = who_of(user, ids)
   for i = 1, #memberships, 2 do
     local name, state = memberships[i], cjson.decode(memberships[i + 1])
     if state["in"] then
-      rcall("ZREM", prefix .. ":segment:{" .. name .. "}:members", loser)
-      local event_id = "seg:" .. name .. ":" .. loser .. ":" .. (state.n + 1)
+      rcall("ZREM", members_key(name), loser)
       local at = now_iso
       if type(state.since) == "string" and bytes_lt(at, state.since) then at = state.since end
-      local payload = {type = "TRACK", name = name .. " EXIT",
-        properties = {canonicalId = loser, segment = name, transition = "EXIT",
-          reason = "merged", mergedInto = survivor}}
-      if who_field then payload[who_field] = who_value end
-      rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", limits.segmentEventsMaxlen, "*",
-        "eventId", event_id, "segment", name, "transition", "EXIT", "canonicalId", loser,
-        "e", cjson.encode({eventId = event_id, ts = at, payload = payload}))
+      emit_transition(name, loser, state.n + 1, "EXIT", at, who_field, who_value,
+        limits.segmentEventsMaxlen, "merged", survivor)
     end
   end
 end

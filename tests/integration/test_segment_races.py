@@ -208,7 +208,7 @@ def test_any_interleaving_keeps_transitions_alternating_real_and_in_time_order(
             events = await stream(redis)
             if len(events) == checked:
                 return
-            (row,) = await Scripts(redis).profile_view(args=[keys.PREFIX, "p1"])
+            (row,) = await Scripts(redis).profile_view(["p1"])
             snap = parse_view("p1", row, settings.counter_bucket_ms)
             assert snap is not None
             for e in events[checked:]:

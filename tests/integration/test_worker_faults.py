@@ -40,13 +40,14 @@ from cdp.embedded import RedisServer, free_port
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
 from cdp.pipeline.apply import ApplyContext, queue_apply
-from cdp.pipeline.worker import Worker, ensure_groups
 from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings, load_settings
 from tests.support.stack import Stack
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
 from tests.support.wait import wait_until
+from workers.housekeeping import ensure_groups
+from workers.worker import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +206,7 @@ def test_reclaiming_skips_what_the_worker_holds_and_takes_only_what_it_lost(
             # Three events an hour ahead wait in the buffer, idle far longer than lease-ttl.
             await publish(redis, *(event(f"held-{i}", user, now + 3_600_000 + i) for i in range(3)))
             reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
-            await worker._ingest_entries(partition, reply[0][1])
+            await worker.reader.ingest(partition, reply[0][1])
             # Two more read under the worker's name, the reply lost.
             await publish(redis, *(event(f"lost-{i}", user, now + 3_600_000 + i) for i in range(2)))
             await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
@@ -331,7 +332,7 @@ def test_a_failed_drop_record_loses_neither_the_other_streams_nor_itself(
             )
             await redis.config_set("maxmemory-policy", "noeviction")
             await redis.config_set("maxmemory", 1)
-            reader = asyncio.create_task(worker._read_loop())
+            reader = asyncio.create_task(worker.reader.run())
             try:
                 # One read returns both streams; recording the drop fails (OOM).
                 await wait_for(lambda: _eq(pending(redis), 3))
@@ -384,7 +385,7 @@ def test_a_tick_whose_round_trip_failed_requeues_every_chunk_it_popped(
             stream = keys.stream(partition_of(f"user:{user}", PARTITIONS))
             reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=10)
             partition = partition_of(f"user:{user}", PARTITIONS)
-            await worker._ingest_entries(partition, reply[0][1])
+            await worker.reader.ingest(partition, reply[0][1])
             assert worker.buffered == 2
             os.kill(own_redis.process.pid, signal.SIGSTOP)
             try:
@@ -511,7 +512,7 @@ def test_events_refused_for_oom_are_applied_once_memory_is_back_not_parked(
             hook = GiveMemoryBack(own_redis.url)
             worker = Worker(redis, s, clock, "w")
             # The worker's log goes through the hook (whatever structlog's global set-up).
-            worker._log = structlog.wrap_logger(structlog.PrintLogger(), processors=[hook])
+            worker.state.log = structlog.wrap_logger(structlog.PrintLogger(), processors=[hook])
             try:
                 async with running(worker):
                     await wait_for(lambda: owns_everything(worker))
@@ -590,7 +591,7 @@ async def _read_all(redis: Redis, worker: Worker) -> None:
         keys.GROUP, worker.worker_id, streams, count=1000
     ):
         partition = int(stream.decode().rsplit("{p", 1)[1].rstrip("}"))
-        await worker._ingest_entries(partition, entries)
+        await worker.reader.ingest(partition, entries)
 
 
 # -- 5. backpressure over many partitions ----------------------------------------------

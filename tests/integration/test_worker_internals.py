@@ -15,10 +15,11 @@ from cdp import keys
 from cdp.clock import RedisClock
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.pipeline.worker import Worker, ensure_groups
 from cdp.settings import Settings, load_settings
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
+from workers.housekeeping import ensure_groups
+from workers.worker import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +103,7 @@ def test_trim_keeps_every_unacknowledged_entry(redis_url: str) -> None:
         await worker.rebalance()
         # Read everything into the buffer, apply nothing yet, then add 50 unread entries.
         reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=1000)
-        await worker._ingest_entries(partition, reply[0][1])
+        await worker.reader.ingest(partition, reply[0][1])
         await publish(redis, 50, T0 + 500, user="u1")
         unread = [entry_id for entry_id, _ in (await redis.xrange(stream))[100:]]
         await worker.trim()
@@ -131,7 +132,7 @@ def test_a_worker_that_lost_its_lease_applies_nothing(redis_url: str) -> None:
         await worker.rebalance()
         stream = keys.stream(partition)
         reply = await redis.xreadgroup(keys.GROUP, "w", {stream: ">"}, count=1000)
-        await worker._ingest_entries(partition, reply[0][1])
+        await worker.reader.ingest(partition, reply[0][1])
         await redis.set(keys.lease(partition), "someone-else")  # as if it expired and moved
         assert await worker.tick() == 0
         assert partition not in worker.owned
@@ -156,7 +157,7 @@ def test_entries_a_stale_consumer_read_are_claimed_by_the_owner(redis_url: str) 
         worker = Worker(redis, s, RedisClock(redis), "owner")
         await worker.rebalance()  # gains the partition, claims the 5 entries at once
         assert worker.buffered == 5
-        worker.buffers[partition].clear()  # as if "stale" read them after the handover
+        worker.state.buffers[partition].clear()  # as if "stale" read them after the handover
         await redis.xclaim(
             stream, keys.GROUP, "stale", 0, [e for e, _ in (await redis.xrange(stream))]
         )

@@ -26,8 +26,8 @@ from cdp import keys
 from cdp.embedded import RedisServer
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.pipeline.apply import ApplyContext, parse_result, queue_apply
-from cdp.scripts import Scripts, is_poison, lua_dir, source
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import BatchResult, ProfileRow, Scripts, calls, is_poison, lua_dir, source
 from cdp.settings import Settings
 from tests.support.values import NOW_MS as NOW
 from tests.support.values import PARTITIONS
@@ -161,7 +161,7 @@ def test_equal_times_are_decided_by_the_eventid_bytes_not_the_locale(
     for user, order in (("lww1", ("a-1", "B-1")), ("lww2", ("B-1", "a-1"))):
         for event_id in order:
             reply = apply(url, identify(f"{user}-{event_id}", T0, user, traits={"plan": event_id}))
-            assert parse_result(reply).applied == 1
+            assert BatchResult.decode(reply).applied == 1
         cid = collating_redis.get(keys.identifier(f"user:{user}")).decode()
         assert collating_redis.hget(keys.traits(cid), "plan").startswith(b'{"v":"a-1"')
 
@@ -176,8 +176,10 @@ def test_the_first_identifier_is_the_bytewise_first_under_any_locale(
     cid = collating_redis.get(keys.identifier("anon:a1")).decode()
     assert collating_redis.get(keys.identifier("anon:B1")).decode() == cid
     script = collating_redis.register_script(source("profile_view"))
-    (view,) = script(args=[keys.PREFIX, cid])
-    assert view[8] == min([b"anon:a1", b"anon:B1", b"email:fi@example.com"]) == b"anon:B1"
+    call = calls.profile_view.call([cid])
+    (view,) = ProfileRow.decode_all(script(keys=call.keys, args=call.args))
+    first = view.first_identifier
+    assert first == min([b"anon:a1", b"anon:B1", b"email:fi@example.com"]) == b"anon:B1"
 
 
 # -- a failed call --------------------------------------------------------------------
@@ -188,7 +190,7 @@ def test_a_call_that_fails_on_an_event_leaves_its_dedup_bucket_with_a_ttl(
 ) -> None:
     url = url_of(plain_redis)
     user = "ttl-victim"
-    assert parse_result(apply(url, identify("ttl-0", T0, user))).applied == 1
+    assert BatchResult.decode(apply(url, identify("ttl-0", T0, user))).applied == 1
     cid = plain_redis.get(keys.identifier(f"user:{user}")).decode()
     plain_redis.set(keys.counter(cid, "Broken"), "not a sorted set")  # WRONGTYPE for it
     partition = partition_of(f"user:{user}", PARTITIONS)
@@ -246,4 +248,4 @@ def test_refused_events_leave_the_dedup_bucket_and_the_profile_untouched_under_o
     assert isinstance(reply, redis_sync.ResponseError) and "OOM" in str(reply)
     assert not is_poison(reply)
     assert plain_redis.exists(bucket, keys.identifier("user:oom-user")) == 0
-    assert parse_result(asyncio.run(call())).applied == 1
+    assert BatchResult.decode(asyncio.run(call())).applied == 1

@@ -12,7 +12,7 @@ import fakeredis
 import pytest
 
 from cdp import keys
-from cdp.scripts import source
+from cdp.scripts import calls, source
 
 LEASE = keys.lease(3)
 TTL = 5_000
@@ -25,10 +25,12 @@ class Leases:
         self._release = self.r.register_script(source("lease_release"))
 
     def acquire(self, worker: str, ttl: int = TTL, key: str = LEASE) -> int:
-        return int(self._acquire(keys=[key], args=[worker, ttl]))
+        call = calls.lease_acquire.call(key, worker, ttl)
+        return int(self._acquire(keys=call.keys, args=call.args))
 
     def release(self, worker: str, key: str = LEASE) -> int:
-        return int(self._release(keys=[key], args=[worker]))
+        call = calls.lease_release.call(key, worker)
+        return int(self._release(keys=call.keys, args=call.args))
 
 
 @pytest.fixture
@@ -104,10 +106,10 @@ def test_apply_is_fenced_by_the_lease_scripts(lua, now_ms):
 
     lease_key = keys.lease(lua.partition)
     lua.r.delete(lease_key)
-    assert lua.run(lua.scripts.lease_acquire(keys=[lease_key], args=["w1", TTL])) == 1
-    assert lua.run(lua.scripts.lease_acquire(keys=[lease_key], args=["w2", TTL])) == 0
-    assert lua.run(lua.scripts.lease_release(keys=[lease_key], args=["w1"])) == 1
-    assert lua.run(lua.scripts.lease_acquire(keys=[lease_key], args=["w2", TTL])) == 1
+    assert lua.run(lua.scripts.lease_acquire(lease_key, "w1", TTL)) is True
+    assert lua.run(lua.scripts.lease_acquire(lease_key, "w2", TTL)) is False
+    assert lua.run(lua.scripts.lease_release(lease_key, "w1")) is True
+    assert lua.run(lua.scripts.lease_acquire(lease_key, "w2", TTL)) is True
 
     ev = StreamEvent(
         eventId="e1", ts=now_ms - 1000, receivedAt=now_ms, type="IDENTIFY", userId="u1"

@@ -15,7 +15,7 @@ import fakeredis
 
 from cdp import keys
 from cdp.events import StreamEvent
-from cdp.scripts import Scripts
+from cdp.scripts import ProfileRow, Scripts
 from cdp.segments.engine import parse_view
 from cdp.segments.rules import ProfileView, compile_rule, parse_rule
 from tests.support.lua import apply_in_order
@@ -33,14 +33,14 @@ def view_after(events: list[StreamEvent]) -> ProfileView:
     client = apply_in_order(events, random.Random(0), split=False, shuffle=False)
     server = client.connection_pool.connection_kwargs["server"]
 
-    async def read() -> list[object]:
+    async def read() -> list[ProfileRow]:
         redis = fakeredis.FakeAsyncRedis(server=server)
-        rows = await Scripts(redis).profile_view(args=[keys.PREFIX, "p1"])
+        rows = await Scripts(redis).profile_view(["p1"])
         await redis.aclose()
-        return rows  # type: ignore[no-any-return]
+        return rows
 
     (row,) = asyncio.run(read())
-    snap = parse_view("p1", row, MIN)  # type: ignore[arg-type]
+    snap = parse_view("p1", row, MIN)
     assert snap is not None
     return snap.view
 

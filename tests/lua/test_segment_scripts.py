@@ -1,8 +1,8 @@
 """lua/profile_view-0.lua, lua/segment_transition-0.lua and lua/erase_profile-0.lua on fakeredis.
 
-The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the real argument
-encoding of ``cdp.segments.engine`` and ``cdp.ingest.erasure``); the profiles they read
-are built by the real apply script (the ``lua`` harness, tests/support/lua.py). Every test
+The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the typed calls
+``cdp.segments.engine`` and ``cdp.ingest.erasure`` make, replies decoded); the profiles they
+read are built by the real apply script (the ``lua`` harness, tests/support/lua.py). Every test
 asserts the exact keys the script leaves behind.
 """
 
@@ -15,6 +15,7 @@ import msgspec
 
 from cdp import keys
 from cdp.events import iso_ms
+from cdp.scripts import ProfileRow
 from cdp.segments.engine import Snapshot, parse_view
 from cdp.segments.rules import ProfileView
 from tests.support.events import event, track
@@ -24,15 +25,17 @@ SECOND = 1_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 
-_encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder().encode  # as cdp.scripts.calls encodes JSON arguments
 
 
 def text(value: Any) -> Any:
-    """A script reply with every bulk string decoded (nested arrays included)."""
+    """A script reply with every bulk string decoded (nested arrays and rows included)."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, list):
         return [text(v) for v in value]
+    if isinstance(value, ProfileRow):
+        return ProfileRow(*text(list(msgspec.structs.astuple(value))))
     return value
 
 
@@ -45,9 +48,9 @@ def cell(value: Any, ts: int, event_id: str) -> dict[str, Any]:
     return {"v": value, "ts": iso_ms(ts), "eventId": event_id}
 
 
-def view(lua: LuaHarness, *cids: str) -> list[Any]:
-    """profile_view as the engine calls it, raw (bytes) reply."""
-    return lua.run(lua.scripts.profile_view(args=[keys.PREFIX, *cids]))
+def view(lua: LuaHarness, *cids: str) -> list[ProfileRow]:
+    """profile_view as the engine calls it (bulk strings as bytes)."""
+    return lua.run(lua.scripts.profile_view(cids))
 
 
 def version(lua: LuaHarness, cid: str) -> str:
@@ -72,30 +75,43 @@ def transition(
     read_evaluated: str | None = None,
     definitions: str | None = None,
 ) -> list[Any]:
-    """segment_transition with the engine's argument encoding; the reply decoded. What
+    """segment_transition as the engine calls it; the reply as [status, eventId...]. What
     the evaluation read (version, evaluatedMs, definitions version) defaults to what
     the profile holds now."""
-    args = [
-        keys.PREFIX,
-        cid,
-        version(lua, cid) if read_version is None else read_version,
-        iso_ms(at),
-        due,
-        _encode(wanted),
-        _encode({"userId": "u1"} if who is None else who),
-        lua.settings.segment_events_maxlen,
-        _encode(drop or []),
-        at,
-        evaluated(lua, cid) if read_evaluated is None else read_evaluated,
-        (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions,
-    ]
-    return text(lua.run(lua.scripts.segment_transition(args=args)))
+    reply = lua.run(
+        lua.scripts.segment_transition(
+            cid=cid,
+            version=version(lua, cid) if read_version is None else read_version,
+            at_iso=iso_ms(at),
+            at_ms=at,
+            due_ms=None if due == "" else int(due),
+            wanted=wanted,
+            who={"userId": "u1"} if who is None else who,
+            events_maxlen=lua.settings.segment_events_maxlen,
+            dropped=drop or [],
+            read_evaluated=evaluated(lua, cid) if read_evaluated is None else read_evaluated,
+            definitions_version=(
+                (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions
+            ),
+        )
+    )
+    return [reply.status, *reply.event_ids]
 
 
 def erase(lua: LuaHarness, cid: str, *, at: int, job: str = "job-1") -> list[Any]:
-    """erase_profile as cdp.ingest.erasure calls it; the reply decoded."""
-    args = [keys.PREFIX, cid, iso_ms(at), job, "admin", lua.settings.segment_events_maxlen]
-    return text(lua.run(lua.scripts.erase_profile(args=args)))
+    """erase_profile as cdp.ingest.erasure calls it; the reply as [status, counts...]."""
+    reply = lua.run(
+        lua.scripts.erase_profile(
+            cid=cid,
+            now_iso=iso_ms(at),
+            job_id=job,
+            requested_by="admin",
+            events_maxlen=lua.settings.segment_events_maxlen,
+        )
+    )
+    return (
+        [reply.status] if reply.status == "GONE" else [reply.status, reply.identifiers, reply.exits]
+    )
 
 
 def states(lua: LuaHarness, cid: str) -> dict[str, dict[str, Any]]:
@@ -181,11 +197,15 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
 
     raw = view(lua, "p1")
     (row,) = text(raw)
-    assert len(row) == 11
-    ver, merged_into, user, last_seen, first_seen, traits, counters, segs, anon, due_at = row[:10]
-    assert row[10] == str(now_ms)  # evaluatedMs: the transition's evaluation time
-    assert (ver, merged_into, user, last_seen) == ("4", None, "user:u1", f"{t0 + 5 * MINUTE:013d}")
-    assert first_seen == iso_ms(t0)
+    assert row.evaluated_ms == str(now_ms)  # the transition's evaluation time
+    assert (row.version, row.merged_into, row.user, row.last_seen_ms) == (
+        "4",
+        None,
+        "user:u1",
+        f"{t0 + 5 * MINUTE:013d}",
+    )
+    assert row.first_seen == iso_ms(t0)
+    traits, counters, segs = row.traits, row.counters, row.segments
     assert len(traits) == 4
     assert {traits[i]: json.loads(traits[i + 1]) for i in range(0, len(traits), 2)} == {
         "plan": cell("pro", t0, "e1"),
@@ -202,8 +222,8 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
     assert len(segs) == 2
     assert segs[0] == "vip"
     assert json.loads(segs[1]) == {"in": True, "n": 1, "since": iso_ms(now_ms)}
-    assert anon is None  # a userId: no fallback identifier
-    assert due_at == str(now_ms + HOUR)
+    assert row.first_identifier is None  # a userId: no fallback identifier
+    assert row.due == str(now_ms + HOUR)
 
     # ... and the engine makes of that row exactly what the rules need.
     counter = {t0 + 5 * MINUTE: 1, t0: 2}
@@ -229,18 +249,22 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
 def test_profile_view_due_is_the_apply_scripts_mark_until_evaluated(lua, now_ms):
     lua.apply(event("e1", now_ms - HOUR, user="u1"))
     (row,) = text(view(lua, "p1"))
-    assert row[0] == "1"
-    assert row[9] == str(now_ms + lua.settings.lease_ttl_ms)  # dirtyDue
-    assert row[4] == iso_ms(now_ms - HOUR)  # firstSeen
+    assert row.version == "1"
+    assert row.due == str(now_ms + lua.settings.lease_ttl_ms)  # dirtyDue
+    assert row.first_seen == iso_ms(now_ms - HOUR)
     # No traits, no memberships; the IDENTIFY counts as activity only.
-    assert row[5:8] == [[], ["$seen", [bucket(now_ms - HOUR), "1"]], []]
+    assert (row.traits, row.counters, row.segments) == (
+        [],
+        ["$seen", [bucket(now_ms - HOUR), "1"]],
+        [],
+    )
 
 
 def test_profile_view_without_user_id_gives_the_first_identifier(lua, now_ms):
     lua.apply(track("e1", now_ms - HOUR, "Clicked", anon="a9", email="Zed@Example.com"))
     (row,) = text(view(lua, "p1"))
-    assert row[2] is None
-    assert row[8] == "anon:a9"  # sorted: anon: < email:
+    assert row.user is None
+    assert row.first_identifier == "anon:a9"  # sorted: anon: < email:
     snap = parse_view("p1", view(lua, "p1")[0], lua.settings.counter_bucket_ms)
     assert snap is not None and snap.who == {"anonymousId": "a9"}
 
@@ -248,11 +272,12 @@ def test_profile_view_without_user_id_gives_the_first_identifier(lua, now_ms):
 def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
     two_profiles_merged(lua, now_ms - HOUR)
     live, merged, unknown = text(view(lua, "p1", "p2", "p99"))
-    assert live[0] == "3"  # created, its event, the merge's bump + the ALIAS itself
-    assert live[1] is None
-    assert live[4] == iso_ms(now_ms - HOUR)  # firstSeen
-    assert merged == [None, "p1", None, None, None, [], [], [], None, None, None]
-    assert unknown == [None, None, None, None, None, [], [], [], None, None, None]
+    assert live.version == "3"  # created, its event, the merge's bump + the ALIAS itself
+    assert live.merged_into is None
+    assert live.first_seen == iso_ms(now_ms - HOUR)
+    empty = [None, None, None, None, None, [], [], [], None, None, None]
+    assert merged == ProfileRow(*empty[:1], "p1", *empty[2:])
+    assert unknown == ProfileRow(*empty)
     for cid, row in (("p2", merged), ("p99", unknown)):
         assert parse_view(cid, row, lua.settings.counter_bucket_ms) is None
 
@@ -647,7 +672,7 @@ def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms)
 
 
 def forget(lua: LuaHarness, name: str, chunk: int) -> int:
-    return int(lua.run(lua.scripts.segment_forget(args=[keys.PREFIX, name, chunk])))
+    return lua.run(lua.scripts.segment_forget(name, chunk))
 
 
 def test_forgetting_a_deleted_segment_ends_memberships_by_chunk_keeping_n(lua, now_ms):

@@ -24,11 +24,11 @@ from redis.asyncio.client import Pipeline
 
 from cdp import keys
 from cdp.events import StreamEvent, stream_encoder
-from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
-from cdp.pipeline.worker import ensure_groups
-from cdp.scripts import Scripts
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import BatchResult, Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.settings import Settings
+from workers.housekeeping import ensure_groups
 
 
 class Gate:
@@ -178,4 +178,4 @@ async def apply_events(
     async with redis.pipeline(transaction=False) as pipe:
         await queue_apply(pipe, Scripts(redis), settings, ApplyContext(now_ms, ""), 0, batch)
         (reply,) = await pipe.execute()
-    return parse_result(reply)
+    return BatchResult.decode(reply)

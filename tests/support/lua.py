@@ -33,9 +33,9 @@ import fakeredis
 from cdp import keys
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
-from cdp.pipeline.apply import ApplyContext, BatchResult, parse_result, queue_apply
+from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.profiles import read_profile
-from cdp.scripts import Scripts
+from cdp.scripts import BatchResult, Scripts
 from cdp.settings import Settings
 from tests.support.values import T0_MS
 
@@ -111,7 +111,7 @@ class LuaHarness:
                 (reply,) = await pipe.execute()
             return reply
 
-        return parse_result(self.run(call()))
+        return BatchResult.decode(self.run(call()))
 
     def apply(
         self,

@@ -1,0 +1,54 @@
+"""The Lua scripts of ``lua/``, loaded once and called through typed wrappers.
+
+- ``loader``: a script's text with its ``--@include`` files pasted in, and the check
+  that its ``-N`` file name, its header and its code agree on its key count;
+- ``typed``: ``@script`` declarations, bound to a client, called directly or queued
+  in a pipeline; ``is_poison`` recognises a script's refusal of one event (error code
+  ``CDP_POISON``, ``lua/includes/poison.lua``);
+- ``calls``: one declaration per script, keys and arguments as named parameters, the
+  reply decoded to a Struct (``BatchResult``, ``ProfileRow``, ``Transition``,
+  ``Erased``) or a plain value.
+
+``Scripts(redis)`` binds every declaration to one client: ``scripts.apply_batch``,
+``scripts.lease_acquire``, ...
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from cdp.scripts import calls
+from cdp.scripts.calls import BatchResult, Erased, ProfileRow, Transition
+from cdp.scripts.loader import ScriptError, lua_dir, script_names, source
+from cdp.scripts.typed import POISON, Bound, Call, ScriptSpec, is_poison
+
+__all__ = [
+    "POISON",
+    "BatchResult",
+    "Bound",
+    "Call",
+    "Erased",
+    "ProfileRow",
+    "ScriptError",
+    "ScriptSpec",
+    "Scripts",
+    "Transition",
+    "calls",
+    "is_poison",
+    "lua_dir",
+    "script_names",
+    "source",
+]
+
+
+class Scripts:
+    """Every script of ``cdp.scripts.calls``, registered on one client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.apply_batch = calls.apply_batch.bind(redis)
+        self.lease_acquire = calls.lease_acquire.bind(redis)
+        self.lease_release = calls.lease_release.bind(redis)
+        self.profile_view = calls.profile_view.bind(redis)
+        self.segment_transition = calls.segment_transition.bind(redis)
+        self.segment_forget = calls.segment_forget.bind(redis)
+        self.erase_profile = calls.erase_profile.bind(redis)

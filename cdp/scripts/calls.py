@@ -1,0 +1,208 @@
+"""Every script of ``lua/``, declared once: its keys and arguments by name, its reply typed.
+
+Each declaration is the function laying out a call's KEYS and ARGV in the order of the
+script's header (see ``cdp.scripts.typed``), with the reply's decoder. The arguments'
+encoding (JSON of a dict, "" for none) is done here, so no caller writes an ARGV list.
+
+``publish-n.lua`` is not declared here: its call is ``cdp.ingest.publisher``'s own
+(``_Request``), which queues raw EVALSHAs and reloads the script itself on NOSCRIPT,
+without the SCRIPT EXISTS round trip redis-py adds to a pipeline of registered scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from cdp import keys
+from cdp.scripts.typed import Call, script
+from cdp.streams import text
+
+Bulk = bytes | str | None  # a bulk string as redis-py returns it; None for Lua's false
+
+_json = msgspec.json.Encoder().encode
+
+
+def _flag(reply: Any) -> bool:
+    return bool(int(reply))
+
+
+# -- the apply ----------------------------------------------------------------------
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    """The reply of ``apply_batch``."""
+
+    lease_lost: bool = False
+    applied: int = 0
+    duplicates: int = 0
+    profiles: tuple[str, ...] = ()  # the canonical id of each applied live event
+
+    @classmethod
+    def decode(cls, reply: Any) -> BatchResult:
+        if text(reply[0]) == "LEASE_LOST":
+            return cls(lease_lost=True)
+        return cls(
+            applied=int(reply[1]),
+            duplicates=int(reply[2]),
+            profiles=tuple(text(p) for p in reply[3:]),
+        )
+
+
+@script("apply_batch", keys=5, decode=BatchResult.decode)
+def apply_batch(
+    *,
+    stream: str,
+    lease: str,
+    dedup_current: str,
+    dedup_previous: str,
+    metrics: str,
+    group: str,
+    worker_id: str,
+    dedup_expire_ms: int,
+    counter_cutoff: str,
+    now_iso: str,
+    events: bytes,
+    limits: bytes,
+    prefix: str = keys.PREFIX,
+) -> Call:
+    """Apply a partition's ordered events and acknowledge them (``cdp.pipeline.apply``
+    encodes ``events`` and ``limits``); ``worker_id`` "" skips the lease check."""
+    return Call(
+        [stream, lease, dedup_current, dedup_previous, metrics],
+        [group, worker_id, dedup_expire_ms, counter_cutoff, now_iso, prefix, events, limits],
+    )
+
+
+# -- leases -------------------------------------------------------------------------
+
+
+@script("lease_acquire", keys=1, decode=_flag)
+def lease_acquire(lease: str, worker_id: str, ttl_ms: int) -> Call:
+    """Take or renew ``lease`` for ``ttl_ms``; True when the caller holds it."""
+    return Call([lease], [worker_id, ttl_ms])
+
+
+@script("lease_release", keys=1, decode=_flag)
+def lease_release(lease: str, worker_id: str) -> Call:
+    """Give ``lease`` back if the caller holds it; True when released."""
+    return Call([lease], [worker_id])
+
+
+# -- segments -----------------------------------------------------------------------
+
+
+class ProfileRow(msgspec.Struct, frozen=True):
+    """One profile of a ``profile_view`` reply, as Redis sent it; a profile that does not
+    exist (or was merged away) has no version."""
+
+    version: Bulk
+    merged_into: Bulk
+    user: Bulk  # "user:<userId>"
+    last_seen_ms: Bulk
+    first_seen: Bulk  # ISO-8601
+    traits: list[Any]  # [trait, cell JSON, ...]
+    counters: list[Any]  # [name, [bucket, count, ...], ...]
+    segments: list[Any]  # [segment, state JSON, ...]
+    first_identifier: Bulk  # when there is no userId
+    due: Bulk  # its score in cdp:segments:due
+    evaluated_ms: Bulk  # the time of the last accepted evaluation
+
+    @classmethod
+    def decode_all(cls, reply: Any) -> list[ProfileRow]:
+        return [cls(*row) for row in reply]
+
+
+@script("profile_view", keys=0, decode=ProfileRow.decode_all)
+def profile_view(cids: Sequence[str], *, prefix: str = keys.PREFIX) -> Call:
+    """What segment rules need of the profiles ``cids``, one consistent snapshot."""
+    return Call([], [prefix, *cids])
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """The reply of ``segment_transition``: OK (with the eventIds emitted), STALE, GONE."""
+
+    status: str
+    event_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def decode(cls, reply: Any) -> Transition:
+        return cls(text(reply[0]), tuple(text(e) for e in reply[1:]))
+
+
+@script("segment_transition", keys=0, decode=Transition.decode)
+def segment_transition(
+    *,
+    cid: str,
+    version: str,
+    at_iso: str,
+    at_ms: int,
+    due_ms: int | None,
+    wanted: dict[str, bool],
+    who: dict[str, str],
+    events_maxlen: int,
+    dropped: Sequence[str],
+    read_evaluated: str,
+    definitions_version: str,
+    prefix: str = keys.PREFIX,
+) -> Call:
+    """Move profile ``cid`` into or out of segments (``wanted``) as evaluated at ``at_ms``
+    from what was read (``version``, ``read_evaluated``, ``definitions_version``), and
+    reschedule it at ``due_ms`` (None: never); ``dropped``: memberships of segments no
+    longer defined; ``who`` names the profile in the events."""
+    return Call(
+        [],
+        [
+            prefix,
+            cid,
+            version,
+            at_iso,
+            "" if due_ms is None else due_ms,
+            _json(wanted),
+            _json(who),
+            events_maxlen,
+            _json(dropped),
+            at_ms,
+            read_evaluated,
+            definitions_version,
+        ],
+    )
+
+
+@script("segment_forget", keys=0, decode=int)
+def segment_forget(segment: str, limit: int, *, prefix: str = keys.PREFIX) -> Call:
+    """End up to ``limit`` memberships of deleted ``segment``; returns how many (0: done)."""
+    return Call([], [prefix, segment, limit])
+
+
+# -- erasure ------------------------------------------------------------------------
+
+
+class Erased(msgspec.Struct, frozen=True):
+    """The reply of ``erase_profile``: OK (identifiers removed, EXIT events) or GONE."""
+
+    status: str
+    identifiers: int = 0
+    exits: int = 0
+
+    @classmethod
+    def decode(cls, reply: Any) -> Erased:
+        if text(reply[0]) != "OK":
+            return cls(text(reply[0]))
+        return cls("OK", int(reply[1]), int(reply[2]))
+
+
+@script("erase_profile", keys=0, decode=Erased.decode)
+def erase_profile(
+    *,
+    cid: str,
+    now_iso: str,
+    job_id: str,
+    requested_by: str,
+    events_maxlen: int,
+    prefix: str = keys.PREFIX,
+) -> Call:
+    """Erase live profile ``cid`` (suppress, delete, EXIT every membership, audit)."""
+    return Call([], [prefix, cid, now_iso, job_id, requested_by, events_maxlen])

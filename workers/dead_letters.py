@@ -1,0 +1,129 @@
+"""Entries that leave the pipeline unapplied: dropped, or parked as dead letters.
+
+- dropped: an event older than the watermark minus grace-period when it arrived goes
+  to ``cdp:events:dropped`` (and counts in ``dropped``);
+- dead: an entry that cannot be read (deleted under us, not decodable), or an event
+  that failed on its own, goes to ``cdp:events:dead``.
+
+Either way the entry is recorded, then acknowledged, in one transaction.
+
+``retry_alone`` is how an event is found guilty: a batch the script refused as
+CDP_POISON (or that could not be encoded) is applied again event by event, and only
+the event that fails on its own, for a reason of its own, is parked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cdp import keys
+from cdp.events import StreamEvent
+from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.scripts import BatchResult, Scripts, is_poison
+from cdp.settings import Settings
+from workers.state import Chunk, WorkerState
+
+
+class Dropped(NamedTuple):
+    entry_id: str
+    event: StreamEvent | None  # None: unreadable, or guilty (dead letter)
+    raw: bytes
+    reason: str
+
+
+class DeadLetters:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, settings: Settings, state: WorkerState
+    ) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.settings = settings
+        self.state = state
+
+    async def record(self, partition: int, dropped: list[Dropped]) -> None:
+        """Record each dropped entry in cdp:events:dropped (or dead), then acknowledge it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for eid, event, raw, reason in dropped:
+                stream = keys.DROPPED if event is not None else keys.DEAD
+                pipe.xadd(
+                    stream,
+                    {"e": raw, "reason": reason, "partition": partition, "entryId": eid},
+                    maxlen=self.settings.dropped_stream_maxlen,
+                    approximate=True,
+                )
+                pipe.xack(keys.stream(partition), keys.GROUP, eid)
+            n = sum(1 for d in dropped if d.event is not None)
+            if n:
+                pipe.hincrby(keys.METRICS, "dropped", n)
+            await pipe.execute()
+        self.state.stats["dropped"] += len(dropped)
+
+    async def retry_alone(
+        self,
+        partition: int,
+        chunk: Chunk,
+        ctx: ApplyContext,
+        error: str,
+        count: Callable[[BatchResult], int],
+    ) -> int:
+        """A batch failed because of an event: apply its events alone, parking the guilty.
+
+        An event is parked in cdp:events:dead only when it fails on its own for a
+        reason of its own (the script answers CDP_POISON, or it cannot be encoded);
+        when Redis refuses the call for any other reason, the rest of the chunk goes
+        back to the buffer. ``count`` takes each applied result; returns events applied.
+        """
+        log, state = self.state.log, self.state
+        log.error(
+            "apply failed, retrying event by event",
+            partition=partition,
+            error=error,
+            events=len(chunk),
+        )
+        applied = 0
+        for index, item in enumerate(chunk):
+            reply: Any = None
+            reason: str | None = None
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await queue_apply(pipe, self.scripts, self.settings, ctx, partition, [item])
+                    (reply,) = await pipe.execute(raise_on_error=False)
+            except (ValueError, TypeError, OverflowError) as exc:
+                reason = f"cannot encode the event: {exc}"
+            except RedisError:
+                state.requeue([(partition, chunk[index:])])
+                raise
+            if isinstance(reply, Exception):
+                if not is_poison(reply):
+                    log.warning("apply refused by redis; retried next tick", error=str(reply))
+                    state.requeue([(partition, chunk[index:])])
+                    return applied
+                reason = str(reply)
+            if reason is not None:
+                eid, event = item
+                log.error(
+                    "event parked in dead-letter stream",
+                    partition=partition,
+                    eventId=event.eventId,
+                    error=reason,
+                )
+                try:
+                    await self.record(
+                        partition,
+                        [Dropped(eid, None, msgspec.json.encode(event), f"apply failed: {reason}")],
+                    )
+                except RedisError:
+                    state.requeue([(partition, chunk[index:])])
+                    raise
+                continue
+            result = self.scripts.apply_batch.decode(reply)
+            if result.lease_lost:
+                state.forget(partition)
+                return applied
+            applied += count(result)
+        return applied

@@ -1,0 +1,135 @@
+"""The read loop: XREADGROUP over the owned partitions into their buffers.
+
+Each event is classified on arrival (``cdp.pipeline.buffer.classify``): on time and
+late ones are buffered, one older than the watermark minus grace-period is dropped
+(``workers.dead_letters``). A read asks for no more than the room left under
+``max-buffer`` (COUNT is per stream: ``read_plan`` shares it out) and reading stops
+while there is none (backpressure). Entries claimed by the housekeeping come through
+``ingest`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cdp import keys
+from cdp.events import stream_decoder
+from cdp.pipeline.buffer import Arrival, classify, read_plan
+from cdp.settings import Settings
+from cdp.streams import text
+from workers.dead_letters import DeadLetters, Dropped
+from workers.state import WorkerState
+
+# (entry id, fields or None when the entry was deleted), as redis-py returns them.
+Entry = Any
+
+
+class Reader:
+    def __init__(
+        self, redis: Redis, settings: Settings, state: WorkerState, dead_letters: DeadLetters
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.state = state
+        self.dead_letters = dead_letters
+        self._turn = 0  # which partitions go first when the room is short
+
+    async def run(self) -> None:
+        state = self.state
+        while not state.stopping.is_set():
+            room = state.room
+            if room <= 0:
+                state.has_room.clear()
+                await state.has_room.wait()
+                continue
+            owned = sorted(state.owned)
+            if not owned:
+                state.owned_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.owned_changed.wait(), 1)
+                continue
+            partitions, count = read_plan(owned, room, self.settings.read_count, self._turn)
+            self._turn += 1
+            reserved = count * len(partitions)
+            state.reserved += reserved
+            try:
+                await self.read_once(partitions, count)
+            finally:
+                state.reserved -= reserved
+
+    async def read_once(self, partitions: list[int], count: int) -> None:
+        log = self.state.log
+        try:
+            reply = await self.redis.xreadgroup(
+                keys.GROUP,
+                self.state.worker_id,
+                {keys.stream(p): ">" for p in partitions},
+                count=count,
+                block=200,
+            )
+        except RedisError as exc:  # a reply lost after Redis read: reclaim_pending
+            log.warning("read: redis error", error=str(exc))
+            await asyncio.sleep(0.5)
+            return
+        failed = False
+        streams: Any = reply or []  # RESP2: [[stream, entries], ...]
+        for stream, entries in streams:
+            name = text(stream)
+            partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
+            try:
+                await self.ingest(partition, entries)
+            except RedisError as exc:  # what was not buffered stays pending: reclaim_pending
+                log.warning("read: redis error", partition=partition, error=str(exc))
+                failed = True
+        if failed:
+            await asyncio.sleep(0.5)
+
+    async def ingest(self, partition: int, entries: list[Entry], claimed: bool = False) -> int:
+        """Classify and buffer entries of ``partition``; returns how many were buffered."""
+        state = self.state
+        buffer = state.buffers.get(partition)
+        if buffer is None:  # lost while reading: the entries stay pending for the new owner
+            return 0
+        s = self.settings
+        dropped: list[Dropped] = []
+        count = 0
+        for entry_id, fields in entries:
+            eid = text(entry_id)
+            if (partition, eid) in state.in_flight:  # claimed again while being applied
+                continue
+            raw = (fields or {}).get(b"e")
+            if raw is None:  # deleted from the stream under us: nothing to apply
+                dropped.append(Dropped(eid, None, b"", "missing"))
+                continue
+            try:
+                event = stream_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                dropped.append(Dropped(eid, None, raw, f"undecodable: {exc}"))
+                continue
+            # Judged on receivedAt, so a claimed entry is classified as its first reader
+            # did: a crash never changes which events are applied.
+            arrival = classify(
+                event.ts,
+                event.receivedAt,
+                s.window_size_ms,
+                s.grace_period_ms,
+                backfill=event.mode == "import",
+            )
+            if arrival is Arrival.DROPPED:
+                dropped.append(
+                    Dropped(eid, event, raw, "older than watermark - grace-period at arrival")
+                )
+                continue
+            if arrival is Arrival.LATE and not claimed:
+                state.unflushed["late"] += 1
+            if buffer.push(event.ts, event.eventId, eid, event):
+                count += 1
+        if dropped:
+            await self.dead_letters.record(partition, dropped)
+        return count

@@ -1,0 +1,63 @@
+"""The roles one worker plays for all: the segment sweeper and the webhook dispatcher.
+
+Each role has a lease (``cdp:lease:sweeper``, ``cdp:lease:webhooks``): whatever the
+number of workers, exactly one plays it, and a dead holder's role moves once its
+lease expires.
+
+- sweeper (``cdp.segments.sweeper``): the due-time sweep and definition backfills,
+  run at the end of every tick (``sweep``);
+- webhook dispatcher (``cdp.segments.webhooks``): delivers segment events, in a loop
+  of its own every ticker-interval (``run_webhooks``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cdp.clock import Clock
+from cdp.scripts import Scripts
+from cdp.segments.engine import SegmentEngine
+from cdp.segments.sweeper import Sweeper
+from cdp.segments.webhooks import Dispatcher
+from cdp.settings import Settings
+from workers.state import WorkerState
+
+
+class Roles:
+    def __init__(
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        engine: SegmentEngine,
+        settings: Settings,
+        clock: Clock,
+        state: WorkerState,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        worker_id = state.worker_id
+        self.sweeper = Sweeper(redis, scripts, engine, clock, worker_id, settings.lease_ttl_ms)
+        self.dispatcher = Dispatcher(redis, scripts, settings, clock, worker_id)
+
+    async def sweep(self) -> int:
+        """One sweep if this worker is the sweeper; returns transitions emitted."""
+        return await self.sweeper.run_once()
+
+    async def run_webhooks(self) -> None:
+        interval = self.settings.ticker_interval_ms / 1000
+        async with aiohttp.ClientSession() as session:
+            while not self.state.stopping.is_set():
+                try:
+                    await self.dispatcher.run_once(session)
+                except RedisError as exc:
+                    self.state.log.warning("webhooks: redis error", error=str(exc))
+                await asyncio.sleep(interval)
+
+    async def release(self) -> None:
+        """Hand both role leases back (if held), for another worker to take at once."""
+        await self.sweeper.release()
+        await self.dispatcher.release()
