@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from typing import Any
 
@@ -24,6 +23,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.clock import wall_ms
 from cdp.errors import ProfileNotFound
 from cdp.events import iso_ms
 from cdp.identity import typed_identifiers
@@ -101,7 +101,7 @@ async def _purge(redis: Redis, job_id: str, identifiers: set[str], cids: set[str
             mapping={
                 "state": "done",
                 "purgedEvents": removed,
-                "finishedAt": iso_ms(time.time_ns() // 1_000_000),
+                "finishedAt": iso_ms(wall_ms()),
             },
         )
     except Exception as exc:  # recorded on the job; the erasure itself is already done

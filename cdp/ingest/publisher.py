@@ -33,6 +33,7 @@ from cdp.errors import EventRejected, OutcomeUnknown
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
 from cdp.scripts import source
+from cdp.streams import text
 
 
 @dataclass(slots=True)
@@ -55,7 +56,7 @@ class _Request:
         elif isinstance(reply, BaseException):  # the flush was cancelled (shutdown)
             self.answer.cancel()
         else:
-            self.answer.set_result([i.decode() if isinstance(i, bytes) else i for i in reply])
+            self.answer.set_result([text(i) for i in reply])
 
 
 def _maybe_executed(exc: Exception) -> bool:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.clock import wall_ms
 from cdp.scripts import Scripts
+from cdp.streams import text
 
 
 def assignment(live: list[str], partitions: int) -> dict[int, str]:
@@ -44,7 +45,7 @@ class LeaseManager:
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
             pipe.zrange(keys.WORKERS, 0, -1)
             *_, live = await pipe.execute()
-        return [w.decode() if isinstance(w, bytes) else w for w in live]
+        return [text(w) for w in live]
 
     async def rebalance(self, owned: set[int]) -> tuple[set[int], set[int]]:
         """Renew, take and give back leases; returns (gained, lost) partitions."""
