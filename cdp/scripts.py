@@ -51,3 +51,4 @@ class Scripts:
         self.erase_profile: AsyncScript = redis.register_script(source("erase_profile"))
         self.profile_view: AsyncScript = redis.register_script(source("profile_view"))
         self.segment_transition: AsyncScript = redis.register_script(source("segment_transition"))
+        self.replay_record: AsyncScript = redis.register_script(source("replay_record"))

@@ -1,4 +1,4 @@
-"""Admin routes: segment management, webhook subscriptions, the live segment stream.
+"""Admin routes: segments, webhook subscriptions, replay, the live segment stream.
 
 Every route here needs ``Authorization: Bearer <CDP_ADMIN_TOKEN>``; without the token
 configured they all answer 401 (write keys never reach them). Definitions are
@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.errors import EventRejected
 from cdp.ingest.appkeys import REDIS, SETTINGS
+from cdp.replay import SOURCES, replay, since_ms
 from cdp.segments.definitions import builtins, load_segments, parse_definition
 from cdp.segments.rules import RuleError
 from cdp.segments.sweeper import start_backfill
@@ -252,6 +253,49 @@ async def delete_webhook(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# -- replay --------------------------------------------------------------------------
+
+REPLAY_FIELDS = {"source", "since", "eventIds", "dryRun"}
+MAX_REPLAY_EVENT_IDS = 10_000
+
+
+async def replay_records(request: web.Request) -> web.Response:
+    """``cdp replay`` over HTTP: the counts, and the first 1,000 records' outcomes."""
+    require_admin(request)
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise EventRejected('expected {"source": "dropped" | "dead", ...}')
+    unknown = set(body) - REPLAY_FIELDS
+    if unknown:
+        raise EventRejected(f"unknown fields {sorted(unknown)}")
+    source = body.get("source")
+    if source not in SOURCES:
+        raise EventRejected(f"`source` must be one of {', '.join(SOURCES)}")
+    since = body.get("since")
+    if since is not None and not isinstance(since, str):
+        raise EventRejected("`since` must be an RFC 3339 time or a duration such as 24h")
+    event_ids = body.get("eventIds")
+    if event_ids is not None and (
+        not isinstance(event_ids, list)
+        or len(event_ids) > MAX_REPLAY_EVENT_IDS
+        or not all(isinstance(e, str) for e in event_ids)
+    ):
+        raise EventRejected(f"`eventIds` must be a list of at most {MAX_REPLAY_EVENT_IDS} strings")
+    dry_run = body.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise EventRejected("`dryRun` must be true or false")
+    redis = request.app[REDIS]
+    report = await replay(
+        redis,
+        request.app[SETTINGS],
+        source,
+        since=await since_ms(redis, since),
+        event_ids=event_ids or (),
+        dry_run=dry_run,
+    )
+    return web.json_response(report.as_json())
+
+
 # -- live stream ---------------------------------------------------------------------
 
 
@@ -318,3 +362,4 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/cdp/webhooks", list_webhooks)
     app.router.add_delete("/cdp/webhooks/{id}", delete_webhook)
     app.router.add_get("/cdp/segment-events/stream", stream_segment_events)
+    app.router.add_post("/cdp/replay", replay_records)
