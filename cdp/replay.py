@@ -106,21 +106,69 @@ class ReplayRejected(EventRejected):
     """A bad source, since or eventIds (400 over HTTP, exit status 2 in the CLI)."""
 
 
-async def since_ms(redis: Redis, raw: str | None) -> int | None:
-    """``since`` -> epoch ms of the oldest record to consider (Redis' clock: record ids
-    are stamped by it)."""
-    if raw is None:
-        return None
-    if _SINCE_DURATION.fullmatch(raw):
-        seconds, micros = await redis.time()
-        return max(0, seconds * 1000 + micros // 1000 - parse_duration_ms(raw, "since"))
+MAX_EVENT_IDS = 10_000
+_FIELDS = {"source", "since", "eventIds", "dryRun"}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """The body of ``POST /cdp/replay`` (the OpenAPI document's ``ReplayRequest``)."""
+
+    source: str
+    since: str | None = None
+    event_ids: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    @classmethod
+    def parse(cls, body: Any) -> ReplayRequest:
+        if not isinstance(body, dict):
+            raise ReplayRejected('expected {"source": "dropped" | "dead", ...}')
+        unknown = set(body) - _FIELDS
+        if unknown:
+            raise ReplayRejected(f"unknown fields {sorted(unknown)}")
+        source = body.get("source")
+        if not isinstance(source, str) or source not in SOURCES:
+            raise ReplayRejected(f"`source` must be one of {', '.join(SOURCES)}")
+        since = body.get("since")
+        if since is not None:
+            _since_form(since)
+        event_ids = body.get("eventIds")
+        if event_ids is not None and (
+            not isinstance(event_ids, list)
+            or len(event_ids) > MAX_EVENT_IDS
+            or not all(isinstance(e, str) for e in event_ids)
+        ):
+            raise ReplayRejected(f"`eventIds` must be a list of at most {MAX_EVENT_IDS} strings")
+        dry_run = body.get("dryRun", False)
+        if not isinstance(dry_run, bool):
+            raise ReplayRejected("`dryRun` must be true or false")
+        return cls(source, since, tuple(event_ids or ()), dry_run)
+
+
+def _since_form(raw: Any) -> int | None:
+    """The duration back from now (ms) of a ``since``, or None for a time; else rejected."""
+    if isinstance(raw, str) and _SINCE_DURATION.fullmatch(raw):
+        return parse_duration_ms(raw, "since")
     try:
-        return max(0, parse_time(raw, "since", event_time=False))
+        parse_time(raw, "since", event_time=False)
     except EventRejected:
         raise ReplayRejected(
             f"`since` must be an RFC 3339 time (2025-10-04T10:00:00Z) or a duration back "
             f"from now (30m, 24h, 7d): {raw!r}"
         ) from None
+    return None
+
+
+async def since_ms(redis: Redis, raw: str | None) -> int | None:
+    """``since`` -> epoch ms of the oldest record to consider (Redis' clock: record ids
+    are stamped by it)."""
+    if raw is None:
+        return None
+    back = _since_form(raw)
+    if back is not None:
+        seconds, micros = await redis.time()
+        return max(0, seconds * 1000 + micros // 1000 - back)
+    return max(0, parse_time(raw, "since", event_time=False))
 
 
 async def replay(
@@ -141,7 +189,7 @@ async def replay(
     ``progress(read, total)`` after each chunk; ``on_outcome`` for every selected
     record; the report keeps the first ``keep`` outcomes.
     """
-    if source not in SOURCES:
+    if not isinstance(source, str) or source not in SOURCES:
         raise ReplayRejected(f"`source` must be one of {', '.join(SOURCES)}, got {source!r}")
     stream, marks = SOURCES[source], keys.replayed(source)
     report = Report(source, dry_run)

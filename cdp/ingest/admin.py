@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.errors import EventRejected
 from cdp.ingest.appkeys import REDIS, SETTINGS
-from cdp.replay import SOURCES, replay, since_ms
+from cdp.replay import ReplayRequest, replay, since_ms
 from cdp.segments.definitions import builtins, load_segments, parse_definition
 from cdp.segments.rules import RuleError
 from cdp.segments.sweeper import start_backfill
@@ -255,43 +255,19 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 # -- replay --------------------------------------------------------------------------
 
-REPLAY_FIELDS = {"source", "since", "eventIds", "dryRun"}
-MAX_REPLAY_EVENT_IDS = 10_000
-
 
 async def replay_records(request: web.Request) -> web.Response:
     """``cdp replay`` over HTTP: the counts, and the first 1,000 records' outcomes."""
     require_admin(request)
-    body = await _json_body(request)
-    if not isinstance(body, dict):
-        raise EventRejected('expected {"source": "dropped" | "dead", ...}')
-    unknown = set(body) - REPLAY_FIELDS
-    if unknown:
-        raise EventRejected(f"unknown fields {sorted(unknown)}")
-    source = body.get("source")
-    if source not in SOURCES:
-        raise EventRejected(f"`source` must be one of {', '.join(SOURCES)}")
-    since = body.get("since")
-    if since is not None and not isinstance(since, str):
-        raise EventRejected("`since` must be an RFC 3339 time or a duration such as 24h")
-    event_ids = body.get("eventIds")
-    if event_ids is not None and (
-        not isinstance(event_ids, list)
-        or len(event_ids) > MAX_REPLAY_EVENT_IDS
-        or not all(isinstance(e, str) for e in event_ids)
-    ):
-        raise EventRejected(f"`eventIds` must be a list of at most {MAX_REPLAY_EVENT_IDS} strings")
-    dry_run = body.get("dryRun", False)
-    if not isinstance(dry_run, bool):
-        raise EventRejected("`dryRun` must be true or false")
+    wanted = ReplayRequest.parse(await _json_body(request))
     redis = request.app[REDIS]
     report = await replay(
         redis,
         request.app[SETTINGS],
-        source,
-        since=await since_ms(redis, since),
-        event_ids=event_ids or (),
-        dry_run=dry_run,
+        wanted.source,
+        since=await since_ms(redis, wanted.since),
+        event_ids=wanted.event_ids,
+        dry_run=wanted.dry_run,
     )
     return web.json_response(report.as_json())
 
