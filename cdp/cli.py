@@ -6,6 +6,7 @@
     cdp profile   print a profile as JSON, by any identifier or canonical id
     cdp segments  list segments, or watch ENTER/EXIT events live
     cdp export    write every profile as NDJSON (FILE, or - for stdout)
+    cdp replay    publish dropped or parked events again (dropped | dead)
     cdp config    print the effective configuration
     cdp bench     send a mixed workload to a running stack and print the rates
     cdp chaos     the fault suite: load + injected faults on a stack of its own, a verdict
@@ -78,6 +79,25 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write every profile as NDJSON")
     export.add_argument("file", help="output file, or - for stdout")
+
+    replay = sub.add_parser("replay", help="publish dropped or parked events again, as imports")
+    replay.add_argument(
+        "source", choices=["dropped", "dead"], help="cdp:events:dropped or cdp:events:dead"
+    )
+    replay.add_argument(
+        "--since", help="records from this time on: RFC 3339, or a duration back (24h, 7d)"
+    )
+    replay.add_argument(
+        "--event-id",
+        dest="event_ids",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="only these events (repeatable)",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="list what would be replayed; change nothing"
+    )
 
     sub.add_parser("config", help="print the effective configuration")
 
@@ -152,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cdp.export import main_export
 
             sys.exit(main_export(settings, args.file))
+        elif args.command == "replay":
+            from cdp.replay import main_replay
+
+            sys.exit(main_replay(settings, args.source, args.since, args.event_ids, args.dry_run))
         elif args.command == "config":
             print_config(settings)
         elif args.command == "bench":

@@ -8,6 +8,7 @@ canonical id's tag, every partition stream its own)::
     cdp:dedup:{p<N>}:<bucket>            hash, eventId -> 1, seen event ids (expires)
     cdp:events:dropped                   stream, events past the grace period + reason
     cdp:events:dead                      stream, events the apply script failed on
+    cdp:replayed:<dropped|dead>          zset, record id -> its ms: records replayed
     cdp:workers                          zset, worker id -> heartbeat expiry (ms)
     cdp:metrics                          hash, counter name -> value (all processes)
     cdp:metrics:buffered                 hash, worker id -> events in its buffer
@@ -93,6 +94,11 @@ def stream(partition: int) -> str:
 
 def lease(partition: int) -> str:
     return f"{PREFIX}:lease:{partition_tag(partition)}"
+
+
+def replayed(source: str) -> str:
+    """Marks of the records of ``cdp:events:<source>`` already replayed (cdp.replay)."""
+    return f"{PREFIX}:replayed:{source}"
 
 
 def dedup(partition: int, bucket: int) -> str:

@@ -20,6 +20,7 @@ COUNTERS = {
     "dedup_hits": "Events skipped because their eventId was already applied.",
     "accepted": "Events accepted by the ingest API.",
     "suppressed": "Events discarded because they name an erased (suppressed) identifier.",
+    "replayed": "Dropped or parked events published again by cdp replay / POST /cdp/replay.",
 }
 
 

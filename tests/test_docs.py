@@ -23,7 +23,13 @@ README = (ROOT / "README.md").read_text()
 OPENAPI_PATH = ROOT / "cdp" / "ingest" / "openapi.json"
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"}
 # Read by load_settings but not a setting itself (it names the TOML file).
-ENV_NOT_IN_DESCRIBE = {"CDP_CONFIG"}
+# CDP_CONFIG names the settings file; the CDP_SCHEMATHESIS* ones size the conformance run.
+ENV_NOT_IN_DESCRIBE = {
+    "CDP_CONFIG",
+    "CDP_SCHEMATHESIS",
+    "CDP_SCHEMATHESIS_SEED",
+    "CDP_SCHEMATHESIS_EXAMPLES",
+}
 
 
 def parses(args: list[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Admin routes: segment management, webhook subscriptions, the live segment stream.
+"""Admin routes: segments, webhook subscriptions, replay, the live segment stream.
 
 Every route here needs ``Authorization: Bearer <CDP_ADMIN_TOKEN>``; without the token
 configured they all answer 401 (write keys never reach them). Definitions are
@@ -26,6 +26,7 @@ from cdp.connect import redis_client
 from cdp.errors import EventRejected
 from cdp.ingest.appkeys import REDIS, SETTINGS, TROUBLE
 from cdp.ingest.body import ADMIN_BODY_LIMIT, read_body
+from cdp.replay import ReplayRequest, replay, since_ms
 from cdp.segments.definitions import (
     builtins,
     delete_definition,
@@ -177,8 +178,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not WHOLE_NUMBER.fullmatch(raw):  # int() would take " 7", "+7", "7_0" and "٧"
-        raise EventRejected(f"query parameter {name!r} must be a whole number (at most 18 digits)")
+    if not WHOLE_NUMBER.fullmatch(raw.removeprefix("-")):  # not int(): it takes "+7", "٧"...
+        raise EventRejected(f"query parameter {name!r} must be a whole number")
     value = int(raw)
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
@@ -225,6 +226,25 @@ async def delete_webhook(request: web.Request) -> web.Response:
     if not removed:
         raise NotFound(f"no webhook with id {sub_id!r}")
     return web.Response(status=204)
+
+
+# -- replay --------------------------------------------------------------------------
+
+
+async def replay_records(request: web.Request) -> web.Response:
+    """``cdp replay`` over HTTP: the counts, and the first 1,000 records' outcomes."""
+    require_admin(request)
+    wanted = ReplayRequest.parse(await _json_body(request))
+    redis = request.app[REDIS]
+    report = await replay(
+        redis,
+        request.app[SETTINGS],
+        wanted.source,
+        since=await since_ms(redis, wanted.since),
+        event_ids=wanted.event_ids,
+        dry_run=wanted.dry_run,
+    )
+    return web.json_response(report.as_json())
 
 
 # -- live stream ---------------------------------------------------------------------
@@ -312,3 +332,4 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/cdp/webhooks", list_webhooks)
     app.router.add_delete("/cdp/webhooks/{id}", delete_webhook)
     app.router.add_get("/cdp/segment-events/stream", stream_segment_events)
+    app.router.add_post("/cdp/replay", replay_records)

@@ -206,3 +206,19 @@ def erase_profile(
 ) -> Call:
     """Erase live profile ``cid`` (suppress, delete, EXIT every membership, audit)."""
     return Call([], [prefix, cid, now_iso, job_id, requested_by, events_maxlen])
+
+
+# -- replay -------------------------------------------------------------------------
+
+
+def _entry_or_none(reply: Any) -> str | None:
+    return None if reply is None else text(reply)
+
+
+@script("replay_record", keys=3, decode=_entry_or_none)
+def replay_record(
+    *, stream: str, marks: str, metrics: str, record_id: str, record_ms: str, event: bytes
+) -> Call:
+    """Publish a parked or dropped event (``event``, mode "import") to ``stream`` and mark
+    ``record_id`` in ``marks``, at most once; the new entry id, or None if already marked."""
+    return Call([stream, marks, metrics], [record_id, record_ms, event])

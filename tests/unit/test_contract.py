@@ -24,6 +24,7 @@ from cdp.events import DATE_TIME, EVENT_TIME, NOT_BLANK, WHITESPACE, decode_inge
 from cdp.identity import BLOCKED_VALUES, is_blocked
 from cdp.ingest.admin import STREAM_ID, WHOLE_NUMBER
 from cdp.ingest.profiles_api import PROFILE_ID
+from cdp.replay import SINCE_DURATION, ReplayRequest
 from cdp.segment_spec import SHORT, TYPES, to_stream_event
 from cdp.segments.definitions import NAME, parse_definition
 from cdp.segments.rules import DURATION
@@ -142,6 +143,8 @@ def test_the_documents_patterns_are_the_servers() -> None:
     assert schemas["Usable"]["not"]["pattern"] == BLOCKED
     assert schemas["IngestEvent"]["properties"]["eventId"]["pattern"] == NOT_BLANK
     assert schemas["WebhookCreate"]["properties"]["url"]["pattern"] == URL
+    since = schemas["ReplayRequest"]["properties"]["since"]["anyOf"]
+    assert [b["pattern"] for b in since] == [DATE_TIME, SINCE_DURATION]
     paths = RAW["paths"]
     stream = {
         p["name"]: p["schema"] for p in paths["/cdp/segment-events/stream"]["get"]["parameters"]
@@ -371,6 +374,29 @@ urls = st.one_of(
 def test_webhook_subscriptions(body: dict[str, Any]) -> None:
     allowed = body_allows("/cdp/webhooks", "POST", body)
     assert allowed == accepts(parse_subscription, body, "id"), body
+
+
+@MANY
+@given(
+    body=st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "source": st.one_of(st.sampled_from(["dropped", "dead", "DEAD"]), scalars),
+                "since": st.one_of(
+                    times, durations, st.from_regex(r"\A[0-9]{1,13}(ms|s|m|h|d)?\Z"), scalars
+                ),
+                "eventIds": st.one_of(st.none(), st.lists(st.one_of(texts, numbers), max_size=2)),
+                "dryRun": st.one_of(st.booleans(), scalars),
+                "extra": scalars,
+            },
+        ),
+        json_values,
+    )
+)
+def test_replay_requests(body: Any) -> None:
+    allowed = body_allows("/cdp/replay", "POST", body)
+    assert allowed == accepts(ReplayRequest.parse, body), body
 
 
 @pytest.mark.parametrize(
