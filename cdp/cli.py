@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -137,74 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        if args.command == "up":
-            from cdp.local import run_local
-
-            sys.exit(
-                run_local(
-                    settings,
-                    host=args.host,
-                    port=args.port,
-                    workers=args.workers,
-                    data_dir=args.data_dir,
-                    redis_port=args.redis_port,
-                    config=args.config,
-                )
-            )
-        elif args.command == "api":
-            _api(args, settings)
-        elif args.command == "worker":
-            from workers.run import main as worker_main
-
-            worker_main(settings, args.worker_id)
-        elif args.command == "profile":
-            from cdp.profiles import main_profile
-
-            sys.exit(main_profile(settings, args.identifier))
-        elif args.command == "segments":
-            from cdp.segments.watch import list_segments, watch_segments
-
-            if args.segments_command == "list":
-                asyncio.run(list_segments(settings))
-            else:
-                asyncio.run(watch_segments(settings, args.start, set(args.segment)))
-        elif args.command == "export":
-            from cdp.export import main_export
-
-            sys.exit(main_export(settings, args.file))
-        elif args.command == "replay":
-            from cdp.replay import main_replay
-
-            sys.exit(main_replay(settings, args.source, args.since, args.event_ids, args.dry_run))
-        elif args.command == "config":
-            print_config(settings)
-        elif args.command == "bench":
-            from cdp.bench import run_bench
-
-            asyncio.run(
-                run_bench(
-                    settings,
-                    args.url,
-                    args.events,
-                    args.concurrency,
-                    args.users,
-                    args.merge_ratio,
-                )
-            )
-        elif args.command == "chaos":
-            from cdp.chaos.report import main_chaos
-
-            sys.exit(
-                main_chaos(
-                    args.minutes,
-                    args.appendfsync or settings.redis_appendfsync,
-                    args.workers,
-                    args.users,
-                    args.concurrency,
-                    args.seed,
-                    args.data_dir,
-                )
-            )
+        status = COMMANDS[args.command](args, settings)
+        if status is not None:
+            sys.exit(status)
     except SettingsError as exc:
         print(f"cdp: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -227,3 +162,93 @@ def _api(args: argparse.Namespace, settings: Settings) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     run_api(settings, args.host, args.port)
+
+
+# -- one function per command: (arguments, settings) -> exit status or None ----------
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from cdp.local import run_local
+
+    return run_local(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        redis_port=args.redis_port,
+        config=args.config,
+    )
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.run import main as worker_main
+
+    worker_main(settings, args.worker_id)
+
+
+def _profile(args: argparse.Namespace, settings: Settings) -> int:
+    from cdp.profiles import main_profile
+
+    return main_profile(settings, args.identifier)
+
+
+def _segments(args: argparse.Namespace, settings: Settings) -> None:
+    from cdp.segments.watch import list_segments, watch_segments
+
+    if args.segments_command == "list":
+        asyncio.run(list_segments(settings))
+    else:
+        asyncio.run(watch_segments(settings, args.start, set(args.segment)))
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from cdp.export import main_export
+
+    return main_export(settings, args.file)
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from cdp.replay import main_replay
+
+    return main_replay(settings, args.source, args.since, args.event_ids, args.dry_run)
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> None:
+    print_config(settings)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> None:
+    from cdp.bench import run_bench
+
+    asyncio.run(
+        run_bench(settings, args.url, args.events, args.concurrency, args.users, args.merge_ratio)
+    )
+
+
+def _chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from cdp.chaos.report import main_chaos
+
+    return main_chaos(
+        args.minutes,
+        args.appendfsync or settings.redis_appendfsync,
+        args.workers,
+        args.users,
+        args.concurrency,
+        args.seed,
+        args.data_dir,
+    )
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int | None]] = {
+    "up": _up,
+    "api": _api,
+    "worker": _worker,
+    "profile": _profile,
+    "segments": _segments,
+    "export": _export,
+    "replay": _replay,
+    "config": _config,
+    "bench": _bench,
+    "chaos": _chaos,
+}

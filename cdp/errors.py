@@ -13,10 +13,12 @@ CdpError
 │   ├── InvalidIdentifier     ... a malformed identifier or canonical id (HTTP 400, CLI exit 2)
 │   ├── InvalidSubscription   ... a webhook subscription that is not valid (HTTP 400)
 │   ├── CallRejected          ... a Segment-spec call (cdp's segment_spec module; HTTP 400)
+│   ├── ReplayRejected        ... a replay request that is not valid (cdp.replay; HTTP 400)
 │   ├── Unauthorized          ... without the admin token (the API's own; HTTP 401)
 │   ├── NotFound              ... naming nothing that exists (the API's own; HTTP 404)
 │   └── Conflict              ... clashing with the current state (the API's own; HTTP 409)
 ├── RuleError            a segment rule or definition is not valid (cdp.segments.rules)
+├── ScriptError          a Lua script disagrees with its -N name or header (cdp.scripts.loader)
 ├── ClientGone           the client closed the connection before its body was complete
 ├── OutcomeUnknown       Redis did not answer a round trip that was sent (HTTP 504)
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cdp.embedded import RedisServer, port_is_free
@@ -40,13 +41,7 @@ def run_local(
     if os.environ.get("CDP_REDIS_URL"):
         redis_url = settings.redis_url
     else:
-        chosen = redis_port or (6379 if port_is_free(6379) else None)
-        server = RedisServer(Path(data_dir), chosen, appendfsync=settings.redis_appendfsync)
-        try:
-            server.start()
-        except BaseException:  # Ctrl-C while it starts: no orphaned redis-server
-            server.stop()
-            raise
+        server = _start_redis(settings, Path(data_dir), redis_port)
         redis_url = server.url
     env = {**os.environ, "CDP_REDIS_URL": redis_url}
     if config:
@@ -54,15 +49,8 @@ def run_local(
     commands = {"api": ["api", "--host", host, "--port", str(port)]}
     for n in range(workers):
         commands[f"worker-{n + 1}"] = ["worker"]
-    children: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(name: str) -> None:
-        children[name] = subprocess.Popen(
-            [sys.executable, "-m", "cdp", *commands[name]], env=env, start_new_session=True
-        )
-
+    children = _Children(commands, env)
     stopping = False
-    status = 0
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -71,8 +59,7 @@ def run_local(
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        for name in commands:
-            spawn(name)
+        children.start_all()
         print(
             f"cdp is up: API http://{host}:{port}  Redis {redis_url}"
             f"  ({workers} workers{', data in ' + str(server.data_dir) if server else ''})",
@@ -81,32 +68,72 @@ def run_local(
         print(f"  try: redis-cli -u {redis_url} --scan --pattern 'cdp:profile:*'", flush=True)
         print("  Ctrl-C stops everything.", flush=True)
         while not stopping:
-            if server is not None and server.process and server.process.poll() is not None:
-                print(
-                    f"cdp: the embedded redis-server exited ({server.process.returncode}); "
-                    f"stopping. See {server.data_dir / 'redis.log'}",
-                    file=sys.stderr,
-                )
-                status = 1
-                break
-            for name, child in list(children.items()):
-                if child.poll() is not None and not stopping:
-                    print(
-                        f"cdp: {name} exited with {child.returncode}; restarting", file=sys.stderr
-                    )
-                    time.sleep(1)
-                    spawn(name)
+            if _redis_died(server):
+                return 1
+            children.restart_exited(lambda: stopping)
             time.sleep(0.2)
+        return 0
     finally:
-        for child in children.values():
+        children.stop_all()
+        if server is not None:
+            server.stop()
+        print("cdp stopped.", flush=True)
+
+
+def _start_redis(settings: Settings, data_dir: Path, redis_port: int | None) -> RedisServer:
+    chosen = redis_port or (6379 if port_is_free(6379) else None)
+    server = RedisServer(data_dir, chosen, appendfsync=settings.redis_appendfsync)
+    try:
+        server.start()
+    except BaseException:  # Ctrl-C while it starts: no orphaned redis-server
+        server.stop()
+        raise
+    return server
+
+
+def _redis_died(server: RedisServer | None) -> bool:
+    if server is None or server.process is None or server.process.poll() is None:
+        return False
+    print(
+        f"cdp: the embedded redis-server exited ({server.process.returncode}); "
+        f"stopping. See {server.data_dir / 'redis.log'}",
+        file=sys.stderr,
+    )
+    return True
+
+
+class _Children:
+    """The API and worker processes: ``python -m cdp <command>``, each in its own session."""
+
+    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]) -> None:
+        self.commands, self.env = commands, env
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str) -> None:
+        self.running[name] = subprocess.Popen(
+            [sys.executable, "-m", "cdp", *self.commands[name]],
+            env=self.env,
+            start_new_session=True,
+        )
+
+    def start_all(self) -> None:
+        for name in self.commands:
+            self.spawn(name)
+
+    def restart_exited(self, stopping: Callable[[], bool]) -> None:
+        for name, child in list(self.running.items()):
+            if child.poll() is not None and not stopping():
+                print(f"cdp: {name} exited with {child.returncode}; restarting", file=sys.stderr)
+                time.sleep(1)
+                self.spawn(name)
+
+    def stop_all(self) -> None:
+        """SIGTERM to each, then SIGKILL to any still running 15 s later."""
+        for child in self.running.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children.values():
+        for child in self.running.values():
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
-        if server is not None:
-            server.stop()
-        print("cdp stopped.", flush=True)
-    return status

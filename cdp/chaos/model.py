@@ -97,7 +97,15 @@ class Model:
             profile.counters.setdefault(name, Counter())[bucket] += 1
 
     def resolve(self, event_id: str, ids: list[str]) -> Profile:
-        s = self.settings
+        owners, anon_only, free = self._owners(ids)
+        group, user_owner = self._mergeable(event_id, ids, owners, anon_only)
+        survivor = self._merge_group(event_id, group, user_owner)
+        self._link(event_id, survivor, free)
+        return survivor
+
+    def _owners(self, ids: list[str]) -> tuple[list[int], dict[int, bool], list[str]]:
+        """The profiles owning some of ``ids`` (in order), whether each is named only by
+        anonymousIds, and the identifiers nobody owns yet."""
         owners: list[int] = []
         anon_only: dict[int, bool] = {}
         free = []
@@ -110,6 +118,14 @@ class Model:
                 anon_only[seq] = identifier.startswith("anon:")
             elif not identifier.startswith("anon:"):
                 anon_only[seq] = False
+        return owners, anon_only, free
+
+    def _mergeable(
+        self, event_id: str, ids: list[str], owners: list[int], anon_only: dict[int, bool]
+    ) -> tuple[list[int], int | None]:
+        """The owners the guard rails let merge (refusals recorded), and the owner of the
+        event's userId."""
+        s = self.settings
         group_user = ids[0] if ids[0].startswith("user:") else None
         user_owner = self.owner.get(ids[0]) if group_user else None
         group_users = 1 if group_user and user_owner is None else 0
@@ -131,21 +147,28 @@ class Model:
             if p.user:
                 group_user = group_user or p.user
                 group_users += p.count("user")
+        return group, user_owner
+
+    def _merge_group(self, event_id: str, group: list[int], user_owner: int | None) -> Profile:
+        """Merge ``group`` into its oldest (a new profile if empty); the profile the event
+        applies to."""
         if not group:
             self.issued += 1
-            seq = self.issued
-            self.profiles[seq] = Profile(seq)
-            group = [seq]
+            self.profiles[self.issued] = Profile(self.issued)
+            group = [self.issued]
         group.sort()
         survivor = target = self.profiles[group[0]]
         for seq in group[1:]:
-            if survivor.merges < s.max_merges:
+            if survivor.merges < self.settings.max_merges:
                 self.merge(self.profiles.pop(seq), survivor)
             else:
                 self.refusals.append((event_id, "merge limit"))
                 if seq == user_owner:  # the event still applies to its userId's profile
                     target = self.profiles[seq]
-        survivor = target
+        return target
+
+    def _link(self, event_id: str, survivor: Profile, free: list[str]) -> None:
+        s = self.settings
         for identifier in free:
             kind = identifier.split(":", 1)[0]
             if kind == "user" and survivor.count("user") >= s.max_user_ids:
@@ -155,7 +178,6 @@ class Model:
             else:
                 survivor.identifiers.add(identifier)
                 self.owner[identifier] = survivor.seq
-        return survivor
 
     def merge(self, loser: Profile, survivor: Profile) -> None:
         for name, cell in loser.traits.items():

@@ -36,7 +36,7 @@ def lua_dir() -> Path:
     for candidate in (package.parent / "lua", package / "_lua"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("the lua/ scripts are missing from this installation")
+    raise ScriptError("the lua/ scripts are missing from this installation")
 
 
 def _path(name: str) -> Path:

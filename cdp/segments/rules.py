@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Literal, assert_never
+from typing import Any, Literal, NamedTuple, assert_never
 
 import msgspec
 
@@ -311,66 +311,111 @@ def _compile_trait(name: str, op: str, value: Any, *, negate: bool) -> Check:
     """Never due (only a change to the profile changes it). A trait that is absent or
     null satisfies ``ne`` and nothing else (``exists`` included)."""
     yes, no = (_FALSE, _TRUE) if negate else (_TRUE, _FALSE)
-    missing = yes if op == "ne" else no
+    answers = _Answers(yes, no, yes if op == "ne" else no)
+    if op in _TRAIT_OPS:
+        return _TRAIT_OPS[op](name, value, answers)
+    if isinstance(value, str):  # ``value`` is an ISO-8601 time with a zone
+        return _trait_time(name, _ORDER[op], _time(value), answers)
+    return _trait_number(name, _ORDER[op], value, answers)
 
-    if op == "exists":
 
-        def check_exists(view: ProfileView, now_ms: int) -> Result:
-            return no if view.traits.get(name) is None else yes
+class _Answers(NamedTuple):
+    """What a trait check answers: it holds, it does not, the trait is absent or null."""
 
-        return check_exists
-    if op == "eq":
+    yes: Result
+    no: Result
+    missing: Result
 
-        def check_eq(view: ProfileView, now_ms: int) -> Result:
-            have = view.traits.get(name)
-            if have is None:
-                return missing
-            return yes if have == value else no
 
-        return check_eq
-    if op == "ne":
+def _trait_exists(name: str, value: Any, a: _Answers) -> Check:
+    yes, no, missing = a  # locals: faster to read than attributes
 
-        def check_ne(view: ProfileView, now_ms: int) -> Result:
-            have = view.traits.get(name)
-            if have is None:
-                return missing
-            return yes if have != value else no
+    def check_exists(view: ProfileView, now_ms: int) -> Result:
+        return no if view.traits.get(name) is None else yes
 
-        return check_ne
-    if op == "in":  # ``value`` is a list
+    return check_exists
 
-        def check_in(view: ProfileView, now_ms: int) -> Result:
-            have = view.traits.get(name)
-            if have is None:
-                return missing
-            return yes if have in value else no
 
-        return check_in
-    if op == "contains":  # a substring of a string trait, or an item of a list trait
+def _trait_eq(name: str, value: Any, a: _Answers) -> Check:
+    yes, no, missing = a  # locals: faster to read than attributes
 
-        def check_contains(view: ProfileView, now_ms: int) -> Result:
-            have = view.traits.get(name)
-            if have is None:
-                return missing
-            if isinstance(have, str) and isinstance(value, str):
-                return yes if value in have else no
-            return yes if isinstance(have, list) and value in have else no
+    def check_eq(view: ProfileView, now_ms: int) -> Result:
+        have = view.traits.get(name)
+        if have is None:
+            return missing
+        return yes if have == value else no
 
-        return check_contains
-    compare = _ORDER[op]  # ``value`` is a number or an ISO-8601 time with a zone
-    if isinstance(value, str):
-        right = _time(value)
+    return check_eq
 
-        def check_time(view: ProfileView, now_ms: int) -> Result:
-            have = view.traits.get(name)
-            if have is None:
-                return missing
-            left = _time_cached(have) if isinstance(have, str) else None
-            if left is None:  # not a time (a zone included): no order
-                return no
-            return yes if compare(left, right) else no
 
-        return check_time
+def _trait_ne(name: str, value: Any, a: _Answers) -> Check:
+    yes, no, missing = a  # locals: faster to read than attributes
+
+    def check_ne(view: ProfileView, now_ms: int) -> Result:
+        have = view.traits.get(name)
+        if have is None:
+            return missing
+        return yes if have != value else no
+
+    return check_ne
+
+
+def _trait_in(name: str, value: Any, a: _Answers) -> Check:
+    """``value`` is a list."""
+
+    yes, no, missing = a  # locals: faster to read than attributes
+
+    def check_in(view: ProfileView, now_ms: int) -> Result:
+        have = view.traits.get(name)
+        if have is None:
+            return missing
+        return yes if have in value else no
+
+    return check_in
+
+
+def _trait_contains(name: str, value: Any, a: _Answers) -> Check:
+    """A substring of a string trait, or an item of a list trait."""
+
+    yes, no, missing = a  # locals: faster to read than attributes
+
+    def check_contains(view: ProfileView, now_ms: int) -> Result:
+        have = view.traits.get(name)
+        if have is None:
+            return missing
+        if isinstance(have, str) and isinstance(value, str):
+            return yes if value in have else no
+        return yes if isinstance(have, list) and value in have else no
+
+    return check_contains
+
+
+_TRAIT_OPS: dict[str, Callable[[str, Any, _Answers], Check]] = {
+    "exists": _trait_exists,
+    "eq": _trait_eq,
+    "ne": _trait_ne,
+    "in": _trait_in,
+    "contains": _trait_contains,
+}
+
+
+def _trait_time(name: str, compare: Callable[[Any, Any], bool], right: Any, a: _Answers) -> Check:
+    yes, no, missing = a  # locals: faster to read than attributes
+
+    def check_time(view: ProfileView, now_ms: int) -> Result:
+        have = view.traits.get(name)
+        if have is None:
+            return missing
+        left = _time_cached(have) if isinstance(have, str) else None
+        if left is None:  # not a time (a zone included): no order
+            return no
+        return yes if compare(left, right) else no
+
+    return check_time
+
+
+def _trait_number(name: str, compare: Callable[[Any, Any], bool], value: Any, a: _Answers) -> Check:
+    yes, no, missing = a  # locals: faster to read than attributes
 
     def check_number(view: ProfileView, now_ms: int) -> Result:
         have = view.traits.get(name)

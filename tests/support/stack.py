@@ -73,7 +73,7 @@ class Stack:
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         self._n += 1
-        log = open(self.log_dir / f"{self._n:02d}-{args[0]}.log", "wb")  # noqa: SIM115
+        log = open(self.log_dir / f"{self._n:02d}-{args[0]}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cdp", *args],
             env=env,

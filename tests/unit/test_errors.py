@@ -31,12 +31,7 @@ from cdp.segments.webhooks import parse_subscription
 # Raised on purpose yet outside the tree, by (module file, class), with the reason.
 # (An exception that the module raising it also catches, such as the ValueError of a
 # JSON parser's hook, is a local affair and needs no entry.)
-OUTSIDE = {
-    # Unreachable (the rule types are closed), marked "pragma: no cover".
-    ("rules", "TypeError"),
-    # The installation lacks lua/: the CLI reports FileNotFoundError as such.
-    ("scripts", "FileNotFoundError"),
-}
+OUTSIDE: set[tuple[str, str]] = set()
 
 
 def _modules() -> list[ModuleType]:
