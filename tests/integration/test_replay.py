@@ -37,7 +37,8 @@ LONG_AGO = "2025-10-04T11:00:00Z"  # an hour before the clock: dropped at arriva
 def live(stack: Stack) -> Stack:
     stack.set_clock(T0)
     stack.start_api(admin_token=TOKEN, write_keys="wk")
-    stack.start_worker()
+    # Acknowledged entries stay an hour, so the tests can count what was published.
+    stack.start_worker(stream_retention="1h")
     return stack
 
 
