@@ -1,7 +1,7 @@
 """A real-time Customer Data Platform on Redis Streams.
 
 An event's path through the package: ``cdp.events`` (wire formats and validation) →
-``cdp.ingest`` (aiohttp, XADD to a partition stream) → ``cdp.pipeline`` (leases,
+``cdp.api`` (aiohttp, XADD to a partition stream) → ``cdp.pipeline`` (leases,
 window buffer, watermark) → ``cdp.scripts`` + ``lua/`` (the atomic apply) → the keys
 named in ``cdp.keys`` (profiles, identifiers, counters), read back by ``cdp.profiles``.
 """

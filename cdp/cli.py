@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _api(args: argparse.Namespace, settings: Settings) -> None:
-    from cdp.ingest.server import run_api
+    from cdp.api.server import run_api
     from cdp.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

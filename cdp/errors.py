@@ -12,7 +12,7 @@ CdpError
 │   ├── UnsupportedEncoding   ... in a Content-Encoding we do not inflate (HTTP 415)
 │   ├── InvalidIdentifier     ... a malformed identifier or canonical id (HTTP 400, CLI exit 2)
 │   ├── InvalidSubscription   ... a webhook subscription that is not valid (HTTP 400)
-│   ├── CallRejected          ... a Segment-spec call (cdp's segment_spec module; HTTP 400)
+│   ├── CallRejected          ... a Segment-spec call (cdp.api.tracking_spec; HTTP 400)
 │   ├── ReplayRejected        ... a replay request that is not valid (cdp.replay; HTTP 400)
 │   ├── Unauthorized          ... without the admin token (the API's own; HTTP 401)
 │   ├── NotFound              ... naming nothing that exists (the API's own; HTTP 404)

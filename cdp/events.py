@@ -96,7 +96,7 @@ MIN_TS_MS = 0
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 # The grammar the OpenAPI document states, written once: each pattern below is also a
-# ``pattern`` of cdp/ingest/openapi.json (tests/unit/test_contract.py keeps them equal).
+# ``pattern`` of cdp/api/openapi.json (tests/unit/test_contract.py keeps them equal).
 # Only constructs that mean the same in Python and in ECMA-262 (JSON Schema's regex
 # dialect): explicit classes, never \d, \s or \w, which differ; matched in full here.
 #

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from cdp import keys
+from cdp.api.app import create_app
 from cdp.cli import _parser
-from cdp.ingest.app import create_app
 from cdp.settings import describe, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-OPENAPI_PATH = ROOT / "cdp" / "ingest" / "openapi.json"
+OPENAPI_PATH = ROOT / "cdp" / "api" / "openapi.json"
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"}
 # Read by load_settings but not a setting itself (it names the TOML file).
 # CDP_CONFIG names the settings file; the CDP_SCHEMATHESIS* ones size the conformance run.

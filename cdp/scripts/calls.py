@@ -4,7 +4,7 @@ Each declaration is the function laying out a call's KEYS and ARGV in the order 
 script's header (see ``cdp.scripts.typed``), with the reply's decoder. The arguments'
 encoding (JSON of a dict, "" for none) is done here, so no caller writes an ARGV list.
 
-``publish-n.lua`` is not declared here: its call is ``cdp.ingest.publisher``'s own
+``publish-n.lua`` is not declared here: its call is ``cdp.api.publisher``'s own
 (``_Request``), which queues raw EVALSHAs and reloads the script itself on NOSCRIPT,
 without the SCRIPT EXISTS round trip redis-py adds to a pipeline of registered scripts.
 """

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cdp import keys
-from cdp.ingest.app import create_app
+from cdp.api.app import create_app
 from cdp.settings import load_settings
 from tests.support.stack import Response, Stack
 from tests.support.values import ADMIN_TOKEN as TOKEN

@@ -68,7 +68,7 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-DOCUMENT = ROOT / "cdp" / "ingest" / "openapi.json"
+DOCUMENT = ROOT / "cdp" / "api" / "openapi.json"
 STREAM = "/cdp/segment-events/stream"
 BATCH_PATHS = {"/v1/batch", "/v1/b", "/v1/import"}
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

@@ -21,10 +21,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import cdp.export
 from cdp import keys
+from cdp.api.app import errors_middleware
+from cdp.api.appkeys import REDIS, SETTINGS
+from cdp.api.profiles import add_profile_routes
 from cdp.export import ProgressBar, export_profiles
-from cdp.ingest.app import errors_middleware
-from cdp.ingest.appkeys import REDIS, SETTINGS
-from cdp.ingest.profiles_api import add_profile_routes
 from cdp.profiles import read_page
 from cdp.settings import Settings
 from tests.support.stack import ROOT, Response, Stack

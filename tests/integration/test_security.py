@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
+from cdp.api.app import create_app
+from cdp.api.tracking_spec import SHORT, TYPES
 from cdp.embedded import RedisServer
-from cdp.ingest.app import create_app
-from cdp.segment_spec import SHORT, TYPES
 from cdp.settings import load_settings
 from tests.support.stack import Response, Stack
 from tests.support.values import ADMIN_TOKEN as TOKEN

@@ -13,8 +13,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from cdp import keys
+from cdp.api.publisher import Publisher
 from cdp.events import StreamEvent
-from cdp.ingest.publisher import Publisher
 from tests.support.values import PARTITIONS
 
 

@@ -22,7 +22,7 @@ DECLARED = {
 
 
 def test_every_script_is_declared_once_with_the_key_count_of_its_file_name() -> None:
-    # publish-n.lua's call is the publisher's own (cdp.ingest.publisher._Request).
+    # publish-n.lua's call is the publisher's own (cdp.api.publisher._Request).
     assert set(DECLARED) == set(script_names()) - {"publish"}
     for name, spec in DECLARED.items():
         assert spec.key_count == loader.key_count(name), name

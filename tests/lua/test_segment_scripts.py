@@ -1,7 +1,7 @@
 """lua/profile_view-0.lua, lua/segment_transition-0.lua and lua/erase_profile-0.lua on fakeredis.
 
 The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the typed calls
-``cdp.segments.engine`` and ``cdp.ingest.erasure`` make, replies decoded); the profiles they
+``cdp.segments.engine`` and ``cdp.api.erasure`` make, replies decoded); the profiles they
 read are built by the real apply script (the ``lua`` harness, tests/support/lua.py). Every test
 asserts the exact keys the script leaves behind.
 """
@@ -99,7 +99,7 @@ def transition(
 
 
 def erase(lua: LuaHarness, cid: str, *, at: int, job: str = "job-1") -> list[Any]:
-    """erase_profile as cdp.ingest.erasure calls it; the reply as [status, counts...]."""
+    """erase_profile as cdp.api.erasure calls it; the reply as [status, counts...]."""
     reply = lua.run(
         lua.scripts.erase_profile(
             cid=cid,

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from redis.asyncio import Redis
 
+from cdp.api.app import create_app
 from cdp.errors import ProfileNotFound
-from cdp.ingest.app import create_app
 from cdp.profiles import read_profile
 from cdp.settings import load_settings
 from tests.support.stack import Stack

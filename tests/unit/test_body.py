@@ -1,4 +1,4 @@
-"""cdp.ingest.body.Inflater: request bodies inflated chunk by chunk, never past the limit.
+"""cdp.api.body.Inflater: request bodies inflated chunk by chunk, never past the limit.
 
 A compression bomb must cost no more than a legitimate body of the limit's size: the
 inflater stops one byte past the limit however large the bomb would grow."""
@@ -10,8 +10,8 @@ import zlib
 
 import pytest
 
+from cdp.api.body import Inflater
 from cdp.errors import EventRejected, EventTooLarge, UnsupportedEncoding
-from cdp.ingest.body import Inflater
 
 LIMIT = 32 * 1024
 BOMB_SIZE = 64 << 20  # 64 MiB of whitespace, a few tens of KB compressed

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import random
 
+from cdp.api.tracking_spec import to_stream_event
 from cdp.chaos.checker import EVERYSEC_LOSS, FINAL, STORED_AFTER_503, Verdict, _round_of
 from cdp.chaos.history import Attempt, History
 from cdp.chaos.report import render
 from cdp.chaos.workload import Workload
 from cdp.events import decode_ingest
-from cdp.segment_spec import to_stream_event
 
 NOW = 1_764_567_000_000
 

@@ -19,19 +19,19 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdp.api.admin import STREAM_ID, WHOLE_NUMBER
+from cdp.api.profiles import PROFILE_ID
+from cdp.api.tracking_spec import SHORT, TYPES, to_stream_event
 from cdp.errors import CdpError, EventRejected
 from cdp.events import DATE_TIME, EVENT_TIME, NOT_BLANK, WHITESPACE, decode_ingest, is_blank
 from cdp.identity import BLOCKED_VALUES, is_blocked
-from cdp.ingest.admin import STREAM_ID, WHOLE_NUMBER
-from cdp.ingest.profiles_api import PROFILE_ID
 from cdp.replay import SINCE_DURATION, ReplayRequest
-from cdp.segment_spec import SHORT, TYPES, to_stream_event
 from cdp.segments.definitions import NAME, parse_definition
 from cdp.segments.rules import DURATION
 from cdp.segments.webhooks import URL, parse_subscription
 from tests.support.stack import ROOT
 
-DOCUMENT = ROOT / "cdp" / "ingest" / "openapi.json"
+DOCUMENT = ROOT / "cdp" / "api" / "openapi.json"
 RAW = json.loads(DOCUMENT.read_text())
 SCHEMA = schemathesis.openapi.from_path(DOCUMENT)
 NOW = 1_759_574_700_000  # 2025-10-04T10:45:00Z
@@ -261,7 +261,7 @@ calls = st.fixed_dictionaries(
 def test_segment_calls(kind: str, call: dict[str, Any]) -> None:
     def convert() -> None:
         sent_at = call.get("sentAt")
-        from cdp.segment_spec import _time
+        from cdp.api.tracking_spec import _time
 
         to_stream_event(
             call,

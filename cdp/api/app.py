@@ -1,8 +1,8 @@
 """The aiohttp application: ``POST /cdp/ingest``, health, metrics and the OpenAPI document.
 
 ``create_app(settings)`` builds it; the Redis client, the publisher and the clock live
-in the app (``cleanup_ctx``); ``cdp/ingest/server.py`` serves it (bodies are read
-through ``cdp/ingest/body.py``, so it must be served with aiohttp's decompression
+in the app (``cleanup_ctx``); ``cdp/api/server.py`` serves it (bodies are read
+through ``cdp/api/body.py``, so it must be served with aiohttp's decompression
 off). A request is answered 202 only after its events are stored; a client mistake
 is a 4xx whose message names the field and the rule; Redis being unreachable is a 503
 with Retry-After; nothing a client sends can cause a 500. Until Redis first answers,
@@ -23,17 +23,17 @@ from aiohttp.web_protocol import RequestPayloadError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cdp.api.admin import add_admin_routes
+from cdp.api.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
+from cdp.api.body import read_body
+from cdp.api.erasure import add_erasure_routes
+from cdp.api.profiles import add_profile_routes
+from cdp.api.publisher import Publisher
+from cdp.api.tracking import add_tracking_routes, segment_error
 from cdp.clock import make_clock
 from cdp.connect import redis_client, wait_for_redis
 from cdp.errors import BodyTimeout, ClientGone, EventRejected, OutcomeUnknown
 from cdp.events import decode_ingest
-from cdp.ingest.admin import add_admin_routes
-from cdp.ingest.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
-from cdp.ingest.body import read_body
-from cdp.ingest.erasure import add_erasure_routes
-from cdp.ingest.profiles_api import add_profile_routes
-from cdp.ingest.publisher import Publisher
-from cdp.ingest.tracking import add_tracking_routes, segment_error
 from cdp.logs import TroubleLog
 from cdp.metrics import read_metrics, render_prometheus
 from cdp.settings import Settings

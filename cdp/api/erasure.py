@@ -23,12 +23,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.api.admin import NotFound, require_admin
+from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
 from cdp.clock import wall_ms
 from cdp.errors import ProfileNotFound
 from cdp.events import iso_ms
 from cdp.identity import typed_identifiers
-from cdp.ingest.admin import NotFound, require_admin
-from cdp.ingest.appkeys import CLOCK, REDIS, SETTINGS
 from cdp.profiles import normalise, resolve
 from cdp.scripts import Scripts
 from cdp.streams import text

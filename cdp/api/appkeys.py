@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
+from cdp.api.publisher import Publisher
 from cdp.clock import Clock
-from cdp.ingest.publisher import Publisher
 from cdp.logs import TroubleLog
 from cdp.settings import Settings
 

@@ -1,6 +1,6 @@
 """Request bodies: read within body-timeout, inflated as they arrive, never past a limit.
 
-The server runs with aiohttp's own decompression off (``cdp/ingest/server.py``), so
+The server runs with aiohttp's own decompression off (``cdp/api/server.py``), so
 every handler reads its body through ``read_body``, which
 
 - inflates ``Content-Encoding: gzip`` (``x-gzip``) and ``deflate`` (zlib, or the raw
@@ -20,8 +20,8 @@ import zlib
 
 from aiohttp import web
 
+from cdp.api.appkeys import SETTINGS
 from cdp.errors import BodyTimeout, ClientGone, EventRejected, EventTooLarge, UnsupportedEncoding
-from cdp.ingest.appkeys import SETTINGS
 
 # Admin routes (segment definitions, webhooks...) take bodies up to this.
 ADMIN_BODY_LIMIT = 1 << 20

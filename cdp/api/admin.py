@@ -21,11 +21,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
+from cdp.api.appkeys import REDIS, SETTINGS, TROUBLE
+from cdp.api.body import ADMIN_BODY_LIMIT, read_body
 from cdp.clock import wall_ms
 from cdp.connect import redis_client
 from cdp.errors import EventRejected
-from cdp.ingest.appkeys import REDIS, SETTINGS, TROUBLE
-from cdp.ingest.body import ADMIN_BODY_LIMIT, read_body
 from cdp.replay import ReplayRequest, replay, since_ms
 from cdp.segments.definitions import (
     builtins,

@@ -18,10 +18,10 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from cdp.api.admin import PAGE_MAX, Conflict, NotFound, _int_param, require_admin
+from cdp.api.appkeys import REDIS
 from cdp.errors import EventRejected, ProfileNotFound
 from cdp.export import ndjson_chunks
-from cdp.ingest.admin import PAGE_MAX, Conflict, NotFound, _int_param, require_admin
-from cdp.ingest.appkeys import REDIS
 from cdp.profiles import read_page, read_profiles, resolve
 
 log = structlog.get_logger("cdp.api")

@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from cdp.ingest.appkeys import CLOCK, PUBLISHER, SETTINGS
-from cdp.ingest.body import read_body
-from cdp.segment_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
+from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
+from cdp.api.body import read_body
+from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
 
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_ITEMS = 2500

@@ -4,7 +4,7 @@
 SIGTERM, with
 
 - aiohttp's own decompression off: handlers inflate bodies through
-  ``cdp/ingest/body.py``, bounded by the body limit;
+  ``cdp/api/body.py``, bounded by the body limit;
 - ``header-timeout`` as aiohttp's keep-alive timeout: a request's headers must be
   complete within it of the connection opening or of the previous answer, else the
   connection is closed (a slow-loris client holds nothing for long). The body has
@@ -33,8 +33,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from cdp.ingest.app import create_app
-from cdp.ingest.appkeys import TROUBLE
+from cdp.api.app import create_app
+from cdp.api.appkeys import TROUBLE
 from cdp.logs import TroubleLog
 from cdp.settings import Settings
 
