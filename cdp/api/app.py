@@ -1,12 +1,17 @@
-"""The aiohttp application: ``POST /cdp/ingest``, health, metrics and the OpenAPI document.
+"""The aiohttp application: its route table, its middlewares, health, metrics, OpenAPI.
 
-``create_app(settings)`` builds it; the Redis client, the publisher and the clock live
-in the app (``cleanup_ctx``); ``cdp/api/server.py`` serves it (bodies are read
-through ``cdp/api/body.py``, so it must be served with aiohttp's decompression
-off). A request is answered 202 only after its events are stored; a client mistake
-is a 4xx whose message names the field and the rule; Redis being unreachable is a 503
-with Retry-After; nothing a client sends can cause a 500. Until Redis first answers,
-the API serves /healthz, answers 503 elsewhere and logs one line per attempt.
+``create_app(settings)`` builds it from the route modules of ``cdp.api`` (ingest,
+tracking, segments, webhooks, segment_stream, replay, profiles, erasure); the Redis
+client, the publisher and the clock live in the app (``cleanup_ctx``);
+``cdp/api/server.py`` serves it (bodies are read through ``cdp/api/body.py``, so it
+must be served with aiohttp's decompression off). Every request passes through
+``errors_middleware`` (here), then ``admin_auth`` (``cdp.api.auth``: the admin token
+for handlers marked ``@admin``).
+
+A request is answered 202 only after its events are stored; a client mistake is a
+4xx whose message names the field and the rule; Redis being unreachable is a 503 with
+Retry-After; nothing a client sends can cause a 500. Until Redis first answers, the
+API serves /healthz, answers 503 elsewhere and logs one line per attempt.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ from aiohttp.web_protocol import RequestPayloadError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cdp.api.admin import add_admin_routes
 from cdp.api.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
-from cdp.api.body import read_body
+from cdp.api.auth import admin_auth
 from cdp.api.erasure import add_erasure_routes
+from cdp.api.ingest import add_ingest_routes
 from cdp.api.profiles import add_profile_routes
 from cdp.api.publisher import Publisher
+from cdp.api.replay import add_replay_routes
+from cdp.api.segment_stream import add_segment_stream_routes
+from cdp.api.segments import add_segment_routes
 from cdp.api.tracking import add_tracking_routes, segment_error
+from cdp.api.webhooks import add_webhook_routes
 from cdp.clock import make_clock
 from cdp.connect import redis_client, wait_for_redis
 from cdp.errors import BodyTimeout, ClientGone, EventRejected, OutcomeUnknown
-from cdp.events import decode_ingest
 from cdp.logs import TroubleLog
 from cdp.metrics import read_metrics, render_prometheus
 from cdp.settings import Settings
@@ -115,20 +123,6 @@ def _error_for(exc: Exception, status: int, message: str) -> web.Response:
     return _error(status, message)
 
 
-async def ingest(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    body = await read_body(request, settings.max_event_bytes)
-    event = decode_ingest(
-        body,
-        now_ms=await request.app[CLOCK].now_ms(),
-        max_event_bytes=settings.max_event_bytes,
-        max_future_skew_ms=settings.max_future_skew_ms,
-        blocked=settings.blocked_values,
-    )
-    await request.app[PUBLISHER].publish(event)
-    return web.json_response({"status": "accepted", "eventId": event.eventId}, status=202)
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -152,9 +146,13 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(json.loads(OPENAPI_PATH.read_text()))
 
 
+# Outermost first: a refusal of admin_auth is answered by errors_middleware.
+MIDDLEWARES = (errors_middleware, admin_auth)
+
+
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=max(settings.max_event_bytes, 1 << 20)
+        middlewares=MIDDLEWARES, client_max_size=max(settings.max_event_bytes, 1 << 20)
     )
     app[SETTINGS] = settings
     app[TROUBLE] = TroubleLog("cdp.api")
@@ -176,13 +174,16 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
             await client.aclose()
 
     app.cleanup_ctx.append(redis_ctx)
-    app.router.add_post("/cdp/ingest", ingest)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
-    add_admin_routes(app)
+    add_ingest_routes(app)  # anyone: the seed's API
+    add_tracking_routes(app)  # a write key: Segment's API
+    add_segment_routes(app)  # the admin token from here on (@admin handlers)
+    add_webhook_routes(app)
+    add_segment_stream_routes(app)
+    add_replay_routes(app)
     add_profile_routes(app)
     add_erasure_routes(app)
-    add_tracking_routes(app)
     return app

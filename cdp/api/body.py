@@ -23,8 +23,6 @@ from aiohttp import web
 from cdp.api.appkeys import SETTINGS
 from cdp.errors import BodyTimeout, ClientGone, EventRejected, EventTooLarge, UnsupportedEncoding
 
-# Admin routes (segment definitions, webhooks...) take bodies up to this.
-ADMIN_BODY_LIMIT = 1 << 20
 _ALIASES = {
     "": "identity",
     "identity": "identity",

@@ -23,8 +23,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from cdp import keys
-from cdp.api.admin import NotFound, require_admin
 from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
+from cdp.api.auth import admin
+from cdp.api.requests import NotFound
 from cdp.clock import wall_ms
 from cdp.errors import ProfileNotFound
 from cdp.events import iso_ms
@@ -41,8 +42,8 @@ PURGE_CHUNK = 1000
 JOBS = web.AppKey("erasure_jobs", set)
 
 
+@admin
 async def erase(request: web.Request) -> web.Response:
-    require_admin(request)
     redis = request.app[REDIS]
     job_id = uuid.uuid4().hex
     now = await request.app[CLOCK].now_ms()
@@ -127,8 +128,8 @@ def _names(fields: dict[bytes, bytes], identifiers: set[str], cids: set[str]) ->
     return bool(set(typed_identifiers(user, anon, email)) & identifiers)
 
 
+@admin
 async def get_job(request: web.Request) -> web.Response:
-    require_admin(request)
     raw = await request.app[REDIS].hgetall(keys.job(request.match_info["id"]))
     if not raw:
         raise NotFound(f"no job {request.match_info['id']!r} (jobs are kept 7 days)")
@@ -139,14 +140,14 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(job)
 
 
+@admin
 async def list_suppressions(request: web.Request) -> web.Response:
-    require_admin(request)
     members = await request.app[REDIS].smembers(keys.SUPPRESSED)
     return web.json_response({"suppressed": sorted(text(m) for m in members)})
 
 
+@admin
 async def lift_suppression(request: web.Request) -> web.Response:
-    require_admin(request)
     try:
         identifier = normalise(request.match_info["id"])
     except ProfileNotFound as exc:

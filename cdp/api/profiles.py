@@ -1,9 +1,9 @@
 """Admin profile routes: one profile by any identifier, its parts, pages, NDJSON export.
 
-Every route needs ``Authorization: Bearer <CDP_ADMIN_TOKEN>`` (``require_admin``),
-checked before anything else. ``{id}`` is ``user:<userId>``, ``anon:<anonymousId>``,
-``email:<address>`` (normalised like events' identifiers) or a canonical id ``p<N>``;
-one merged away answers its survivor. The document is ``read_profile``'s plus
+Every route is an admin route (``@admin``: the admin token is checked before anything
+else). ``{id}`` is ``user:<userId>``, ``anon:<anonymousId>``, ``email:<address>``
+(normalised like events' identifiers) or a canonical id ``p<N>``; one merged away
+answers its survivor. The document is ``read_profile``'s plus
 ``segments`` (``cdp.profiles.read_profiles``). Identifiers containing ``/`` are written
 ``%2F`` in the path.
 """
@@ -11,15 +11,15 @@ one merged away answers its survivor. The document is ``read_profile``'s plus
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from cdp.api.admin import PAGE_MAX, Conflict, NotFound, _int_param, require_admin
 from cdp.api.appkeys import REDIS
+from cdp.api.auth import Handler, admin
+from cdp.api.requests import PAGE_MAX, Conflict, NotFound, int_param
 from cdp.errors import EventRejected, ProfileNotFound
 from cdp.export import ndjson_chunks
 from cdp.profiles import read_page, read_profiles, resolve
@@ -30,8 +30,6 @@ log = structlog.get_logger("cdp.api")
 PROFILE_ID = re.compile(r"^((user|anon|email):[\s\S]*\S[\s\S]*|p[0-9]+)$")
 # A profile merged away between resolving an id and reading it is resolved again.
 READ_ATTEMPTS = 3
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _identifier(request: web.Request) -> str:
@@ -45,7 +43,6 @@ def _identifier(request: web.Request) -> str:
 
 
 async def _document(request: web.Request, counters: bool = True) -> dict[str, Any]:
-    require_admin(request)
     identifier = _identifier(request)
     redis = request.app[REDIS]
     for _ in range(READ_ATTEMPTS):
@@ -59,11 +56,13 @@ async def _document(request: web.Request, counters: bool = True) -> dict[str, An
     raise Conflict(f"the profile of {identifier!r} is being merged; retry")
 
 
+@admin
 async def get_profile(request: web.Request) -> web.Response:
     return web.json_response(await _document(request))
 
 
 def _part(*fields: str) -> Handler:
+    @admin
     async def get_part(request: web.Request) -> web.Response:
         doc = await _document(request, counters=False)
         return web.json_response({"canonicalId": doc["canonicalId"]} | {f: doc[f] for f in fields})
@@ -71,16 +70,17 @@ def _part(*fields: str) -> Handler:
     return get_part
 
 
+@admin
 async def list_profiles(request: web.Request) -> web.Response:
-    require_admin(request)
-    cursor = _int_param(request, "cursor", 0, 0, None)
-    limit = _int_param(request, "limit", 100, 1, PAGE_MAX)
+    cursor = int_param(request, "cursor", 0, 0, None)
+    limit = int_param(request, "limit", 100, 1, PAGE_MAX)
     docs, next_cursor = await read_page(request.app[REDIS], cursor, limit)
     return web.json_response(
         {"profiles": docs, "cursor": None if next_cursor is None else str(next_cursor)}
     )
 
 
+@admin
 async def export_ndjson(request: web.Request) -> web.StreamResponse:
     """Every live profile, one JSON document per line, streamed a chunk at a time.
 
@@ -88,7 +88,6 @@ async def export_ndjson(request: web.Request) -> web.StreamResponse:
     connection is closed without the final chunk, so the client sees a truncated
     transfer rather than a complete-looking file.
     """
-    require_admin(request)
     redis = request.app[REDIS]
     chunks = ndjson_chunks(redis)
     first = await anext(chunks, b"")  # errors before any byte are ordinary 4xx/503 answers

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
-from cdp.api.body import read_body
+from cdp.api.requests import json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
 
 MAX_BATCH_BYTES = 500 * 1024
@@ -95,30 +95,6 @@ def _source(request: web.Request, body_key: Any) -> str:
     return keys[key]
 
 
-async def _body(request: web.Request, limit: int) -> dict[str, Any]:
-    raw = await read_body(request, limit)
-    try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CallRejected(f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise CallRejected("body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise CallRejected("body must be a JSON object")
-    return body
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} is out of range")
-    return value
-
-
 def _check_size(call: Any, limit: int) -> None:
     try:
         size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
@@ -134,7 +110,7 @@ async def single(request: web.Request) -> web.Response:
     kind = request.path.rsplit("/", 1)[1]  # one route per call type (add_tracking_routes)
     kind = SHORT.get(kind, kind)
     settings = request.app[SETTINGS]
-    body = await _body(request, settings.max_event_bytes)
+    body: dict[str, Any] = await json_body(request, settings.max_event_bytes, strict=True)
     source = _source(request, body.get("writeKey"))
     now = await request.app[CLOCK].now_ms()
     event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, request)
@@ -176,7 +152,7 @@ async def import_batch(request: web.Request) -> web.Response:
 
 async def _batch(request: web.Request, mode: str | None) -> web.Response:
     settings = request.app[SETTINGS]
-    body = await _body(request, MAX_BATCH_BYTES)
+    body: dict[str, Any] = await json_body(request, MAX_BATCH_BYTES, strict=True)
     source = _source(request, body.get("writeKey"))
     calls = body.get("batch")
     if not isinstance(calls, list) or not calls:

@@ -114,7 +114,7 @@ def _needs_admin(operation: schemathesis.APIOperation) -> bool:
 
 
 def _has_the_token(header: str | None) -> bool:
-    """Does this Authorization header pass ``require_admin``?"""
+    """Does this Authorization header pass the admin token check (``cdp.api.auth``)?"""
     scheme, _, given = (header or "").partition(" ")
     return scheme.lower() == "bearer" and given.strip() == TOKEN
 

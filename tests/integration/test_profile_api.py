@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import cdp.export
 from cdp import keys
-from cdp.api.app import errors_middleware
+from cdp.api.app import MIDDLEWARES
 from cdp.api.appkeys import REDIS, SETTINGS
 from cdp.api.profiles import add_profile_routes
 from cdp.export import ProgressBar, export_profiles
@@ -340,7 +340,7 @@ def test_an_export_failing_midway_is_cut_short_not_completed(
 
     async def fetch() -> tuple[int, object]:
         redis = Redis.from_url(redis_url)
-        app = web.Application(middlewares=[errors_middleware])
+        app = web.Application(middlewares=MIDDLEWARES)
         app[SETTINGS] = Settings(redis_url=redis_url, admin_token=TOKEN)
         app[REDIS] = redis
         add_profile_routes(app)

@@ -19,8 +19,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdp.api.admin import STREAM_ID, WHOLE_NUMBER
 from cdp.api.profiles import PROFILE_ID
+from cdp.api.requests import WHOLE_NUMBER
+from cdp.api.segment_stream import STREAM_ID
 from cdp.api.tracking_spec import SHORT, TYPES, to_stream_event
 from cdp.errors import CdpError, EventRejected
 from cdp.events import DATE_TIME, EVENT_TIME, NOT_BLANK, WHITESPACE, decode_ingest, is_blank
