@@ -3,7 +3,7 @@
 Beside the flow: an event the workers dropped as too late (``cdp:events:dropped``) or
 parked because its apply failed (``cdp:events:dead``) waits there as a record with the
 fields ``e`` (the event as it was on its partition stream), ``reason``, ``partition``
-and ``entryId`` (pipeline/worker.py ``_drop``). ``replay`` walks the records of one of
+and ``entryId`` (``workers/dead_letters.py``). ``replay`` walks the records of one of
 the two streams, oldest first, optionally from a time on and for some eventIds only,
 and publishes each event again to the partition stream of its routing id, as an
 *import*: never dropped as late again, and, like ``POST /v1/import``, applied by LWW
