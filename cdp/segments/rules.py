@@ -336,42 +336,26 @@ def _trait_exists(name: str, value: Any, a: _Answers) -> Check:
     return check_exists
 
 
-def _trait_eq(name: str, value: Any, a: _Answers) -> Check:
-    yes, no, missing = a  # locals: faster to read than attributes
+def _trait_test(test: Callable[[Any, Any], bool]) -> Callable[[str, Any, _Answers], Check]:
+    """A builder of checks answering ``test(trait value, rule value)``."""
 
-    def check_eq(view: ProfileView, now_ms: int) -> Result:
-        have = view.traits.get(name)
-        if have is None:
-            return missing
-        return yes if have == value else no
+    def build(name: str, value: Any, a: _Answers) -> Check:
+        yes, no, missing = a  # locals: faster to read than attributes
 
-    return check_eq
+        def check_test(view: ProfileView, now_ms: int) -> Result:
+            have = view.traits.get(name)
+            if have is None:
+                return missing
+            return yes if test(have, value) else no
 
+        return check_test
 
-def _trait_ne(name: str, value: Any, a: _Answers) -> Check:
-    yes, no, missing = a  # locals: faster to read than attributes
-
-    def check_ne(view: ProfileView, now_ms: int) -> Result:
-        have = view.traits.get(name)
-        if have is None:
-            return missing
-        return yes if have != value else no
-
-    return check_ne
+    return build
 
 
-def _trait_in(name: str, value: Any, a: _Answers) -> Check:
+def _is_in(have: Any, value: Any) -> bool:
     """``value`` is a list."""
-
-    yes, no, missing = a  # locals: faster to read than attributes
-
-    def check_in(view: ProfileView, now_ms: int) -> Result:
-        have = view.traits.get(name)
-        if have is None:
-            return missing
-        return yes if have in value else no
-
-    return check_in
+    return have in value
 
 
 def _trait_contains(name: str, value: Any, a: _Answers) -> Check:
@@ -392,9 +376,9 @@ def _trait_contains(name: str, value: Any, a: _Answers) -> Check:
 
 _TRAIT_OPS: dict[str, Callable[[str, Any, _Answers], Check]] = {
     "exists": _trait_exists,
-    "eq": _trait_eq,
-    "ne": _trait_ne,
-    "in": _trait_in,
+    "eq": _trait_test(operator.eq),
+    "ne": _trait_test(operator.ne),
+    "in": _trait_test(_is_in),
     "contains": _trait_contains,
 }
 

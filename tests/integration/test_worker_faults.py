@@ -41,7 +41,8 @@ from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import Scripts, is_poison
-from cdp.settings import Settings, load_settings
+from cdp.settings import Settings
+from tests.support.inprocess import worker_settings as settings
 from tests.support.stack import Stack
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
@@ -50,16 +51,6 @@ from workers.housekeeping import ensure_groups
 from workers.worker import Worker
 
 pytestmark = pytest.mark.integration
-
-
-def settings(redis_url: str, **overrides: object) -> Settings:
-    base = {
-        "redis_url": redis_url,
-        "clock": "redis",
-        "ticker_interval_ms": 20,
-        "lease_ttl_ms": 1000,
-    }
-    return load_settings(env={}, **(base | overrides))
 
 
 class ManualClock:

@@ -15,23 +15,13 @@ from cdp import keys
 from cdp.clock import RedisClock
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.settings import Settings, load_settings
+from tests.support.inprocess import worker_settings as settings
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
 from workers.housekeeping import ensure_groups
 from workers.worker import Worker
 
 pytestmark = pytest.mark.integration
-
-
-def settings(redis_url: str, **overrides: object) -> Settings:
-    base = {
-        "redis_url": redis_url,
-        "clock": "redis",
-        "ticker_interval_ms": 20,
-        "lease_ttl_ms": 1000,
-    }
-    return load_settings(env={}, **(base | overrides))
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
