@@ -51,8 +51,11 @@ def segment_error(exc: Exception, status: int, message: str) -> web.Response:
         401: "unauthorized",
         404: "not_found",
         405: "method_not_allowed",
+        408: "request_timeout",
         413: "request_too_large",
+        415: "unsupported_encoding",
         503: "unavailable",
+        504: "outcome_unknown",
     }.get(status, "invalid_request")
     return _error(status, code, message)
 
