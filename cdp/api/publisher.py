@@ -27,6 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cdp import keys
 from cdp.errors import EventRejected, OutcomeUnknown
@@ -62,10 +63,12 @@ class _Request:
 def _maybe_executed(exc: Exception) -> bool:
     """Could Redis have run a round trip that failed with ``exc``?
 
-    Only a connection that was never made (refused, unresolvable) proves it did not;
-    a timeout or a connection lost mid-reply leaves it unknown.
+    Only a connection that was never made (refused, unresolvable, timed out while
+    connecting) proves it did not; a timeout or a connection lost mid-reply leaves it
+    unknown. redis-py tells the two apart only in its message ("... connecting to ...").
     """
-    return not (isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
+    never_sent = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+    return not (never_sent and "connecting to" in str(exc))
 
 
 class Publisher:
@@ -115,46 +118,61 @@ class Publisher:
     async def _flush_loop(self) -> None:
         while self._queue:
             batch = self._next_batch()
-            if not batch:
-                continue
-            try:
-                replies = await self._send(batch)
-            except BaseException as exc:
-                # Redis did not answer the round trip: those queued behind it would
-                # wait out the same timeout one batch after another. Fail them now;
-                # they were never sent, so their 503 hides nothing.
-                queued = list(self._queue)
-                self._queue.clear()
-                sent: BaseException = exc
-                if isinstance(exc, Exception) and _maybe_executed(exc):
-                    sent = OutcomeUnknown(f"redis did not answer: {exc}")
-                for request in batch:
-                    request.settle(sent)
-                for request in queued:
-                    request.settle(exc)
-                if not isinstance(exc, Exception):  # cancelled: stop, nobody left waiting
-                    raise
-                continue
-            for request, reply in zip(batch, replies, strict=True):
-                request.settle(reply)
+            if batch:
+                await self._flush(batch)
 
-    async def _send(self, batch: list[_Request]) -> list[Any]:
-        """One pipeline of script calls; each reply is an entry id list or the error."""
-        replies: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for index in todo:
-                    batch[index].queue_on(pipe, self._sha)
-                answers = await pipe.execute(raise_on_error=False)
-            for index, answer in zip(todo, answers, strict=True):
-                replies[index] = answer
-            # A restarted or flushed Redis forgot the script: those calls did nothing.
-            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
-            if not todo or attempt:
-                break
+    async def _flush(self, batch: list[_Request]) -> None:
+        """Send ``batch`` and settle each request from its own reply. A call refused with
+        NOSCRIPT (a restarted or flushed Redis forgot the script) did nothing: it is sent
+        once more after loading the script, and the others are answered meanwhile."""
+        replies = await self._round_trip(batch)
+        if replies is None:
+            return
+        forgotten = []
+        for request, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                forgotten.append(request)
+            else:
+                request.settle(reply)
+        if not forgotten:
+            return
+        try:
             await self._redis.script_load(self._script)
-        return replies
+        except BaseException as exc:  # nothing of theirs ran: the Redis error (503)
+            for request in forgotten:
+                request.settle(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        replies = await self._round_trip(forgotten)
+        for request, reply in zip(forgotten, replies or [], strict=False):
+            request.settle(reply)
+
+    async def _round_trip(self, batch: list[_Request]) -> list[Any] | None:
+        """One pipeline of script calls: each reply an entry id list or the error; None
+        when the round trip failed as a whole (every waiter is then answered)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for request in batch:
+                    request.queue_on(pipe, self._sha)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+                return replies
+        except BaseException as exc:
+            # Redis did not answer the round trip: those queued behind it would wait
+            # out the same timeout one batch after another. Fail them now; they were
+            # never sent, so their 503 hides nothing.
+            queued = list(self._queue)
+            self._queue.clear()
+            sent: BaseException = exc
+            if isinstance(exc, Exception) and _maybe_executed(exc):
+                sent = OutcomeUnknown(f"redis did not answer: {exc}")
+            for request in batch:
+                request.settle(sent)
+            for request in queued:
+                request.settle(exc)
+            if not isinstance(exc, Exception):  # cancelled: stop, nobody left waiting
+                raise
+            return None
 
     async def close(self) -> None:
         if self._task is not None:
