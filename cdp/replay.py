@@ -40,7 +40,7 @@ from cdp.export import ProgressBar
 from cdp.identity import partition_of, routing_id
 from cdp.scripts import Scripts
 from cdp.settings import Settings, parse_duration_ms
-from cdp.streams import text
+from cdp.streams import last_id, text
 
 SOURCES = {"dropped": keys.DROPPED, "dead": keys.DEAD}
 CHUNK = 500
@@ -198,8 +198,11 @@ async def replay(
     total = int(await redis.xlen(stream))
     await _forget_old_marks(redis, stream, marks)
     start = f"{since}-0" if since else "-"
+    # The walk ends at the newest record of now: an event replayed and parked again
+    # is a new record, for the next replay, never a loop within this one.
+    end = await last_id(redis, stream)
     while True:
-        rows: Any = await redis.xrange(stream, start, "+", count=CHUNK)
+        rows: Any = await redis.xrange(stream, start, end, count=CHUNK)
         if not rows:
             break
         start = "(" + text(rows[-1][0])

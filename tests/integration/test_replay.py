@@ -24,7 +24,7 @@ from cdp import keys
 from cdp.replay import Report, replay
 from cdp.settings import Settings
 from tests.support.stack import ROOT, Stack
-from tests.support.values import ms
+from tests.support.values import PARTITIONS, ms
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ def trait(stack: Stack, identifier: str, name: str) -> Any:
 def imports_of(stack: Stack, event_id: str) -> int:
     """How many times ``event_id`` was published back as an import, over all partitions."""
     found = 0
-    for p in range(16):
+    for p in range(PARTITIONS):
         for _, fields in stack.r.xrange(keys.stream(p)):
             event = json.loads(fields["e"])
             found += event["eventId"] == event_id and event.get("mode") == "import"
@@ -193,7 +193,7 @@ def drop_many(stack: Stack, n: int, prefix: str) -> list[str]:
 
 def imports_per_event(stack: Stack) -> dict[str, int]:
     seen: dict[str, int] = {}
-    for p in range(16):
+    for p in range(PARTITIONS):
         for _, fields in stack.r.xrange(keys.stream(p)):
             event = json.loads(fields["e"])
             if event.get("mode") == "import":
@@ -303,3 +303,24 @@ def test_the_api_replays_and_refuses_bad_bodies(live: Stack) -> None:
         assert resp.json()["status"] == "error"
     unauthorized = live.request("POST", "/cdp/replay", b'{"source": "dropped"}')
     assert unauthorized.status == 401
+
+
+def test_a_replay_ends_at_the_newest_record_of_its_start(live: Stack) -> None:
+    """A record parked again while a replay walks (an event that fails once more) is
+    left for the next replay: the walk never chases the records it causes."""
+    drop(live, "walk-1", "u-walk", "pro")
+    ((_, fields),) = live.r.xrange(keys.DROPPED)
+
+    def parked_again(read: int, total: int) -> None:
+        live.r.xadd(keys.DROPPED, fields)
+
+    async def run() -> Report:
+        client = Redis.from_url(live.redis_url)
+        try:
+            return await replay(client, Settings(), "dropped", progress=parked_again)
+        finally:
+            await client.aclose()
+
+    report = asyncio.run(run())
+    assert (report.scanned, report.replayed) == (1, 1), report.as_json()
+    assert live.r.xlen(keys.DROPPED) == 2
