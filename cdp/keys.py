@@ -17,7 +17,8 @@ canonical id's tag, every partition stream its own)::
     cdp:profile:{<cid>}                  hash, firstSeen, lastSeen, createdAt (ISO-8601),
                                          lastSeenMs, user, users/emails/anons (counts),
                                          merges, version (bumped by every change),
-                                         evaluatedMs (last accepted segment evaluation);
+                                         evaluatedMs (last accepted segment evaluation),
+                                         evaluations (how many were accepted);
                                          for a merged-away id only mergedInto (+ when)
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)

@@ -11,7 +11,9 @@
      {counter name, {bucket, count, ...}, ...},
      {segment, state JSON, ...}, first identifier when
      there is no userId, due time in cdp:segments:due or false,
-     evaluatedMs (the time of the last accepted evaluation) or false}
+     evaluatedMs (the time of the last accepted evaluation) or false,
+     evaluations (how many evaluations were accepted, the token segment_transition
+     compares) or false}
   A profile that does not exist (or was merged away) has a false version.
 ]]
 local rcall = redis.call
@@ -22,7 +24,7 @@ for i = 2, #ARGV do
   local cid = ARGV[i]
   local pkey = prefix .. ":profile:{" .. cid .. "}"
   local meta = rcall("HMGET", pkey, "version", "mergedInto", "user", "lastSeenMs", "firstSeen",
-    "evaluatedMs")
+    "evaluatedMs", "evaluations")
   local counters = {}
   for _, name in ipairs(rcall("HKEYS", pkey .. ":counters")) do
     counters[#counters + 1] = name
@@ -42,6 +44,7 @@ for i = 2, #ARGV do
     anon,
     rcall("ZSCORE", prefix .. ":segments:due", cid),
     meta[6],
+    meta[7],
   }
 end
 return out

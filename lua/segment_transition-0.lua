@@ -14,11 +14,13 @@
 
   Nothing is written (STALE) when the evaluation is not the newest one: the profile
   changed since it was read (version differs: whoever changed it has marked it due),
-  another evaluation was accepted since the read (evaluatedMs differs), the
-  definitions changed (a deleted segment is never entered again), or the evaluation
-  time is older than the last accepted one. The caller re-reads and evaluates at no
-  earlier than the profile's evaluatedMs, so accepted evaluation times never go
-  backwards, and each transition is a change from the state the evaluation read.
+  another evaluation was accepted since the read (the profile's evaluations count
+  differs: every accepted call bumps it, so two evaluations at the same time, which
+  leave the same evaluatedMs, still differ), the definitions changed (a deleted
+  segment is never entered again), or the evaluation time is older than the last
+  accepted one (evaluatedMs). The caller re-reads and evaluates at no earlier than
+  the profile's evaluatedMs, so accepted evaluation times never go backwards, and
+  each transition is a change from the state the evaluation read.
 
   ARGV[1]  key prefix ("cdp")
   ARGV[2]  canonical id
@@ -30,7 +32,7 @@
   ARGV[8]  approximate MAXLEN of cdp:segment-events
   ARGV[9]  JSON [segment...]: memberships to drop (segments no longer defined)
   ARGV[10] evaluation time in ms (ARGV[4]), kept as the profile's evaluatedMs
-  ARGV[11] the profile's evaluatedMs the evaluation read, or ""
+  ARGV[11] the profile's evaluations count the evaluation read, or "" (none yet)
   ARGV[12] cdp:segments:version the definitions were loaded at, or ""
 
   Returns {"OK", eventId...} | {"STALE"} | {"GONE"}
@@ -44,18 +46,19 @@ local maxlen = ARGV[8]
 
 local pkey = prefix .. ":profile:{" .. cid .. "}"
 local due_key = prefix .. ":segments:due"
-local meta = rcall("HMGET", pkey, "version", "mergedInto", "evaluatedMs")
+local meta = rcall("HMGET", pkey, "version", "mergedInto", "evaluatedMs", "evaluations")
 if meta[2] or not meta[1] then
   rcall("ZREM", due_key, cid)
   return {"GONE"}
 end
 local at_ms = ARGV[10]
-if meta[1] ~= version or (meta[3] or "") ~= ARGV[11]
+if meta[1] ~= version or (meta[4] or "") ~= ARGV[11]
     or (rcall("GET", prefix .. ":segments:version") or "") ~= ARGV[12]
     or tonumber(at_ms) < (tonumber(meta[3]) or 0) then
   return {"STALE"}
 end
 rcall("HSET", pkey, "evaluatedMs", at_ms)
+rcall("HINCRBY", pkey, "evaluations", 1)  -- the token: changes on every accepted write
 
 local skey = pkey .. ":segments"
 local names = {}

@@ -109,6 +109,7 @@ class ProfileRow(msgspec.Struct, frozen=True):
     first_identifier: Bulk  # when there is no userId
     due: Bulk  # its score in cdp:segments:due
     evaluated_ms: Bulk  # the time of the last accepted evaluation
+    evaluations: Bulk  # how many evaluations were accepted (the write's token)
 
     @classmethod
     def decode_all(cls, reply: Any) -> list[ProfileRow]:
@@ -144,12 +145,12 @@ def segment_transition(
     who: dict[str, str],
     events_maxlen: int,
     dropped: Sequence[str],
-    read_evaluated: str,
+    read_evaluations: str,
     definitions_version: str,
     prefix: str = keys.PREFIX,
 ) -> Call:
     """Move profile ``cid`` into or out of segments (``wanted``) as evaluated at ``at_ms``
-    from what was read (``version``, ``read_evaluated``, ``definitions_version``), and
+    from what was read (``version``, ``read_evaluations``, ``definitions_version``), and
     reschedule it at ``due_ms`` (None: never); ``dropped``: memberships of segments no
     longer defined; ``who`` names the profile in the events."""
     return Call(
@@ -165,7 +166,7 @@ def segment_transition(
             events_maxlen,
             _json(dropped),
             at_ms,
-            read_evaluated,
+            read_evaluations,
             definitions_version,
         ],
     )

@@ -8,7 +8,9 @@ every defined segment in Python (each rule compiled once per definition,
 ``segment_transition``, which changes memberships, appends the events to
 ``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due`` atomically,
 and only if the evaluation is still the newest: the profile, its memberships and the
-definitions have not changed since they were read.
+definitions have not changed since they were read (the memberships: no evaluation was
+accepted since, by the profile's ``evaluations`` count, which every accepted write bumps;
+not by evaluatedMs, which a write at the same time leaves as it was).
 
 Evaluation time: a profile is evaluated at ``max(now, evaluatedMs)``, evaluatedMs being
 the time of its last accepted evaluation (whoever made it: another worker, the sweeper,
@@ -62,6 +64,7 @@ class Snapshot:
     memberships: dict[str, bool]  # as read: segment -> member
     due: int | None  # as read: the profile's time in cdp:segments:due
     evaluated: str = ""  # as read: evaluatedMs, the time of the last accepted evaluation
+    evaluations: str = ""  # as read: how many evaluations were accepted (the write's token)
 
     def evaluation_ms(self, now_ms: int) -> int:
         """When to evaluate: now, or the last accepted evaluation's time if that is later."""
@@ -138,6 +141,7 @@ def parse_view(cid: str, row: ProfileRow, bucket_ms: int) -> Snapshot | None:
         memberships,
         int(float(row.due)) if row.due else None,
         text(row.evaluated_ms) if row.evaluated_ms else "",
+        text(row.evaluations) if row.evaluations else "",
     )
 
 
@@ -247,7 +251,7 @@ class SegmentEngine:
                     who=snap.who,
                     events_maxlen=maxlen,
                     dropped=dropped,
-                    read_evaluated=snap.evaluated,
+                    read_evaluations=snap.evaluations,
                     definitions_version=defined_at,
                 )
                 queued.append(cid)

@@ -164,6 +164,46 @@ def test_two_workers_evaluating_one_profile_at_different_times(redis_url: str) -
     assert run(scenario()) == []
 
 
+def test_an_evaluation_at_the_last_evaluations_time_does_not_hide_itself(redis_url: str) -> None:
+    """ABA: an accepted evaluation at the profile's evaluatedMs E leaves E as it was, so E
+    cannot tell whether an evaluation was accepted since a read. p1 was evaluated at E;
+    five TRACKs change it. Evaluator A (clock behind: it evaluates at E) and B (a day
+    later, past the power-user window) both read it; A ENTERs power_user; B, which read
+    "not a member" and finds "not a member", must not write over that (power_user would
+    stay in with no due time: wrong until p1's next event): it is refused, reads again
+    and EXITs."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], float | None]:
+        redis = Redis.from_url(redis_url)
+        settings = load_settings(env={}, redis_url=redis_url)
+        engine = SegmentEngine(redis, Scripts(redis), settings)
+        a, b = Evaluator(redis_url, settings), Evaluator(redis_url, settings)
+        e = T0 + 10 * S
+        try:
+            await apply_events(redis, settings, T0, [identify("i0", T0, "free")])
+            assert await engine.evaluate(["p1"], e) == []
+            assert await redis.hget(keys.profile("p1"), "evaluatedMs") == str(e).encode()
+            await apply_events(redis, settings, e, [track(f"t{i}", T0 + i * S) for i in range(5)])
+            await a.start(["p1"], e - S)  # evaluates at E: a power user
+            await b.start(["p1"], T0 + MIN + 24 * H + S)  # past the expiry: not one
+            assert a.waiting and b.waiting
+            await a.commit()
+            await b.finish()
+            return await stream(redis), await redis.zscore(keys.SEGMENTS_DUE, "p1")
+        finally:
+            await a.close()
+            await b.close()
+            await redis.aclose()
+
+    events, due = run(scenario())
+    assert summary(events) == [
+        ("power_user ENTER", iso_ms(T0 + 10 * S)),
+        ("power_user EXIT", iso_ms(T0 + MIN + 24 * H + S)),
+    ]
+    assert [e["eventId"] for e in events] == ["seg:power_user:p1:1", "seg:power_user:p1:2"]
+    assert due is None or due > T0 + MIN + 24 * H + S  # nothing left due before B's time
+
+
 # -- property: any interleaving of evaluators, applies and clocks ----------------------
 
 EVALUATORS = 3

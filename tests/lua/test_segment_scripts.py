@@ -62,6 +62,11 @@ def evaluated(lua: LuaHarness, cid: str) -> str:
     return lua.r.hget(keys.profile(cid), "evaluatedMs") or ""
 
 
+def evaluations(lua: LuaHarness, cid: str) -> str:
+    """The profile's count of accepted evaluations ("" before the first one)."""
+    return lua.r.hget(keys.profile(cid), "evaluations") or ""
+
+
 def transition(
     lua: LuaHarness,
     cid: str,
@@ -72,11 +77,11 @@ def transition(
     who: dict[str, str] | None = None,
     drop: list[str] | None = None,
     read_version: str | None = None,
-    read_evaluated: str | None = None,
+    read_evaluations: str | None = None,
     definitions: str | None = None,
 ) -> list[Any]:
     """segment_transition as the engine calls it; the reply as [status, eventId...]. What
-    the evaluation read (version, evaluatedMs, definitions version) defaults to what
+    the evaluation read (version, evaluations count, definitions version) defaults to what
     the profile holds now."""
     reply = lua.run(
         lua.scripts.segment_transition(
@@ -89,7 +94,9 @@ def transition(
             who={"userId": "u1"} if who is None else who,
             events_maxlen=lua.settings.segment_events_maxlen,
             dropped=drop or [],
-            read_evaluated=evaluated(lua, cid) if read_evaluated is None else read_evaluated,
+            read_evaluations=(
+                evaluations(lua, cid) if read_evaluations is None else read_evaluations
+            ),
             definitions_version=(
                 (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions
             ),
@@ -198,6 +205,7 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
     raw = view(lua, "p1")
     (row,) = text(raw)
     assert row.evaluated_ms == str(now_ms)  # the transition's evaluation time
+    assert row.evaluations == "1"  # one accepted evaluation
     assert (row.version, row.merged_into, row.user, row.last_seen_ms) == (
         "4",
         None,
@@ -243,6 +251,7 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
         memberships={"vip": True},
         due=now_ms + HOUR,
         evaluated=str(now_ms),
+        evaluations="1",
     )
 
 
@@ -275,7 +284,7 @@ def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
     assert live.version == "3"  # created, its event, the merge's bump + the ALIAS itself
     assert live.merged_into is None
     assert live.first_seen == iso_ms(now_ms - HOUR)
-    empty = [None, None, None, None, None, [], [], [], None, None, None]
+    empty = [None, None, None, None, None, [], [], [], None, None, None, None]
     assert merged == ProfileRow(*empty[:1], "p1", *empty[2:])
     assert unknown == ProfileRow(*empty)
     for cid, row in (("p2", merged), ("p99", unknown)):
@@ -312,10 +321,10 @@ def test_the_same_wish_again_emits_nothing_and_exit_continues_the_count(lua, now
     snapshot = lua.dump()
 
     # A retry, or a second evaluator with the same answer: nothing changes but the time
-    # of the last accepted evaluation.
+    # of the last accepted evaluation and their count.
     assert transition(lua, "p1", {"vip": True}, at=now_ms + 1, due=now_ms + HOUR) == ["OK"]
-    assert evaluated(lua, "p1") == str(now_ms + 1)
-    lua.r.hset(keys.profile("p1"), "evaluatedMs", now_ms)
+    assert (evaluated(lua, "p1"), evaluations(lua, "p1")) == (str(now_ms + 1), "2")
+    lua.r.hset(keys.profile("p1"), mapping={"evaluatedMs": now_ms, "evaluations": 1})
     assert lua.dump() == snapshot
 
     later = now_ms + 10 * MINUTE
@@ -362,7 +371,7 @@ def test_a_stale_version_changes_nothing_not_even_the_due_index(lua, now_ms):
 
 def test_an_evaluation_older_than_the_last_accepted_one_is_refused(lua, now_ms):
     """Evaluation times never go backwards: once an evaluation at t is accepted, one at an
-    earlier time is refused, even if it read the current version and evaluatedMs."""
+    earlier time is refused, even if it read the current version and evaluations count."""
     lua.apply(event("e1", now_ms - HOUR, user="u1"))
     assert evaluated(lua, "p1") == ""
     assert transition(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
@@ -379,12 +388,40 @@ def test_an_evaluation_that_read_before_another_was_accepted_is_refused(lua, now
     accepted; the second one's, even at a later time, is refused: the memberships it
     compared against are not the current ones any more (it must read again)."""
     lua.apply(event("e1", now_ms - HOUR, user="u1"))
-    assert transition(lua, "p1", {"vip": True}, at=now_ms, read_evaluated="")[0] == "OK"
+    assert transition(lua, "p1", {"vip": True}, at=now_ms, read_evaluations="")[0] == "OK"
     snapshot = lua.dump()
     for at in (now_ms - 1, now_ms, now_ms + MINUTE):
-        reply = transition(lua, "p1", {"other": True}, at=at, read_evaluated="")
+        reply = transition(lua, "p1", {"other": True}, at=at, read_evaluations="")
         assert reply == ["STALE"]
     assert lua.dump() == snapshot
+
+
+def test_an_evaluation_that_read_before_another_at_the_same_time_was_accepted_is_refused(
+    lua, now_ms
+):
+    """ABA: an accepted evaluation at the profile's evaluatedMs leaves evaluatedMs as it
+    was. Evaluator A (its clock behind: it evaluates at evaluatedMs) and B (later) read
+    the same version and evaluatedMs; A ENTERs vip; B, which read vip out and wants it
+    out, must not be accepted: vip would stay in with no due time (wrong until the
+    profile's next event)."""
+    lua.apply(event("e1", now_ms - HOUR, user="u1"))
+    assert transition(lua, "p1", {}, at=now_ms, due=now_ms + HOUR)[0] == "OK"
+    lua.apply(track("e2", now_ms - HOUR + MINUTE, "Clicked", user="u1"))  # a new version
+    read_version, read_count = version(lua, "p1"), evaluations(lua, "p1")
+    assert read_count == "1"
+    a = transition(
+        lua, "p1", {"vip": True}, at=now_ms, read_version=read_version, read_evaluations=read_count
+    )
+    assert a == ["OK", "seg:vip:p1:1"]
+    assert evaluated(lua, "p1") == str(now_ms)  # the same time: evaluatedMs is unchanged
+    assert evaluations(lua, "p1") == "2"  # ... but the token is not
+    snapshot = lua.dump()
+    b = transition(
+        lua, "p1", {}, at=now_ms + MINUTE, read_version=read_version, read_evaluations=read_count
+    )
+    assert b == ["STALE"]
+    assert lua.dump() == snapshot
+    assert states(lua, "p1")["vip"]["in"] is True
 
 
 def test_an_evaluation_with_older_definitions_is_refused(lua, now_ms):
