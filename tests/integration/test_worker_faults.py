@@ -42,6 +42,7 @@ from cdp.identity import partition_of
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings
+from tests.support.inprocess import running
 from tests.support.inprocess import worker_settings as settings
 from tests.support.stack import Stack
 from tests.support.values import PARTITIONS
@@ -114,16 +115,6 @@ async def pending(redis: Redis, partition: int | None = None) -> int:
 
 async def processed(redis: Redis) -> int:
     return int(await redis.hget(keys.METRICS, "processed") or 0)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker):  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await task
 
 
 async def owns_everything(worker: Worker) -> bool:

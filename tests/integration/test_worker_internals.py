@@ -5,7 +5,6 @@ stops the apply, and a failing event is parked instead of blocking its partition
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -15,6 +14,7 @@ from cdp import keys
 from cdp.clock import RedisClock
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
+from tests.support.inprocess import running
 from tests.support.inprocess import worker_settings as settings
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
@@ -44,16 +44,6 @@ async def publish(redis: Redis, n: int, ts: int, user: str = "u1") -> int:
 
 async def pending(redis: Redis, partition: int) -> int:
     return int((await redis.xpending(keys.stream(partition), keys.GROUP))["pending"])
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker):  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await task
 
 
 def test_backpressure_stops_reading_at_max_buffer(redis_url: str) -> None:
