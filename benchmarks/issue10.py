@@ -28,7 +28,8 @@ redis-server with AOF everysec on a free port in a temp dir, one ``cdp api`` pro
    TRACKs; once applied the workers are stopped, the partition streams deleted
    (``used_memory`` before/after), then the dedup hashes (their ``used_memory`` drop
    divided by the eventIds they held: bytes per remembered eventId); what is left
-   above the empty stack's ``used_memory`` divided by the users is bytes per profile.
+   above the empty stack's ``used_memory`` (read with the workers stopped too) divided
+   by the users is bytes per profile.
    Keys per profile counts ``cdp:profile:*`` and ``cdp:identifier:*``; ``MEMORY USAGE``
    of a sample of profiles' keys is shown beside it. ``used_memory`` is read only while
    no AOF rewrite runs (Redis 6 counts the rewrite buffers in it).
@@ -352,9 +353,14 @@ class Harness:
         with self.stack() as cluster:
             r = self.client(cluster)
             self.wait_groups(r)
+            # The baseline with the workers stopped, as the reading after: their
+            # connections' buffers (tens of KB) are not a profile's.
+            self.stop_workers(cluster)
             quiet(r)
             base_mem, base_keys = used_memory(r), count_profile_keys(r)
             base = self.done(r)
+            for name in cluster.worker_names:
+                cluster.spawn(name)
             asyncio.run(self.publish(cluster.redis.url, [stream_event(s, settings) for s in specs]))
             self.wait_until(
                 lambda: self.done(r) - base >= len(specs), 300, f"{len(specs)} events applied"
