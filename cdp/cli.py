@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"cdp: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (CdpError, FileNotFoundError, RuntimeError) as exc:
+    except (CdpError, FileNotFoundError) as exc:
         print(f"cdp: {exc}", file=sys.stderr)
         sys.exit(2)
     except (RedisConnectionError, RedisTimeoutError) as exc:
