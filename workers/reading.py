@@ -101,7 +101,7 @@ class Reader:
         count = 0
         for entry_id, fields in entries:
             eid = text(entry_id)
-            if (partition, eid) in state.in_flight:  # claimed again while being applied
+            if state.in_flight_has(partition, eid):  # claimed again while being applied
                 continue
             raw = (fields or {}).get(b"e")
             if raw is None:  # deleted from the stream under us: nothing to apply
@@ -130,6 +130,8 @@ class Reader:
                 state.unflushed["late"] += 1
             if buffer.push(event.ts, event.eventId, eid, event):
                 count += 1
+        if count:
+            state.wake.set()  # the tick loop plans its next tick again
         if dropped:
             await self.dead_letters.record(partition, dropped)
         return count

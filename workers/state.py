@@ -4,7 +4,9 @@ An entry is *held* while it is buffered, or popped by the tick in hand and not y
 settled (``in_flight``). Held entries count against ``max-buffer`` and are never
 claimed again while held; what a read has asked for and not yet received counts too
 (``reserved``). The events wake the loops: ``has_room`` the read loop waiting for
-room, ``owned_changed`` the read loop waiting for partitions, ``stopping`` everyone.
+room, ``owned_changed`` the read loop waiting for partitions, ``wake`` the tick loop
+when something was buffered (it may be due sooner than the tick planned),
+``stopping`` everyone.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class WorkerState:
         self.worker_id = worker_id
         self.max_buffer = max_buffer
         self.buffers: dict[int, PartitionBuffer[StreamEvent]] = {}
-        # (partition, entry id) popped by the tick in hand and not yet settled.
-        self.in_flight: set[tuple[int, str]] = set()
+        # partition -> entry ids popped by the tick in hand and not yet settled.
+        self.in_flight: dict[int, set[str]] = {}
         self.reserved = 0  # room promised to a read under way
         self.stats: Counter[str] = Counter()  # for the summary line at stop
         self.unflushed: Counter[str] = Counter()  # metrics for the next tick's round trip
@@ -36,6 +38,7 @@ class WorkerState:
         self.has_room = asyncio.Event()
         self.has_room.set()
         self.owned_changed = asyncio.Event()
+        self.wake = asyncio.Event()
         self.log: Any = structlog.get_logger("cdp.worker").bind(worker=worker_id)
 
     @property
@@ -49,7 +52,7 @@ class WorkerState:
     @property
     def held(self) -> int:
         """Entries in memory: buffered, or in the hands of the tick."""
-        return self.buffered + len(self.in_flight)
+        return self.buffered + sum(len(ids) for ids in self.in_flight.values())
 
     @property
     def room(self) -> int:
@@ -58,17 +61,27 @@ class WorkerState:
 
     def holds(self, partition: int, entry_id: str) -> bool:
         buffer = self.buffers.get(partition)
-        return (buffer is not None and entry_id in buffer) or (
-            partition,
-            entry_id,
-        ) in self.in_flight
+        return (buffer is not None and entry_id in buffer) or self.in_flight_has(
+            partition, entry_id
+        )
+
+    def in_flight_has(self, partition: int, entry_id: str) -> bool:
+        ids = self.in_flight.get(partition)
+        return ids is not None and entry_id in ids
 
     def held_of(self, partition: int) -> int:
         """Entries of ``partition`` in memory."""
         buffer = self.buffers.get(partition)
-        return (len(buffer) if buffer is not None else 0) + sum(
-            1 for q, _ in self.in_flight if q == partition
-        )
+        return (len(buffer) if buffer is not None else 0) + len(self.in_flight.get(partition, ()))
+
+    def take_off(self, popped: dict[int, set[str]]) -> None:
+        """The tick settled (or gave back) what it popped: no longer in flight."""
+        for p, ids in popped.items():
+            held = self.in_flight.get(p)
+            if held is not None:
+                held -= ids
+                if not held:
+                    del self.in_flight[p]
 
     def forget(self, partition: int) -> None:
         """The lease is gone: drop the buffer (its entries stay pending for the new owner)."""
@@ -88,3 +101,4 @@ class WorkerState:
         self.stopping.set()
         self.has_room.set()
         self.owned_changed.set()
+        self.wake.set()

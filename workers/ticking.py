@@ -1,13 +1,22 @@
 """The tick loop: apply what the watermark has passed, then evaluate segments.
 
-Every ticker-interval, pop what is ready (ts <= now - window-size) from each buffer
-and apply it with one pipelined round trip of ``apply_batch`` calls
-(``cdp.pipeline.apply``), which acknowledge what they applied; the metrics go in the
-same round trip. A call that Redis refused (OOM, READONLY, a lost connection) goes
-back to the buffer for the next tick; one the script refused as CDP_POISON is applied
-again event by event and the guilty event parked (``workers.dead_letters``). Then the
-profiles the tick touched are evaluated against the segments (once each), and, if
+A tick pops what is ready (ts <= now - window-size) from each buffer, at most
+``TICK_BATCHES`` x batch-size events in all (so a backlog is applied in round trips of
+bounded size, never one that outlives redis-timeout), and applies it with one
+pipelined round trip of ``apply_batch`` calls (``cdp.pipeline.apply``), which
+acknowledge what they applied; the metrics go in the same round trip. A call that
+Redis refused (OOM, READONLY, a lost connection) goes back to the buffer for the next
+tick; one the script refused as CDP_POISON is applied again event by event and the
+guilty event parked (``workers.dead_letters``). Then the profiles the tick touched are
+evaluated against the segments (once each), and, at most once per ticker-interval, if
 this worker is the sweeper, the due-time sweep and backfills run (``workers.roles``).
+
+When: the next tick comes when the watermark passes the earliest buffered event
+(its ts + window-size, estimated from the clock read at the last tick and the
+monotonic time since), at once when the last tick left ready events behind or a late
+event arrives (the read loop sets ``state.wake``), and after ticker-interval at the
+latest. Two ticks are at least ``MIN_SPACING_S`` apart, so a steady stream is still
+applied in batches rather than one round trip per event.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -28,6 +38,19 @@ from cdp.settings import Settings
 from workers.dead_letters import DeadLetters
 from workers.roles import Roles
 from workers.state import Chunk, WorkerState
+
+# Events per tick: at most this many batch-size batches (one round trip).
+TICK_BATCHES = 20
+# The least time between two ticks: wake-ups closer than this are coalesced.
+MIN_SPACING_S = 0.025
+
+
+@dataclass(frozen=True, slots=True)
+class _ClockRead:
+    """The clock as the last tick read it, and the monotonic time it was read at."""
+
+    now_ms: int
+    monotonic: float
 
 
 class Ticker:
@@ -51,6 +74,10 @@ class Ticker:
         self.engine = engine
         self.roles = roles
         self._touched: set[str] = set()  # profiles applied since the last evaluation
+        self._interval_s = settings.ticker_interval_ms / 1000
+        self._last_periodic = -float("inf")  # the last sweep and metrics flush
+        self._clock_read = _ClockRead(0, 0.0)  # the last tick's clock
+        self._left_behind = False  # the last tick left ready events in a buffer
 
     async def run(self) -> None:
         state = self.state
@@ -63,33 +90,70 @@ class Ticker:
                 state.log.warning("tick: redis error", error=str(exc))
             except Exception:  # a bug must not stop the ticks of every partition
                 state.log.exception("tick failed")
+            await self._wait_next(started, interval)
+
+    async def _wait_next(self, started: float, interval: float) -> None:
+        """Until the next tick is due (``next_tick_at``), woken by the read loop."""
+        state = self.state
+        while not state.stopping.is_set():
+            state.wake.clear()
+            delay = self.next_tick_at(started, interval) - time.monotonic()
+            if delay <= 0:
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    state.stopping.wait(), max(0.0, interval - (time.monotonic() - started))
-                )
+                await asyncio.wait_for(state.wake.wait(), delay)
+
+    def next_tick_at(self, started: float, interval: float) -> float:
+        """The monotonic time of the next tick, for the tick that started at ``started``."""
+        latest = started + interval
+        if self._left_behind:
+            due = started
+        else:
+            heads = [h for b in self.state.buffers.values() if (h := b.earliest()) is not None]
+            if not heads:
+                return latest
+            read = self._clock_read
+            due = read.monotonic + (min(heads) + self.settings.window_size_ms - read.now_ms) / 1000
+        return min(latest, max(started + MIN_SPACING_S, due))
 
     async def tick(self) -> int:
-        """Apply every buffered event at or below the watermark; returns events applied."""
+        """Apply buffered events at or below the watermark (at most ``TICK_BATCHES``
+        batches of them); returns events applied."""
         state = self.state
         now = await self.clock.now_ms()
+        self._clock_read = _ClockRead(now, time.monotonic())
         watermark = now - self.settings.window_size_ms
-        ready = {p: b.pop_ready(watermark) for p, b in list(state.buffers.items())}
-        ready = {p: batch for p, batch in ready.items() if batch}
-        popped = {(p, entry_id) for p, batch in ready.items() for entry_id, _ in batch}
-        state.in_flight |= popped
+        budget = self.settings.batch_size * TICK_BATCHES
+        per_partition = max(self.settings.batch_size, budget // max(len(state.buffers), 1))
+        ready: dict[int, Chunk] = {}
+        self._left_behind = False
+        for p, buffer in list(state.buffers.items()):
+            batch = buffer.pop_ready(watermark, per_partition)
+            if batch:
+                ready[p] = batch
+                if len(batch) == per_partition:
+                    self._left_behind = True  # maybe more ready: tick again soon
+        popped = {p: {entry_id for entry_id, _ in batch} for p, batch in ready.items()}
+        for p, ids in popped.items():
+            state.in_flight.setdefault(p, set()).update(ids)
+        periodic = time.monotonic() - self._last_periodic >= self._interval_s
         try:
-            applied = await self._apply_ready(ready, ApplyContext(now, state.worker_id))
+            applied = 0
+            if ready or periodic:
+                applied = await self._apply_ready(ready, ApplyContext(now, state.worker_id))
         finally:
             # Whatever failed to settle is back in its buffer, or pending in the group
             # for reclaim_pending once idle: never both in flight and forgotten.
-            state.in_flight -= popped
+            state.take_off(popped)
         if state.room > 0:
             state.has_room.set()
         # Segments: once per touched profile per tick, then whatever time made due.
         touched, self._touched = self._touched, set()
         if touched:
             state.stats["transitions"] += len(await self.engine.evaluate(touched, now))
-        state.stats["transitions"] += await self.roles.sweep()
+        if periodic:
+            self._last_periodic = time.monotonic()
+            state.stats["transitions"] += await self.roles.sweep()
         return applied
 
     async def _apply_ready(self, ready: dict[int, Chunk], ctx: ApplyContext) -> int:

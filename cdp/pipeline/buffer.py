@@ -85,6 +85,10 @@ class PartitionBuffer(Generic[T]):
         heapq.heappush(self._heap, (ts_ms, event_id, next(self._tiebreak), entry_id, item))
         return True
 
+    def earliest(self) -> int | None:
+        """The smallest buffered ts (the next event the watermark will pass), or None."""
+        return self._heap[0][0] if self._heap else None
+
     def pop_ready(self, watermark_ms: int, limit: int | None = None) -> list[tuple[str, T]]:
         """Remove and return (entry id, item) of events with ts <= watermark, in order."""
         ready: list[tuple[str, T]] = []

@@ -200,3 +200,16 @@ def test_with_less_room_than_partitions_every_partition_gets_its_turn():
         assert (len(chosen), count) == (3, 1)
         seen.update(chosen)
     assert seen == set(partitions)
+
+
+def test_earliest_is_the_next_event_the_watermark_passes():
+    buf: PartitionBuffer[str] = PartitionBuffer()
+    assert buf.earliest() is None
+    buf.push(30, "c", "3-0", "c")
+    buf.push(10, "a", "1-0", "a")
+    buf.push(20, "b", "2-0", "b")
+    assert buf.earliest() == 10
+    buf.pop_ready(15)
+    assert buf.earliest() == 20
+    buf.pop_ready(100)
+    assert buf.earliest() is None

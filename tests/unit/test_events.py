@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cdp.errors import EventRejected, EventTooLarge
-from cdp.events import StreamEvent, decode_ingest, iso_ms, stream_decoder, stream_encoder
+from cdp.events import (
+    MAX_TS_MS,
+    MIN_TS_MS,
+    StreamEvent,
+    decode_ingest,
+    iso_ms,
+    stream_decoder,
+    stream_encoder,
+)
 from cdp.settings import Settings
 
 # 2025-10-04T10:45:00Z: shortly after the seed's three examples.
@@ -297,3 +308,14 @@ def test_event_over_the_size_limit_is_too_large():
 def test_size_limit_is_the_given_one():
     with pytest.raises(EventTooLarge):
         decode(SEED_IDENTIFY, max_event_bytes=100)
+
+
+@given(st.integers(min_value=MIN_TS_MS, max_value=MAX_TS_MS))
+def test_iso_ms_equals_the_datetime_formatting_it_caches(ms: int) -> None:
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    assert iso_ms(ms) == dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def test_iso_ms_at_the_ends_of_the_range() -> None:
+    assert iso_ms(MIN_TS_MS) == "1970-01-01T00:00:00.000Z"
+    assert iso_ms(MAX_TS_MS) == "9999-12-31T23:59:59.999Z"
