@@ -7,9 +7,10 @@ pipelined round trip of ``apply_batch`` calls (``cdp.pipeline.apply``), which
 acknowledge what they applied; the metrics go in the same round trip. A call that
 Redis refused (OOM, READONLY, a lost connection) goes back to the buffer for the next
 tick; one the script refused as CDP_POISON is applied again event by event and the
-guilty event parked (``workers.dead_letters``). Then the profiles the tick touched are
-evaluated against the segments (once each), and, at most once per ticker-interval, if
-this worker is the sweeper, the due-time sweep and backfills run (``workers.roles``).
+guilty event parked (``workers.dead_letters``). Once per ticker-interval (and at the
+last tick, when stopping) the profiles the ticks since touched are evaluated against
+the segments (once each), and, if this worker is the sweeper, the due-time sweep and
+backfills run (``workers.roles``).
 
 When: the next tick comes when the watermark passes the earliest buffered event
 (its ts + window-size, estimated from the clock read at the last tick and the
@@ -78,6 +79,7 @@ class Ticker:
         self._last_periodic = -float("inf")  # the last sweep and metrics flush
         self._clock_read = _ClockRead(0, 0.0)  # the last tick's clock
         self._left_behind = False  # the last tick left ready events in a buffer
+        self._turn = 0
 
     async def run(self) -> None:
         state = self.state
@@ -124,15 +126,21 @@ class Ticker:
         self._clock_read = _ClockRead(now, time.monotonic())
         watermark = now - self.settings.window_size_ms
         budget = self.settings.batch_size * TICK_BATCHES
-        per_partition = max(self.settings.batch_size, budget // max(len(state.buffers), 1))
+        owned = sorted(state.buffers)
+        first = self._turn % len(owned) if owned else 0
+        self._turn += 1  # the partition served first moves, so none waits behind others
         ready: dict[int, Chunk] = {}
         self._left_behind = False
-        for p, buffer in list(state.buffers.items()):
-            batch = buffer.pop_ready(watermark, per_partition)
+        for p in owned[first:] + owned[:first]:
+            if budget <= 0:
+                self._left_behind = True
+                break
+            batch = state.buffers[p].pop_ready(watermark, budget)
             if batch:
                 ready[p] = batch
-                if len(batch) == per_partition:
-                    self._left_behind = True  # maybe more ready: tick again soon
+                budget -= len(batch)
+        if budget <= 0:
+            self._left_behind = True  # maybe more ready: tick again soon
         popped = {p: {entry_id for entry_id, _ in batch} for p, batch in ready.items()}
         for p, ids in popped.items():
             state.in_flight.setdefault(p, set()).update(ids)
@@ -147,12 +155,14 @@ class Ticker:
             state.take_off(popped)
         if state.room > 0:
             state.has_room.set()
-        # Segments: once per touched profile per tick, then whatever time made due.
-        touched, self._touched = self._touched, set()
-        if touched:
-            state.stats["transitions"] += len(await self.engine.evaluate(touched, now))
-        if periodic:
+        if periodic or state.stopping.is_set():
+            # Segments: once per touched profile per ticker-interval (ticks come more
+            # often, and a profile touched by several of them is read once), then
+            # whatever time made due.
             self._last_periodic = time.monotonic()
+            touched, self._touched = self._touched, set()
+            if touched:
+                state.stats["transitions"] += len(await self.engine.evaluate(touched, now))
             state.stats["transitions"] += await self.roles.sweep()
         return applied
 
