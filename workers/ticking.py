@@ -7,10 +7,11 @@ pipelined round trip of ``apply_batch`` calls (``cdp.pipeline.apply``), which
 acknowledge what they applied; the metrics go in the same round trip. A call that
 Redis refused (OOM, READONLY, a lost connection) goes back to the buffer for the next
 tick; one the script refused as CDP_POISON is applied again event by event and the
-guilty event parked (``workers.dead_letters``). Once per ticker-interval (and at the
-last tick, when stopping) the profiles the ticks since touched are evaluated against
-the segments (once each), and, if this worker is the sweeper, the due-time sweep and
-backfills run (``workers.roles``).
+guilty event parked (``workers.dead_letters``). The profiles the ticks touched are
+evaluated against the segments (once each) ticker-interval after the first of them was
+applied (half lease-ttl while a backlog is applied: ``_evaluation_due``; and at the
+last tick, when stopping); once per ticker-interval, if this worker is the sweeper,
+the due-time sweep and backfills run (``workers.roles``).
 
 When: the next tick comes when the watermark passes the earliest buffered event
 (its ts + window-size, estimated from the clock read at the last tick and the
@@ -80,6 +81,7 @@ class Ticker:
         self._clock_read = _ClockRead(0, 0.0)  # the last tick's clock
         self._left_behind = False  # the last tick left ready events in a buffer
         self._turn = 0
+        self._touched_since = 0.0  # when the first profile of ``_touched`` was applied
 
     async def run(self) -> None:
         state = self.state
@@ -107,7 +109,7 @@ class Ticker:
 
     def next_tick_at(self, started: float, interval: float) -> float:
         """The monotonic time of the next tick, for the tick that started at ``started``."""
-        latest = started + interval
+        latest = min(started + interval, self._evaluation_at())
         if self._left_behind:
             due = started
         else:
@@ -155,16 +157,31 @@ class Ticker:
             state.take_off(popped)
         if state.room > 0:
             state.has_room.set()
-        if periodic or state.stopping.is_set():
-            # Segments: once per touched profile per ticker-interval (ticks come more
-            # often, and a profile touched by several of them is read once), then
-            # whatever time made due.
-            self._last_periodic = time.monotonic()
+        if self._touched and (self._evaluation_due() or state.stopping.is_set()):
             touched, self._touched = self._touched, set()
-            if touched:
-                state.stats["transitions"] += len(await self.engine.evaluate(touched, now))
+            state.stats["transitions"] += len(await self.engine.evaluate(touched, now))
+        if periodic:
+            self._last_periodic = time.monotonic()
             state.stats["transitions"] += await self.roles.sweep()
         return applied
+
+    def _evaluation_due(self) -> bool:
+        """Evaluate the profiles touched since the last evaluation now?
+
+        Once per ticker-interval (ticks come more often: a profile touched by several
+        is read once); while a backlog is applied (the last tick left ready events
+        behind), every half lease-ttl, as the apply marked them due for the sweeper at
+        lease-ttl: a profile touched all along the backlog is read a few times, not
+        once a second.
+        """
+        return time.monotonic() >= self._evaluation_at()
+
+    def _evaluation_at(self) -> float:
+        """The monotonic time ``_evaluation_due`` becomes true (inf: nothing touched)."""
+        if not self._touched:
+            return float("inf")
+        wait = self.settings.lease_ttl_ms / 2000 if self._left_behind else self._interval_s
+        return self._touched_since + wait
 
     async def _apply_ready(self, ready: dict[int, Chunk], ctx: ApplyContext) -> int:
         """One pipelined round trip of ``apply_batch`` calls, then the failures sorted out."""
@@ -214,6 +231,8 @@ class Ticker:
         return applied
 
     def _count(self, result: BatchResult) -> int:
+        if result.profiles and not self._touched:
+            self._touched_since = time.monotonic()
         self._touched.update(result.profiles)
         self.state.stats["applied"] += result.applied
         self.state.stats["duplicates"] += result.duplicates
