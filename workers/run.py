@@ -1,8 +1,17 @@
-"""``cdp worker`` / ``python -m workers``: settings → logging → Redis → Worker.run()."""
+"""``cdp worker`` / ``python -m workers``: settings → logging → Redis → Worker.run().
+
+The worker holds up to max-buffer decoded events (and their dicts) in memory: with
+the interpreter's default thresholds, a full collection every few thousand
+allocations walks all of them again, which measured ~3 us of the ~5 us of decoding
+and buffering an event. ``GC_THRESHOLDS`` makes the young generation larger and the
+old ones rarer; what is alive at start-up is frozen out of collections. Nothing of
+the worker relies on collection of cycles for correctness.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -34,6 +43,12 @@ async def run_worker(settings: Settings, worker_id: str | None = None) -> None:
         await redis.aclose()
 
 
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
 def main(settings: Settings, worker_id: str | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     asyncio.run(run_worker(settings, worker_id))
