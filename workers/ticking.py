@@ -95,6 +95,18 @@ class Ticker:
             except Exception:  # a bug must not stop the ticks of every partition
                 state.log.exception("tick failed")
             await self._wait_next(started, interval)
+        await self._evaluate_left()
+
+    async def _evaluate_left(self) -> None:
+        """Stopping: evaluate the profiles applied since the last evaluation (else the
+        sweeper does, once they fall due)."""
+        touched, self._touched = self._touched, set()
+        if touched:
+            try:
+                now = await self.clock.now_ms()
+                self.state.stats["transitions"] += len(await self.engine.evaluate(touched, now))
+            except RedisError as exc:
+                self.state.log.warning("last evaluation: redis error", error=str(exc))
 
     async def _wait_next(self, started: float, interval: float) -> None:
         """Until the next tick is due (``next_tick_at``), woken by the read loop."""
