@@ -1,14 +1,15 @@
 -- includes/identity.lua: resolve an event's identifiers to one profile, merging the
 -- profiles they link, within the guard rails. Expects `rcall`, `prefix`, `now_iso`,
--- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers, segmentEventsMaxlen)
--- and the helpers of includes/profile.lua.
+-- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers, segmentEventsMaxlen),
+-- the helpers of includes/profile.lua, the event field indexes (EID, TS, IDS) and
+-- `flush` (apply_batch: writes what the call holds of profiles before a merge).
 --@include segments
 
 local function record(ev, fields)
   local args = {prefix .. ":merges", "MAXLEN", "~", "100000", "*"}
   for i = 1, #fields do args[#args + 1] = fields[i] end
-  args[#args + 1] = "eventId"; args[#args + 1] = ev.id
-  args[#args + 1] = "ts"; args[#args + 1] = ev.ts
+  args[#args + 1] = "eventId"; args[#args + 1] = ev[EID]
+  args[#args + 1] = "ts"; args[#args + 1] = ev[TS]
   rcall("XADD", unpack(args))
 end
 
@@ -55,6 +56,7 @@ end
 -- memberships end with EXIT events (exit_merged). The loser keeps only a forward
 -- pointer; every id that pointed to it now points to the survivor (one hop).
 local function merge(loser, survivor, ev)
+  flush()  -- the call's folded writes first: the merge reads both profiles by name
   local lkey, skey = profile_key(loser), profile_key(survivor)
   local ltraits = rcall("HGETALL", lkey .. ":traits")
   for i = 1, #ltraits, 2 do
@@ -100,21 +102,24 @@ local function merge(loser, survivor, ev)
   rcall("DEL", lkey .. ":traits", lkey .. ":identifiers", lkey .. ":counters", lkey .. ":merged",
     lkey .. ":segments")
   rcall("DEL", lkey)
-  rcall("HSET", lkey, "mergedInto", survivor, "mergedAt", ev.ts, "mergeEventId", ev.id)
+  rcall("HSET", lkey, "mergedInto", survivor, "mergedAt", ev[TS], "mergeEventId", ev[EID])
   record(ev, {"status", "merged", "survivor", survivor, "merged", loser})
 end
 
--- The profile `ev` applies to. Owners of its identifiers are taken in the event's
+-- The profile `ev` applies to when its identifiers (`names`: their keys, `cids`: their
+-- owners or false) are not all of one known profile. Owners of its identifiers are taken in the event's
 -- identifier order (user, email, anon): an owner carrying a different userId than the
 -- group is refused (unless mergeUsers), as is one reached only through an anonymousId
 -- when it already holds more than maxAnons of them, or any past maxMerges. The rest
 -- merge into the oldest of them; unknown identifiers are linked within the limits.
-local function resolve(ev)
-  local owners, reached, free = {}, {}, {}
-  for _, id in ipairs(ev.ids) do
-    local cid = rcall("GET", identifier_key(id))
+local function resolve_links(ev, names, cids)
+  local ids = ev[IDS]
+  local owners, reached, free, free_keys = {}, {}, {}, {}
+  for i, id in ipairs(ids) do
+    local cid = cids[i]
     if not cid then
       free[#free + 1] = id
+      free_keys[#free_keys + 1] = names[i]
     elseif not reached[cid] then
       reached[cid] = {cid = cid, anon_only = id_type(id) == "anon"}
       owners[#owners + 1] = reached[cid]
@@ -122,10 +127,15 @@ local function resolve(ev)
       reached[cid].anon_only = false
     end
   end
+  -- MGET answers nil for a key of another type, where GET fails: such a key is the
+  -- event's own WRONGTYPE (SET would overwrite it).
+  if #free_keys > 0 and rcall("EXISTS", unpack(free_keys)) > 0 then
+    poison("an identifier key holds the wrong type (WRONGTYPE)")
+  end
   -- The event's own userId anchors the group; a new one counts as one userId already.
   local group_user, group_users, user_owner = nil, 0, nil
-  if ev.ids[1] and id_type(ev.ids[1]) == "user" then
-    group_user = ev.ids[1]
+  if ids[1] and id_type(ids[1]) == "user" then
+    group_user = ids[1]
     if free[1] == group_user then group_users = 1 else user_owner = owners[1].cid end
   end
   local group = {}
@@ -179,4 +189,23 @@ local function resolve(ev)
     end
   end
   return cid
+end
+
+-- The profile `ev` applies to, its identifiers read in one MGET. Fast path: every
+-- identifier is known and names one profile (no link, no merge; the guard rails only
+-- decide between several owners or for new identifiers). Otherwise resolve_links.
+local function resolve(ev)
+  local ids = ev[IDS]
+  local names = {}
+  for i = 1, #ids do names[i] = identifier_key(ids[i]) end
+  local cids = rcall("MGET", unpack(names))
+  local first = cids[1]
+  if first then
+    local one = true
+    for i = 2, #ids do
+      if cids[i] ~= first then one = false; break end
+    end
+    if one then return first end
+  end
+  return resolve_links(ev, names, cids)
 end

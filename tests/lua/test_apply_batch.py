@@ -14,7 +14,7 @@ import pytest
 
 from cdp import keys
 from cdp.events import StreamEvent, iso_ms
-from cdp.pipeline.apply import bucket_member
+from cdp.pipeline.apply import bucket_member, dedup_key
 from tests.support.events import event, track
 
 MINUTE = 60_000
@@ -180,7 +180,7 @@ def test_dedup_key_records_the_id_and_expires_at_the_end_of_the_next_bucket(lua,
     now = now_ms + 7 * MINUTE  # 7 minutes into a 10-minute dedup bucket
     lua.apply(track("evt-1", now_ms - HOUR, "Feature Used", user="u1"), now_ms=now)
     b = now // ttl
-    key = keys.dedup(lua.partition, b)
+    key = dedup_key(lua.partition, b, "evt-1", lua.settings)
     assert lua.r.hexists(key, "evt-1")
     # It lives until the end of bucket b+1 of the injected clock: 13 minutes from now,
     # whatever Redis' own wall clock says (relative TTL, not an absolute PEXPIREAT).
