@@ -25,6 +25,21 @@ from redis.retry import Retry
 from cdp.errors import RedisServerError
 
 
+# Hashes stay in Redis's compact encoding (ziplist; listpack from Redis 7, which takes
+# these names too) up to this many fields and this long a value: a dedup shard
+# (README "Configuration": dedup-shards) and a profile's traits hash (cells of ~100 B)
+# then cost a fraction of a hashtable's memory. An external Redis needs the same
+# settings (README "Running on your own Redis").
+HASH_MAX_ZIPLIST_ENTRIES = 512
+HASH_MAX_ZIPLIST_VALUE = 256
+COMPACT_ENCODINGS = (
+    "--hash-max-ziplist-entries",
+    str(HASH_MAX_ZIPLIST_ENTRIES),
+    "--hash-max-ziplist-value",
+    str(HASH_MAX_ZIPLIST_VALUE),
+)
+
+
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -105,6 +120,7 @@ class RedisServer:
             self.appendfsync,
             "--logfile",
             "redis.log" if self.log_to_file else "",
+            *COMPACT_ENCODINGS,
         ]
         # Its own session: a Ctrl-C in the terminal reaches the supervisor, which stops
         # Redis last, after the workers and the API.
