@@ -1,4 +1,4 @@
-"""lua/apply_batch-5.lua on fakeredis, called through the real ``queue_apply``.
+"""lua/apply_batch-n.lua on fakeredis, called through the real ``queue_apply``.
 
 Each test delivers real stream entries to the consumer group (XADD + XREADGROUP),
 applies them with one or more script calls and reads the keys back. Event times are
