@@ -24,7 +24,6 @@ from redis.retry import Retry
 
 from cdp.errors import RedisServerError
 
-
 # Hashes stay in Redis's compact encoding (ziplist; listpack from Redis 7, which takes
 # these names too) up to this many fields and this long a value: a dedup shard
 # (README "Configuration": dedup-shards) and a profile's traits hash (cells of ~100 B)
