@@ -193,24 +193,37 @@ end
 -- at most the buckets of its window plus the one being opened. The first increment of
 -- a bucket in a call is written at once (it tells whether the bucket is new, and
 -- fails here, for this event, if the key is not a zset); the later ones of the call
--- are added to `later` and folded into one ZINCRBY by flush().
+-- are added to `later` and folded into one ZINCRBY by flush(). The counters an event
+-- opens a bucket of are added to `opened`, for keep_oldest.
 -- Buckets are 13-digit ms strings, compared as numbers.
-local function count(pkey, name, bucket, later)
+local function count(pkey, name, bucket, later, opened)
   local ckey = pkey .. ":counter:" .. name
   local at = ckey .. "\0" .. bucket
   if counted[at] then
     later[#later + 1] = at
     return
   end
-  if tonumber(rcall("ZINCRBY", ckey, 1, bucket)) ~= 1 then
-    counted[at] = true
-    return
-  end
   counted[at] = true
-  local oldest = rcall("HGET", pkey .. ":counters", name)
-  if oldest and tonumber(oldest) < cutoff_ms then oldest = prune_counter(ckey, cutoff) end
-  if not oldest or tonumber(bucket) < tonumber(oldest) then oldest = bucket end
-  rcall("HSET", pkey .. ":counters", name, oldest)
+  if tonumber(rcall("ZINCRBY", ckey, 1, bucket)) == 1 then opened[#opened + 1] = name end
+end
+
+-- The oldest bucket of each counter in `opened` (distinct names), one HMGET and one
+-- HSET of the profile's counters hash for all of them.
+local function keep_oldest(pkey, bucket, opened)
+  if #opened == 0 then return end
+  local ckeys = pkey .. ":counters"
+  local stored = rcall("HMGET", ckeys, unpack(opened))
+  local writes = {}
+  for i, name in ipairs(opened) do
+    local oldest = stored[i]
+    if oldest and tonumber(oldest) < cutoff_ms then
+      oldest = prune_counter(pkey .. ":counter:" .. name, cutoff)
+    end
+    if not oldest or tonumber(bucket) < tonumber(oldest) then oldest = bucket end
+    writes[#writes + 1] = name
+    writes[#writes + 1] = oldest
+  end
+  rcall("HSET", ckeys, unpack(writes))
 end
 
 local function commit_counts(later, bucket)
@@ -245,20 +258,21 @@ local function apply_event(ev)
   local pkey = profile_key(cid)
   local meta = meta_of(cid, pkey)
   apply_traits(pkey, ev)
-  local bucket, later = ev[BUCKET], {}
+  local bucket, later, opened = ev[BUCKET], {}, {}
   if tonumber(bucket) >= cutoff_ms then
     -- Every event is activity: "returned" rules read the gaps between these
     -- buckets, which, unlike a gap measured at apply time, any order agrees on.
-    count(pkey, "$seen", bucket, later)
+    count(pkey, "$seen", bucket, later, opened)
     local kind = ev[TYPE]
     if kind == "TRACK" then
-      count(pkey, ev[NAME], bucket, later)
-      count(pkey, "$track", bucket, later)
+      count(pkey, ev[NAME], bucket, later, opened)
+      count(pkey, "$track", bucket, later, opened)
     elseif kind == "PAGE" then
-      count(pkey, "$page", bucket, later)
+      count(pkey, "$page", bucket, later, opened)
     elseif kind == "SCREEN" then
-      count(pkey, "$screen", bucket, later)
+      count(pkey, "$screen", bucket, later, opened)
     end
+    keep_oldest(pkey, bucket, opened)
   end
   -- Commit: nothing below calls Redis.
   commit_counts(later, bucket)

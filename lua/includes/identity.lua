@@ -43,12 +43,36 @@ local function exit_merged(loser, survivor, user, ids)
   end
 end
 
-local function link(cid, id)
+-- Link identifiers `ids` to profile `cid`, whose counts and userId are `meta`
+-- ({users, emails, anons, user}): each identifier key names it, its identifier set
+-- holds them, its counts grow and its first userId becomes its `user`. Three calls
+-- for all of them.
+local function link_all(cid, ids, meta)
+  if #ids == 0 then return end
   local pkey = profile_key(cid)
-  rcall("SET", identifier_key(id), cid)
-  rcall("SADD", pkey .. ":identifiers", id)
-  rcall("HINCRBY", pkey, TYPE_FIELD[id_type(id)], 1)
-  if id_type(id) == "user" and not rcall("HGET", pkey, "user") then rcall("HSET", pkey, "user", id) end
+  local names, added = {}, {users = 0, emails = 0, anons = 0}
+  local user = meta.user
+  for _, id in ipairs(ids) do
+    names[#names + 1] = identifier_key(id)
+    names[#names + 1] = cid
+    local field = TYPE_FIELD[id_type(id)]
+    added[field] = added[field] + 1
+    if not user and id_type(id) == "user" then user = id end
+  end
+  rcall("MSET", unpack(names))
+  rcall("SADD", pkey .. ":identifiers", unpack(ids))
+  local fields = {}
+  for _, field in ipairs({"users", "emails", "anons"}) do
+    if added[field] > 0 then
+      fields[#fields + 1] = field
+      fields[#fields + 1] = meta[field] + added[field]
+    end
+  end
+  if user ~= meta.user then
+    fields[#fields + 1] = "user"
+    fields[#fields + 1] = user
+  end
+  rcall("HSET", pkey, unpack(fields))
 end
 
 -- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
@@ -158,9 +182,9 @@ local function resolve_links(ev, names, cids)
       if meta[1] then group_user = group_user or meta[1]; group_users = group_users + tonumber(meta[2]) end
     end
   end
-  local cid
+  local cid, fresh = nil, false
   if #group == 0 then
-    cid = new_profile()
+    cid, fresh = new_profile(), true
   else
     table.sort(group, function(a, b) return seq_of(a) < seq_of(b) end)
     cid = group[1]
@@ -175,8 +199,17 @@ local function resolve_links(ev, names, cids)
     end
     cid = target  -- the profile of the event's userId, even when its merge was refused
   end
-  local counts = rcall("HMGET", profile_key(cid), "users", "emails")
-  local users, emails = tonumber(counts[1]), tonumber(counts[2])
+  if #free == 0 then return cid end
+  local meta = {users = 0, emails = 0, anons = 0}
+  if not fresh then
+    local counts = rcall("HMGET", profile_key(cid), "users", "emails", "anons", "user")
+    meta = {users = tonumber(counts[1]), emails = tonumber(counts[2]),
+      anons = tonumber(counts[3]) or 0, user = counts[4] or nil}
+    if not meta.users or not meta.emails then
+      error("ERR hash value is not an integer", 0)  -- as HINCRBY would answer
+    end
+  end
+  local users, emails, linked = meta.users, meta.emails, {}
   for _, id in ipairs(free) do
     local t = id_type(id)
     if t == "user" and users >= limits.maxUsers then
@@ -184,10 +217,11 @@ local function resolve_links(ev, names, cids)
     elseif t == "email" and emails >= limits.maxEmails then
       record(ev, {"status", "refused", "reason", "email limit", "profile", cid, "identifier", id})
     else
-      link(cid, id)
+      linked[#linked + 1] = id
       if t == "user" then users = users + 1 elseif t == "email" then emails = emails + 1 end
     end
   end
+  link_all(cid, linked, meta)
   return cid
 end
 
