@@ -596,3 +596,18 @@ def test_every_order_of_the_same_events_converges(make_harness, now_ms):
     assert first["merges"] == []
     assert first["pending"] == 0
     assert len(first["index"]) == 7
+
+
+def test_only_non_empty_stream_ids_are_acknowledged_and_a_repeated_one_is_harmless(lua, now_ms):
+    """Several events of one stream entry: only the one naming the entry acknowledges it."""
+    (first, e1), (second, e2) = lua.deliver(
+        [
+            track("sid-1", now_ms - HOUR, "A", user="u1"),
+            track("sid-2", now_ms - HOUR + 1, "A", user="u1"),
+        ]
+    )
+    result = lua.apply_entries([("", e1), (first, e2)])
+    assert (result.applied, lua.pending()) == (2, 1)
+    e3 = track("sid-3", now_ms - HOUR + 2, "A", user="u1")
+    result = lua.apply_entries([(second, e2), (second, e3)])  # e2 again: a duplicate
+    assert (result.applied, result.duplicates, lua.pending()) == (1, 1, 0)
