@@ -611,3 +611,20 @@ def test_only_non_empty_stream_ids_are_acknowledged_and_a_repeated_one_is_harmle
     e3 = track("sid-3", now_ms - HOUR + 2, "A", user="u1")
     result = lua.apply_entries([(second, e2), (second, e3)])  # e2 again: a duplicate
     assert (result.applied, result.duplicates, lua.pending()) == (1, 1, 0)
+
+
+def test_the_unsharded_dedup_hashes_of_before_an_upgrade_still_dedup(lua, now_ms):
+    """An id recorded by the previous layout (cdp:dedup:{pN}:<bucket>, no shard) in the
+    current or previous bucket is still a duplicate; nothing is written there."""
+    ttl = lua.settings.dedup_ttl_ms
+    b = now_ms // ttl
+    lua.r.hset(keys.dedup(lua.partition, b), "old-cur", "1")
+    lua.r.hset(keys.dedup(lua.partition, b - 1), "old-prev", "1")
+    result = lua.apply(
+        track("old-cur", now_ms - HOUR, "A", user="u1"),
+        track("old-prev", now_ms - HOUR, "A", user="u1"),
+        track("new-1", now_ms - HOUR, "A", user="u1"),
+    )
+    assert (result.applied, result.duplicates) == (1, 2)
+    assert lua.r.hlen(keys.dedup(lua.partition, b)) == 1
+    assert lua.r.hexists(dedup_key(lua.partition, b, "new-1", lua.settings), "new-1")
