@@ -5,7 +5,10 @@ canonical id's tag, every partition stream its own)::
 
     cdp:events:{p<N>}                    stream, partition N of the ingest firehose
     cdp:lease:{p<N>}                     string, worker id owning partition N (PX lease)
-    cdp:dedup:{p<N>}:<bucket>            hash, eventId -> 1, seen event ids (expires)
+    cdp:dedup:{p<N>}:<bucket>:<shard>    hash, eventId -> 1, seen event ids (expires);
+                                         shard = crc32(eventId) % dedup-shards
+    cdp:dedup:{p<N>}:<bucket>            hash, the same before sharding (read only, until
+                                         it expires)
     cdp:events:dropped                   stream, events past the grace period + reason
     cdp:events:dead                      stream, events the apply script failed on
     cdp:replayed:<dropped|dead>          zset, record id -> its ms: records replayed
@@ -103,7 +106,13 @@ def replayed(source: str) -> str:
 
 
 def dedup(partition: int, bucket: int) -> str:
+    """The unsharded dedup hash of a bucket, as written before dedup-shards (read only)."""
     return f"{PREFIX}:dedup:{partition_tag(partition)}:{bucket}"
+
+
+def dedup_shard(partition: int, bucket: int, shard: int) -> str:
+    """One of the dedup-shards hashes of a partition's dedup bucket."""
+    return f"{PREFIX}:dedup:{partition_tag(partition)}:{bucket}:{shard}"
 
 
 # SCAN pattern of every dedup hash (the fault suite reads them back).

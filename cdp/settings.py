@@ -57,6 +57,9 @@ class Settings:
     window_size_ms: int = 5_000
     grace_period_ms: int = 120_000
     dedup_ttl_ms: int = 600_000
+    # Each partition's dedup bucket is split into this many hashes (by crc32 of the
+    # eventId), small enough for Redis's compact encoding: README "Configuration".
+    dedup_shards: int = 32
     ticker_interval_ms: int = 1_000
     max_future_skew_ms: int = 300_000
     # Partitioning and workers.
@@ -139,6 +142,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _POSITIVE = {
     "window_size_ms",
     "dedup_ttl_ms",
+    "dedup_shards",
     "ticker_interval_ms",
     "partitions",
     "lease_ttl_ms",

@@ -2,7 +2,7 @@
 
 ``Model(settings).apply(events)`` takes ``StreamEvent``s in any order and returns the
 profiles the system must end with. It applies them one by one in (ts, eventId) order,
-with the same rules as ``lua/apply_batch-5.lua`` and ``lua/includes/identity.lua``, but
+with the same rules as ``lua/apply_batch-n.lua`` and ``lua/includes/identity.lua``, but
 written for reading, not speed: dedup by eventId, identity resolution with merges into
 the oldest profile and the guard rails, LWW traits with tombstones, first/lastSeen,
 bucketed counters.

@@ -8,8 +8,10 @@ tick's calls in one pipeline: one round trip per tick, whatever the number of ev
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -20,23 +22,8 @@ from cdp.identity import BLOCKED_VALUES
 from cdp.scripts import Scripts
 from cdp.settings import Settings
 
-
-class ScriptEvent(msgspec.Struct, omit_defaults=True):
-    """One event as ``apply_batch`` reads it (see the script's header)."""
-
-    id: str
-    sid: str
-    ts: str
-    m: str
-    b: str
-    t: str
-    ids: list[str]
-    tr: list[tuple[str, str]]
-    n: str | None = None
-    imp: bool = False
-
-
 _encoder = msgspec.json.Encoder()
+_encode_value = _encoder.encode
 
 
 def bucket_member(ts_ms: int, bucket_ms: int) -> str:
@@ -44,22 +31,58 @@ def bucket_member(ts_ms: int, bucket_ms: int) -> str:
     return f"{ts_ms - ts_ms % bucket_ms:013d}"
 
 
+_iso_seconds: dict[int, str] = {}
+
+
+def iso_of(ms: int) -> str:
+    """``cdp.events.iso_ms``, its whole-second part cached (events of a tick share it)."""
+    second, milli = divmod(ms, 1000)
+    head = _iso_seconds.get(second)
+    if head is None:
+        if len(_iso_seconds) >= 65_536:
+            _iso_seconds.clear()
+        head = _iso_seconds[second] = iso_ms(second * 1000)[:-4]
+    return f"{head}{milli:03d}Z"
+
+
+def dedup_shard(event_id: str, shards: int) -> int:
+    """The dedup hash of a bucket that remembers ``event_id``: crc32 of its UTF-8 bytes."""
+    return zlib.crc32(event_id.encode()) % shards
+
+
+def dedup_key(partition: int, bucket: int, event_id: str, settings: Settings) -> str:
+    """The hash of dedup bucket ``bucket`` of ``partition`` that remembers ``event_id``."""
+    return keys.dedup_shard(partition, bucket, dedup_shard(event_id, settings.dedup_shards))
+
+
 def script_event(
-    entry_id: str, event: StreamEvent, bucket_ms: int, blocked: frozenset[str] = BLOCKED_VALUES
-) -> ScriptEvent:
-    traits = event.traits or {}
-    return ScriptEvent(
-        id=event.eventId,
-        sid=entry_id,
-        ts=iso_ms(event.ts),
-        m=f"{event.ts:013d}",
-        b=bucket_member(event.ts, bucket_ms),
-        t=event.type,
-        ids=event.identifiers(blocked),
-        tr=[(name, _encoder.encode(value).decode()) for name, value in traits.items()],
-        n=event.name,
-        imp=event.mode == "import",
-    )
+    entry_id: str,
+    event: StreamEvent,
+    bucket_ms: int,
+    slot: int,
+    blocked: frozenset[str] = BLOCKED_VALUES,
+) -> list[Any]:
+    """One event as ``apply_batch`` reads it (an array: see the script's header);
+    ``slot``: the place of its dedup shard among the call's shard keys (1, 2...)."""
+    traits: list[str] = []
+    if event.traits:
+        for name, value in event.traits.items():
+            traits.append(name)
+            traits.append(_encode_value(value).decode())
+    ts = event.ts
+    return [
+        event.eventId,
+        entry_id,
+        iso_of(ts),
+        f"{ts:013d}",
+        f"{ts - ts % bucket_ms:013d}",
+        event.type,
+        event.identifiers(blocked),
+        traits,
+        event.name or "",
+        1 if event.mode == "import" else 0,
+        slot,
+    ]
 
 
 def script_limits(settings: Settings, now_ms: int) -> bytes:
@@ -85,13 +108,13 @@ class ApplyContext:
     now_ms: int
     worker_id: str
 
-    def dedup_keys(self, partition: int, settings: Settings) -> tuple[str, str, int]:
+    def dedup_bucket(self, settings: Settings) -> tuple[int, int]:
+        """The current dedup bucket and the relative expiry of its hashes, ms."""
         bucket = self.now_ms // settings.dedup_ttl_ms
         # An id recorded in bucket b is checked until the end of bucket b+1: at least
         # dedup-ttl, at most twice that. The expiry is relative (PEXPIRE), so that it
         # holds whether ``now`` is the server's time or a test clock's.
-        expire_in = (bucket + 2) * settings.dedup_ttl_ms - self.now_ms
-        return keys.dedup(partition, bucket), keys.dedup(partition, bucket - 1), expire_in
+        return bucket, (bucket + 2) * settings.dedup_ttl_ms - self.now_ms
 
 
 async def queue_apply(
@@ -104,26 +127,38 @@ async def queue_apply(
 ) -> None:
     """Queue one ``apply_batch`` call for a slice of one partition's ordered events; its
     reply, in the pipeline's, is read with ``scripts.apply_batch.decode`` (a BatchResult)."""
-    dedup_cur, dedup_prev, expire_in = ctx.dedup_keys(partition, settings)
+    bucket, expire_in = ctx.dedup_bucket(settings)
     cutoff_ms = max(ctx.now_ms - settings.counter_window_ms, 0)
-    payload = _encoder.encode(
-        [
-            script_event(eid, ev, settings.counter_bucket_ms, settings.blocked_values)
-            for eid, ev in batch
-        ]
+    shards, bucket_ms, blocked = (
+        settings.dedup_shards,
+        settings.counter_bucket_ms,
+        settings.blocked_values,
     )
+    slots: dict[int, int] = {}  # shard -> its place among the call's shard keys
+    events = []
+    for eid, ev in batch:
+        shard = zlib.crc32(ev.eventId.encode()) % shards
+        slot = slots.get(shard)
+        if slot is None:
+            slot = slots[shard] = len(slots) + 1
+        events.append(script_event(eid, ev, bucket_ms, slot, blocked))
+    dedup_keys: list[str] = []
+    for shard in slots:  # in slot order
+        dedup_keys.append(keys.dedup_shard(partition, bucket, shard))
+        dedup_keys.append(keys.dedup_shard(partition, bucket - 1, shard))
     await scripts.apply_batch.queue(
         pipe,
         stream=keys.stream(partition),
         lease=keys.lease(partition),
-        dedup_current=dedup_cur,
-        dedup_previous=dedup_prev,
         metrics=keys.METRICS,
+        legacy_dedup_current=keys.dedup(partition, bucket),
+        legacy_dedup_previous=keys.dedup(partition, bucket - 1),
+        dedup_shards=dedup_keys,
         group=keys.GROUP,
         worker_id=ctx.worker_id,
         dedup_expire_ms=expire_in,
         counter_cutoff=bucket_member(cutoff_ms, settings.counter_bucket_ms),
         now_iso=iso_ms(ctx.now_ms),
-        events=payload,
+        events=_encoder.encode(events),
         limits=script_limits(settings, ctx.now_ms),
     )

@@ -51,14 +51,15 @@ class BatchResult(msgspec.Struct, frozen=True):
         )
 
 
-@script("apply_batch", keys=5, decode=BatchResult.decode)
+@script("apply_batch", keys=None, decode=BatchResult.decode)
 def apply_batch(
     *,
     stream: str,
     lease: str,
-    dedup_current: str,
-    dedup_previous: str,
     metrics: str,
+    legacy_dedup_current: str,
+    legacy_dedup_previous: str,
+    dedup_shards: Sequence[str],
     group: str,
     worker_id: str,
     dedup_expire_ms: int,
@@ -69,9 +70,11 @@ def apply_batch(
     prefix: str = keys.PREFIX,
 ) -> Call:
     """Apply a partition's ordered events and acknowledge them (``cdp.pipeline.apply``
-    encodes ``events`` and ``limits``); ``worker_id`` "" skips the lease check."""
+    encodes ``events`` and ``limits``); ``worker_id`` "" skips the lease check.
+    ``dedup_shards``: the current and previous bucket's hash of each shard the events
+    use, in the order their events number them."""
     return Call(
-        [stream, lease, dedup_current, dedup_previous, metrics],
+        [stream, lease, metrics, legacy_dedup_current, legacy_dedup_previous, *dedup_shards],
         [group, worker_id, dedup_expire_ms, counter_cutoff, now_iso, prefix, events, limits],
     )
 

@@ -60,7 +60,11 @@ class ScriptSpec(Generic[P, R]):
     """A script of ``lua/``: how to lay out a call, and how to read its reply."""
 
     def __init__(
-        self, name: str, key_count: int, layout: Callable[P, Call], decode: Callable[[Any], R]
+        self,
+        name: str,
+        key_count: int | None,
+        layout: Callable[P, Call],
+        decode: Callable[[Any], R],
     ) -> None:
         self.name = name
         self.key_count = key_count
@@ -71,7 +75,7 @@ class ScriptSpec(Generic[P, R]):
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """The KEYS and ARGV of a call (for a client of one's own, e.g. a sync one)."""
         call = self._layout(*args, **kwargs)
-        if len(call.keys) != self.key_count:
+        if self.key_count is not None and len(call.keys) != self.key_count:
             raise ScriptError(f"{self.name} takes {self.key_count} keys, not {len(call.keys)}")
         return call
 
@@ -87,9 +91,10 @@ class ScriptSpec(Generic[P, R]):
 
 
 def script(
-    name: str, *, keys: int, decode: Callable[[Any], R]
+    name: str, *, keys: int | None, decode: Callable[[Any], R]
 ) -> Callable[[Callable[P, Call]], ScriptSpec[P, R]]:
-    """Declare the script ``lua/<name>-<keys>.lua`` by the function laying out its call."""
+    """Declare the script ``lua/<name>-<keys>.lua`` by the function laying out its call
+    (``keys=None``: ``lua/<name>-n.lua``, a key count that varies per call)."""
 
     def declare(layout: Callable[P, Call]) -> ScriptSpec[P, R]:
         return ScriptSpec(name, keys, layout, decode)

@@ -39,7 +39,7 @@ from cdp.clock import RedisClock
 from cdp.embedded import RedisServer, free_port
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.pipeline.apply import ApplyContext, dedup_key, queue_apply
 from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings
 from tests.support.inprocess import running
@@ -427,7 +427,9 @@ def test_oom_and_readonly_inside_the_script_are_not_poison_but_poison_is(
             assert not is_poison(oom)
             assert (
                 await redis.hlen(
-                    keys.dedup(partition_of("user:oom", PARTITIONS), now // s.dedup_ttl_ms)
+                    dedup_key(
+                        partition_of("user:oom", PARTITIONS), now // s.dedup_ttl_ms, "oom-0", s
+                    )
                 )
                 == 0
             )

@@ -1,4 +1,4 @@
-"""lua/apply_batch-5.lua on fakeredis, called through the real ``queue_apply``.
+"""lua/apply_batch-n.lua on fakeredis, called through the real ``queue_apply``.
 
 Each test delivers real stream entries to the consumer group (XADD + XREADGROUP),
 applies them with one or more script calls and reads the keys back. Event times are
@@ -14,7 +14,7 @@ import pytest
 
 from cdp import keys
 from cdp.events import StreamEvent, iso_ms
-from cdp.pipeline.apply import bucket_member
+from cdp.pipeline.apply import bucket_member, dedup_key
 from tests.support.events import event, track
 
 MINUTE = 60_000
@@ -180,7 +180,7 @@ def test_dedup_key_records_the_id_and_expires_at_the_end_of_the_next_bucket(lua,
     now = now_ms + 7 * MINUTE  # 7 minutes into a 10-minute dedup bucket
     lua.apply(track("evt-1", now_ms - HOUR, "Feature Used", user="u1"), now_ms=now)
     b = now // ttl
-    key = keys.dedup(lua.partition, b)
+    key = dedup_key(lua.partition, b, "evt-1", lua.settings)
     assert lua.r.hexists(key, "evt-1")
     # It lives until the end of bucket b+1 of the injected clock: 13 minutes from now,
     # whatever Redis' own wall clock says (relative TTL, not an absolute PEXPIREAT).
@@ -596,3 +596,35 @@ def test_every_order_of_the_same_events_converges(make_harness, now_ms):
     assert first["merges"] == []
     assert first["pending"] == 0
     assert len(first["index"]) == 7
+
+
+def test_only_non_empty_stream_ids_are_acknowledged_and_a_repeated_one_is_harmless(lua, now_ms):
+    """Several events of one stream entry: only the one naming the entry acknowledges it."""
+    (first, e1), (second, e2) = lua.deliver(
+        [
+            track("sid-1", now_ms - HOUR, "A", user="u1"),
+            track("sid-2", now_ms - HOUR + 1, "A", user="u1"),
+        ]
+    )
+    result = lua.apply_entries([("", e1), (first, e2)])
+    assert (result.applied, lua.pending()) == (2, 1)
+    e3 = track("sid-3", now_ms - HOUR + 2, "A", user="u1")
+    result = lua.apply_entries([(second, e2), (second, e3)])  # e2 again: a duplicate
+    assert (result.applied, result.duplicates, lua.pending()) == (1, 1, 0)
+
+
+def test_the_unsharded_dedup_hashes_of_before_an_upgrade_still_dedup(lua, now_ms):
+    """An id recorded by the previous layout (cdp:dedup:{pN}:<bucket>, no shard) in the
+    current or previous bucket is still a duplicate; nothing is written there."""
+    ttl = lua.settings.dedup_ttl_ms
+    b = now_ms // ttl
+    lua.r.hset(keys.dedup(lua.partition, b), "old-cur", "1")
+    lua.r.hset(keys.dedup(lua.partition, b - 1), "old-prev", "1")
+    result = lua.apply(
+        track("old-cur", now_ms - HOUR, "A", user="u1"),
+        track("old-prev", now_ms - HOUR, "A", user="u1"),
+        track("new-1", now_ms - HOUR, "A", user="u1"),
+    )
+    assert (result.applied, result.duplicates) == (1, 2)
+    assert lua.r.hlen(keys.dedup(lua.partition, b)) == 1
+    assert lua.r.hexists(dedup_key(lua.partition, b, "new-1", lua.settings), "new-1")

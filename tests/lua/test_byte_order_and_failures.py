@@ -26,7 +26,7 @@ from cdp import keys
 from cdp.embedded import RedisServer
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.pipeline.apply import ApplyContext, dedup_key, queue_apply
 from cdp.scripts import BatchResult, ProfileRow, Scripts, calls, is_poison, lua_dir, source
 from cdp.settings import Settings
 from tests.support.values import NOW_MS as NOW
@@ -194,7 +194,7 @@ def test_a_call_that_fails_on_an_event_leaves_its_dedup_bucket_with_a_ttl(
     cid = plain_redis.get(keys.identifier(f"user:{user}")).decode()
     plain_redis.set(keys.counter(cid, "Broken"), "not a sorted set")  # WRONGTYPE for it
     partition = partition_of(f"user:{user}", PARTITIONS)
-    bucket = keys.dedup(partition, NOW // Settings().dedup_ttl_ms)
+    bucket = dedup_key(partition, NOW // Settings().dedup_ttl_ms, "ttl-1", Settings())
     plain_redis.delete(bucket)  # the failing call creates the bucket
 
     good = StreamEvent(
@@ -214,7 +214,7 @@ def test_refused_events_leave_the_dedup_bucket_and_the_profile_untouched_under_o
 ) -> None:
     url = url_of(plain_redis)
     partition = partition_of("user:oom-user", PARTITIONS)
-    bucket = keys.dedup(partition, NOW // Settings().dedup_ttl_ms)
+    bucket = dedup_key(partition, NOW // Settings().dedup_ttl_ms, "oom-1", Settings())
     plain_redis.delete(bucket)
     plain_redis.config_set("maxmemory-policy", "noeviction")
     with contextlib.suppress(redis_sync.ResponseError):

@@ -1,4 +1,4 @@
-"""Merges of existing profiles in lua/apply_batch-5.lua (includes/identity.lua), on fakeredis.
+"""Merges of existing profiles in lua/apply_batch-n.lua (includes/identity.lua), on fakeredis.
 
 README "Identity resolution": when an event links identifiers of several profiles they
 merge, atomically, into the oldest; traits by LWW on (ts, eventId) with tombstones,

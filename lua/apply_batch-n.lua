@@ -1,0 +1,431 @@
+--[=[
+  apply_batch-n.lua: apply an ordered batch of events of one partition, atomically
+  per event, and acknowledge them.
+
+  The caller has sorted the batch by (ts, eventId) and normalised every identifier
+  (user:, anon:, email:). For each event, in order:
+    1. dedup: an eventId seen in the current or previous dedup bucket (or earlier in
+       this call) is skipped (counted as a dedup hit); otherwise it is recorded in the
+       current bucket once it has been applied;
+       an event naming an erased (suppressed) identifier is discarded and counted;
+    2. identity (includes/identity.lua): its identifiers are read in one MGET; when
+       they all name one profile, that is it. Otherwise, when they belong to several
+       profiles, those the guard rails allow are merged into the oldest (a record goes
+       to cdp:merges, as does every refusal; each segment membership of a merged-away
+       profile ends with an EXIT event, reason "merged", in cdp:segment-events);
+       unknown identifiers are linked to the event's profile, new if none is known;
+    3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
+       tombstone that keeps its ts (one HMGET, one HSET of the winners);
+    4. firstSeen / lastSeen: min / max of the event time; lastSeenMs: max; the
+       profile's version is bumped and, unless imported, it is marked due for segment
+       evaluation (cdp:segments:due);
+    5. counters: every event's bucket in $seen (activity); a TRACK's also in the
+       counter of its name and in the all-TRACK counter ($track); PAGE and SCREEN
+       in $page and $screen; buckets older than the cutoff are
+       pruned (when the counter's oldest bucket has passed it) and late events that
+       fall before it are not counted.
+  Finally the batch's stream entries are XACKed: an entry is acknowledged only
+  by the call that applied it (or found it a duplicate); an event with sid "" (not
+  the last of its stream entry) acknowledges nothing.
+
+  Cost: about 10 redis.call per event (18 before this layout), each ~1k instructions
+  of Lua-to-Redis overhead besides the command itself; the rest is the commands'
+  own work on the profile's keys and the Lua code (valgrind, issue 10). The call
+  works per batch where it can: one HMGET per dedup hash for all its events; per profile, the 4 fields of
+  step 4 read on its first touch and written once (version + the number of events:
+  it is only compared for equality); a counter bucket's later increments in the call
+  folded into one ZINCRBY; one ZADD of every due profile; the ids recorded with one
+  HSET per dedup hash. These folded writes are flushed at the end, before a merge
+  (which reads profiles by name) and when an event is refused; an event adds to them
+  only once nothing of its own can fail any more. The state a call leaves is the
+  state one call per event would leave (tests/lua/test_folded_apply.py).
+
+  Failures: an event that fails because of itself (includes/poison.lua: a stored
+  trait cell of its profile that is not JSON, WRONGTYPE on a key it names) stops the
+  call with the error `CDP_POISON event <eventId>: <reason>`; the worker applies the
+  batch again event by event and parks that one. Any other failure (OOM, READONLY,
+  ...) is raised as Redis reported it and the worker retries the batch. Events
+  applied before a failure stay applied, written and recorded, and are not
+  acknowledged: their retry is a duplicate. A dedup hash gets its time to live
+  together with its ids, so a failed call never leaves an id that is remembered forever.
+
+  Strings are compared byte-wise (includes/bytes.lua), never with the locale's `<`.
+
+  Fencing: when ARGV[2] is not empty, nothing is applied unless the partition's
+  lease (KEYS[2]) still names that worker.
+
+  KEYS[1]  partition stream                       cdp:events:{pN}
+  KEYS[2]  partition lease                        cdp:lease:{pN}
+  KEYS[3]  metrics hash                           cdp:metrics
+  KEYS[4]  legacy dedup hash, current bucket      cdp:dedup:{pN}:<b>    (read only)
+  KEYS[5]  legacy dedup hash, previous bucket     cdp:dedup:{pN}:<b-1>  (read only)
+  KEYS[4+2s], KEYS[5+2s]  for s = 1, 2... (the shards the batch uses, variable count)
+           dedup shard s, current and previous bucket  cdp:dedup:{pN}:<b>:<shard>
+                                                       cdp:dedup:{pN}:<b-1>:<shard>
+
+  ARGV[1]  consumer group
+  ARGV[2]  worker id holding the lease, or "" to skip the check
+  ARGV[3]  dedup bucket time to live, ms (PEXPIRE of a current shard, set with its ids)
+  ARGV[4]  counter cutoff: 13-digit bucket start; older buckets are pruned
+  ARGV[5]  now, ISO-8601 (createdAt of new profiles)
+  ARGV[6]  key prefix ("cdp")
+  ARGV[7]  JSON array of events, each an array
+             [eventId, stream entry id or "", ts ISO-8601 fixed width,
+              event time 13-digit epoch ms, 13-digit bucket start, type,
+              [typed identifiers], [trait, raw JSON value, trait, ...],
+              event name or "", 1 for a historical import (its profile is not
+              marked due) else 0, s: its dedup shard's place in KEYS (see above)]
+  ARGV[8]  JSON limits: guard rails {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
+           "mergeUsers"}, "minReturnGap" (ms), "dirtyDue" (ms: when touched
+           profiles fall due for the sweeper if nobody evaluates them first) and
+           "segmentEventsMaxlen" (approximate MAXLEN of cdp:segment-events)
+
+  Returns  {"OK", applied, duplicates, cid of each applied live (not imported) event...}
+        or {"LEASE_LOST"}
+        or the error CDP_POISON (see Failures)
+]=]
+local rcall = redis.call
+
+local stream_key, lease_key, metrics_key = KEYS[1], KEYS[2], KEYS[3]
+local legacy_cur, legacy_prev = KEYS[4], KEYS[5]
+local consumer_group, owner, dedup_expire_in = ARGV[1], ARGV[2], ARGV[3]
+local cutoff, now_iso, prefix = ARGV[4], ARGV[5], ARGV[6]
+local cutoff_ms = tonumber(cutoff)
+
+if owner ~= "" and rcall("GET", lease_key) ~= owner then
+  return {"LEASE_LOST"}
+end
+
+local events = cjson.decode(ARGV[7])
+local limits = cjson.decode(ARGV[8])
+local unpack, tonumber, pcall = unpack, tonumber, pcall
+local EID, SID, TS, MS, BUCKET, TYPE, IDS, TRAITS, NAME, IMPORT, SHARD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+local CHUNK = 1000  -- arguments per command, well below Lua's stack limit for unpack
+
+-- `command key arg...` over `list` (from..to), CHUNK at a time; the replies concatenated.
+local function chunked(command, key, list, step)
+  local out = {}
+  for i = 1, #list, step do
+    local reply = rcall(command, key, unpack(list, i, math.min(i + step - 1, #list)))
+    if type(reply) == "table" then
+      for j = 1, #reply do out[#out + 1] = reply[j] end
+    end
+  end
+  return out
+end
+
+--@include bytes
+--@include poison
+--@include profile
+
+-- ----------------------------------------------------------------- the call's caches
+-- Per profile touched by the call: firstSeen, lastSeen, lastSeenMs and version, read
+-- on its first touch and written once by flush(); counter increments of a bucket this
+-- call has already counted (its first increment was written, so the key is known to be
+-- a zset); profiles to mark due. Everything here is committed by an event only once
+-- nothing of it can fail any more, so a refused event leaves none of it behind.
+local metas, meta_order = {}, {}
+local extra, extra_order, counted = {}, {}, {}
+local due, due_order = {}, {}
+
+local function meta_of(cid, pkey)
+  local meta = metas[cid]
+  if meta then return meta end
+  local row = rcall("HMGET", pkey, "firstSeen", "lastSeen", "lastSeenMs", "version")
+  local version = tonumber(row[4] or 0)
+  if not version then error("ERR hash value is not an integer", 0) end
+  meta = {pkey = pkey, first = row[1], last = row[2], ms = row[3],
+    ms_n = row[3] and tonumber(row[3]), version = version, bumps = 0}
+  metas[cid] = meta
+  meta_order[#meta_order + 1] = cid
+  return meta
+end
+
+-- Write what the call holds: the profiles' seen times and versions, the folded counter
+-- increments, the due marks. Called at the end, when an event is refused, and before
+-- a merge (which reads and moves profiles' state by name).
+local function flush()
+  for _, cid in ipairs(meta_order) do
+    local m = metas[cid]
+    if m.bumps > 0 then
+      rcall("HSET", m.pkey, "firstSeen", m.first, "lastSeen", m.last, "lastSeenMs", m.ms,
+        "version", m.version + m.bumps)
+    end
+  end
+  for _, at in ipairs(extra_order) do
+    local e = extra[at]
+    rcall("ZINCRBY", e[1], e[3], e[2])
+  end
+  if #due_order > 0 then
+    local args = {}
+    for _, cid in ipairs(due_order) do args[#args + 1] = limits.dirtyDue; args[#args + 1] = cid end
+    for i = 1, #args, CHUNK do
+      rcall("ZADD", prefix .. ":segments:due", "LT", unpack(args, i, math.min(i + CHUNK - 1, #args)))
+    end
+  end
+  metas, meta_order, extra, extra_order, counted, due_order = {}, {}, {}, {}, {}, {}
+end
+
+--@include identity
+
+-- Traits: per trait, Last-Write-Wins on (ts, eventId); one HMGET and one HSET per event.
+local function apply_traits(pkey, ev)
+  local traits = ev[TRAITS]
+  if #traits == 0 then return end
+  local tkey = pkey .. ":traits"
+  local names = {}
+  for i = 1, #traits, 2 do names[#names + 1] = traits[i] end
+  local current = rcall("HMGET", tkey, unpack(names))
+  local ts, id = ev[TS], ev[EID]
+  local stamp
+  local writes = {}
+  for j = 1, #names do
+    if cell_newer(ts, id, current[j]) then
+      stamp = stamp or (',"ts":"' .. ts .. '","eventId":' .. cjson.encode(id) .. '}')
+      writes[#writes + 1] = names[j]
+      writes[#writes + 1] = '{"v":' .. traits[2 * j] .. stamp
+    end
+  end
+  if #writes > 0 then rcall("HSET", tkey, unpack(writes)) end
+end
+
+-- Per counter, the oldest bucket it holds is kept in the profile's counters hash.
+-- Only the first event of a bucket looks at it (ZINCRBY answered 1): that is when the
+-- oldest may change, and when buckets past the cutoff are pruned, so a counter holds
+-- at most the buckets of its window plus the one being opened. The first increment of
+-- a bucket in a call is written at once (it tells whether the bucket is new, and
+-- fails here, for this event, if the key is not a zset); the later ones of the call
+-- are added to `later` and folded into one ZINCRBY by flush(). The counters an event
+-- opens a bucket of are added to `opened`, for keep_oldest.
+-- Buckets are 13-digit ms strings, compared as numbers.
+local function count(pkey, name, bucket, later, opened)
+  local ckey = pkey .. ":counter:" .. name
+  local at = ckey .. "\0" .. bucket
+  if counted[at] then
+    later[#later + 1] = at
+    return
+  end
+  counted[at] = true
+  if tonumber(rcall("ZINCRBY", ckey, 1, bucket)) == 1 then opened[#opened + 1] = name end
+end
+
+-- The oldest bucket of each counter in `opened` (distinct names), one HMGET and one
+-- HSET of the profile's counters hash for all of them.
+local function keep_oldest(pkey, bucket, opened)
+  if #opened == 0 then return end
+  local ckeys = pkey .. ":counters"
+  local stored = rcall("HMGET", ckeys, unpack(opened))
+  local writes = {}
+  for i, name in ipairs(opened) do
+    local oldest = stored[i]
+    if oldest and tonumber(oldest) < cutoff_ms then
+      oldest = prune_counter(pkey .. ":counter:" .. name, cutoff)
+    end
+    if not oldest or tonumber(bucket) < tonumber(oldest) then oldest = bucket end
+    writes[#writes + 1] = name
+    writes[#writes + 1] = oldest
+  end
+  rcall("HSET", ckeys, unpack(writes))
+end
+
+local function commit_counts(later, bucket)
+  for _, at in ipairs(later) do
+    local e = extra[at]
+    if e then
+      e[3] = e[3] + 1
+    else
+      extra[at] = {string.sub(at, 1, -(#bucket + 2)), bucket, 1}
+      extra_order[#extra_order + 1] = at
+    end
+  end
+end
+
+-- Erased people: an event naming a suppressed identifier is discarded (acknowledged,
+-- counted, never applied). The set is usually empty, so it is checked once per call.
+local suppressing = rcall("SCARD", prefix .. ":suppressed") > 0
+local function suppressed(ev)
+  local ids = ev[IDS]
+  if not suppressing or #ids == 0 then return false end
+  for _, hit in ipairs(rcall("SMISMEMBER", prefix .. ":suppressed", unpack(ids))) do
+    if hit == 1 then return true end
+  end
+  return false
+end
+
+-- Everything one event changes: its profile, identity and counters. Its reads (and
+-- the writes that must happen in order: links, merges, traits, a bucket's first
+-- increment) come first; what the call folds is committed last, when nothing can fail.
+local function apply_event(ev)
+  local cid = resolve(ev)
+  local pkey = profile_key(cid)
+  local meta = meta_of(cid, pkey)
+  apply_traits(pkey, ev)
+  local bucket, later, opened = ev[BUCKET], {}, {}
+  if tonumber(bucket) >= cutoff_ms then
+    -- Every event is activity: "returned" rules read the gaps between these
+    -- buckets, which, unlike a gap measured at apply time, any order agrees on.
+    count(pkey, "$seen", bucket, later, opened)
+    local kind = ev[TYPE]
+    if kind == "TRACK" then
+      count(pkey, ev[NAME], bucket, later, opened)
+      count(pkey, "$track", bucket, later, opened)
+    elseif kind == "PAGE" then
+      count(pkey, "$page", bucket, later, opened)
+    elseif kind == "SCREEN" then
+      count(pkey, "$screen", bucket, later, opened)
+    end
+    keep_oldest(pkey, bucket, opened)
+  end
+  -- Commit: nothing below calls Redis.
+  commit_counts(later, bucket)
+  local ts, ms = ev[TS], tonumber(ev[MS])
+  if not meta.first or bytes_lt(ts, meta.first) then meta.first = ts end
+  if not meta.last or bytes_lt(meta.last, ts) then meta.last = ts end
+  if not meta.ms_n or ms > meta.ms_n then meta.ms, meta.ms_n = ev[MS], ms end
+  meta.bumps = meta.bumps + 1
+  -- Touched profiles fall due for segment evaluation: the worker evaluates them
+  -- right after this call and reschedules them; if it dies first, the sweeper does.
+  if ev[IMPORT] == 0 and not due[cid] then
+    due[cid] = true
+    due_order[#due_order + 1] = cid
+  end
+  return cid
+end
+
+-- ---------------------------------------------------------------------------- dedup
+-- Which events the dedup hashes already hold: one HMGET per hash for the whole call
+-- (shard s of the current bucket is KEYS[4 + 2s], of the previous one KEYS[5 + 2s]),
+-- and the unsharded hashes of before the upgrade while they live.
+local stored = {}
+do
+  local by_shard, shards = {}, {}
+  for i, ev in ipairs(events) do
+    local s = ev[SHARD]
+    local list = by_shard[s]
+    if not list then
+      list = {positions = {}, ids = {}}
+      by_shard[s] = list
+      shards[#shards + 1] = s
+    end
+    list.positions[#list.positions + 1] = i
+    list.ids[#list.ids + 1] = ev[EID]
+  end
+  local function look(key, list)
+    local found = chunked("HMGET", key, list.ids, CHUNK)
+    for j, pos in ipairs(list.positions) do
+      if found[j] then stored[pos] = true end
+    end
+  end
+  local legacy = #events > 0 and rcall("EXISTS", legacy_cur, legacy_prev) > 0
+  for _, s in ipairs(shards) do
+    local list = by_shard[s]
+    look(KEYS[4 + 2 * s], list)
+    look(KEYS[5 + 2 * s], list)
+    if legacy then
+      look(legacy_cur, list)
+      look(legacy_prev, list)
+    end
+  end
+end
+
+-- The id is recorded only once the event is applied: if the script fails on an
+-- event, its retry is not mistaken for a duplicate (Redis keeps a failed script's
+-- earlier writes; the failing event is then parked, not lost). The ids are written
+-- per shard hash by record(), at the end or before a refusal, each hash getting its
+-- time to live in the same step as its ids.
+local recorded, to_record, record_order = {}, {}, {}
+local function remember(ev)
+  local id, s = ev[EID], ev[SHARD]
+  recorded[id] = true
+  local list = to_record[s]
+  if not list then
+    list = {}
+    to_record[s] = list
+    record_order[#record_order + 1] = s
+  end
+  list[#list + 1] = id
+  list[#list + 1] = "1"
+end
+local function record()
+  for _, s in ipairs(record_order) do
+    local key = KEYS[4 + 2 * s]
+    chunked("HSET", key, to_record[s], CHUNK)
+    rcall("PEXPIRE", key, dedup_expire_in)
+  end
+  to_record, record_order = {}, {}
+end
+
+-- The keys every event may write besides its own. WRONGTYPE while these hold their
+-- types (or nothing) came from a key the event names: the event is refused. With one
+-- of these broken every event would fail: the error goes to the worker, which retries.
+local SHARED = {
+  [prefix .. ":merges"] = "stream", [prefix .. ":segment-events"] = "stream",
+  [prefix .. ":profiles"] = "zset", [prefix .. ":segments:due"] = "zset",
+  [prefix .. ":seq:profile"] = "string",
+}
+local function shared_keys_sound()
+  for key, kind in pairs(SHARED) do
+    local found = rcall("TYPE", key).ok
+    if found ~= "none" and found ~= kind then return false end
+  end
+  return true
+end
+
+local applied, dups, discarded = 0, 0, 0
+
+local function count_metrics()
+  if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
+  if dups > 0 then rcall("HINCRBY", metrics_key, "dedup_hits", dups) end
+  if discarded > 0 then rcall("HINCRBY", metrics_key, "suppressed", discarded) end
+end
+
+-- The answer to a failure while applying `ev`: CDP_POISON when the event caused it,
+-- else the error itself, raised again as Redis reported it. Either way the events
+-- applied (or discarded) before it are written, recorded and counted now: their retry
+-- finds them duplicates.
+local function refuse(ev, err)
+  local reason = poison_reason(err)
+  if not reason then
+    local message = type(err) == "table" and err.err or tostring(err)
+    if string.find(message, "WRONGTYPE", 1, true) and shared_keys_sound() then
+      reason = "a key of its profile or identity holds the wrong type: " .. message
+    end
+  end
+  flush()
+  record()
+  if applied + discarded > 0 then
+    dups = 0  -- counted by the retry
+    count_metrics()
+  end
+  if not reason then error(err, 0) end
+  return redis.error_reply(POISON_CODE .. " event " .. ev[EID] .. ": " .. reason)
+end
+
+local result = {"OK", 0, 0}
+local acks = {}
+for i, ev in ipairs(events) do
+  if ev[SID] ~= "" then acks[#acks + 1] = ev[SID] end
+  if stored[i] or recorded[ev[EID]] then
+    dups = dups + 1
+  elseif suppressed(ev) then
+    discarded = discarded + 1
+    remember(ev)
+  elseif #ev[IDS] > 0 then
+    local ok, cid = pcall(apply_event, ev)
+    if not ok then return refuse(ev, cid) end
+    remember(ev)
+    applied = applied + 1
+    if ev[IMPORT] == 0 then result[#result + 1] = cid end
+  else
+    remember(ev)
+  end
+end
+
+flush()
+record()
+count_metrics()
+for i = 1, #acks, CHUNK do
+  rcall("XACK", stream_key, consumer_group, unpack(acks, i, math.min(i + CHUNK - 1, #acks)))
+end
+result[2], result[3] = applied, dups
+return result
