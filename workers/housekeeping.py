@@ -75,6 +75,7 @@ class Housekeeper:
             state.forget(p)
         for p in sorted(gained):
             state.buffers[p] = PartitionBuffer()
+            state.unsettled.pop(p, None)
             claimed = await self._claim_pending(p)
             state.log.info("partition acquired", partition=p, claimed=claimed)
         if gained or lost:
