@@ -39,7 +39,7 @@ class IngestEvent(msgspec.Struct):
 
 
 class StreamEvent(msgspec.Struct, omit_defaults=True):
-    """One event as stored in ``cdp:events:{pN}`` (field ``e``).
+    """One event as stored in ``cdp:events:{pN}`` (field ``e``, or an item of ``b``).
 
     ``ts`` is the event time in epoch milliseconds, ``receivedAt`` when the API accepted
     it (the clock of the API), which is what lateness is judged against.
@@ -66,6 +66,19 @@ class StreamEvent(msgspec.Struct, omit_defaults=True):
 _ingest_decoder = msgspec.json.Decoder(IngestEvent)
 stream_encoder = msgspec.json.Encoder()
 stream_decoder = msgspec.json.Decoder(StreamEvent)
+# Field ``b`` of a stream entry holding several events of one request: a JSON array.
+stream_batch_decoder = msgspec.json.Decoder(list[StreamEvent])
+
+
+def entry_events(fields: dict[bytes, bytes]) -> list[StreamEvent] | None:
+    """The events of a partition stream entry: field ``e`` (one event) or ``b`` (a JSON
+    array of several); None when it has neither (deleted under the reader).
+    Raises msgspec.DecodeError when it cannot be decoded."""
+    raw = fields.get(b"e")
+    if raw is not None:
+        return [stream_decoder.decode(raw)]
+    many = fields.get(b"b")
+    return None if many is None else stream_batch_decoder.decode(many)
 
 
 def iso_ms(ms: int) -> str:

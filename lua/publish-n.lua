@@ -2,19 +2,24 @@
   publish-n.lua: store the events of one ingest request in their partition streams
   and count them, all or nothing.
 
-  Every event is XADDed (field "e" = its JSON) to its partition stream, then
-  `accepted` of the metrics hash grows by their number, so `accepted` is exactly the
-  number of events stored. Nothing is written when the request cannot be stored
-  whole: under maxmemory (noeviction) Redis refuses a script's first write, never a
-  later one, and a key of the wrong type is found before the first XADD.
+  The request's events are grouped by partition (cdp/api/publisher.py): one stream
+  entry per partition the request touches, field "e" = the event's JSON when the
+  partition gets one event, field "b" = a JSON array of its events (in the request's
+  order) when it gets several. Then `accepted` of the metrics hash grows by the number
+  of events, so `accepted` is exactly the number of events stored. Nothing is written
+  when the request cannot be stored whole: under maxmemory (noeviction) Redis refuses
+  a script's first write, never a later one, and a key of the wrong type is found
+  before the first XADD.
 
-  The key count varies (hence -n): one stream key per event.
+  The key count varies (hence -n): one stream key per entry.
 
   KEYS[1]       metrics hash                              cdp:metrics
-  KEYS[1 + i]   partition stream of the i-th event        cdp:events:{pN}
-  ARGV[i]       the i-th event's JSON
+  KEYS[1 + i]   partition stream of the i-th entry        cdp:events:{pN}
+  ARGV[1]       the number of events (what `accepted` grows by)
+  ARGV[2i]      the i-th entry's field: "e" or "b"
+  ARGV[2i + 1]  the i-th entry's value
 
-  Returns the stream entry ids, in the order of the events; a WRONGTYPE error, with
+  Returns the stream entry ids, in the order of the entries; a WRONGTYPE error, with
   nothing written, when a key holds another type than the one it should.
 ]]
 local rcall = redis.call
@@ -34,8 +39,8 @@ for i = 2, #KEYS do
 end
 if wrong then return redis.error_reply(wrong) end
 local ids = {}
-for i = 1, #ARGV do
-  ids[i] = rcall("XADD", KEYS[1 + i], "*", "e", ARGV[i])
+for i = 2, #KEYS do
+  ids[i - 1] = rcall("XADD", KEYS[i], "*", ARGV[2 * (i - 1)], ARGV[2 * (i - 1) + 1])
 end
-rcall("HINCRBY", metrics, "accepted", #ARGV)
+rcall("HINCRBY", metrics, "accepted", ARGV[1])
 return ids

@@ -34,6 +34,7 @@ class Dropped(NamedTuple):
     event: StreamEvent | None  # None: unreadable, or guilty (dead letter)
     raw: bytes
     reason: str
+    ack: bool = True  # False: an event of an entry whose other events are not settled
 
 
 class DeadLetters:
@@ -48,7 +49,7 @@ class DeadLetters:
     async def record(self, partition: int, dropped: list[Dropped]) -> None:
         """Record each dropped entry in cdp:events:dropped (or dead), then acknowledge it."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            for eid, event, raw, reason in dropped:
+            for eid, event, raw, reason, ack in dropped:
                 stream = keys.DROPPED if event is not None else keys.DEAD
                 pipe.xadd(
                     stream,
@@ -56,7 +57,8 @@ class DeadLetters:
                     maxlen=self.settings.dropped_stream_maxlen,
                     approximate=True,
                 )
-                pipe.xack(keys.stream(partition), keys.GROUP, eid)
+                if ack:
+                    pipe.xack(keys.stream(partition), keys.GROUP, eid)
             n = sum(1 for d in dropped if d.event is not None)
             if n:
                 pipe.hincrby(keys.METRICS, "dropped", n)
@@ -91,7 +93,14 @@ class DeadLetters:
             reason: str | None = None
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    await queue_apply(pipe, self.scripts, self.settings, ctx, partition, [item])
+                    await queue_apply(
+                        pipe,
+                        self.scripts,
+                        self.settings,
+                        ctx,
+                        partition,
+                        state.script_chunk(partition, [item]),
+                    )
                     (reply,) = await pipe.execute(raise_on_error=False)
             except (ValueError, TypeError, OverflowError) as exc:
                 reason = f"cannot encode the event: {exc}"
@@ -112,10 +121,24 @@ class DeadLetters:
                     eventId=event.eventId,
                     error=reason,
                 )
+                # Parked: settled. An entry of several events is acknowledged with it
+                # only if it was the last of them (else ``settle`` leaves it tracked).
+                tracked = eid in state.unsettled.get(partition, {})
+                ack = state.settle(partition, eid) if tracked else True
+                if ack and tracked:
+                    state.completed.remove((partition, eid))
                 try:
                     await self.record(
                         partition,
-                        [Dropped(eid, None, msgspec.json.encode(event), f"apply failed: {reason}")],
+                        [
+                            Dropped(
+                                eid,
+                                None,
+                                msgspec.json.encode(event),
+                                f"apply failed: {reason}",
+                                ack,
+                            )
+                        ],
                     )
                 except RedisError:
                     state.requeue([(partition, chunk[index:])])
@@ -125,5 +148,6 @@ class DeadLetters:
             if result.lease_lost:
                 state.forget(partition)
                 return applied
+            state.settle(partition, item[0])
             applied += count(result)
         return applied

@@ -75,6 +75,7 @@ class Housekeeper:
             state.forget(p)
         for p in sorted(gained):
             state.buffers[p] = PartitionBuffer()
+            state.unsettled.pop(p, None)
             claimed = await self._claim_pending(p)
             state.log.info("partition acquired", partition=p, claimed=claimed)
         if gained or lost:
@@ -97,7 +98,7 @@ class Housekeeper:
                 state.worker_id,
                 min_idle_time=0,
                 start_id=cursor,
-                count=min(1000, state.room),
+                count=min(1000, state.entry_room(state.room)),
             )
             cursor, entries = reply[0], reply[1]
             claimed += await self.reader.ingest(partition, entries, claimed=True)
@@ -153,7 +154,7 @@ class Housekeeper:
                 text(row["message_id"])
                 for row in rows
                 if not state.holds(partition, text(row["message_id"]))
-            ][: state.room]
+            ][: state.entry_room(state.room)]
             if ids:
                 entries = await self.redis.xclaim(stream, keys.GROUP, state.worker_id, idle, ids)
                 await self.reader.ingest(partition, entries, claimed=True)

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
-from cdp.events import stream_decoder
-from cdp.pipeline.buffer import Arrival, classify, read_plan
+from cdp.events import StreamEvent, entry_events, stream_encoder
+from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify, read_plan
 from cdp.settings import Settings
 from cdp.streams import text
 from workers.dead_letters import DeadLetters, Dropped
@@ -54,9 +54,11 @@ class Reader:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.owned_changed.wait(), 1)
                 continue
-            partitions, count = read_plan(owned, room, self.settings.read_count, self._turn)
+            partitions, count = read_plan(
+                owned, state.entry_room(room), self.settings.read_count, self._turn
+            )
             self._turn += 1
-            reserved = count * len(partitions)
+            reserved = int(count * len(partitions) * state.events_per_entry)
             state.reserved += reserved
             try:
                 await self.read_once(partitions, count)
@@ -91,47 +93,85 @@ class Reader:
             await asyncio.sleep(0.5)
 
     async def ingest(self, partition: int, entries: list[Entry], claimed: bool = False) -> int:
-        """Classify and buffer entries of ``partition``; returns how many were buffered."""
+        """Classify and buffer entries of ``partition``; returns how many were buffered.
+
+        An entry of several events (field ``b``) is buffered event by event and tracked
+        (``WorkerState.track``) until each is settled; its dropped events are recorded
+        at once, and acknowledged with it only when none of its events was buffered.
+        """
         state = self.state
         buffer = state.buffers.get(partition)
         if buffer is None:  # lost while reading: the entries stay pending for the new owner
             return 0
-        s = self.settings
         dropped: list[Dropped] = []
-        count = 0
+        count = events_read = 0
         for entry_id, fields in entries:
             eid = text(entry_id)
             if state.in_flight_has(partition, eid):  # claimed again while being applied
                 continue
-            raw = (fields or {}).get(b"e")
-            if raw is None:  # deleted from the stream under us: nothing to apply
-                dropped.append(Dropped(eid, None, b"", "missing"))
-                continue
             try:
-                event = stream_decoder.decode(raw)
+                events = entry_events(fields or {})
             except msgspec.DecodeError as exc:
+                raw = (fields or {}).get(b"e") or (fields or {}).get(b"b") or b""
                 dropped.append(Dropped(eid, None, raw, f"undecodable: {exc}"))
                 continue
-            # Judged on receivedAt, so a claimed entry is classified as its first reader
-            # did: a crash never changes which events are applied.
-            arrival = classify(
-                event.ts,
-                event.receivedAt,
-                s.window_size_ms,
-                s.grace_period_ms,
-                backfill=event.mode == "import",
-            )
-            if arrival is Arrival.DROPPED:
-                dropped.append(
-                    Dropped(eid, event, raw, "older than watermark - grace-period at arrival")
-                )
+            if not events:  # deleted from the stream under us: nothing to apply
+                dropped.append(Dropped(eid, None, b"", "missing"))
                 continue
-            if arrival is Arrival.LATE and not claimed:
-                state.unflushed["late"] += 1
-            if buffer.push(event.ts, event.eventId, eid, event):
-                count += 1
+            events_read += len(events)
+            if len(events) == 1:
+                raw = (fields or {}).get(b"e")
+                count += self._buffer_one(buffer, eid, events[0], claimed, dropped, raw)
+                continue
+            drops: list[Dropped] = []
+            pushed = 0
+            seen: set[str] = set()
+            for event in events:
+                if event.eventId in seen:  # twice in one request: the second is a duplicate
+                    state.unflushed["dedup_hits"] += 1
+                    continue
+                seen.add(event.eventId)
+                pushed += self._buffer_one(buffer, eid, event, claimed, drops)
+            # The entry is acknowledged with its dropped events only when none was buffered.
+            dropped += [d._replace(ack=not pushed) for d in drops]
+            if pushed:
+                state.track(partition, eid, pushed)
+            count += pushed
+        if entries:
+            n = len(entries)
+            state.events_per_entry += (max(events_read, n) / n - state.events_per_entry) / 4
         if count:
             state.wake.set()  # the tick loop plans its next tick again
         if dropped:
             await self.dead_letters.record(partition, dropped)
         return count
+
+    def _buffer_one(
+        self,
+        buffer: PartitionBuffer[StreamEvent],
+        eid: str,
+        event: StreamEvent,
+        claimed: bool,
+        dropped: list[Dropped],
+        raw: bytes | None = None,
+    ) -> int:
+        """Buffer one event of entry ``eid`` (1), or add it to ``dropped`` (0)."""
+        s, state = self.settings, self.state
+        # Judged on receivedAt, so a claimed entry is classified as its first reader
+        # did: a crash never changes which events are applied.
+        arrival = classify(
+            event.ts,
+            event.receivedAt,
+            s.window_size_ms,
+            s.grace_period_ms,
+            backfill=event.mode == "import",
+        )
+        if arrival is Arrival.DROPPED:
+            body = raw if raw is not None else stream_encoder.encode(event)
+            dropped.append(
+                Dropped(eid, event, body, "older than watermark - grace-period at arrival")
+            )
+            return 0
+        if arrival is Arrival.LATE and not claimed:
+            state.unflushed["late"] += 1
+        return int(buffer.push(event.ts, event.eventId, eid, event))

@@ -155,9 +155,8 @@ class Ticker:
                 budget -= len(batch)
         if budget <= 0:
             self._left_behind = True  # maybe more ready: tick again soon
-        popped = {p: {entry_id for entry_id, _ in batch} for p, batch in ready.items()}
-        for p, ids in popped.items():
-            state.in_flight.setdefault(p, set()).update(ids)
+        popped = state.put_in_flight(ready)
+        events = sum(len(batch) for batch in ready.values())
         periodic = time.monotonic() - self._last_periodic >= self._interval_s
         try:
             applied = 0
@@ -166,7 +165,7 @@ class Ticker:
         finally:
             # Whatever failed to settle is back in its buffer, or pending in the group
             # for reclaim_pending once idle: never both in flight and forgotten.
-            state.take_off(popped)
+            state.take_off(popped, events)
         if state.room > 0:
             state.has_room.set()
         if self._touched and (self._evaluation_due() or state.stopping.is_set()):
@@ -205,8 +204,9 @@ class Ticker:
                 size = self.settings.batch_size
                 for start in range(0, len(batch), size):
                     chunk = batch[start : start + size]
+                    sent = state.script_chunk(p, chunk)
                     try:
-                        await queue_apply(pipe, self.scripts, self.settings, ctx, p, chunk)
+                        await queue_apply(pipe, self.scripts, self.settings, ctx, p, sent)
                     except (ValueError, TypeError, OverflowError) as exc:
                         suspects.append((p, chunk, f"cannot encode the batch: {exc}"))
                         continue
@@ -233,6 +233,8 @@ class Ticker:
                 if result.lease_lost:
                     state.forget(p)
                 else:
+                    for entry_id, _ in chunk:
+                        state.settle(p, entry_id)
                     applied += self._count(result)
         for index, (p, chunk, error) in enumerate(suspects):
             try:
@@ -240,7 +242,24 @@ class Ticker:
             except BaseException:
                 state.requeue([(q, c) for q, c, _ in suspects[index + 1 :]])
                 raise
+        await self._acknowledge_completed()
         return applied
+
+    async def _acknowledge_completed(self) -> None:
+        """XACK the entries of several events whose events are all settled now. If this
+        fails they stay pending, are claimed again once idle (``reclaim_pending``) and
+        every event of theirs is then found a duplicate."""
+        state = self.state
+        completed, state.completed = state.completed, []
+        if not completed:
+            return
+        by_partition: dict[int, list[str]] = {}
+        for p, entry_id in completed:
+            by_partition.setdefault(p, []).append(entry_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, ids in by_partition.items():
+                pipe.xack(keys.stream(p), keys.GROUP, *ids)
+            await pipe.execute()
 
     def _count(self, result: BatchResult) -> int:
         if result.profiles and not self._touched:

@@ -1,8 +1,11 @@
 """Coalesced publishing: concurrent requests share one pipeline round trip.
 
 ``publish_many(events)`` resolves once Redis has stored the request's events in their
-partition streams (``cdp:events:{pN}``, field ``e`` = the event's JSON) and counted
-them in ``accepted``, or raises the Redis error that kept them out. Each request is
+partition streams and counted them in ``accepted``, or raises the Redis error that
+kept them out. A request makes one entry per partition it touches (``entries``):
+field ``e`` = the event's JSON when that partition gets one event, field ``b`` = a
+JSON array of its events, in the request's order, when it gets several; each event
+is answered with the id of the entry that holds it (several may share one). Each request is
 one call of ``lua/publish-n.lua``, so its events are stored and counted together or
 not at all (under OOM too), and its answer is its own script's reply: one failing
 request never fails another. Requests arriving while a pipeline is in flight are
@@ -37,17 +40,48 @@ from cdp.scripts import source
 from cdp.streams import text
 
 
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """A request's events grouped into one stream entry per partition."""
+
+    partitions: list[int]  # of each entry, in the order of their first event
+    fields: list[tuple[str, bytes]]  # of each entry: ("e", event) or ("b", [events...])
+    of_event: list[int]  # the entry of each event, in the request's order
+
+
+def entries(partitions: list[int], bodies: list[bytes]) -> Entries:
+    """Group a request's events (each event's partition and JSON) by partition."""
+    index: dict[int, int] = {}
+    grouped: list[list[bytes]] = []
+    of_event: list[int] = []
+    for p, body in zip(partitions, bodies, strict=True):
+        i = index.get(p)
+        if i is None:
+            i = index[p] = len(grouped)
+            grouped.append([])
+        grouped[i].append(body)
+        of_event.append(i)
+    fields = [("e", g[0]) if len(g) == 1 else ("b", b"[" + b",".join(g) + b"]") for g in grouped]
+    return Entries(list(index), fields, of_event)
+
+
 @dataclass(slots=True)
 class _Request:
-    """One call of the publish script: the request's events, and who waits for them."""
+    """One call of the publish script: the request's entries, and who waits for them."""
 
-    streams: list[str]
-    bodies: list[bytes]
+    entries: Entries
     answer: asyncio.Future[list[str]]
 
+    @property
+    def size(self) -> int:
+        return len(self.entries.of_event)
+
     def queue_on(self, pipe: Any, sha: str) -> None:
-        """EVALSHA publish-n: KEYS = metrics hash + one stream per event, ARGV = events."""
-        pipe.evalsha(sha, 1 + len(self.streams), keys.METRICS, *self.streams, *self.bodies)
+        """EVALSHA publish-n: KEYS = metrics hash + one stream per entry, ARGV = the
+        number of events, then each entry's field and value."""
+        streams = [keys.stream(p) for p in self.entries.partitions]
+        args = [a for field in self.entries.fields for a in field]
+        pipe.evalsha(sha, 1 + len(streams), keys.METRICS, *streams, self.size, *args)
 
     def settle(self, reply: Any) -> None:
         if self.answer.done():  # its waiter was cancelled
@@ -57,7 +91,8 @@ class _Request:
         elif isinstance(reply, BaseException):  # the flush was cancelled (shutdown)
             self.answer.cancel()
         else:
-            self.answer.set_result([text(i) for i in reply])
+            ids = [text(i) for i in reply]
+            self.answer.set_result([ids[i] for i in self.entries.of_event])
 
 
 def _maybe_executed(exc: Exception) -> bool:
@@ -91,15 +126,16 @@ class Publisher:
         return (await self.publish_many([event]))[0]
 
     async def publish_many(self, events: list[StreamEvent]) -> list[str]:
-        """Store several events, all or none; returns their stream entry ids."""
+        """Store several events, all or none; returns the stream entry id of each (one
+        entry per partition: events of one partition share it)."""
         try:  # all encoded before any is queued: a bad one publishes none
             bodies = [stream_encoder.encode(event) for event in events]
         except UnicodeEncodeError:
             raise EventRejected(
                 "a string holds a lone UTF-16 surrogate (an emoji cut in half?)"
             ) from None
-        streams = [keys.stream(self.partition(event)) for event in events]
-        request = _Request(streams, bodies, asyncio.get_running_loop().create_future())
+        grouped = entries([self.partition(event) for event in events], bodies)
+        request = _Request(grouped, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
@@ -108,11 +144,11 @@ class Publisher:
     def _next_batch(self) -> list[_Request]:
         batch: list[_Request] = []
         size = 0
-        while self._queue and (not batch or size + len(self._queue[0].streams) <= self._max_batch):
+        while self._queue and (not batch or size + self._queue[0].size <= self._max_batch):
             request = self._queue.popleft()
             if not request.answer.done():  # a cancelled waiter's events are not sent
                 batch.append(request)
-                size += len(request.streams)
+                size += request.size
         return batch
 
     async def _flush_loop(self) -> None:

@@ -20,7 +20,7 @@ import msgspec
 import redis as redis_sync
 
 from cdp import keys
-from cdp.events import StreamEvent, stream_decoder
+from cdp.events import StreamEvent, entry_events, stream_decoder
 from cdp.streams import text
 
 Location = tuple[int, str]  # (partition, stream entry id)
@@ -59,22 +59,29 @@ def _decode(raw: Any) -> StreamEvent | None:
         return None
 
 
+def _decode_entry(fields: Any) -> list[StreamEvent]:
+    """The events of a partition stream entry (field ``e`` or ``b``); none if unreadable."""
+    try:
+        return entry_events(fields) or []
+    except (msgspec.DecodeError, TypeError):
+        return []
+
+
 def read_state(client: redis_sync.Redis, partitions: int) -> RedisState:
     state = RedisState()
     for p in range(partitions):
         stream = keys.stream(p)
         last = _last_delivered(client, stream)
         for raw_id, fields in _entries(client, stream):
-            entry_id, event = text(raw_id), _decode(fields.get(b"e"))
-            if event is None:
-                continue
-            state.events.setdefault(event.eventId, event)
-            state.copies[event.eventId].append((p, entry_id))
-            if _id(entry_id) > last:
-                state.undelivered.add((p, entry_id))
-            op = op_of(event)
-            if op is not None:
-                state.by_op[op].add(event.eventId)
+            entry_id = text(raw_id)
+            for event in _decode_entry(fields):
+                state.events.setdefault(event.eventId, event)
+                state.copies[event.eventId].append((p, entry_id))
+                if _id(entry_id) > last:
+                    state.undelivered.add((p, entry_id))
+                op = op_of(event)
+                if op is not None:
+                    state.by_op[op].add(event.eventId)
         _read_pending(client, p, state)
     for stream in (keys.DEAD, keys.DROPPED):
         for _, fields in _entries(client, stream):

@@ -64,24 +64,37 @@ def classify(
 
 
 class PartitionBuffer(Generic[T]):
-    """Events of one partition waiting for the watermark, in (ts, eventId) order."""
+    """Events of one partition waiting for the watermark, in (ts, eventId) order.
+
+    An event is known by its stream entry id and eventId: an entry may hold several
+    events (a request's events of one partition), each pushed on its own.
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, str, int, str, T]] = []
-        self._entry_ids: set[str] = set()
+        self._keys: set[tuple[str, str]] = set()
+        self._entries: dict[str, int] = {}  # entry id -> its events buffered
         self._tiebreak = itertools.count()
 
     def __len__(self) -> int:
+        """Events buffered."""
         return len(self._heap)
 
+    @property
+    def entries(self) -> int:
+        """Stream entries with at least one event buffered."""
+        return len(self._entries)
+
     def __contains__(self, entry_id: object) -> bool:
-        return entry_id in self._entry_ids
+        return entry_id in self._entries
 
     def push(self, ts_ms: int, event_id: str, entry_id: str, item: T) -> bool:
-        """Add one stream entry; False if this entry is already buffered."""
-        if entry_id in self._entry_ids:
+        """Add one event of a stream entry; False if it is already buffered."""
+        key = (entry_id, event_id)
+        if key in self._keys:
             return False
-        self._entry_ids.add(entry_id)
+        self._keys.add(key)
+        self._entries[entry_id] = self._entries.get(entry_id, 0) + 1
         heapq.heappush(self._heap, (ts_ms, event_id, next(self._tiebreak), entry_id, item))
         return True
 
@@ -92,13 +105,19 @@ class PartitionBuffer(Generic[T]):
     def pop_ready(self, watermark_ms: int, limit: int | None = None) -> list[tuple[str, T]]:
         """Remove and return (entry id, item) of events with ts <= watermark, in order."""
         ready: list[tuple[str, T]] = []
-        heap = self._heap
+        heap, entries = self._heap, self._entries
         while heap and heap[0][0] <= watermark_ms and (limit is None or len(ready) < limit):
-            _, _, _, entry_id, item = heapq.heappop(heap)
-            self._entry_ids.discard(entry_id)
+            _, event_id, _, entry_id, item = heapq.heappop(heap)
+            self._keys.discard((entry_id, event_id))
+            left = entries[entry_id] - 1
+            if left:
+                entries[entry_id] = left
+            else:
+                del entries[entry_id]
             ready.append((entry_id, item))
         return ready
 
     def clear(self) -> None:
         self._heap.clear()
-        self._entry_ids.clear()
+        self._keys.clear()
+        self._entries.clear()

@@ -22,6 +22,7 @@ import redis as redis_sync
 from cdp import keys
 from cdp.embedded import RedisServer
 from cdp.events import iso_ms
+from tests.support.events import entry_events
 from tests.support.stack import Response, Stack
 from tests.support.tracking import WRITE_KEYS, assert_person, basic, read_doc, total, wait_doc
 from tests.support.values import ADMIN_TOKEN as TOKEN
@@ -89,9 +90,9 @@ def stored(stack: Stack, event_id: str) -> dict[str, Any] | None:
     """The event as stored in its partition stream (field ``e``), by eventId."""
     for name in partition_streams():
         for _, fields in stack.r.xrange(name):
-            event = json.loads(fields["e"])
-            if event["eventId"] == event_id:
-                return dict(event)
+            for event in entry_events(fields):
+                if event["eventId"] == event_id:
+                    return dict(event)
     return None
 
 
@@ -331,9 +332,10 @@ def test_write_keys(api: Stack) -> None:
         resp = post(api, "/v1/track", body, headers)
         assert (resp.status, resp.json()) == (200, {"success": True}), resp.body
     sources = {
-        json.loads(f["e"]).get("source")
+        event.get("source")
         for name in partition_streams()
         for _, f in api.r.xrange(name)
+        for event in entry_events(f)
     }
     assert sources == {"web", "ios"}
 

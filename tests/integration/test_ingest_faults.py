@@ -39,6 +39,7 @@ from cdp import keys
 from cdp.embedded import RedisServer, free_port
 from cdp.events import iso_ms
 from cdp.identity import partition_of
+from tests.support.events import entry_events
 from tests.support.stack import Stack
 from tests.support.values import ADMIN_TOKEN as TOKEN
 from tests.support.values import PARTITIONS, T0, WRITE_KEY, ms
@@ -128,7 +129,7 @@ def stored_event_ids(r: redis_sync.Redis) -> list[str]:
         if r.type(keys.stream(p)) != "stream":
             continue
         for _, fields in r.xrange(keys.stream(p)):
-            found.append(json.loads(fields["e"])["eventId"])
+            found += [event["eventId"] for event in entry_events(fields)]
     return found
 
 

@@ -37,8 +37,22 @@ def stored(server: fakeredis.FakeServer) -> dict[int, list[str]]:
     for p in range(PARTITIONS):
         entries = r.xrange(keys.stream(p)) if r.type(keys.stream(p)) == "stream" else []
         if entries:
-            out[p] = [json.loads(fields["e"])["eventId"] for _, fields in entries]
+            out[p] = [e["eventId"] for _, fields in entries for e in entry_events(fields)]
     return out
+
+
+def entry_events(fields: dict[str, str]) -> list[dict[str, Any]]:
+    """Field ``e`` (one event) or ``b`` (a JSON array of a request's events)."""
+    if "e" in fields:
+        return [json.loads(fields["e"])]
+    events = json.loads(fields["b"])
+    assert isinstance(events, list) and len(events) > 1
+    return events
+
+
+def entry_count(server: fakeredis.FakeServer) -> int:
+    r = fakeredis.FakeRedis(server=server, decode_responses=True)
+    return sum(r.xlen(keys.stream(p)) for p in range(PARTITIONS) if r.exists(keys.stream(p)))
 
 
 def accepted(server: fakeredis.FakeServer) -> int:
@@ -55,7 +69,11 @@ def test_a_request_is_stored_in_its_partitions_in_order_and_counted(
         return await publisher.publish_many(events), publisher
 
     ids, publisher = run(go())
-    assert len(ids) == 9  # entry ids, one per event (unique per stream, not across)
+    assert len(ids) == 9  # the entry id of each event: one entry per partition touched
+    partitions = {publisher.partition(event(i, f"u{i % 3}")) for i in range(9)}
+    assert entry_count(server) == len(partitions)
+    for i in range(9):  # events of one user (one partition) share their entry
+        assert ids[i] == ids[i % 3]
     by_partition = stored(server)
     assert sorted(e for es in by_partition.values() for e in es) == sorted(
         f"e{i}" for i in range(9)

@@ -92,12 +92,24 @@ def test_pop_ready_before_any_event_is_due_returns_nothing():
     assert len(buf) == 2
 
 
-def test_duplicate_entry_ids_are_ignored():
+def test_an_event_of_an_entry_read_twice_is_ignored():
     buf: PartitionBuffer[str] = PartitionBuffer()
     assert buf.push(100, "e1", "1-0", "first")
-    assert not buf.push(50, "e0", "1-0", "again")  # same stream entry, read twice
+    assert not buf.push(100, "e1", "1-0", "again")  # same stream entry, read twice
     assert len(buf) == 1
     assert buf.pop_ready(1_000) == [("1-0", "first")]
+
+
+def test_the_events_of_one_entry_are_buffered_each_and_the_entry_held_until_the_last():
+    buf: PartitionBuffer[str] = PartitionBuffer()
+    assert buf.push(100, "e1", "1-0", "a")
+    assert buf.push(50, "e0", "1-0", "b")  # a second event of the same stream entry
+    assert buf.push(70, "e2", "2-0", "c")
+    assert (len(buf), buf.entries) == (3, 2)
+    assert buf.pop_ready(60) == [("1-0", "b")]
+    assert "1-0" in buf and buf.entries == 2
+    assert buf.pop_ready(1_000) == [("2-0", "c"), ("1-0", "a")]
+    assert "1-0" not in buf and buf.entries == 0
 
 
 def test_same_event_id_in_two_entries_is_kept_twice():

@@ -115,3 +115,31 @@ def test_the_retry_after_noscript_answers_from_its_own_reply() -> None:
 )
 def test_only_a_connection_never_made_proves_nothing_ran(error: Exception, maybe: bool) -> None:
     assert _maybe_executed(error) is maybe
+
+
+def test_a_request_becomes_one_entry_per_partition_in_order_of_first_event() -> None:
+    from cdp.api.publisher import entries
+
+    grouped = entries([3, 1, 3, 3, 7], [b'{"a":0}', b'{"a":1}', b'{"a":2}', b'{"a":3}', b'{"a":4}'])
+    assert grouped.partitions == [3, 1, 7]
+    assert grouped.fields == [
+        ("b", b'[{"a":0},{"a":2},{"a":3}]'),  # several: a JSON array, the request's order
+        ("e", b'{"a":1}'),  # one: the event itself, as before
+        ("e", b'{"a":4}'),
+    ]
+    assert grouped.of_event == [0, 1, 0, 0, 2]
+
+
+def test_the_events_of_a_b_entry_decode_as_the_request_sent_them() -> None:
+    from cdp.api.publisher import entries
+    from cdp.events import StreamEvent, entry_events, stream_encoder
+
+    events = [
+        StreamEvent(eventId=f"e{i}", ts=i, receivedAt=9, type="TRACK", userId="u", name="x")
+        for i in range(3)
+    ]
+    grouped = entries([0, 0, 0], [stream_encoder.encode(e) for e in events])
+    ((field, value),) = grouped.fields
+    assert entry_events({field.encode(): value}) == events
+    assert entry_events({b"e": stream_encoder.encode(events[0])}) == events[:1]
+    assert entry_events({}) is None
