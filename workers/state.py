@@ -24,8 +24,8 @@ from cdp.pipeline.buffer import PartitionBuffer
 Chunk = list[tuple[str, StreamEvent]]  # (stream entry id, event), in apply order
 
 # The entry id an event is applied with when applying it must not acknowledge its
-# entry (others of the entry are not settled yet): XACK of 0-0 acknowledges nothing.
-NO_ACK = "0-0"
+# entry (others of the entry are not settled yet): the script acknowledges no empty sid.
+NO_ACK = ""
 
 
 class WorkerState:
