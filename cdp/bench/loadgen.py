@@ -13,7 +13,7 @@ generator's own CPU: user + system seconds of the child processes (``getrusage``
 children, read after they are waited for) over the run's wall time, in cores and as a
 share of the machine (``os.cpu_count()``).
 
-A Python generator process is ``python -m cdp.bench.loadgen '<json spec>'``; it prints
+A Python generator process is ``python -c "$CHILD" '<json spec>'``; it prints
 one JSON object (its counts and every latency) on stdout.
 """
 
@@ -83,6 +83,7 @@ end
 """
 
 _encoder = msgspec.json.Encoder()
+CHILD = "from cdp.bench.loadgen import main; main()"
 
 
 @dataclass
@@ -195,7 +196,7 @@ def run_python(load: Load) -> dict[str, Any]:
         }
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "cdp.bench.loadgen", json.dumps(spec)],
+                [sys.executable, "-c", CHILD, json.dumps(spec)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -207,7 +208,11 @@ def run_python(load: Load) -> dict[str, Any]:
             raise BenchError(f"a load generator process failed ({proc.returncode})")
         parts.append(json.loads(stdout.strip().splitlines()[-1]))
     latencies = sorted(x for p in parts for x in p["latencies_ms"])
-    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    cuts = (
+        statistics.quantiles(latencies, n=100, method="inclusive")
+        if len(latencies) > 1
+        else [0.0] * 99
+    )
     seconds = max(p["seconds"] for p in parts)
     requests = sum(p["requests"] for p in parts)
     how = f"paced {load.rate:g} req/s" if load.rate > 0 else f"{load.concurrency} in flight"

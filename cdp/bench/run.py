@@ -122,6 +122,8 @@ async def _rows(
     notes = result["notes"]
     for row in rows:
         got: dict[str, Any]
+        if row in ("drain", "sustained", "freshness", "memory"):  # a quiet stack first
+            await measure.wait_drained(redis, s)
         if row == "ingest":
             got = await measure.ingest(redis, replace(base, run=f"{base.run}-i"))
         elif row == "batch":
