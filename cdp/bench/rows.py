@@ -201,19 +201,22 @@ async def drain(
 # -- sustained and freshness -------------------------------------------------------------
 
 
-def slope(points: Sequence[tuple[float, int]]) -> float:
-    """Least-squares slope of (t, backlog), per second."""
+def growth(points: Sequence[tuple[float, int]], span: float) -> float:
+    """Backlog growth per second: the lowest backlog of the last ``span`` seconds minus
+    that of the first ``span`` seconds, over the time between them. Lowest, because the
+    workers add their counts once a tick: the backlog is a saw with a tick's period."""
     if len(points) < 2:
         return 0.0
-    ts, ys = [p[0] for p in points], [p[1] for p in points]
-    mt, my = statistics.fmean(ts), statistics.fmean(ys)
-    var = sum((t - mt) ** 2 for t in ts)
-    return sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var if var else 0.0
+    t0, t1 = points[0][0], points[-1][0]
+    span = min(span, (t1 - t0) / 3)
+    first = min(b for t, b in points if t <= t0 + span)
+    last = min(b for t, b in points if t >= t1 - span)
+    return (last - first) / max(t1 - t0 - span, 1e-3)
 
 
-async def paced(redis: Redis, load: Load, settle_s: float) -> dict[str, Any]:
-    """Run ``load`` (paced) while sampling the backlog; the backlog's slope after
-    ``settle_s`` (the window fills up first) and the accepted rate."""
+async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[str, Any]:
+    """Run ``load`` (paced) while sampling the backlog; its growth after ``settle_s``
+    (the window fills up first) and the accepted rate."""
     points: list[tuple[float, int]] = []
     accepted0 = (await metric(redis, "accepted"))[0]
     task = asyncio.create_task(asyncio.to_thread(generate, load))
@@ -222,10 +225,10 @@ async def paced(redis: Redis, load: Load, settle_s: float) -> dict[str, Any]:
         now = time.perf_counter() - start
         if now >= settle_s:
             points.append((now, await backlog(redis)))
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.05)
     got = await task
     accepted = (await metric(redis, "accepted"))[0] - accepted0
-    return {"slope": slope(points), "eps": accepted / got["seconds"], "got": got}
+    return {"growth": growth(points, span), "eps": accepted / got["seconds"], "got": got}
 
 
 async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
@@ -242,20 +245,21 @@ async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
 async def sustained(
     redis: Redis, s: Settings, base: Load, start_eps: float, steps: int
 ) -> dict[str, Any]:
-    """Step the offered rate up by 1.5x from ``start_eps`` until the backlog grows (its
-    least-squares slope above 5% of the rate per second, once the window has filled: the
-    workers' counts move a tick at a time) or less than 95% is accepted."""
-    fill = (s.window_size_ms + 2 * s.ticker_interval_ms) / 1000 + 1
-    settle = min(base.seconds / 2, fill)
+    """Step the offered rate up by 1.5x from ``start_eps`` until the backlog grows (by
+    more than 5% of the rate per second over ``base.seconds``, after the window has
+    filled up: window-size + 2 ticks + 1 s more) or less than 95% is accepted."""
+    settle = (s.window_size_ms + 2 * s.ticker_interval_ms) / 1000 + 1
+    span = max(2 * s.ticker_interval_ms / 1000, base.seconds / 10)
     tried: list[str] = []
     flat, rate = 0.0, start_eps
     for _ in range(steps):
         await wait_drained(redis, s)
         load = replace(base, rate=rate / base.calls, run=f"{base.run}-{len(tried)}")
-        got = await paced(redis, load, settle)
-        ok = got["slope"] <= 0.05 * rate and got["eps"] >= 0.95 * rate
+        load.seconds = settle + base.seconds
+        got = await paced(redis, load, settle, span)
+        ok = got["growth"] <= 0.05 * rate and got["eps"] >= 0.95 * rate
         tried.append(
-            f"{rate:,.0f}/s: accepted {got['eps']:,.0f}/s, backlog {got['slope']:+,.0f}/s"
+            f"{rate:,.0f}/s: accepted {got['eps']:,.0f}/s, backlog {got['growth']:+,.0f}/s"
             f" ({'flat' if ok else 'grows'}; client {got['got']['client_cpu_cores']} cores)"
         )
         if not ok:
