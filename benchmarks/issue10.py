@@ -126,6 +126,7 @@ def bench_args(args: argparse.Namespace, row: str, sustained: float | None) -> l
     out = ["--only", row, "--duration", str(args.duration), "--drain", str(args.drain)]
     out += ["--profiles", str(args.profiles), "--sustain-seconds", str(args.sustain_seconds)]
     out += ["--sustain-start", str(args.sustain_start), "--client", args.client]
+    out += ["--sustain-steps", str(args.sustain_steps)]
     if row == "freshness":
         rate = args.fresh_rate or (sustained / 2 if sustained else 5_000)
         out += ["--fresh-rate", str(rate), "--fresh-seconds", str(args.sustain_seconds)]
@@ -204,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profiles", type=int, default=None, help="memory row (10000)")
     p.add_argument("--sustain-seconds", type=float, default=None, help="per step (60)")
     p.add_argument("--sustain-start", type=float, default=None, help="events/s (5000)")
+    p.add_argument("--sustain-steps", type=int, default=None, help="x1.5 each (6; --quick 2)")
     p.add_argument("--fresh-rate", type=float, default=0.0, help="default: sustained / 2")
     p.add_argument("--window-size", default=None, help="the stack's (default 5s; --quick 1s)")
     args = p.parse_args(argv)
@@ -214,6 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.profiles = args.profiles or (200 if q else 10_000)
     args.sustain_seconds = args.sustain_seconds or (5 if q else 60)
     args.sustain_start = args.sustain_start or (1000 if q else 5000)
+    args.sustain_steps = args.sustain_steps or (2 if q else 6)
     args.window_size = args.window_size or ("1s" if q else None)
     args.only = [r for r in ORDER if r in (args.only or ORDER)]
     if args.stack_root is not None and not (args.stack_root / "cdp" / "__main__.py").exists():

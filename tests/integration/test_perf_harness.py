@@ -59,6 +59,7 @@ def table_rows(text: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.timeout(600)  # 7 stacks, one after the other
 def test_quick_run_prints_a_number_in_every_row(tmp_path: Path) -> None:
     saved = tmp_path / "medians.json"
     out = run(*TINY, "--client", "python", "--save", str(saved))
