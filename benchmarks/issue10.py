@@ -40,6 +40,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -226,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (and SIGINT, ignored in background jobs) stop the stack of the row running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = shlex.join(
         ["python", "benchmarks/issue10.py", *(sys.argv[1:] if argv is None else argv)]
     )

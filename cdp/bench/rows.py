@@ -229,7 +229,8 @@ async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[
         await asyncio.sleep(0.05)
     got = await task
     accepted = (await metric(redis, "accepted"))[0] - accepted0
-    return {"growth": growth(points, span), "eps": accepted / got["seconds"], "got": got}
+    # accepted per second of the schedule (the last requests may end after it)
+    return {"growth": growth(points, span), "eps": accepted / load.seconds, "got": got}
 
 
 async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
@@ -253,13 +254,14 @@ async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
 async def sustained(
     redis: Redis, s: Settings, base: Load, start_eps: float, steps: int
 ) -> dict[str, Any]:
-    """Step the offered rate up by 1.5x from ``start_eps`` until the backlog grows (by
+    """Step the offered rate up by 1.5x from ``start_eps`` (down by 1.5x when that rate
+    already grows) until the backlog grows (by
     more than 5% of the rate per second over ``base.seconds``, after the window has
     filled up: window-size + 2 ticks + 1 s more) or less than 95% is accepted."""
     settle = (s.window_size_ms + 2 * s.ticker_interval_ms) / 1000 + 1
     span = max(2 * s.ticker_interval_ms / 1000, base.seconds / 10)
     tried: list[str] = []
-    flat, rate = 0.0, start_eps
+    flat, rate, down = 0.0, start_eps, False
     for _ in range(steps):
         await wait_drained(redis, s)
         load = replace(base, rate=rate / base.calls, run=f"{base.run}-{len(tried)}")
@@ -270,9 +272,14 @@ async def sustained(
             f"{rate:,.0f}/s: accepted {got['eps']:,.0f}/s, backlog {got['growth']:+,.0f}/s"
             f" ({'flat' if ok else 'grows'}; client {got['got']['client_cpu_cores']} cores)"
         )
-        if not ok:
+        if ok:
+            flat, rate = rate, rate * 1.5
+            if down:  # the first flat rate on the way down
+                break
+        elif flat:  # the first rate that grows on the way up
             break
-        flat, rate = rate, rate * 1.5
+        else:  # the first step already grows: step down
+            down, rate = True, rate / 1.5
     await wait_drained(redis, s)
     return {"sustained_eps": round(flat), "notes": ["sustained: " + "; ".join(tried)]}
 
