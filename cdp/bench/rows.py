@@ -202,17 +202,17 @@ async def drain(
 # -- sustained and freshness -------------------------------------------------------------
 
 
-def growth(points: Sequence[tuple[float, int]], span: float) -> float:
+def growth(points: Sequence[tuple[float, int]], span: float) -> tuple[float, int, int]:
     """Backlog growth per second: the lowest backlog of the last ``span`` seconds minus
     that of the first ``span`` seconds, over the time between them. Lowest, because the
     workers add their counts once a tick: the backlog is a saw with a tick's period."""
     if len(points) < 2:
-        return 0.0
+        return 0.0, 0, 0
     t0, t1 = points[0][0], points[-1][0]
     span = min(span, (t1 - t0) / 3)
     first = min(b for t, b in points if t <= t0 + span)
     last = min(b for t, b in points if t >= t1 - span)
-    return (last - first) / max(t1 - t0 - span, 1e-3)
+    return (last - first) / max(t1 - t0 - span, 1e-3), first, last
 
 
 async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[str, Any]:
@@ -230,7 +230,8 @@ async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[
     got = await task
     accepted = (await metric(redis, "accepted"))[0] - accepted0
     # accepted per second of the schedule (the last requests may end after it)
-    return {"growth": growth(points, span), "eps": accepted / load.seconds, "got": got}
+    rate, first, last = growth(points, span)
+    return {"growth": rate, "lows": (first, last), "eps": accepted / load.seconds, "got": got}
 
 
 async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
@@ -270,6 +271,7 @@ async def sustained(
         ok = got["growth"] <= 0.05 * rate and got["eps"] >= 0.95 * rate
         tried.append(
             f"{rate:,.0f}/s: accepted {got['eps']:,.0f}/s, backlog {got['growth']:+,.0f}/s"
+            f" (lows {got['lows'][0]:,} -> {got['lows'][1]:,})"
             f" ({'flat' if ok else 'grows'}; client {got['got']['client_cpu_cores']} cores)"
         )
         if ok:
