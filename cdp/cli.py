@@ -8,7 +8,7 @@
     cdp export    write every profile as NDJSON (FILE, or - for stdout)
     cdp replay    publish dropped or parked events again (dropped | dead)
     cdp config    print the effective configuration
-    cdp bench     send a mixed workload to a running stack and print the rates
+    cdp bench     measure a running stack: issue 10's rows beside the bare Redis
     cdp chaos     the fault suite: load + injected faults on a stack of its own, a verdict
 
 Errors a user can fix (a bad setting, a profile that does not exist, a missing
@@ -101,16 +101,45 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="print the effective configuration")
 
-    bench = sub.add_parser("bench", help="measure a running stack")
+    bench = sub.add_parser("bench", help="measure a running stack: issue 10's rows")
     bench.add_argument("--url", default="http://127.0.0.1:8080", help="API base URL")
-    bench.add_argument("--events", type=int, default=20_000)
-    bench.add_argument("--concurrency", type=int, default=64)
-    bench.add_argument("--users", type=int, default=2_000, help="distinct users in the workload")
+    bench.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ROW",
+        help="ingest, batch, drain, sustained, freshness, memory, mixed (repeatable;"
+        " default: all but mixed)",
+    )
+    bench.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="closed-loop load generator: wrk when on PATH (auto), or Python processes",
+    )
+    bench.add_argument("--processes", type=int, default=0, help="Python client processes")
+    bench.add_argument("--duration", type=float, default=12.0, help="seconds of ingest, batch")
+    bench.add_argument("--concurrency", type=int, default=64, help="connections in flight")
+    bench.add_argument("--calls", type=int, default=100, help="calls per /v1/batch request")
+    bench.add_argument("--write-key", default="", help="default: the first write key setting")
+    bench.add_argument("--admin-token", default="", help="default: the admin-token setting")
+    bench.add_argument("--drain", type=int, default=200_000, help="events of the drain backlog")
+    bench.add_argument("--worker-pids", default="", help="comma-separated (default: a /proc scan)")
+    bench.add_argument("--sustain-seconds", type=float, default=60.0)
+    bench.add_argument("--sustain-start", type=float, default=5_000.0, help="events/s")
+    bench.add_argument("--sustain-steps", type=int, default=6, help="x1.5 each")
+    bench.add_argument(
+        "--fresh-rate", type=float, default=0.0, help="events/s (default: sustained / 2)"
+    )
+    bench.add_argument("--fresh-seconds", type=float, default=0.0, help="default: sustain's")
+    bench.add_argument("--profiles", type=int, default=10_000, help="profiles of the memory row")
+    bench.add_argument("--events", type=int, default=20_000, help="mixed row")
+    bench.add_argument("--users", type=int, default=2_000, help="mixed row: distinct users")
     bench.add_argument(
         "--merge-ratio",
         type=float,
         default=0.0,
-        help="share of the events that are ALIAS merging two existing profiles (after a warm-up)",
+        help="mixed row: share of ALIAS merging two existing profiles (after a warm-up)",
     )
 
     chaos = sub.add_parser(
@@ -219,11 +248,24 @@ def _config(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> None:
-    from cdp.bench import run_bench
+    from cdp.bench import Options, run_bench
+    from cdp.errors import BenchError
 
-    asyncio.run(
-        run_bench(settings, args.url, args.events, args.concurrency, args.users, args.merge_ratio)
-    )
+    try:
+        pids = [int(p) for p in args.worker_pids.split(",") if p.strip()]
+    except ValueError:
+        raise BenchError("--worker-pids: comma-separated process ids") from None
+    options = Options(
+        url=args.url, only=args.only, client=args.client, processes=args.processes,
+        duration=args.duration, concurrency=args.concurrency, calls=args.calls,
+        write_key=args.write_key, admin_token=args.admin_token, drain=args.drain,
+        worker_pids=pids, sustain_seconds=args.sustain_seconds,
+        sustain_start=args.sustain_start, sustain_steps=args.sustain_steps,
+        fresh_rate=args.fresh_rate, fresh_seconds=args.fresh_seconds,
+        profiles=args.profiles, events=args.events, users=args.users,
+        merge_ratio=args.merge_ratio,
+    )  # fmt: skip
+    asyncio.run(run_bench(settings, options))
 
 
 def _chaos(args: argparse.Namespace, settings: Settings) -> int:

@@ -35,6 +35,6 @@ phases in order, the cleanup).
 
 from __future__ import annotations
 
-from cdp.bench.run import run_bench
+from cdp.bench.run import Options, run_bench
 
-__all__ = ["run_bench"]
+__all__ = ["Options", "run_bench"]

@@ -1,56 +1,97 @@
-"""What ``cdp bench`` prints: a table next to DESIGN.md's reference figures, then the
-whole result as one JSON line."""
+"""What ``cdp bench`` prints: issue 10's rows measured on the stack, each beside the
+same run's bare-Redis figures or the load generator's CPU, then the whole result as one
+JSON line (the last line)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-ROWS = [  # result key, label, DESIGN.md reference
-    ("ingest_eps", "ingest: accepted events/s", "4.7k (1 XADD/request), 15.5k bare aiohttp"),
-    ("p50_ms", "ingest: latency p50 ms", ""),
-    ("p99_ms", "ingest: latency p99 ms", "41 (1 XADD/request)"),
-    ("not_accepted", "ingest: answers other than 202", "none"),
-    ("e2e_eps", "end to end: applied events/s", "(includes the window)"),
-    ("merges", "end to end: profiles merged", "(cdp:merges, this run's events)"),
-    ("refused", "end to end: merges or links refused", "(guard rails)"),
-    ("late", "end to end: counted late", "(ts <= receipt - window-size)"),
-    ("e2e_seconds", "end to end: first send -> all done, s", ""),
-    ("drain_s", "end to end: last 202 -> all done, s", "~window-size + ticker"),
-    ("xadd_eps", "redis: XADD by 100, events/s", "64k"),
-    ("evalsha_cps", "redis: EVALSHA 5 cmds by 100, calls/s", "35k"),
-    ("apply_eps_batch_1", "apply_batch, 1 event/call: events/s", "19k (prototype)"),
-    ("apply_eps_batch_10", "apply_batch, 10 events/call: events/s", "46k"),
-    ("apply_eps_batch_100", "apply_batch, 100 events/call: events/s", "65k"),
-    ("dedup_bytes_per_entry", "memory: bytes per dedup entry", "133 (one SET NX PX key)"),
-    ("profile_bytes", "memory: bytes per profile", "870"),
-    ("keys_per_profile", "memory: keys per profile", "(counted by DBSIZE)"),
-    ("merge_alias_us", "redis: usec per ALIAS merging 2 profiles", "(EVALSHA usec, batch-size)"),
-    ("link_alias_us", "redis: usec per ALIAS linking a new id", "(EVALSHA usec, batch-size)"),
-    ("merge_us", "redis: usec per merge (difference)", ""),
-]
+# row -> [(result key, label)]
+ROWS: dict[str, list[tuple[str, str]]] = {
+    "ingest": [
+        ("ingest_rps", "single-event POST /cdp/ingest, req/s"),
+        ("ingest_p50_ms", "single-event POST /cdp/ingest, p50 ms"),
+        ("ingest_p99_ms", "single-event POST /cdp/ingest, p99 ms"),
+    ],
+    "batch": [
+        ("batch_rps", "/v1/batch x{calls}, req/s"),
+        ("batch_eps", "/v1/batch x{calls}, events/s accepted"),
+        ("batch_p99_ms", "/v1/batch x{calls}, p99 ms"),
+    ],
+    "drain": [
+        ("drain_eps", "drain of {drain_events} events, events/s"),
+        ("redis_us", "Redis CPU per applied event, us"),
+        ("worker_us", "worker CPU per applied event, us"),
+    ],
+    "sustained": [("sustained_eps", "sustained (backlog flat {sustain_seconds} s), events/s")],
+    "freshness": [
+        ("fresh_p50_s", "freshness at {fresh_rate} events/s, p50 s"),
+        ("fresh_p99_s", "freshness at {fresh_rate} events/s, p99 s"),
+        ("fresh_max_s", "freshness at {fresh_rate} events/s, max s"),
+    ],
+    "memory": [
+        ("profile_bytes", "Redis memory per profile, B"),
+        ("keys_per_profile", "keys per profile"),
+        ("traits_encoding", "traits hash encoding"),
+        ("eventid_bytes", "Redis memory per remembered eventId, B"),
+    ],
+    "mixed": [  # the earlier cdp bench: the mixed workload, apply_batch, merges
+        ("mixed_ingest_eps", "mixed workload: accepted events/s"),
+        ("mixed_p99_ms", "mixed workload: latency p99 ms"),
+        ("mixed_e2e_eps", "mixed workload: end to end events/s"),
+        ("mixed_merges", "mixed workload: profiles merged"),
+        ("mixed_apply_eps_batch_100", "apply_batch, 100 events/call: events/s"),
+        ("mixed_merge_us", "redis: usec per merge"),
+    ],
+}
+
+
+def beside(row: str, r: dict[str, Any]) -> str:
+    """The same run's reference for a row: the bare Redis, or the load generator's CPU."""
+    if row in ("ingest", "batch") and f"{row}_client" in r:
+        return f"{r[f'{row}_client']}, client CPU {r[f'{row}_client_cpu']} cores"
+    if row == "freshness":
+        return f"window-size {r['window_size']}, {r.get('fresh_samples', 0)} samples"
+    if row == "memory":
+        return "keys under bench:<run> on this Redis"
+    if "xadd_eps" in r:
+        return f"bare Redis: XADD {r['xadd_eps']:,}/s, EVALSHA {r['evalsha_cps']:,}/s"
+    return ""
+
+
+def shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
 
 def report(result: dict[str, Any]) -> None:
     r = result
-    merging = f", merge-ratio {r['merge_ratio']} after a warm-up of {r['warmup_events']}"
     print(
-        f"\ncdp bench, run {r['run']}: {r['events']} events, {r['concurrency']} in flight,"
-        f" {r['users']} users{merging if r['merge_ratio'] else ''};"
-        f" window-size {r['window_size']} (as set for this command),"
-        f" {r['partitions']} partitions, {r['workers']} workers, batch-size {r['batch_size']};"
-        f" Redis {r['redis']} (AOF {'on' if r['aof'] else 'off'})\n"
+        f"\ncdp bench, run {r['run']}: {r['url']}; window-size {r['window_size']}"
+        f" (as set for this command), {r['partitions']} partitions, {r['workers']} live"
+        f" workers; Redis {r['redis']} (AOF {'on' if r['aof'] else 'off'});"
+        f" load generator: {r['client']}\n"
     )
-    rows = list(ROWS)
-    if r["batch_size"] not in (1, 10, 100):
-        key, label = f"apply_eps_batch_{r['batch_size']}", f"{r['batch_size']} events/call"
-        at = [row[0] for row in rows].index("apply_eps_batch_100") + 1
-        rows.insert(at, (key, f"apply_batch, {label}: events/s", "42k at 500"))
-    print(f"{'':42} {'measured':>12}   DESIGN.md, this kind of machine")
-    for key, label, reference in rows:
-        value = r.get(key, "-")
-        shown = f"{value:,}" if isinstance(value, int) else str(value)
-        shown = "none" if value == {} else shown
-        print(f"{label:42} {shown:>12}   {reference}")
+    print(f"{'':52} {'measured':>12}   beside it (same run)")
+    for row in r["rows"]:
+        for key, label in ROWS.get(row, []):
+            text = label.format(**r)
+            print(f"{text:52} {shown(r.get(key)):>12}   {beside(row, r)}")
+    if "xadd_eps" in r:
+        print(f"{'bare Redis: XADD by 100, events/s':52} {r['xadd_eps']:>12,}")
+        print(f"{'bare Redis: EVALSHA 5 cmds by 100, calls/s':52} {r['evalsha_cps']:>12,}")
+    for note in r.get("notes", []):
+        print(note)
+    if "drain_commands" in r:
+        print("drain, INFO commandstats deltas, top commands per applied event:")
+        for name, c in r["drain_commands"].items():
+            print(
+                f"  {name:<12} calls/event {c['calls_per_event']:7.3f}"
+                f"  us/event {c['us_per_event']:7.2f}"
+            )
     print()
     print(json.dumps(result, separators=(",", ":")))
