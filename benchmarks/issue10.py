@@ -4,8 +4,10 @@
                                  [--drain-events 200000] [--profiles 10000]
 
 Each part starts a stack of its own (``cdp.chaos.cluster.Cluster``: the embedded
-redis-server with AOF everysec on a free port in a temp dir, one ``cdp api`` process,
-2 ``cdp worker`` processes, default settings) and stops it afterwards:
+redis-server with AOF everysec on a free port in a temp dir, one ``cdp api`` (serving
+with ``api-processes`` processes: one per core unless ``--api-processes N``; its event
+loop ``--event-loop``, default uvloop when installed), 2 ``cdp worker`` processes,
+default settings) and stops it afterwards:
 
 1. single-event ``POST /cdp/ingest``: wrk -t2 -c64 --latency, a Lua script making
    unique eventIds (run id + thread id + counter), TRACK of one of 10k users.
@@ -165,6 +167,10 @@ class Harness:
         env = dict(STACK_ENV)
         if self.args.window_size:
             env["CDP_WINDOW_SIZE"] = self.args.window_size
+        if self.args.api_processes is not None:
+            env["CDP_API_PROCESSES"] = str(self.args.api_processes)
+        if self.args.event_loop:
+            env["CDP_EVENT_LOOP"] = self.args.event_loop
         cluster = Cluster(self.tmp / f"stack{self._stacks}", WORKERS, "everysec", env)
         try:
             cluster.start()
@@ -531,6 +537,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CDP_WINDOW_SIZE of the stack (default: the setting's, 5s; --quick: 1s)",
     )
     p.add_argument("--batch-calls", type=int, default=100, help="calls per /v1/batch request")
+    p.add_argument(
+        "--api-processes",
+        type=int,
+        default=None,
+        help="CDP_API_PROCESSES of the stack (default: the setting's, one per core)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=None,
+        help="CDP_EVENT_LOOP of the stack (default: the setting's, uvloop when installed)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     args.duration = args.duration or (1 if quick else 12)
@@ -570,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"date: {started:%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores, "
         f"{platform.platform()}, Python {platform.python_version()}; {redis_version}; "
-        f"window-size {args.window_size or 'default (5s)'}"
+        f"window-size {args.window_size or 'default (5s)'}; "
+        f"api-processes {args.api_processes or 'default (one per core)'}; "
+        f"event-loop {args.event_loop or 'default (auto)'}"
     )
     print(
         "load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}".format(
