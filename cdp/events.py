@@ -8,6 +8,7 @@ Every rejection raises ``EventRejected`` whose message names the field and the r
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -139,27 +140,28 @@ _COMMON_TIME = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1024)
+def _day_ms(date: str) -> int | None:
+    """``YYYY-MM-DD`` -> its midnight UTC in epoch ms; None for a day the month lacks."""
+    try:
+        return to_ms(datetime(int(date[:4]), int(date[5:7]), int(date[8:10]), tzinfo=UTC))
+    except ValueError:
+        return None
+
+
 def _common_time(raw: str) -> int | None:
     match = _COMMON_TIME.fullmatch(raw)
     if match is None:
         return None
-    year, month, day, hour, minute, second, fraction = match.groups()
-    if year == "1970" and month == "01" and day == "01":  # before EVENT_TIME's range
+    if raw.startswith("1970-01-01"):  # before EVENT_TIME's range
         return None
-    try:
-        parsed = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            int(fraction.ljust(6, "0")) if fraction else 0,
-            tzinfo=UTC,
-        )
-    except ValueError:  # a day the month does not have: the full rules say so
+    day = _day_ms(raw[:10])
+    if day is None:  # a day the month does not have: the full rules say so
         return None
-    return to_ms(parsed)
+    _, _, _, hour, minute, second, fraction = match.groups()
+    clock = (int(hour) * 60 + int(minute)) * 60 + int(second)
+    # Sub-milliseconds are dropped, as to_ms does: the first 3 digits of the fraction.
+    return day + clock * 1000 + (int(fraction[:3]) if fraction else 0)
 
 
 def parse_time(raw: Any, field: str, *, event_time: bool = True) -> int:

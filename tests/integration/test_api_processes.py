@@ -4,7 +4,7 @@ A child killed with SIGKILL while requests flow: the port keeps answering throug
 other, the parent logs the exit and starts a new child, and every event answered 202
 (by any process, before or after) is in a partition stream, with the ``accepted``
 counter of every process adding up to what the streams hold. SIGTERM to the parent
-stops every child and the parent exits 0.
+stops every child and the parent exits 0; SIGKILL of the parent stops them too.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -152,9 +153,7 @@ def test_a_killed_api_process_is_restarted_and_no_accepted_event_is_lost(
     wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=10, message="children gone")
 
 
-def test_a_port_held_by_another_process_stops_start_up(stack: Stack, tmp_path: Path) -> None:
-    import socket
-
+def test_a_port_held_by_another_process_stops_start_up(stack: Stack) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -168,3 +167,20 @@ def test_a_port_held_by_another_process_stops_start_up(stack: Stack, tmp_path: P
         )
     assert proc.returncode != 0
     assert b"Address already in use" in proc.stderr + proc.stdout
+
+
+def test_children_stop_when_their_parent_is_killed(stack: Stack) -> None:
+    """SIGKILL of the parent (nobody left to supervise): its children stop (Linux
+    PR_SET_PDEATHSIG), finishing what they hold, and the port is free again."""
+    stack.api_port = port = free_port()
+    parent = stack._spawn(["api", "--port", str(port), "--processes", "2"], stack.env())
+    wait_until(lambda: len(children(parent.pid)) == 2, timeout=20, message="2 API processes")
+    wait_until(stack._ready, timeout=20, message="the API to answer /readyz")
+    orphans = children(parent.pid)
+    parent.kill()
+    parent.wait(timeout=10)
+    wait_until(
+        lambda: not any(alive(pid) for pid in orphans), timeout=20, message="the children to stop"
+    )
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # nobody holds it any more
