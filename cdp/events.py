@@ -132,36 +132,34 @@ def is_blank(value: str) -> bool:
 
 
 # What SDKs send nearly always: UTC, upper-case T and Z, no fraction or 3 or 6 digits,
-# a year inside both ranges. Such a string is read directly (one regex and a datetime);
-# anything else, or a field the calendar refuses, takes the full rules below.
+# a date inside both ranges (1970-01-02 to 9998-12-31). Such a string is read directly
+# (one regex, integers, the day's midnight cached); anything else, or a field out of
+# range, takes the full rules (parse_time_fully), which say what is wrong with it.
 _COMMON_TIME = re.compile(
-    r"(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-([0-9]{2})-([0-9]{2})"
-    r"T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])(?:\.([0-9]{3}|[0-9]{6}))?Z"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3}|\.[0-9]{6})?Z"
 )
 
 
 @functools.lru_cache(maxsize=1024)
 def _day_ms(date: str) -> int | None:
-    """``YYYY-MM-DD`` -> its midnight UTC in epoch ms; None for a day the month lacks."""
+    """``YYYY-MM-DD`` -> its midnight UTC in epoch ms, None outside the common range."""
+    if not "1970-01-02" <= date <= "9998-12-31":
+        return None
     try:
         return to_ms(datetime(int(date[:4]), int(date[5:7]), int(date[8:10]), tzinfo=UTC))
-    except ValueError:
+    except ValueError:  # a day the month does not have
         return None
 
 
 def _common_time(raw: str) -> int | None:
-    match = _COMMON_TIME.fullmatch(raw)
-    if match is None:
+    if _COMMON_TIME.fullmatch(raw) is None or (day := _day_ms(raw[:10])) is None:
         return None
-    if raw.startswith("1970-01-01"):  # before EVENT_TIME's range
+    hour, minute, second = int(raw[11:13]), int(raw[14:16]), int(raw[17:19])
+    if hour > 23 or minute > 59 or second > 59:
         return None
-    day = _day_ms(raw[:10])
-    if day is None:  # a day the month does not have: the full rules say so
-        return None
-    _, _, _, hour, minute, second, fraction = match.groups()
-    clock = (int(hour) * 60 + int(minute)) * 60 + int(second)
     # Sub-milliseconds are dropped, as to_ms does: the first 3 digits of the fraction.
-    return day + clock * 1000 + (int(fraction[:3]) if fraction else 0)
+    millis = int(raw[20:23]) if len(raw) > 20 else 0
+    return day + ((hour * 60 + minute) * 60 + second) * 1000 + millis
 
 
 def parse_time(raw: Any, field: str, *, event_time: bool = True) -> int:
