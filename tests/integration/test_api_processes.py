@@ -182,5 +182,7 @@ def test_children_stop_when_their_parent_is_killed(stack: Stack) -> None:
     wait_until(
         lambda: not any(alive(pid) for pid in orphans), timeout=20, message="the children to stop"
     )
-    with socket.socket() as again:
-        again.bind(("127.0.0.1", port))  # nobody holds it any more
+    with socket.socket() as again:  # nobody listens on it any more (TIME_WAITs aside)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
