@@ -1,7 +1,10 @@
 """Serving the API process: the listening sockets, their limits, a log abuse cannot flood.
 
-``run_api(settings, host, port)`` serves ``create_app(settings)`` until SIGINT or
-SIGTERM, with
+``run_api(settings, host, port, processes)`` serves ``create_app(settings)`` until
+SIGINT or SIGTERM: in this process when ``processes`` (default ``api-processes``, one
+per core) is 1, else in that many child processes bound with ``SO_REUSEPORT`` under a
+supervising parent (``cdp.api.processes``). Each process runs the event loop
+``event-loop`` names (uvloop when installed, else asyncio's), with
 
 - aiohttp's own decompression off: handlers inflate bodies through
   ``cdp/api/body.py``, bounded by the body limit;
