@@ -27,6 +27,7 @@ from aiohttp import web
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
 from cdp.api.requests import json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
+from cdp.settings import Settings
 
 _size_encoder = msgspec.json.Encoder()
 MAX_BATCH_BYTES = 500 * 1024
@@ -129,7 +130,7 @@ async def single(request: web.Request) -> web.Response:
     body: dict[str, Any] = await json_body(request, settings.max_event_bytes, strict=True)
     source = _source(request, body.get("writeKey"))
     now = await request.app[CLOCK].now_ms()
-    event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, request)
+    event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, settings)
     await request.app[PUBLISHER].publish(event)
     return _success()
 
@@ -141,9 +142,8 @@ def _convert(
     sent_at: int | None,
     source: str,
     mode: str | None,
-    request: web.Request,
+    settings: Settings,
 ) -> Any:
-    settings = request.app[SETTINGS]
     event = to_stream_event(
         call,
         kind,
@@ -205,7 +205,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
                     _time(call.get("sentAt"), "sentAt") if call.get("sentAt") else sent_at,
                     source,
                     mode,
-                    request,
+                    settings,
                 )
             )
         except CallRejected as exc:
