@@ -1,6 +1,7 @@
 """Issue 10's table on this machine: the "3 runs, medians" driver of ``cdp bench``.
 
     python benchmarks/issue10.py [--quick] [--runs 3] [--only ROW ...]
+                                 [--api-processes N] [--event-loop auto|uvloop|asyncio]
                                  [--stack-root PATH] [--save FILE] [--before FILE]
                                  [--duration 12] [--drain 200000] [--profiles 10000]
                                  [--sustain-seconds 60] [--window-size 5s]
@@ -140,6 +141,10 @@ def run_row(
     env = dict(STACK_ENV)
     if args.window_size:
         env["CDP_WINDOW_SIZE"] = args.window_size
+    if args.api_processes is not None:
+        env["CDP_API_PROCESSES"] = str(args.api_processes)
+    if args.event_loop:
+        env["CDP_EVENT_LOOP"] = args.event_loop
     cluster = RootedCluster(args.stack_root, tmp / f"run{n}-{row}", WORKERS, "everysec", env)
     try:
         cluster.start()
@@ -209,6 +214,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sustain-steps", type=int, default=None, help="x1.5 each (6; --quick 2)")
     p.add_argument("--fresh-rate", type=float, default=0.0, help="default: sustained / 2")
     p.add_argument("--window-size", default=None, help="the stack's (default 5s; --quick 1s)")
+    p.add_argument(
+        "--api-processes", type=int, default=None, help="the stack's (default: one per core)"
+    )
+    p.add_argument(
+        "--event-loop", choices=("auto", "uvloop", "asyncio"), default=None, help="the stack's"
+    )
     args = p.parse_args(argv)
     q = args.quick
     args.runs = args.runs or (1 if q else 3)

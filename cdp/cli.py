@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     up.add_argument(
+        "--api-processes",
+        type=int,
+        default=None,
+        help="API processes on the port (default: the api-processes setting, one per core)",
+    )
+    up.add_argument(
         "--data-dir", default=".cdp-data", help="Redis data and AOF (default ./.cdp-data)"
     )
     up.add_argument(
@@ -52,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP API against CDP_REDIS_URL")
     api.add_argument("--port", type=int, default=8080)
     api.add_argument("--host", default="127.0.0.1")
+    api.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes serving the port, SO_REUSEPORT (default: api-processes, one per core)",
+    )
 
     worker = sub.add_parser("worker", help="run one worker against CDP_REDIS_URL")
     worker.add_argument(
@@ -190,7 +202,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> None:
     from cdp.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    run_api(settings, args.host, args.port)
+    if args.processes is not None and args.processes < 1:
+        raise SettingsError(f"--processes: must be at least 1, got {args.processes}")
+    run_api(settings, args.host, args.port, args.processes)
 
 
 # -- one function per command: (arguments, settings) -> exit status or None ----------
@@ -204,6 +218,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        api_processes=args.api_processes,
         data_dir=args.data_dir,
         redis_port=args.redis_port,
         config=args.config,

@@ -150,11 +150,49 @@ def is_blank(value: str) -> bool:
     return _NOT_BLANK.search(value) is None
 
 
+# What SDKs send nearly always: UTC, upper-case T and Z, no fraction or 3 or 6 digits,
+# a date inside both ranges (1970-01-02 to 9998-12-31). Such a string is read directly
+# (one regex, integers, the day's midnight cached); anything else, or a field out of
+# range, takes the full rules (parse_time_fully), which say what is wrong with it.
+_COMMON_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3}|\.[0-9]{6})?Z"
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_ms(date: str) -> int | None:
+    """``YYYY-MM-DD`` -> its midnight UTC in epoch ms, None outside the common range."""
+    if not "1970-01-02" <= date <= "9998-12-31":
+        return None
+    try:
+        return to_ms(datetime(int(date[:4]), int(date[5:7]), int(date[8:10]), tzinfo=UTC))
+    except ValueError:  # a day the month does not have
+        return None
+
+
+def _common_time(raw: str) -> int | None:
+    if _COMMON_TIME.fullmatch(raw) is None or (day := _day_ms(raw[:10])) is None:
+        return None
+    hour, minute, second = int(raw[11:13]), int(raw[14:16]), int(raw[17:19])
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    # Sub-milliseconds are dropped, as to_ms does: the first 3 digits of the fraction.
+    millis = int(raw[20:23]) if len(raw) > 20 else 0
+    return day + ((hour * 60 + minute) * 60 + second) * 1000 + millis
+
+
 def parse_time(raw: Any, field: str, *, event_time: bool = True) -> int:
     """An RFC 3339 time with a zone -> epoch ms; EventRejected names ``field`` and the rule.
 
     ``event_time``: within EVENT_TIME's range (an event's own time); else DATE_TIME's.
     """
+    if isinstance(raw, str) and (common := _common_time(raw)) is not None:
+        return common
+    return parse_time_fully(raw, field, event_time=event_time)
+
+
+def parse_time_fully(raw: Any, field: str, *, event_time: bool = True) -> int:
+    """``parse_time`` by the full rules, without its shortcut for the common form."""
     if not isinstance(raw, str):
         raise EventRejected(f"`{field}` must be an RFC 3339 time string like 2025-10-04T10:30:00Z")
     if _NAIVE.fullmatch(raw):

@@ -1,9 +1,11 @@
-"""``cdp up``: the local supervisor of an embedded Redis, one API and N workers.
+"""``cdp up``: the local supervisor of an embedded Redis, the API and N workers.
 
 The embedded ``redis-server`` (``cdp.embedded``) runs with AOF in ``data_dir``, unless
 ``CDP_REDIS_URL`` is set, in which case that Redis is used. The API and each worker are
 ``python -m cdp api|worker`` child processes, each in a session of its own so that a
-Ctrl-C in the terminal reaches only the supervisor. A child that exits is restarted
+Ctrl-C in the terminal reaches only the supervisor; the API process supervises
+``--api-processes`` (setting ``api-processes``) serving processes of its own on the
+port (``cdp.api.processes``). A child that exits is restarted
 after a second; if the embedded Redis exits, everything stops with status 1. On
 SIGINT or SIGTERM the children get SIGTERM (SIGKILL after 15 s), then Redis stops with
 SHUTDOWN, so everything acknowledged is on disk.
@@ -30,6 +32,7 @@ def run_local(
     port: int,
     workers: int,
     data_dir: str,
+    api_processes: int | None = None,
     redis_port: int | None,
     config: str | None,
 ) -> int:
@@ -46,7 +49,8 @@ def run_local(
     env = {**os.environ, "CDP_REDIS_URL": redis_url}
     if config:
         env["CDP_CONFIG"] = str(Path(config).resolve())
-    commands = {"api": ["api", "--host", host, "--port", str(port)]}
+    processes = settings.api_process_count if api_processes is None else api_processes
+    commands = {"api": ["api", "--host", host, "--port", str(port), "--processes", str(processes)]}
     for n in range(workers):
         commands[f"worker-{n + 1}"] = ["worker"]
     children = _Children(commands, env)
@@ -62,7 +66,8 @@ def run_local(
         children.start_all()
         print(
             f"cdp is up: API http://{host}:{port}  Redis {redis_url}"
-            f"  ({workers} workers{', data in ' + str(server.data_dir) if server else ''})",
+            f"  ({processes} API processes, {workers} workers"
+            f"{', data in ' + str(server.data_dir) if server else ''})",
             flush=True,
         )
         print(f"  try: redis-cli -u {redis_url} --scan --pattern 'cdp:profile:*'", flush=True)

@@ -10,6 +10,7 @@ the key, and the CLI stops with that message.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -108,6 +109,12 @@ class Settings:
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000
     max_connections: int = 10_000
+    # API processes serving one port (SO_REUSEPORT) under a supervising parent:
+    # 0 means one per core this process may run on (the CPU affinity mask).
+    api_processes: int = 0
+    # The API's event loop: "auto" (uvloop when it is installed, else asyncio's),
+    # "uvloop" (refused at start-up when it is not installed) or "asyncio".
+    event_loop: str = "auto"
     # Redis: a command not answered within redis-timeout fails (the API answers 503).
     redis_timeout_ms: int = 5_000
     # The live stream sends an SSE comment after this long without an event.
@@ -124,8 +131,17 @@ class Settings:
 
     @property
     def blocked_values(self) -> frozenset[str]:
-        extra = (v.strip().lower() for v in self.blocked_identifiers.split(","))
-        return BLOCKED_VALUES | frozenset(v for v in extra if v)
+        return _blocked_values(self.blocked_identifiers)
+
+    @property
+    def api_process_count(self) -> int:
+        """api-processes, 0 resolved to the cores this process may run on."""
+        if self.api_processes:
+            return self.api_processes
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def counter_window_ms(self) -> int:
@@ -173,7 +189,16 @@ _CHOICES = {
     "redis_appendfsync": ("everysec", "always"),
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("auto", "json", "console"),
+    "event_loop": ("auto", "uvloop", "asyncio"),
 }
+_NOT_NEGATIVE = {"api_processes"}
+
+
+@functools.lru_cache(maxsize=8)
+def _blocked_values(blocked_identifiers: str) -> frozenset[str]:
+    """Built once per distinct setting: the API asks for it for every event."""
+    extra = (v.strip().lower() for v in blocked_identifiers.split(","))
+    return BLOCKED_VALUES | frozenset(v for v in extra if v)
 
 
 def _external_name(field: str) -> str:
@@ -221,6 +246,8 @@ def _coerce(field: str, raw: Any) -> Any:
             raise SettingsError(f"{key}: {raw!r} is not one of {allowed}")
     if field in _POSITIVE and value <= 0:
         raise SettingsError(f"{key}: must be greater than zero, got {raw!r}")
+    if field in _NOT_NEGATIVE and value < 0:
+        raise SettingsError(f"{key}: must not be negative (0: one per core), got {raw!r}")
     return value
 
 

@@ -5,8 +5,8 @@ tracking, segments, webhooks, segment_stream, replay, profiles, erasure); the Re
 client, the publisher and the clock live in the app (``cleanup_ctx``);
 ``cdp/api/server.py`` serves it (bodies are read through ``cdp/api/body.py``, so it
 must be served with aiohttp's decompression off). Every request passes through
-``errors_middleware`` (here), then ``admin_auth`` (``cdp.api.auth``: the admin token
-for handlers marked ``@admin``).
+``errors_middleware`` (here), the only middleware, which first makes ``admin_auth``'s
+check (``cdp.api.auth``: the admin token for handlers marked ``@admin``).
 
 A request is answered 202 only after its events are stored; a client mistake is a
 4xx whose message names the field and the rule; Redis being unreachable is a 503 with
@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
-from cdp.api.auth import admin_auth
+from cdp.api.auth import check_admin_token, is_admin
 from cdp.api.erasure import add_erasure_routes
 from cdp.api.ingest import add_ingest_routes
 from cdp.api.profiles import add_profile_routes
@@ -66,6 +66,8 @@ async def errors_middleware(
     """Every failure as a JSON answer: ours ``{status, message}``, Segment's on /v1."""
     shape = segment_error if request.path.startswith("/v1/") else _error_for
     try:
+        if is_admin(request.match_info.handler):  # admin_auth's check, one layer less
+            check_admin_token(request)
         return await handler(request)
     except BodyTimeout as exc:  # a slow-loris body: answer, then hang up on it
         _note(request, "request body too slow; answered 408", path=request.path)
@@ -146,8 +148,9 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(json.loads(OPENAPI_PATH.read_text()))
 
 
-# Outermost first: a refusal of admin_auth is answered by errors_middleware.
-MIDDLEWARES = (errors_middleware, admin_auth)
+# errors_middleware makes admin_auth's check itself (a middleware layer costs every
+# request a wrapper), so a refusal of the admin token is answered like any error.
+MIDDLEWARES = (errors_middleware,)
 
 
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:

@@ -1,14 +1,15 @@
-"""The admin token: one middleware guards every handler marked ``@admin``.
+"""The admin token: one check guards every handler marked ``@admin``.
 
 An admin route (segments, webhooks, replay, the live segment stream, profiles,
 erasure, jobs, suppressions) is registered with a handler decorated ``@admin``.
-``admin_auth`` lets a request reach such a handler only with ``Authorization: Bearer
-<CDP_ADMIN_TOKEN>``, before the handler reads anything; without a token configured
+``check_admin_token`` lets a request reach such a handler only with ``Authorization:
+Bearer <CDP_ADMIN_TOKEN>``, before the handler reads anything; without a token configured
 every admin route answers 401, and write keys never open one. Unmarked routes
 (``POST /cdp/ingest``, ``/v1/*`` with their write keys, ``/healthz``, ``/readyz``,
 ``/metrics``, ``/openapi.json``) and requests that match no route (404, 405) pass
 untouched. The mark is on the handler, so the HEAD route aiohttp adds beside a GET
-is guarded with it.
+is guarded with it. ``cdp.api.app``'s errors middleware makes the check for every
+request; ``admin_auth`` is the same check as a middleware of its own.
 """
 
 from __future__ import annotations

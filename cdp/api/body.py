@@ -103,6 +103,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise EventTooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
     inflater = Inflater(request.headers.get("Content-Encoding", ""), limit)
+    if request.content.is_eof():  # the whole body came with the headers: no timer to arm
+        try:
+            body = inflater.feed(request.content.read_nowait(-1))
+        except ConnectionError:
+            raise ClientGone("the client closed the connection mid-body") from None
+        inflater.finish()
+        return body
     timeout_ms = request.app[SETTINGS].body_timeout_ms
     parts = []
     try:

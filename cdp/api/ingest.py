@@ -9,6 +9,8 @@ where the workers read it. Anyone may call it (no token), as the seed's API allo
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
@@ -27,7 +29,20 @@ async def ingest(request: web.Request) -> web.Response:
         blocked=settings.blocked_values,
     )
     await request.app[PUBLISHER].publish(event)
-    return web.json_response({"status": "accepted", "eventId": event.eventId}, status=202)
+    return accepted(event.eventId)
+
+
+_ACCEPTED_HEAD = b'{"status": "accepted", "eventId": '
+
+
+def accepted(event_id: str) -> web.Response:
+    """The 202, byte for byte what ``json_response`` wrote, without a dict to encode."""
+    return web.Response(
+        body=_ACCEPTED_HEAD + json.dumps(event_id).encode() + b"}",
+        status=202,
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 def add_ingest_routes(app: web.Application) -> None:

@@ -1,7 +1,10 @@
 """Serving the API process: the listening sockets, their limits, a log abuse cannot flood.
 
-``run_api(settings, host, port)`` serves ``create_app(settings)`` until SIGINT or
-SIGTERM, with
+``run_api(settings, host, port, processes)`` serves ``create_app(settings)`` until
+SIGINT or SIGTERM: in this process when ``processes`` (default ``api-processes``, one
+per core) is 1, else in that many child processes bound with ``SO_REUSEPORT`` under a
+supervising parent (``cdp.api.processes``). Each process runs the event loop
+``event-loop`` names (uvloop when installed, else asyncio's), with
 
 - aiohttp's own decompression off: handlers inflate bodies through
   ``cdp/api/body.py``, bounded by the body limit;
@@ -28,6 +31,7 @@ import errno
 import resource
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -35,6 +39,7 @@ from aiohttp import web
 
 from cdp.api.app import create_app
 from cdp.api.appkeys import TROUBLE
+from cdp.errors import SettingsError
 from cdp.logs import TroubleLog
 from cdp.settings import Settings
 
@@ -74,6 +79,12 @@ def connection_limit(settings: Settings) -> int:
     return max(1, min(settings.max_connections, (soft - reserve) // 2))
 
 
+def listen_addresses(host: str, port: int) -> list[tuple[int, Any]]:
+    """(family, address) of each socket to listen on for ``host``:``port``."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return [(family, address) for family, _, _, _, address in dict.fromkeys(infos)]
+
+
 class Listener:
     """Accepts connections for an aiohttp ``web.Server`` up to ``limit`` open ones."""
 
@@ -85,12 +96,11 @@ class Listener:
         self._starting: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
 
-    async def start(self, host: str, port: int) -> None:
-        infos = await self._loop.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        for family, _, _, _, address in dict.fromkeys(infos):
-            sock = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        for family, address in listen_addresses(host, port):
+            sock = socket.create_server(
+                address, family=family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
+            )
             sock.setblocking(False)
             self.sockets.append(sock)
             self._loop.add_reader(sock, self._accept, sock)
@@ -151,7 +161,7 @@ def _loop_exception_handler(trouble: TroubleLog) -> Any:
     return handle
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+async def serve(settings: Settings, host: str, port: int, reuse_port: bool = False) -> None:
     app = create_app(settings)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception_handler(app[TROUBLE]))
@@ -169,14 +179,52 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        await listener.start(host, port)
-        log.info("api listening", host=host, port=port, max_connections=listener.limit)
+        await listener.start(host, port, reuse_port)
+        log.info(
+            "api listening",
+            host=host,
+            port=port,
+            max_connections=listener.limit,
+            event_loop=type(loop).__module__.partition(".")[0],
+        )
         await stopping.wait()
     finally:
         listener.close()
         await runner.cleanup()
 
 
-def run_api(settings: Settings, host: str, port: int) -> None:
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``event-loop`` asks for: uvloop's, or None for asyncio's own."""
+    if settings.event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            raise SettingsError(
+                "event-loop: uvloop is not installed (pip install uvloop), "
+                "or set event-loop = asyncio"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def serve_forever(settings: Settings, host: str, port: int, reuse_port: bool = False) -> None:
+    """One API process: serve until SIGINT or SIGTERM, on the configured event loop."""
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(serve(settings, host, port, reuse_port))
+
+
+def run_api(settings: Settings, host: str, port: int, processes: int | None = None) -> None:
+    """Serve the API with ``processes`` (default: api-processes) processes on one port."""
     raise_descriptor_limit()
-    asyncio.run(serve(settings, host, port))
+    loop_factory(settings)  # a bad event-loop stops start-up here, not in each process
+    count = settings.api_process_count if processes is None else processes
+    if count > 1 and port == 0:
+        raise SettingsError("api-processes: several processes need a fixed port, not 0")
+    if count <= 1:
+        serve_forever(settings, host, port)
+    else:
+        from cdp.api.processes import supervise
+
+        supervise(settings, host, port, count)

@@ -21,12 +21,15 @@ import binascii
 import json
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
 from cdp.api.requests import json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
+from cdp.settings import Settings
 
+_size_encoder = msgspec.json.Encoder()
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_ITEMS = 2500
 CORS = {
@@ -39,6 +42,16 @@ CORS = {
 
 def _answer(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(body, status=status, headers=CORS)
+
+
+_SUCCESS = json.dumps({"success": True}).encode()
+
+
+def _success() -> web.Response:
+    """``_answer({"success": True})``, its bytes encoded once."""
+    return web.Response(
+        body=_SUCCESS, content_type="application/json", charset="utf-8", headers=CORS
+    )
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -99,8 +112,9 @@ def _source(request: web.Request, body_key: Any) -> str:
 
 
 def _check_size(call: Any, limit: int) -> None:
+    """The call's size as compact UTF-8 JSON (msgspec's, as the stream stores it)."""
     try:
-        size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
+        size = len(_size_encoder.encode(call))
     except UnicodeEncodeError:
         raise CallRejected("a string holds a lone UTF-16 surrogate (cut emoji?)") from None
     if size > limit:
@@ -116,9 +130,9 @@ async def single(request: web.Request) -> web.Response:
     body: dict[str, Any] = await json_body(request, settings.max_event_bytes, strict=True)
     source = _source(request, body.get("writeKey"))
     now = await request.app[CLOCK].now_ms()
-    event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, request)
+    event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, settings)
     await request.app[PUBLISHER].publish(event)
-    return _answer({"success": True})
+    return _success()
 
 
 def _convert(
@@ -128,9 +142,8 @@ def _convert(
     sent_at: int | None,
     source: str,
     mode: str | None,
-    request: web.Request,
+    settings: Settings,
 ) -> Any:
-    settings = request.app[SETTINGS]
     event = to_stream_event(
         call,
         kind,
@@ -192,7 +205,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
                     _time(call.get("sentAt"), "sentAt") if call.get("sentAt") else sent_at,
                     source,
                     mode,
-                    request,
+                    settings,
                 )
             )
         except CallRejected as exc:
@@ -204,10 +217,9 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
             )
     if events:
         await request.app[PUBLISHER].publish_many(events)
-    answer: dict[str, Any] = {"success": True}
-    if rejected:
-        answer["rejected"] = rejected
-    return _answer(answer)
+    if not rejected:
+        return _success()
+    return _answer({"success": True, "rejected": rejected})
 
 
 async def preflight(request: web.Request) -> web.Response:

@@ -80,6 +80,8 @@ def _string(call: dict[str, Any], field: str) -> str | None:
     value = call.get(field)
     if value is None:
         return None
+    if type(value) is str and len(value) <= MAX_ID:  # the usual case, checked first
+        return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         # SDKs happily send numeric ids: used as their decimal text, within the numbers
         # JavaScript holds exactly, where 5.0 is 5 (and -0.0 is 0).

@@ -2,7 +2,8 @@
 
 Every part is a real process the nemesis can kill, stop and restart: redis-server
 with AOF on its own data directory (restarted on the same directory and port, so it
-loads the AOF back), ``cdp api`` on a fixed port (restarted on it), and ``cdp worker``
+loads the AOF back), ``cdp api`` on a fixed port (restarted on it; a signal reaches
+its process group, so every serving process of ``api-processes``), and ``cdp worker``
 processes (a restarted worker gets a new id, as a new pod would). Each process logs
 to ``<run dir>/logs``. The settings of every process come from ``env``, a dict of
 ``CDP_*`` variables; nothing of the caller's environment leaks in.
@@ -86,7 +87,10 @@ class Cluster:
         assert proc is not None and proc.poll() is None, f"{name} is not running"
         if sig == signal.SIGKILL:
             self.down.add(name)
-        proc.send_signal(sig)
+        if name == "api":  # the parent and its serving processes (api-processes) alike
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         if sig == signal.SIGKILL:
             proc.wait(timeout=15)
 

@@ -44,6 +44,9 @@ class Stack:
         "CDP_LEASE_TTL": "1s",
         "CDP_LOG_FORMAT": "json",
         "CDP_LOG_LEVEL": "info",
+        # One API process (its connection cap and its log are the tests' subject);
+        # tests/integration/test_api_processes.py runs several.
+        "CDP_API_PROCESSES": "1",
     }
 
     def __init__(

@@ -15,8 +15,11 @@ from cdp.events import (
     MAX_TS_MS,
     MIN_TS_MS,
     StreamEvent,
+    _common_time,
     decode_ingest,
     iso_ms,
+    parse_time,
+    parse_time_fully,
     stream_decoder,
     stream_encoder,
 )
@@ -319,3 +322,40 @@ def test_iso_ms_equals_the_datetime_formatting_it_caches(ms: int) -> None:
 def test_iso_ms_at_the_ends_of_the_range() -> None:
     assert iso_ms(MIN_TS_MS) == "1970-01-01T00:00:00.000Z"
     assert iso_ms(MAX_TS_MS) == "9999-12-31T23:59:59.999Z"
+
+
+# -- parse_time's shortcut for the common form (cdp.events._common_time) -------------
+
+_DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=7)
+_TIMES = st.builds(
+    lambda y, mo, d, t, h, mi, s, frac, zone: f"{y}-{mo}-{d}{t}{h}:{mi}:{s}{frac}{zone}",
+    st.sampled_from(["1970", "1971", "0001", "1969", "2025", "9998", "9999", "999", "20250"]),
+    st.sampled_from(["01", "02", "04", "12", "13", "00", "1"]),
+    st.sampled_from(["01", "02", "28", "29", "30", "31", "32", "00"]),
+    st.sampled_from(["T", "t", " "]),
+    st.sampled_from(["00", "09", "23", "24"]),
+    st.sampled_from(["00", "59", "60"]),
+    st.sampled_from(["00", "59", "60", "5"]),
+    st.one_of(st.just(""), _DIGITS.map(lambda d: "." + d), st.just(".")),
+    st.sampled_from(["Z", "z", "+00:00", "-05:30", ""]),
+)
+
+
+def _outcome(parse: Any, raw: str, event_time: bool) -> object:
+    try:
+        return parse(raw, "ts", event_time=event_time)
+    except EventRejected as exc:
+        return ("rejected", str(exc))
+
+
+@given(raw=_TIMES, event_time=st.booleans())
+def test_parse_time_answers_as_the_full_rules_do(raw: str, event_time: bool) -> None:
+    """The shortcut changes nothing: the same milliseconds, the same refusal."""
+    assert _outcome(parse_time, raw, event_time) == _outcome(parse_time_fully, raw, event_time)
+
+
+def test_parse_time_takes_the_shortcut_for_the_common_forms() -> None:
+    for raw in ("2025-10-04T10:30:00Z", "2025-10-04T10:30:00.123Z", "2025-10-04T10:30:00.123456Z"):
+        assert _common_time(raw) == parse_time_fully(raw, "ts")
+    for raw in ("1970-01-01T00:00:00Z", "2025-02-30T00:00:00Z", "2025-10-04T10:30:00+00:00"):
+        assert _common_time(raw) is None

@@ -193,3 +193,33 @@ def test_redis_appendfsync_is_everysec_unless_always():
     assert load_settings(env={"CDP_REDIS_APPENDFSYNC": "Always"}).redis_appendfsync == "always"
     with pytest.raises(SettingsError, match="redis-appendfsync"):
         load_settings(env={"CDP_REDIS_APPENDFSYNC": "no"})
+
+
+def test_api_processes_default_is_one_per_core_of_the_affinity_mask() -> None:
+    import os
+
+    assert load_settings(env={}).api_processes == 0
+    assert load_settings(env={}).api_process_count == len(os.sched_getaffinity(0))
+    assert load_settings(env={"CDP_API_PROCESSES": "3"}).api_process_count == 3
+    with pytest.raises(SettingsError, match="api-processes: must not be negative"):
+        load_settings(env={"CDP_API_PROCESSES": "-1"})
+
+
+def test_event_loop_is_uvloop_when_installed_unless_asyncio_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    import uvloop
+
+    from cdp.api.server import loop_factory
+
+    assert loop_factory(load_settings(env={})) is uvloop.new_event_loop
+    assert loop_factory(load_settings(env={"CDP_EVENT_LOOP": "uvloop"})) is uvloop.new_event_loop
+    assert loop_factory(load_settings(env={"CDP_EVENT_LOOP": "asyncio"})) is None
+    with pytest.raises(SettingsError, match="event-loop: 'trio' is not one of"):
+        load_settings(env={"CDP_EVENT_LOOP": "trio"})
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_factory(load_settings(env={})) is None
+    with pytest.raises(SettingsError, match="event-loop: uvloop is not installed"):
+        loop_factory(load_settings(env={"CDP_EVENT_LOOP": "uvloop"}))
