@@ -98,6 +98,7 @@ class RootedCluster(Cluster):
     def __init__(self, root: Path | None, *args: Any) -> None:
         super().__init__(*args)
         self.root = root
+        self.cwd = root
 
     @property
     def env(self) -> dict[str, str]:
@@ -105,23 +106,6 @@ class RootedCluster(Cluster):
         if self.root is not None:
             env["PYTHONPATH"] = str(self.root)
         return env
-
-    def spawn(self, name: str) -> subprocess.Popen[bytes]:
-        if self.root is None:
-            return super().spawn(name)
-        args = ["api", "--port", str(self.api_port)] if name == "api" else ["worker"]
-        self._spawned += 1
-        with open(self.log_dir / f"{self._spawned:03d}-{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cdp", *args],
-                env=self.env,
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[name] = proc
-        return proc
 
 
 def bench_args(args: argparse.Namespace, row: str, sustained: float | None) -> list[str]:

@@ -35,6 +35,7 @@ class Cluster:
         self.down: set[str] = set()  # killed on purpose, not yet restarted
         self._settings_env = env
         self._spawned = 0
+        self.cwd: Path | None = None  # where `cdp api` / `cdp worker` run (None: here)
 
     @property
     def api_url(self) -> str:
@@ -59,6 +60,7 @@ class Cluster:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "cdp", *args],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C of `cdp chaos` reaches only the runner
