@@ -25,8 +25,10 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.integration
 
 LIVE = {"clock": "system", "window_size": "500ms", "write_keys": "bk=bench", "admin_token": "adm"}
+# The drain is big enough for the workers' CPU to show in /proc (10 ms ticks): 3,000
+# events at ~40 us each.
 TINY = [
-    *("--duration", "1", "--concurrency", "4", "--processes", "2", "--drain", "500"),
+    *("--duration", "1", "--concurrency", "4", "--processes", "2", "--drain", "3000"),
     *("--sustain-seconds", "4", "--sustain-start", "1000", "--sustain-steps", "2"),
     *("--calls", "10"),
     *("--fresh-seconds", "3", "--profiles", "150"),
