@@ -13,7 +13,10 @@ canonical id's tag, every partition stream its own)::
     cdp:events:dead                      stream, events the apply script failed on
     cdp:replayed:<dropped|dead>          zset, record id -> its ms: records replayed
     cdp:workers                          zset, worker id -> heartbeat expiry (ms)
-    cdp:metrics                          hash, counter name -> value (all processes)
+    cdp:metrics:{p<N>}                   hash, counter name -> value, partition N's share
+                                         (summed over the partitions on read)
+    cdp:metrics                          hash, the same counters before they were per
+                                         partition (read, added to the sum, never written)
     cdp:metrics:buffered                 hash, worker id -> events in its buffer
     cdp:seq:profile                      string, last canonical profile number issued
     cdp:identifier:{<type>:<value>}      string, identifier -> canonical id
@@ -59,7 +62,7 @@ GROUP = "cdp-workers"
 DROPPED = f"{PREFIX}:events:dropped"
 DEAD = f"{PREFIX}:events:dead"
 WORKERS = f"{PREFIX}:workers"
-METRICS = f"{PREFIX}:metrics"
+METRICS = f"{PREFIX}:metrics"  # legacy: counters before per-partition keys (read only)
 METRICS_BUFFERED = f"{PREFIX}:metrics:buffered"
 PROFILE_SEQ = f"{PREFIX}:seq:profile"
 MERGES = f"{PREFIX}:merges"
@@ -94,6 +97,11 @@ def partition_tag(partition: int) -> str:
 
 def stream(partition: int) -> str:
     return f"{PREFIX}:events:{partition_tag(partition)}"
+
+
+def metrics(partition: int) -> str:
+    """Partition N's share of the counters, in its slot: no key is written by every call."""
+    return f"{PREFIX}:metrics:{partition_tag(partition)}"
 
 
 def lease(partition: int) -> str:

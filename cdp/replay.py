@@ -300,7 +300,7 @@ async def _queue_replay(
         pipe,
         stream=keys.stream(record.partition(settings)),
         marks=marks,
-        metrics=keys.METRICS,
+        metrics=keys.metrics(record.partition(settings)),
         record_id=record.record_id,
         record_ms=record.record_id.split("-")[0],
         event=body,

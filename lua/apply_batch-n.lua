@@ -56,7 +56,7 @@
 
   KEYS[1]  partition stream                       cdp:events:{pN}
   KEYS[2]  partition lease                        cdp:lease:{pN}
-  KEYS[3]  metrics hash                           cdp:metrics
+  KEYS[3]  the partition's metrics hash               cdp:metrics:{pN}
   KEYS[4]  legacy dedup hash, current bucket      cdp:dedup:{pN}:<b>    (read only)
   KEYS[5]  legacy dedup hash, previous bucket     cdp:dedup:{pN}:<b-1>  (read only)
   KEYS[4+2s], KEYS[5+2s]  for s = 1, 2... (the shards the batch uses, variable count)

@@ -11,19 +11,19 @@
   a script's first write, never a later one, and a key of the wrong type is found
   before the first XADD.
 
-  The key count varies (hence -n): one stream key per entry.
+  The key count varies (hence -n): two keys per entry, both in its partition's slot, so
+  a request touching one partition is a one-slot call (Redis Cluster; docs/cluster.md).
 
-  KEYS[1]       metrics hash                              cdp:metrics
-  KEYS[1 + i]   partition stream of the i-th entry        cdp:events:{pN}
-  ARGV[1]       the number of events (what `accepted` grows by)
-  ARGV[2i]      the i-th entry's field: "e" or "b"
-  ARGV[2i + 1]  the i-th entry's value
+  KEYS[2i - 1]  partition stream of the i-th entry        cdp:events:{pN}
+  KEYS[2i]      that partition's metrics hash             cdp:metrics:{pN}
+  ARGV[3i - 2]  the i-th entry's field: "e" or "b"
+  ARGV[3i - 1]  the i-th entry's value
+  ARGV[3i]      the number of events in it (what `accepted` grows by)
 
   Returns the stream entry ids, in the order of the entries; a WRONGTYPE error, with
   nothing written, when a key holds another type than the one it should.
 ]]
 local rcall = redis.call
-local metrics = KEYS[1]
 local checked = {}
 local function expect(key, wanted)
   if checked[key] then return nil end
@@ -33,14 +33,16 @@ local function expect(key, wanted)
     return "WRONGTYPE " .. key .. " holds a " .. kind .. ", not a " .. wanted
   end
 end
-local wrong = expect(metrics, "hash")
-for i = 2, #KEYS do
-  wrong = wrong or expect(KEYS[i], "stream")
+local wrong
+for i = 1, #KEYS, 2 do
+  wrong = wrong or expect(KEYS[i], "stream") or expect(KEYS[i + 1], "hash")
 end
 if wrong then return redis.error_reply(wrong) end
 local ids = {}
-for i = 2, #KEYS do
-  ids[i - 1] = rcall("XADD", KEYS[i], "*", ARGV[2 * (i - 1)], ARGV[2 * (i - 1) + 1])
+for i = 1, #KEYS / 2 do
+  ids[i] = rcall("XADD", KEYS[2 * i - 1], "*", ARGV[3 * i - 2], ARGV[3 * i - 1])
 end
-rcall("HINCRBY", metrics, "accepted", ARGV[1])
+for i = 1, #KEYS / 2 do
+  rcall("HINCRBY", KEYS[2 * i], "accepted", ARGV[3 * i])
+end
 return ids

@@ -5,7 +5,7 @@
 
   KEYS[1]  partition stream            cdp:events:{pN}
   KEYS[2]  replayed marks of the source cdp:replayed:dropped | cdp:replayed:dead
-  KEYS[3]  metrics hash                cdp:metrics
+  KEYS[3]  its partition's metrics hash cdp:metrics:{pN}
 
   ARGV[1]  record id (in cdp:events:dropped or cdp:events:dead)
   ARGV[2]  the record's time, ms (the mark's score: marks older than the source

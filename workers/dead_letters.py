@@ -61,7 +61,7 @@ class DeadLetters:
                     pipe.xack(keys.stream(partition), keys.GROUP, eid)
             n = sum(1 for d in dropped if d.event is not None)
             if n:
-                pipe.hincrby(keys.METRICS, "dropped", n)
+                pipe.hincrby(keys.metrics(partition), "dropped", n)
             await pipe.execute()
         self.state.stats["dropped"] += len(dropped)
 

@@ -121,17 +121,17 @@ class Reader:
             events_read += len(events)
             if len(events) == 1:
                 raw = (fields or {}).get(b"e")
-                count += self._buffer_one(buffer, eid, events[0], claimed, dropped, raw)
+                count += self._buffer_one(partition, buffer, eid, events[0], claimed, dropped, raw)
                 continue
             drops: list[Dropped] = []
             pushed = 0
             seen: set[str] = set()
             for event in events:
                 if event.eventId in seen:  # twice in one request: the second is a duplicate
-                    state.unflushed["dedup_hits"] += 1
+                    state.unflushed[partition, "dedup_hits"] += 1
                     continue
                 seen.add(event.eventId)
-                pushed += self._buffer_one(buffer, eid, event, claimed, drops)
+                pushed += self._buffer_one(partition, buffer, eid, event, claimed, drops)
             # The entry is acknowledged with its dropped events only when none was buffered.
             dropped += [d._replace(ack=not pushed) for d in drops]
             if pushed:
@@ -148,6 +148,7 @@ class Reader:
 
     def _buffer_one(
         self,
+        partition: int,
         buffer: PartitionBuffer[StreamEvent],
         eid: str,
         event: StreamEvent,
@@ -173,5 +174,5 @@ class Reader:
             )
             return 0
         if arrival is Arrival.LATE and not claimed:
-            state.unflushed["late"] += 1
+            state.unflushed[partition, "late"] += 1
         return int(buffer.push(event.ts, event.eventId, eid, event))

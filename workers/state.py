@@ -46,7 +46,7 @@ class WorkerState:
         self.events_per_entry = 1.0  # a running mean, to size reads in entries
         self.reserved = 0  # room promised to a read under way
         self.stats: Counter[str] = Counter()  # for the summary line at stop
-        self.unflushed: Counter[str] = Counter()  # metrics for the next tick's round trip
+        self.unflushed: Counter[tuple[int, str]] = Counter()  # (partition, metric) -> to add
         self.stopping = asyncio.Event()
         self.has_room = asyncio.Event()
         self.has_room.set()

@@ -211,15 +211,16 @@ class Ticker:
                         suspects.append((p, chunk, f"cannot encode the batch: {exc}"))
                         continue
                     calls.append((p, chunk))
-            for name, value in state.unflushed.items():
-                pipe.hincrby(keys.METRICS, name, value)
+            for (p, name), value in state.unflushed.items():
+                pipe.hincrby(keys.metrics(p), name, value)
             pipe.hset(keys.METRICS_BUFFERED, state.worker_id, state.buffered)
             try:
                 replies = await pipe.execute(raise_on_error=False)
             except RedisError:
                 state.requeue(calls + [(p, chunk) for p, chunk, _ in suspects])
                 raise
-        state.stats.update(state.unflushed)
+        for (_, name), value in state.unflushed.items():
+            state.stats[name] += value
         state.unflushed.clear()
         applied = 0
         for (p, chunk), reply in zip(calls, replies, strict=False):

@@ -135,7 +135,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    values = await read_metrics(request.app[REDIS])
+    values = await read_metrics(request.app[REDIS], request.app[SETTINGS].partitions)
     return web.Response(
         text=render_prometheus(values),
         content_type="text/plain",

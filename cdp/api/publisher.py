@@ -1,22 +1,22 @@
 """Coalesced publishing: concurrent requests share one pipeline round trip.
 
 ``publish_many(events)`` resolves once Redis has stored the request's events in their
-partition streams and counted them in ``accepted``, or raises the Redis error that
-kept them out. A request makes one entry per partition it touches (``entries``):
-field ``e`` = the event's JSON when that partition gets one event, field ``b`` = a
-JSON array of its events, in the request's order, when it gets several; each event
-is answered with the id of the entry that holds it (several may share one). Each request is
-one call of ``lua/publish-n.lua``, so its events are stored and counted together or
-not at all (under OOM too), and its answer is its own script's reply: one failing
-request never fails another. Requests arriving while a pipeline is in flight are
-queued and sent together in the next one, so a burst costs a few round trips.
+partition streams and counted them in ``accepted`` (each partition's metrics hash), or
+raises the Redis error that kept them out. A request makes one entry per partition it
+touches (``entries``): field ``e`` = the event's JSON when that partition gets one
+event, field ``b`` = a JSON array of its events, in the request's order, when it gets
+several; each event is answered with the id of the entry that holds it (several may
+share one). Each request is one call of ``lua/publish-n.lua``, so its events are stored
+and counted together or not at all (under OOM too), and its answer is its own script's
+reply: one failing request never fails another. Requests arriving while a pipeline is in
+flight are queued and sent together in the next one, so a burst costs a few round trips.
 
-When a round trip fails as a whole (timeout, connection lost), what Redis did with
-that pipeline is unknown: its requests fail with ``OutcomeUnknown`` (the API answers
-504: retry with the same id), unless the connection was never made (the Redis error:
-503, nothing stored). Redis is not answering, so the requests queued behind it fail at
-once, unsent, with the Redis error (503), instead of each waiting out the same timeout
-in turn. So while Redis hangs every request is answered within about ``redis-timeout``.
+When a round trip fails as a whole (timeout, connection lost), what Redis did with that
+pipeline is unknown: its requests fail with ``OutcomeUnknown`` (the API answers 504:
+retry with the same id), unless the connection was never made (the Redis error: 503,
+nothing stored). Redis is not answering, so the requests queued behind it fail at once,
+unsent, with the Redis error (503), instead of each waiting out the same timeout in
+turn. So while Redis hangs every request is answered within about ``redis-timeout``.
 """
 
 from __future__ import annotations
@@ -77,11 +77,19 @@ class _Request:
         return len(self.entries.of_event)
 
     def queue_on(self, pipe: Any, sha: str) -> None:
-        """EVALSHA publish-n: KEYS = metrics hash + one stream per entry, ARGV = the
-        number of events, then each entry's field and value."""
-        streams = [keys.stream(p) for p in self.entries.partitions]
-        args = [a for field in self.entries.fields for a in field]
-        pipe.evalsha(sha, 1 + len(streams), keys.METRICS, *streams, self.size, *args)
+        """EVALSHA publish-n: KEYS = each entry's stream and its partition's metrics
+        hash, ARGV = each entry's field, value and number of events."""
+        counts = [0] * len(self.entries.partitions)
+        for i in self.entries.of_event:
+            counts[i] += 1
+        names: list[str] = []
+        args: list[Any] = []
+        for p, (field, value), n in zip(
+            self.entries.partitions, self.entries.fields, counts, strict=True
+        ):
+            names += (keys.stream(p), keys.metrics(p))
+            args += (field, value, n)
+        pipe.evalsha(sha, len(names), *names, *args)
 
     def settle(self, reply: Any) -> None:
         if self.answer.done():  # its waiter was cancelled

@@ -23,6 +23,7 @@ from cdp import keys
 from cdp.bench.workload import Spec, body
 from cdp.clock import wall_ms
 from cdp.errors import BenchError
+from cdp.metrics import counters
 from cdp.settings import Settings
 from cdp.streams import text
 
@@ -74,10 +75,10 @@ async def send_all(url: str, specs: Sequence[Spec], concurrency: int) -> dict[st
     }  # fmt: skip
 
 
-async def done_count(redis: Redis) -> tuple[int, int]:
-    """(processed + dedup_hits + dropped, late) from cdp:metrics."""
-    values = await redis.hmget(keys.METRICS, ["processed", "dedup_hits", "dropped", "late"])
-    *done, late = (int(v or 0) for v in values)
+async def done_count(redis: Redis, partitions: int) -> tuple[int, int]:
+    """(processed + dedup_hits + dropped, late), summed over the partitions."""
+    values = await counters(redis, partitions, ("processed", "dedup_hits", "dropped", "late"))
+    *done, late = values.values()
     return sum(done), late
 
 
@@ -85,18 +86,18 @@ async def send_and_wait(
     redis: Redis, url: str, specs: Sequence[Spec], concurrency: int, s: Settings, workers: int
 ) -> dict[str, Any]:
     """``send_all``, then (with a live worker) wait until every accepted event is done."""
-    before, late_before = await done_count(redis)
+    before, late_before = await done_count(redis, s.partitions)
     out = await send_all(url + "/cdp/ingest", specs, concurrency)
     start, last_accept = out.pop("start"), out.pop("last_accept")
     if not workers or not out["accepted"]:
         return out
     deadline = time.perf_counter() + 120 + s.window_size_ms / 1000
-    while (done := (await done_count(redis))[0] - before) < out["accepted"]:
+    while (done := (await done_count(redis, s.partitions))[0] - before) < out["accepted"]:
         if time.perf_counter() > deadline:
             print(f"cdp bench: timed out: {done} of {out['accepted']} events done")
             break
         await asyncio.sleep(0.02)
-    end, late = time.perf_counter(), (await done_count(redis))[1] - late_before
+    end, late = time.perf_counter(), (await done_count(redis, s.partitions))[1] - late_before
     out.update(e2e_done=done, late=late, e2e_seconds=round(end - start, 2))
     out.update(e2e_eps=round(done / (end - start)), drain_s=round(end - last_accept, 2))
     return out

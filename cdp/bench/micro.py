@@ -189,11 +189,11 @@ async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> di
     }
 
 
-async def lua_time(redis: Redis, merges: str) -> tuple[int, int, int]:
+async def lua_time(redis: Redis, merges: str, partitions: int) -> tuple[int, int, int]:
     """(usec spent in EVALSHA since the server started, as Redis counts it; records in
     ``merges``; events the workers have done): read before and after a measurement."""
     stats = (await redis.info("commandstats")).get("cmdstat_evalsha", {})
-    done, _ = await done_count(redis)
+    done, _ = await done_count(redis, partitions)
     return int(stats.get("usec", 0)), await redis.xlen(merges), done
 
 
@@ -205,9 +205,9 @@ async def merge_cost(redis: Redis, s: Settings, prefix: str, run: str, n: int) -
     out, merges = dict[str, float](), f"{prefix}:merges"
     for kind, specs, records in (("merge", merging, n), ("link", linking, 0)):
         batch = await apply.pending([stream_event(spec, s) for spec in specs])
-        usec0, len0, done0 = await lua_time(redis, merges)
+        usec0, len0, done0 = await lua_time(redis, merges, s.partitions)
         _, applied = await apply.run(batch, s.batch_size)
-        usec1, len1, done1 = await lua_time(redis, merges)
+        usec1, len1, done1 = await lua_time(redis, merges, s.partitions)
         if applied != n or len1 - len0 != records:
             print(
                 f"cdp bench: warning: {kind} ALIAS: {applied} of {n} applied,"

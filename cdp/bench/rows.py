@@ -42,7 +42,6 @@ import aiohttp
 import msgspec
 from redis.asyncio import Redis
 
-from cdp import keys
 from cdp.api.publisher import Publisher
 from cdp.bench.loadgen import Load, generate
 from cdp.bench.micro import TRIVIAL_LUA, memory, timed
@@ -50,20 +49,24 @@ from cdp.bench.workload import stream_event, workload
 from cdp.clock import wall_ms
 from cdp.errors import BenchError
 from cdp.events import iso_ms
+from cdp.metrics import counters
 from cdp.settings import Settings
 
 
-async def metric(redis: Redis, *names: str) -> list[int]:
-    return [int(v or 0) for v in await redis.hmget(keys.METRICS, list(names))]
+async def metric(redis: Redis, partitions: int, *names: str) -> list[int]:
+    """The counters ``names``, summed over the partitions' metrics hashes."""
+    return list((await counters(redis, partitions, names)).values())
 
 
-async def done(redis: Redis) -> int:
-    return sum(await metric(redis, "processed", "dedup_hits", "dropped"))
+async def done(redis: Redis, partitions: int) -> int:
+    return sum(await metric(redis, partitions, "processed", "dedup_hits", "dropped"))
 
 
-async def backlog(redis: Redis) -> int:
+async def backlog(redis: Redis, partitions: int) -> int:
     """accepted - processed - dedup_hits - dropped (publish-n.lua counts in accepted too)."""
-    accepted, *rest = await metric(redis, "accepted", "processed", "dedup_hits", "dropped")
+    accepted, *rest = await metric(
+        redis, partitions, "accepted", "processed", "dedup_hits", "dropped"
+    )
     return accepted - sum(rest)
 
 
@@ -79,10 +82,10 @@ async def ingest(redis: Redis, load: Load) -> dict[str, Any]:
     return client_figures("ingest", got)
 
 
-async def batch(redis: Redis, load: Load) -> dict[str, Any]:
-    before = (await metric(redis, "accepted"))[0]
+async def batch(redis: Redis, load: Load, partitions: int) -> dict[str, Any]:
+    before = (await metric(redis, partitions, "accepted"))[0]
     got = await asyncio.to_thread(generate, load)
-    accepted = (await metric(redis, "accepted"))[0] - before
+    accepted = (await metric(redis, partitions, "accepted"))[0] - before
     out = client_figures("batch", got)
     out["batch_eps"] = round(accepted / got["seconds"]) if got["seconds"] else 0
     return out
@@ -156,19 +159,20 @@ async def drain(
     t0 = wall_ms() + 2_000 + n // 10
     events = [msgspec.structs.replace(ev, ts=t0, receivedAt=t0) for ev in events]
     pids = list(worker_pids) or find_workers(s.redis_url)
-    base, started = await done(redis), wall_ms()  # (the caller waited for a drained stack)
+    base = await done(redis, s.partitions)  # (the caller waited for a drained stack)
+    started = wall_ms()
     await publish(s.redis_url, s.partitions, events)
     published = wall_ms()
     notes = [f"drain: {n} events published in {(published - started) / 1000:.1f} s, ts = T0"]
     if published > t0:
         notes.append("drain: warning: the publishing ended after T0: raise the lead")
     await asyncio.sleep(max(0.0, (t0 + s.window_size_ms - wall_ms()) / 1000))
-    if await done(redis) != base:
+    if await done(redis, s.partitions) != base:
         notes.append("drain: warning: events were applied before T0 + window-size")
     cpu0, stats0, start = await redis_cpu(redis), await commandstats(redis), time.perf_counter()
     work0 = sum(proc_cpu(p) for p in pids)
     deadline = start + 600
-    while (applied := await done(redis) - base) < n:
+    while (applied := await done(redis, s.partitions) - base) < n:
         if time.perf_counter() > deadline:
             raise BenchError(f"drain: {applied} of {n} events applied after 600 s")
         await asyncio.sleep(0.01)
@@ -215,20 +219,22 @@ def growth(points: Sequence[tuple[float, int]], span: float) -> tuple[float, int
     return (last - first) / max(t1 - t0 - span, 1e-3), first, last
 
 
-async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[str, Any]:
+async def paced(
+    redis: Redis, partitions: int, load: Load, settle_s: float, span: float
+) -> dict[str, Any]:
     """Run ``load`` (paced) while sampling the backlog; its growth after ``settle_s``
     (the window fills up first) and the accepted rate."""
     points: list[tuple[float, int]] = []
-    accepted0 = (await metric(redis, "accepted"))[0]
+    accepted0 = (await metric(redis, partitions, "accepted"))[0]
     task = asyncio.create_task(asyncio.to_thread(generate, load))
     start = time.perf_counter()
     while not task.done():
         now = time.perf_counter() - start
         if now >= settle_s:
-            points.append((now, await backlog(redis)))
+            points.append((now, await backlog(redis, partitions)))
         await asyncio.sleep(0.05)
     got = await task
-    accepted = (await metric(redis, "accepted"))[0] - accepted0
+    accepted = (await metric(redis, partitions, "accepted"))[0] - accepted0
     # accepted per second of the schedule (the last requests may end after it)
     rate, first, last = growth(points, span)
     return {"growth": rate, "lows": (first, last), "eps": accepted / load.seconds, "got": got}
@@ -239,11 +245,11 @@ async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
     (the workers flush their counts each tick)."""
     deadline = time.perf_counter() + timeout
     stuck = (s.window_size_ms + 3 * s.ticker_interval_ms) / 1000 + 2
-    last, since = await done(redis), time.perf_counter()
-    while (left := await backlog(redis)) > 0:
+    last, since = await done(redis, s.partitions), time.perf_counter()
+    while (left := await backlog(redis, s.partitions)) > 0:
         if time.perf_counter() > deadline:
             raise BenchError(f"the stack did not drain its backlog in {timeout:.0f} s")
-        if (now := await done(redis)) != last:
+        if (now := await done(redis, s.partitions)) != last:
             last, since = now, time.perf_counter()
         elif time.perf_counter() - since > stuck:  # e.g. dead letters: never done
             print(f"cdp bench: warning: a backlog of {left} events is not moving: going on")
@@ -267,7 +273,7 @@ async def sustained(
         await wait_drained(redis, s)
         load = replace(base, rate=rate / base.calls, run=f"{base.run}-{len(tried)}")
         load.seconds = settle + base.seconds
-        got = await paced(redis, load, settle, span)
+        got = await paced(redis, s.partitions, load, settle, span)
         ok = got["growth"] <= 0.05 * rate and got["eps"] >= 0.95 * rate
         tried.append(
             f"{rate:,.0f}/s: accepted {got['eps']:,.0f}/s, backlog {got['growth']:+,.0f}/s"

@@ -128,7 +128,7 @@ async def _rows(
             got = await measure.ingest(redis, replace(base, run=f"{base.run}-i"))
         elif row == "batch":
             load = replace(base, kind="batch", run=f"{base.run}-b")
-            got = await measure.batch(redis, load)
+            got = await measure.batch(redis, load, s.partitions)
         elif row == "drain":
             got = await measure.drain(redis, s, run, o.drain, o.worker_pids)
         elif row == "sustained":

@@ -29,11 +29,11 @@ from typing import Any
 
 import redis as redis_sync
 
-from cdp import keys
 from cdp.chaos import segcheck
 from cdp.chaos.history import History, Op, Round
 from cdp.chaos.model import Model, canonical, snapshot
 from cdp.chaos.state import RedisState, read_state
+from cdp.metrics import counters_sync
 from cdp.settings import Settings
 
 FINAL = "(final state)"
@@ -95,7 +95,7 @@ def check(
         _check_op(op, round_, state, verdict, appendfsync)
     _check_leftovers(state, verdict)
     stored = sum(len(locations) for locations in state.copies.values())
-    accepted = int(client.hget(keys.METRICS, "accepted") or 0)
+    accepted = counters_sync(client, settings.partitions, ["accepted"])["accepted"]
     if accepted != stored:
         verdict.add(
             "the metric accepted differs from the events stored",

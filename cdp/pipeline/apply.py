@@ -150,7 +150,7 @@ async def queue_apply(
         pipe,
         stream=keys.stream(partition),
         lease=keys.lease(partition),
-        metrics=keys.METRICS,
+        metrics=keys.metrics(partition),
         legacy_dedup_current=keys.dedup(partition, bucket),
         legacy_dedup_previous=keys.dedup(partition, bucket - 1),
         dedup_shards=dedup_keys,

@@ -40,6 +40,7 @@ from cdp.embedded import RedisServer, free_port
 from cdp.events import iso_ms
 from cdp.identity import partition_of
 from tests.support.events import entry_events
+from tests.support.metrics import total
 from tests.support.stack import Stack
 from tests.support.values import ADMIN_TOKEN as TOKEN
 from tests.support.values import PARTITIONS, T0, WRITE_KEY, ms
@@ -144,7 +145,7 @@ def assert_answers_match_what_is_stored(calls: list[Call], r: redis_sync.Redis) 
         else:
             assert call.status == 503, (call.path, call.status)
             assert not any(kept), f"{call.path} answered 503 but stored {sum(kept)} events"
-    accepted = int(r.hget(keys.METRICS, "accepted") or 0)
+    accepted = total(r, "accepted")
     assert accepted == len(stored), f"accepted={accepted}, stored={len(stored)}"
 
 

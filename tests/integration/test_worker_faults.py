@@ -44,6 +44,7 @@ from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings
 from tests.support.inprocess import running
 from tests.support.inprocess import worker_settings as settings
+from tests.support.metrics import total_async
 from tests.support.stack import Stack
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
@@ -114,7 +115,7 @@ async def pending(redis: Redis, partition: int | None = None) -> int:
 
 
 async def processed(redis: Redis) -> int:
-    return int(await redis.hget(keys.METRICS, "processed") or 0)
+    return await total_async(redis, "processed")
 
 
 async def owns_everything(worker: Worker) -> bool:

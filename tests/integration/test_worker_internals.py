@@ -16,6 +16,7 @@ from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
 from tests.support.inprocess import running
 from tests.support.inprocess import worker_settings as settings
+from tests.support.metrics import total_async
 from tests.support.values import PARTITIONS
 from tests.support.values import T0_MS as T0
 from workers.housekeeping import ensure_groups
@@ -60,7 +61,7 @@ def test_backpressure_stops_reading_at_max_buffer(redis_url: str) -> None:
                 assert worker.buffered <= 50
             assert await pending(redis, partition) == 50
             await redis.set(keys.CLOCK, T0 + 120_000)
-            await wait_for(lambda: _eq(redis.hget(keys.METRICS, "processed"), b"300"))
+            await wait_for(lambda: _eq(total_async(redis, "processed"), 300))
             assert worker.buffered == 0
         await redis.aclose()
 
@@ -116,7 +117,7 @@ def test_a_worker_that_lost_its_lease_applies_nothing(redis_url: str) -> None:
         await redis.set(keys.lease(partition), "someone-else")  # as if it expired and moved
         assert await worker.tick() == 0
         assert partition not in worker.owned
-        assert await redis.hget(keys.METRICS, "processed") is None
+        assert await total_async(redis, "processed") == 0
         assert await pending(redis, partition) == 10  # still there for the new owner
         await redis.aclose()
 

@@ -16,6 +16,7 @@ from cdp import keys
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import bucket_member, dedup_key
 from tests.support.events import event, track
+from tests.support.metrics import totals
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -172,7 +173,7 @@ def test_same_event_id_in_a_later_call_changes_nothing(lua, now_ms):
     # Apart from the new stream entry and the metric, no key changed.
     after = lua.dump()
     changed = {k for k in first.keys() | after.keys() if first.get(k) != after.get(k)}
-    assert changed == {lua.stream, keys.METRICS}
+    assert changed == {lua.stream, keys.metrics(lua.partition)}
 
 
 def test_dedup_key_records_the_id_and_expires_at_the_end_of_the_next_bucket(lua, now_ms):
@@ -535,7 +536,7 @@ def snapshot(h) -> dict[str, Any]:
     return {
         "profiles": profiles,
         "index": index,
-        "metrics": h.r.hgetall(keys.METRICS),
+        "metrics": totals(h.r),
         "merges": h.merges(),
         "pending": h.pending(),
     }
@@ -592,7 +593,7 @@ def test_every_order_of_the_same_events_converges(make_harness, now_ms):
     assert set(b["counters"]) == {"Signup", "$track", "$seen"}
     assert first["profiles"][nine]["counters"]["Page Viewed"] == {bucket(t + 5 * MINUTE): 2}
     assert first["profiles"][nine]["counters"]["$seen"] == {bucket(t + 5 * MINUTE): 2}
-    assert first["metrics"] == {"processed": "14", "dedup_hits": "3"}
+    assert first["metrics"] == {"processed": 14, "dedup_hits": 3}
     assert first["merges"] == []
     assert first["pending"] == 0
     assert len(first["index"]) == 7

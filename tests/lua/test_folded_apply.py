@@ -218,6 +218,6 @@ def test_a_failure_in_the_middle_of_a_call_records_the_events_before_it_only(
     meta = real_redis.hgetall(keys.profile(cid))
     assert meta["lastSeenMs"] == f"{T0_MS + 2:013d}"
     assert meta["version"] == "3"
-    assert real_redis.hget(keys.METRICS, "processed") == "3"
+    assert real_redis.hget(keys.metrics(PARTITION), "processed") == "3"
     assert real_redis.xpending(keys.stream(PARTITION), keys.GROUP)["pending"] == 4
     assert BatchResult.decode(first).applied == 1

@@ -99,7 +99,9 @@ def state_without_dedup(h: LuaHarness, *, stream: bool = True) -> dict[str, Any]
     return {
         k: v
         for k, v in h.dump().items()
-        if not k.startswith("cdp:dedup:") and k != keys.METRICS and (stream or k != h.stream)
+        if not k.startswith("cdp:dedup:")
+        and not k.startswith(keys.METRICS)
+        and (stream or k != h.stream)
     }
 
 

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from cdp import keys
 from cdp.api.publisher import Publisher
 from cdp.events import StreamEvent
+from tests.support.metrics import total
 from tests.support.values import PARTITIONS
 
 
@@ -57,7 +58,7 @@ def entry_count(server: fakeredis.FakeServer) -> int:
 
 def accepted(server: fakeredis.FakeServer) -> int:
     r = fakeredis.FakeRedis(server=server)
-    return int(r.hget(keys.METRICS, "accepted") or 0)
+    return total(r, "accepted")
 
 
 def test_a_request_is_stored_in_its_partitions_in_order_and_counted(

@@ -33,6 +33,7 @@ import fakeredis
 from cdp import keys
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
+from cdp.metrics import counters_sync
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.profiles import read_profile
 from cdp.scripts import BatchResult, Scripts
@@ -147,7 +148,9 @@ class LuaHarness:
         return set(self.r.hkeys(keys.counters(cid)))
 
     def metric(self, name: str) -> int:
-        return int(self.r.hget(keys.METRICS, name) or 0)
+        return counters_sync(self.r, max(self.settings.partitions, self.partition + 1), [name])[
+            name
+        ]
 
     def merges(self) -> list[dict[str, str]]:
         return [fields for _, fields in self.r.xrange(keys.MERGES)]

@@ -19,6 +19,7 @@ import redis as redis_sync
 
 from cdp import keys
 from cdp.embedded import free_port
+from cdp.metrics import counters_sync
 from tests.support.values import PARTITIONS, ms
 from tests.support.wait import wait_until
 
@@ -144,7 +145,7 @@ class Stack:
         return resp
 
     def metric(self, name: str) -> int:
-        return int(self.r.hget(keys.METRICS, name) or 0)
+        return counters_sync(self.r, self.partitions, [name])[name]
 
     def wait_metric(self, name: str, at_least: int, timeout: float = 20.0) -> int:
         return (
