@@ -8,10 +8,9 @@ summed over the live ones). ``GET /metrics`` renders them in Prometheus text for
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from cdp import keys
 from cdp.clock import wall_ms
+from cdp.connect import Client
 
 COUNTERS = {
     "processed": "Events applied to profiles.",
@@ -24,7 +23,7 @@ COUNTERS = {
 }
 
 
-async def read_metrics(redis: Redis) -> dict[str, int]:
+async def read_metrics(redis: Client) -> dict[str, int]:
     now = wall_ms()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.METRICS)

@@ -40,7 +40,6 @@ from urllib.parse import urlparse
 
 import aiohttp
 import msgspec
-from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.api.publisher import Publisher
@@ -48,20 +47,22 @@ from cdp.bench.loadgen import Load, generate
 from cdp.bench.micro import TRIVIAL_LUA, memory, timed
 from cdp.bench.workload import stream_event, workload
 from cdp.clock import wall_ms
+from cdp.connect import Client, connect
 from cdp.errors import BenchError
 from cdp.events import iso_ms
+from cdp.redis_nodes import info_sum, scan_all
 from cdp.settings import Settings
 
 
-async def metric(redis: Redis, *names: str) -> list[int]:
+async def metric(redis: Client, *names: str) -> list[int]:
     return [int(v or 0) for v in await redis.hmget(keys.METRICS, list(names))]
 
 
-async def done(redis: Redis) -> int:
+async def done(redis: Client) -> int:
     return sum(await metric(redis, "processed", "dedup_hits", "dropped"))
 
 
-async def backlog(redis: Redis) -> int:
+async def backlog(redis: Client) -> int:
     """accepted - processed - dedup_hits - dropped (publish-n.lua counts in accepted too)."""
     accepted, *rest = await metric(redis, "accepted", "processed", "dedup_hits", "dropped")
     return accepted - sum(rest)
@@ -74,12 +75,12 @@ def client_figures(prefix: str, got: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def ingest(redis: Redis, load: Load) -> dict[str, Any]:
+async def ingest(redis: Client, load: Load) -> dict[str, Any]:
     got = await asyncio.to_thread(generate, load)
     return client_figures("ingest", got)
 
 
-async def batch(redis: Redis, load: Load) -> dict[str, Any]:
+async def batch(redis: Client, load: Load) -> dict[str, Any]:
     before = (await metric(redis, "accepted"))[0]
     got = await asyncio.to_thread(generate, load)
     accepted = (await metric(redis, "accepted"))[0] - before
@@ -120,19 +121,20 @@ def find_workers(redis_url: str) -> list[int]:
     return sorted(found)
 
 
-async def redis_cpu(redis: Redis) -> float:
-    info = await redis.info("cpu")
+async def redis_cpu(redis: Client) -> float:
+    info = await info_sum(redis, "cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def commandstats(redis: Redis) -> dict[str, tuple[int, int]]:
-    stats = await redis.info("commandstats")
+async def commandstats(redis: Client) -> dict[str, tuple[int, int]]:
+    stats = await info_sum(redis, "commandstats")
     return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
 
 
-async def publish(redis_url: str, partitions: int, events: list[Any], chunk: int = 100) -> None:
+async def publish(s: Settings, events: list[Any], chunk: int = 100) -> None:
     """Store ``events`` (StreamEvents) in their partitions, the API's way."""
-    redis = Redis.from_url(redis_url)
+    redis = await connect(s)
+    partitions = s.partitions
     try:
         publisher = Publisher(redis, partitions)
         queue = iter(range(0, len(events), chunk))
@@ -148,7 +150,7 @@ async def publish(redis_url: str, partitions: int, events: list[Any], chunk: int
 
 
 async def drain(
-    redis: Redis, s: Settings, run: str, n: int, worker_pids: Sequence[int]
+    redis: Client, s: Settings, run: str, n: int, worker_pids: Sequence[int]
 ) -> dict[str, Any]:
     specs = workload(run, "drain", n, max(n // 10, 10), random.Random(run))
     events = [stream_event(sp, s) for sp in specs]
@@ -157,7 +159,7 @@ async def drain(
     events = [msgspec.structs.replace(ev, ts=t0, receivedAt=t0) for ev in events]
     pids = list(worker_pids) or find_workers(s.redis_url)
     base, started = await done(redis), wall_ms()  # (the caller waited for a drained stack)
-    await publish(s.redis_url, s.partitions, events)
+    await publish(s, events)
     published = wall_ms()
     notes = [f"drain: {n} events published in {(published - started) / 1000:.1f} s, ts = T0"]
     if published > t0:
@@ -215,7 +217,7 @@ def growth(points: Sequence[tuple[float, int]], span: float) -> tuple[float, int
     return (last - first) / max(t1 - t0 - span, 1e-3), first, last
 
 
-async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[str, Any]:
+async def paced(redis: Client, load: Load, settle_s: float, span: float) -> dict[str, Any]:
     """Run ``load`` (paced) while sampling the backlog; its growth after ``settle_s``
     (the window fills up first) and the accepted rate."""
     points: list[tuple[float, int]] = []
@@ -234,7 +236,7 @@ async def paced(redis: Redis, load: Load, settle_s: float, span: float) -> dict[
     return {"growth": rate, "lows": (first, last), "eps": accepted / load.seconds, "got": got}
 
 
-async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
+async def wait_drained(redis: Client, s: Settings, timeout: float = 300) -> None:
     """Until every event accepted is done, then one more tick
     (the workers flush their counts each tick)."""
     deadline = time.perf_counter() + timeout
@@ -253,7 +255,7 @@ async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
 
 
 async def sustained(
-    redis: Redis, s: Settings, base: Load, start_eps: float, steps: int
+    redis: Client, s: Settings, base: Load, start_eps: float, steps: int
 ) -> dict[str, Any]:
     """Step the offered rate up by 1.5x from ``start_eps`` (down by 1.5x when that rate
     already grows) until the backlog grows (by
@@ -287,7 +289,7 @@ async def sustained(
 
 
 async def freshness(
-    redis: Redis, s: Settings, base: Load, rate_eps: float, admin_token: str, samples_per_s: float
+    redis: Client, s: Settings, base: Load, rate_eps: float, admin_token: str, samples_per_s: float
 ) -> dict[str, Any]:
     """Paced load at ``rate_eps`` plus sampled IDENTIFYs: ts -> visible in the profile."""
     load = replace(base, rate=rate_eps / base.calls, run=base.run + "-f")
@@ -344,7 +346,7 @@ async def _visible(
 # -- memory and bare Redis -----------------------------------------------------------------
 
 
-async def bare_redis(redis: Redis, run: str, n: int) -> dict[str, Any]:
+async def bare_redis(redis: Client, run: str, n: int) -> dict[str, Any]:
     """XADD and EVALSHA of a trivial 5-command script, pipelined by 100."""
     sample = b"x" * 200
     prefix = f"bench:{run}"
@@ -355,11 +357,11 @@ async def bare_redis(redis: Redis, run: str, n: int) -> dict[str, Any]:
     return {"xadd_eps": round(xadd_eps), "evalsha_cps": round(evalsha)}
 
 
-async def memory_row(redis: Redis, s: Settings, run: str, profiles: int) -> dict[str, Any]:
+async def memory_row(redis: Client, s: Settings, run: str, profiles: int) -> dict[str, Any]:
     prefix = f"bench:{run}"
     got = await memory(redis, s, prefix, run, profiles * 3)
     encodings: dict[str, int] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:profile:*", count=1000):
+    async for key in scan_all(redis, f"{prefix}:profile:*"):
         parts = key.decode().split(":")  # bench:<run>:profile:{cid}[:traits...]
         family = parts[4] if len(parts) > 4 else "profile"
         enc = await redis.object("encoding", key)
