@@ -82,12 +82,19 @@ def target(url: str, cluster: str = "auto") -> Target:
         first = url
         nodes = [(str(options.get("host", "localhost")), int(options.get("port", 6379)))]
         wanted = {"yes": True, "no": False}.get(cluster)
-    if wanted is not False and int(options.get("db") or 0) != 0:
+    where = Target(nodes, options, first, wanted)
+    if wanted:
+        _no_database(where)
+    return where
+
+
+def _no_database(where: Target) -> None:
+    """A cluster has database 0 only: refuse another rather than use 0 silently."""
+    if int(where.options.get("db") or 0) != 0:
         raise SettingsError(
-            f"redis-url: database {options['db']} on a cluster; a Redis Cluster has "
-            "database 0 only: drop the /db part of the URL or use a single Redis"
+            f"redis-url: database {where.options['db']} on a Redis Cluster, which has "
+            "database 0 only: drop the /db part of the URL (or use a single Redis)"
         )
-    return Target(nodes, options, first, wanted)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -130,8 +137,14 @@ def make_client(where: Target, *, cluster: bool, **kwargs: Any) -> Client:
 
 
 def _cluster_options(where: Target) -> dict[str, Any]:
-    """The URL's options a cluster client takes: no host/port (the startup nodes), no db
-    (0 only), ``ssl`` for redis-py's SSL connection class (``rediss://``)."""
+    """The URL's options a cluster client takes (database 0 only)."""
+    _no_database(where)
+    return _node_options(where)
+
+
+def _node_options(where: Target) -> dict[str, Any]:
+    """The URL's options for one node: no host/port (the node's), no db (INFO and PING
+    answer in any), ``ssl`` for redis-py's SSL connection class (``rediss://``)."""
     options = {k: v for k, v in where.options.items() if k not in ("host", "port", "db")}
     if options.pop("connection_class", None) is not None:
         options["ssl"] = True
@@ -179,7 +192,7 @@ async def _probe(where: Target, timeout: float, *, check_state: bool) -> bool:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
-            **_cluster_options(where),
+            **_node_options(where),
         )
         try:
             await probe.ping()  # LOADING until the AOF is read (INFO answers meanwhile)
