@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -113,6 +113,14 @@ def test_auto_mode_finds_a_single_redis(redis_url: str) -> None:
 LOG = structlog.get_logger("test")
 
 
+async def until(predicate: Callable[[], bool], timeout: float = 20) -> None:
+    """Poll ``predicate`` on the event loop (the task under test runs meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
 def test_auto_mode_finds_a_cluster_and_its_keys_on_every_master(cluster: LocalCluster) -> None:
     names = [f"spread:{{{i}}}" for i in range(60)]  # hash tags over many slots
 
@@ -196,9 +204,8 @@ def test_wait_for_redis_waits_until_the_cluster_serves_every_slot(tmp_path: Path
                 def attempts() -> int:
                     return sum(e["event"] == "waiting for redis" for e in logs)
 
-                while attempts() < 3:
-                    assert not waiting.done()
-                    await asyncio.sleep(0.05)
+                await until(lambda: attempts() >= 3 or waiting.done())
+                assert not waiting.done()
                 assert "cluster_state:fail" in logs[-1]["error"]
                 await asyncio.to_thread(forming.assign_slots)
                 found = await asyncio.wait_for(waiting, 30)
@@ -217,8 +224,7 @@ def test_redis_cluster_yes_against_a_single_redis_keeps_waiting(redis_url: str) 
     async def check() -> None:
         with structlog.testing.capture_logs() as logs:
             waiting = asyncio.create_task(wait_for_redis(settings, LOG, stopping))
-            while not logs:
-                await asyncio.sleep(0.02)
+            await until(lambda: bool(logs))
             stopping.set()
             assert await waiting is None
         assert "redis-cluster=yes but the server says cluster_enabled:0" in logs[0]["error"]
