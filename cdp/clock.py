@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
-
 from cdp import keys
+from cdp.connect import Client
 
 
 def wall_ms() -> int:
@@ -35,7 +34,7 @@ class SystemClock:
 class RedisClock:
     """Time is whatever the test wrote to ``cdp:clock``; the system time until it does."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
 
     async def now_ms(self) -> int:
@@ -43,5 +42,5 @@ class RedisClock:
         return int(raw) if raw is not None else wall_ms()
 
 
-def make_clock(kind: str, redis: Redis) -> Clock:
+def make_clock(kind: str, redis: Client) -> Clock:
     return RedisClock(redis) if kind == "redis" else SystemClock()

@@ -21,6 +21,7 @@ CdpError
 ├── ScriptError          a Lua script disagrees with its -N name or header (cdp.scripts.loader)
 ├── ClientGone           the client closed the connection before its body was complete
 ├── OutcomeUnknown       Redis did not answer a round trip that was sent (HTTP 504)
+├── NotReplicated        stored by the primary, not by ingest-min-replicas replicas (HTTP 503)
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
 ├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
@@ -82,6 +83,12 @@ class OutcomeUnknown(CdpError):
     The API answers 504 (not 503, which promises nothing was stored), so a client
     retries only with the same eventId/messageId, which dedup makes harmless.
     """
+
+
+class NotReplicated(CdpError):
+    """The primary stored the events but fewer than ``ingest-min-replicas`` replicas
+    confirmed them within ``ingest-replica-timeout``: the API answers 503, and a retry
+    with the same eventId/messageId is deduplicated."""
 
 
 class ProfileNotFound(CdpError):

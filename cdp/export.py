@@ -21,9 +21,8 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from redis.asyncio import Redis
-
 from cdp import keys
+from cdp.connect import Client, connect
 from cdp.profiles import read_page
 from cdp.settings import Settings
 
@@ -37,7 +36,7 @@ def encode_line(doc: dict[str, Any]) -> bytes:
 
 
 async def ndjson_chunks(
-    redis: Redis, chunk: int = CHUNK, progress: Progress | None = None
+    redis: Client, chunk: int = CHUNK, progress: Progress | None = None
 ) -> AsyncGenerator[bytes, None]:
     """NDJSON of every live profile, ``chunk`` profiles per yielded block; after each
     block ``progress(written, total)`` (total: ``cdp:profiles`` at the start, or more)."""
@@ -56,7 +55,7 @@ async def ndjson_chunks(
 
 
 async def export_profiles(
-    redis: Redis, out: BinaryIO, progress: Progress | None = None, *, chunk: int = CHUNK
+    redis: Client, out: BinaryIO, progress: Progress | None = None, *, chunk: int = CHUNK
 ) -> int:
     """Write every live profile to ``out`` as NDJSON; returns how many were written."""
     written = 0
@@ -135,7 +134,7 @@ def main_export(settings: Settings, path: str) -> int:
     started = time.monotonic()
 
     async def run(out: BinaryIO) -> int:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=30)
+        redis = await connect(settings, socket_connect_timeout=2, socket_timeout=30)
         try:
             return await export_profiles(redis, out, bar)
         finally:

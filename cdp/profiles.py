@@ -22,9 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from cdp import keys
+from cdp.connect import Client, connect
 from cdp.errors import InvalidIdentifier, ProfileNotFound
 from cdp.identity import typed_identifiers
 from cdp.segments.definitions import builtins
@@ -73,7 +72,7 @@ def _malformed(identifier: str) -> str:
     )
 
 
-async def resolve(redis: Redis, identifier: str) -> str:
+async def resolve(redis: Client, identifier: str) -> str:
     """The live canonical id behind an identifier or any canonical id ever issued."""
     typed = normalise(identifier)
     if ":" in typed:
@@ -93,7 +92,7 @@ async def resolve(redis: Redis, identifier: str) -> str:
     raise ProfileNotFound(f"canonical id {typed!r}: merge pointers do not end")
 
 
-async def read_profile(redis: Redis, identifier: str) -> dict[str, Any]:
+async def read_profile(redis: Client, identifier: str) -> dict[str, Any]:
     cid = await resolve(redis, identifier)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.profile(cid))
@@ -168,7 +167,7 @@ def _memberships(raw: dict[Any, Any], defined: frozenset[str]) -> dict[str, Any]
 
 
 async def read_profiles(
-    redis: Redis, cids: Sequence[str], *, counters: bool = True
+    redis: Client, cids: Sequence[str], *, counters: bool = True
 ) -> list[dict[str, Any]]:
     """The documents of the live profiles among ``cids``, in their order, in 2 round trips.
 
@@ -218,7 +217,7 @@ async def read_profiles(
 
 
 async def read_page(
-    redis: Redis, after: int, limit: int
+    redis: Client, after: int, limit: int
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Up to ``limit`` live profiles numbered above ``after``, in ``cdp:profiles`` order,
     and the cursor of the next page (the last number read), None after the last page."""
@@ -234,7 +233,7 @@ def main_profile(settings: Settings, identifier: str) -> int:
     """``cdp profile``: print the profile as indented JSON; 1 when there is none."""
 
     async def fetch() -> dict[str, object]:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        redis = await connect(settings, socket_connect_timeout=2)
         try:
             return await read_profile(redis, identifier)
         finally:

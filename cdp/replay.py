@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.connect import Client, connect
 from cdp.errors import EventRejected
 from cdp.events import StreamEvent, parse_time, stream_decoder, stream_encoder
 from cdp.export import ProgressBar
@@ -159,7 +159,7 @@ def _since_form(raw: Any) -> int | None:
     return None
 
 
-async def since_ms(redis: Redis, raw: str | None) -> int | None:
+async def since_ms(redis: Client, raw: str | None) -> int | None:
     """``since`` -> epoch ms of the oldest record to consider (Redis' clock: record ids
     are stamped by it)."""
     if raw is None:
@@ -172,7 +172,7 @@ async def since_ms(redis: Redis, raw: str | None) -> int | None:
 
 
 async def replay(
-    redis: Redis,
+    redis: Client,
     settings: Settings,
     source: str,
     *,
@@ -307,7 +307,7 @@ async def _queue_replay(
     )
 
 
-async def _forget_old_marks(redis: Redis, stream: str, marks: str) -> None:
+async def _forget_old_marks(redis: Client, stream: str, marks: str) -> None:
     """Marks of records trimmed from the capped stream can never be needed again."""
     oldest: Any = await redis.xrange(stream, "-", "+", count=1)
     if not oldest:
@@ -333,7 +333,7 @@ def main_replay(
             print(f"cdp: skipped {outcome.record_id}: {outcome.reason}", file=sys.stderr)
 
     async def run() -> Report:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=30)
+        redis = await connect(settings, socket_connect_timeout=2, socket_timeout=30)
         try:
             start = await since_ms(redis, since)
             return await replay(

@@ -54,6 +54,9 @@ class Settings:
     """Every knob of the service. Durations are in milliseconds (``*_ms``)."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # "auto" (ask the server once at connect: INFO cluster), "yes" (redis-url names a
+    # node of a Redis Cluster) or "no"; a redis-cluster:// URL means yes (cdp/connect.py).
+    redis_cluster: str = "auto"
     # Windowing (DESIGN.md "Windowing").
     window_size_ms: int = 5_000
     grace_period_ms: int = 120_000
@@ -102,6 +105,11 @@ class Settings:
     write_keys: str = ""
     # Ingest.
     max_event_bytes: int = 32 * 1024
+    # An ingest request is answered 202 once its events reached this many replicas
+    # (Redis WAIT on the connection that wrote them), else 503 after
+    # ingest-replica-timeout: README "Guarantees". 0: once the primary holds them.
+    ingest_min_replicas: int = 0
+    ingest_replica_timeout_ms: int = 1_000
     # Connections (README "Configuration"): a request's headers must arrive within
     # header-timeout of the connection opening or of the previous answer (so it is also
     # the keep-alive idle time), its body within body-timeout; at most max-connections
@@ -183,6 +191,7 @@ _POSITIVE = {
     "max_connections",
     "redis_timeout_ms",
     "stream_heartbeat_ms",
+    "ingest_replica_timeout_ms",
 }
 _CHOICES = {
     "clock": ("system", "redis"),
@@ -190,8 +199,9 @@ _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("auto", "json", "console"),
     "event_loop": ("auto", "uvloop", "asyncio"),
+    "redis_cluster": ("auto", "yes", "no"),
 }
-_NOT_NEGATIVE = {"api_processes"}
+_NOT_NEGATIVE = {"api_processes", "ingest_min_replicas"}
 
 
 @functools.lru_cache(maxsize=8)
@@ -247,7 +257,7 @@ def _coerce(field: str, raw: Any) -> Any:
     if field in _POSITIVE and value <= 0:
         raise SettingsError(f"{key}: must be greater than zero, got {raw!r}")
     if field in _NOT_NEGATIVE and value < 0:
-        raise SettingsError(f"{key}: must not be negative (0: one per core), got {raw!r}")
+        raise SettingsError(f"{key}: must not be negative, got {raw!r}")
     return value
 
 
@@ -293,6 +303,13 @@ def load_settings(
         raise SettingsError(
             "grace-period: window-size + grace-period must not exceed the longest counter "
             "window, max(counter-retention, power-user-window)"
+        )
+    if settings.ingest_min_replicas and (
+        settings.ingest_replica_timeout_ms >= settings.redis_timeout_ms
+    ):
+        raise SettingsError(
+            "ingest-replica-timeout: must be shorter than redis-timeout (the WAIT for "
+            "replicas is one command, answered within ingest-replica-timeout)"
         )
     return settings
 

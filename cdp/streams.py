@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.asyncio import Redis
+from cdp.connect import Client
 
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -22,14 +22,14 @@ def text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-async def last_id(redis: Redis, stream: str) -> str:
+async def last_id(redis: Client, stream: str) -> str:
     """The id of the newest entry, or 0-0 for an empty stream."""
     last: Any = await redis.xrevrange(stream, count=1)
     return text(last[0][0]) if last else "0-0"
 
 
 async def tail(
-    redis: Redis, stream: str, cursor: str, block_ms: int
+    redis: Client, stream: str, cursor: str, block_ms: int
 ) -> AsyncIterator[Entry | None]:
     """Entries after ``cursor`` ("$": after the newest now), and None when idle."""
     if cursor == "$":

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
+from cdp.connect import Client
 from cdp.events import StreamEvent
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import BatchResult, Scripts, is_poison
@@ -39,7 +39,7 @@ class Dropped(NamedTuple):
 
 class DeadLetters:
     def __init__(
-        self, redis: Redis, scripts: Scripts, settings: Settings, state: WorkerState
+        self, redis: Client, scripts: Scripts, settings: Settings, state: WorkerState
     ) -> None:
         self.redis = redis
         self.scripts = scripts

@@ -14,11 +14,11 @@ import asyncio
 import time
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from cdp import keys
 from cdp.clock import wall_ms
+from cdp.connect import Client
 from cdp.pipeline.buffer import PartitionBuffer
 from cdp.pipeline.leases import LeaseManager
 from cdp.settings import Settings
@@ -29,7 +29,7 @@ from workers.state import WorkerState
 TRIM_EVERY_S = 10
 
 
-async def ensure_groups(redis: Redis, partitions: int) -> None:
+async def ensure_groups(redis: Client, partitions: int) -> None:
     """Create the consumer group on every partition stream (idempotent)."""
     for p in range(partitions):
         try:
@@ -42,7 +42,7 @@ async def ensure_groups(redis: Redis, partitions: int) -> None:
 class Housekeeper:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         settings: Settings,
         state: WorkerState,
         leases: LeaseManager,

@@ -15,10 +15,10 @@ import contextlib
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
+from cdp.connect import Client
 from cdp.events import StreamEvent, entry_events, stream_encoder
 from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify, read_plan
 from cdp.settings import Settings
@@ -32,7 +32,7 @@ Entry = Any
 
 class Reader:
     def __init__(
-        self, redis: Redis, settings: Settings, state: WorkerState, dead_letters: DeadLetters
+        self, redis: Client, settings: Settings, state: WorkerState, dead_letters: DeadLetters
     ) -> None:
         self.redis = redis
         self.settings = settings

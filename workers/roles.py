@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp.clock import Clock
+from cdp.connect import Client
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
@@ -30,7 +30,7 @@ from workers.state import WorkerState
 class Roles:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         scripts: Scripts,
         engine: SegmentEngine,
         settings: Settings,

@@ -1,4 +1,4 @@
-"""``cdp worker`` / ``python -m workers``: settings → logging → Redis → Worker.run().
+"""``cdp worker`` / ``python -m workers``: settings → logging → Redis (a cluster?) → Worker.run().
 
 The worker holds up to max-buffer decoded events (and their dicts) in memory: with
 the interpreter's default thresholds, a full collection every few thousand
@@ -20,25 +20,32 @@ from cdp.clock import make_clock
 from cdp.connect import redis_client, wait_for_redis
 from cdp.logs import configure_logging
 from cdp.settings import Settings
-from workers.worker import Worker
+from workers.worker import Worker, new_worker_id
 
 
 async def run_worker(settings: Settings, worker_id: str | None = None) -> None:
-    redis = redis_client(settings)
-    worker = Worker(redis, settings, make_clock(settings.clock, redis), worker_id)
+    worker_id = worker_id or new_worker_id()
     stopping = asyncio.Event()
+    workers: list[Worker] = []
 
     def stop() -> None:
         stopping.set()
-        worker.stop()
+        for worker in workers:
+            worker.stop()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    log = structlog.get_logger("cdp.worker").bind(worker=worker_id)
+    # Redis first: whether it is a cluster decides which client the worker gets.
+    reached = await wait_for_redis(settings, log, stopping)
+    if reached is None:
+        return
+    redis = redis_client(settings, cluster=reached.cluster)
     try:
-        log = structlog.get_logger("cdp.worker").bind(worker=worker.worker_id)
-        if await wait_for_redis(settings, log, stopping):
-            await worker.run()
+        workers.append(Worker(redis, settings, make_clock(settings.clock, redis), worker_id))
+        if not stopping.is_set():  # a signal while it was being built
+            await workers[0].run()
     finally:
         await redis.aclose()
 

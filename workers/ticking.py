@@ -28,11 +28,11 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
 from cdp.clock import Clock
+from cdp.connect import Client
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.segments.engine import SegmentEngine
@@ -58,7 +58,7 @@ class _ClockRead:
 class Ticker:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         scripts: Scripts,
         settings: Settings,
         clock: Clock,

@@ -31,10 +31,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp.clock import Clock
+from cdp.connect import Client
 from cdp.pipeline.leases import LeaseManager
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
@@ -73,7 +73,7 @@ class Loops:
 
 class Worker:
     def __init__(
-        self, redis: Redis, settings: Settings, clock: Clock, worker_id: str | None = None
+        self, redis: Client, settings: Settings, clock: Clock, worker_id: str | None = None
     ) -> None:
         self.redis = redis
         self.settings = settings

@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
@@ -40,10 +40,11 @@ from cdp.api.segments import add_segment_routes
 from cdp.api.tracking import add_tracking_routes, segment_error
 from cdp.api.webhooks import add_webhook_routes
 from cdp.clock import make_clock
-from cdp.connect import redis_client, wait_for_redis
-from cdp.errors import BodyTimeout, ClientGone, EventRejected, OutcomeUnknown
+from cdp.connect import Client, guess_cluster, is_cluster, redis_client, wait_for_redis
+from cdp.errors import BodyTimeout, ClientGone, EventRejected, NotReplicated, OutcomeUnknown
 from cdp.logs import TroubleLog
 from cdp.metrics import read_metrics, render_prometheus
+from cdp.redis_nodes import ping_all
 from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.api")
@@ -93,6 +94,11 @@ async def errors_middleware(
         )
         response.headers["Retry-After"] = RETRY_AFTER_S
         return response
+    except NotReplicated as exc:  # stored by the primary, too few replicas confirmed it
+        _note(request, "replicas did not confirm; answered 503", error=str(exc))
+        response = shape(exc, 503, str(exc))
+        response.headers["Retry-After"] = RETRY_AFTER_S
+        return response
     except RedisError as exc:
         _note(request, "redis unavailable; answered 503", error=str(exc))
         response = shape(exc, 503, "the event store is unavailable; retry shortly")
@@ -130,7 +136,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    await request.app[REDIS].ping()
+    await ping_all(request.app[REDIS])  # every master of a cluster
     return web.json_response({"status": "ready"})
 
 
@@ -153,7 +159,20 @@ async def openapi(request: web.Request) -> web.Response:
 MIDDLEWARES = (errors_middleware,)
 
 
-def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
+async def _found(settings: Settings, cluster: bool) -> None:
+    """Log when Redis answers; stop the process (its supervisor starts it again) when
+    redis-cluster = auto took a Redis that did not answer at start for the wrong kind."""
+    reached = await wait_for_redis(settings, log)
+    if reached is not None and reached.cluster != cluster:
+        log.error(
+            "redis-cluster=auto guessed wrong while redis did not answer; stopping so that "
+            "a restart picks the right client (set redis-cluster to yes or no to skip it)",
+            cluster=reached.cluster,
+        )
+        signal.raise_signal(signal.SIGTERM)
+
+
+def create_app(settings: Settings, redis: Client | None = None) -> web.Application:
     app = web.Application(
         middlewares=MIDDLEWARES, client_max_size=max(settings.max_event_bytes, 1 << 20)
     )
@@ -161,12 +180,18 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app[TROUBLE] = TroubleLog("cdp.api")
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = redis or redis_client(settings)
+        cluster = is_cluster(redis) if redis else await guess_cluster(settings, log)
+        client = redis or redis_client(settings, cluster=cluster)
         app[REDIS] = client
         app[CLOCK] = make_clock(settings.clock, client)
-        app[PUBLISHER] = Publisher(client, settings.partitions)
+        app[PUBLISHER] = Publisher(
+            client,
+            settings.partitions,
+            min_replicas=settings.ingest_min_replicas,
+            replica_timeout_ms=settings.ingest_replica_timeout_ms,
+        )
         # Serving starts at once (/healthz answers); this only says when Redis does.
-        waiting = None if redis else asyncio.create_task(wait_for_redis(settings, log))
+        waiting = None if redis else asyncio.create_task(_found(settings, cluster))
         yield
         if waiting is not None:
             waiting.cancel()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from cdp.api.publisher import Publisher
 from cdp.clock import Clock
+from cdp.connect import Client
 from cdp.logs import TroubleLog
 from cdp.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Client] = web.AppKey("redis")
 PUBLISHER = web.AppKey("publisher", Publisher)
 CLOCK = web.AppKey("clock", Clock)
 TROUBLE = web.AppKey("trouble", TroubleLog)

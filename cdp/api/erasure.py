@@ -20,13 +20,13 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
 from cdp.api.auth import admin
 from cdp.api.requests import NotFound
 from cdp.clock import wall_ms
+from cdp.connect import Client
 from cdp.errors import ProfileNotFound
 from cdp.events import iso_ms
 from cdp.identity import typed_identifiers
@@ -81,7 +81,7 @@ async def erase(request: web.Request) -> web.Response:
     return web.json_response(state | {"href": f"/cdp/jobs/{job_id}"}, status=202)
 
 
-async def _purge(redis: Redis, job_id: str, identifiers: set[str], cids: set[str]) -> None:
+async def _purge(redis: Client, job_id: str, identifiers: set[str], cids: set[str]) -> None:
     """Delete the erased person's events and merge records (dropped, dead, merges)."""
     removed = 0
     try:

@@ -11,12 +11,21 @@ and counted together or not at all (under OOM too), and its answer is its own sc
 reply: one failing request never fails another. Requests arriving while a pipeline is in
 flight are queued and sent together in the next one, so a burst costs a few round trips.
 
-When a round trip fails as a whole (timeout, connection lost), what Redis did with that
-pipeline is unknown: its requests fail with ``OutcomeUnknown`` (the API answers 504:
-retry with the same id), unless the connection was never made (the Redis error: 503,
-nothing stored). Redis is not answering, so the requests queued behind it fail at once,
-unsent, with the Redis error (503), instead of each waiting out the same timeout in
-turn. So while Redis hangs every request is answered within about ``redis-timeout``.
+With ``min_replicas`` (the ``ingest-min-replicas`` setting), each round trip ends with
+``WAIT min_replicas timeout`` on the connection that carried its writes (a pipeline is
+one connection to one Redis; on a cluster, one WAIT per node written to, routed to that
+node's connection with redis-py's ``target_nodes``): a request is answered once its
+events reached that many replicas, else with ``NotReplicated`` (the API answers 503: the
+primary holds them, a retry with the same id is deduplicated). A write redirected to
+another node (MOVED during resharding) is not covered by its node's WAIT: the round
+trip then counts as not replicated.
+
+When a round trip fails as a whole (timeout, connection lost), what Redis did with
+that pipeline is unknown: its requests fail with ``OutcomeUnknown`` (the API answers
+504: retry with the same id), unless the connection was never made (the Redis error:
+503, nothing stored). Redis is not answering, so the requests queued behind it fail at
+once, unsent, with the Redis error (503), instead of each waiting out the same timeout
+in turn. So while Redis hangs every request is answered within about ``redis-timeout``.
 """
 
 from __future__ import annotations
@@ -27,13 +36,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cdp import keys
-from cdp.errors import EventRejected, OutcomeUnknown
+from cdp.connect import Client, Pipe
+from cdp.errors import EventRejected, NotReplicated, OutcomeUnknown
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
 from cdp.scripts import source
@@ -115,9 +125,18 @@ def _maybe_executed(exc: Exception) -> bool:
 
 
 class Publisher:
-    def __init__(self, redis: Redis, partitions: int, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        partitions: int,
+        max_batch: int = 500,
+        *,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
+    ) -> None:
         self._redis = redis
         self._partitions = partitions
+        self._replicas = (min_replicas, replica_timeout_ms)
         self._max_batch = max_batch  # events per round trip (a request is never split)
         self._script = source("publish")
         self._sha = redis.register_script(self._script).sha
@@ -199,8 +218,9 @@ class Publisher:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for request in batch:
                     request.queue_on(pipe, self._sha)
+                waits = await self._queue_waits(pipe, batch)
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
-                return replies
+                return await self._replicated(batch, replies, waits)
         except BaseException as exc:
             # Redis did not answer the round trip: those queued behind it would wait
             # out the same timeout one batch after another. Fail them now; they were
@@ -217,6 +237,50 @@ class Publisher:
             if not isinstance(exc, Exception):  # cancelled: stop, nobody left waiting
                 raise
             return None
+
+    async def _queue_waits(self, pipe: Pipe, batch: list[_Request]) -> list[str]:
+        """WAIT after the writes, on their connection: one per node written to on a
+        cluster (the node each stream's slot maps to now), one on a single Redis. The
+        names of the nodes asked."""
+        replicas, timeout_ms = self._replicas
+        if not replicas:
+            return []
+        if not isinstance(pipe, ClusterPipeline):
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            return ["redis"]
+        nodes = {n.name: n for n in await self._nodes(batch)}
+        for node in nodes.values():
+            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
+        return list(nodes)
+
+    async def _nodes(self, batch: list[_Request]) -> list[Any]:
+        """The cluster node holding each stream ``batch`` writes to, as the slot map says."""
+        assert isinstance(self._redis, RedisCluster)
+        await self._redis.initialize()  # the slot map, on a client not used yet
+        streams = {keys.stream(p) for request in batch for p in request.entries.partitions}
+        return [self._redis.get_node_from_key(stream) for stream in streams]
+
+    async def _replicated(
+        self, batch: list[_Request], replies: list[Any], waits: list[str]
+    ) -> list[Any]:
+        """The script replies, each stored request's turned into ``NotReplicated`` when a
+        WAIT counted fewer replicas than asked, or (a cluster) a stream's slot moved to a
+        node whose connection did not carry the WAIT."""
+        if not waits:
+            return replies
+        replies, acks = replies[: len(batch)], replies[len(batch) :]
+        replicas, timeout_ms = self._replicas
+        short = any(isinstance(a, Exception) or int(a) < replicas for a in acks)
+        if not short and isinstance(self._redis, RedisCluster):
+            short = any(node.name not in waits for node in await self._nodes(batch))
+        if not short:
+            return replies
+        failure = NotReplicated(
+            f"accepted by the primary but not yet replicated to {replicas} "
+            f"replica{'s' if replicas > 1 else ''} within {timeout_ms} ms; retry with the "
+            "same messageId/eventId: the retry is deduplicated"
+        )
+        return [r if isinstance(r, BaseException) else failure for r in replies]
 
     async def close(self) -> None:
         if self._task is not None:

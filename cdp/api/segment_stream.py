@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from cdp import keys
 from cdp.api.appkeys import REDIS, SETTINGS, TROUBLE
 from cdp.api.auth import admin
-from cdp.connect import redis_client
+from cdp.connect import is_cluster, redis_client
 from cdp.errors import EventRejected
 from cdp.streams import last_id, tail, text
 
@@ -51,7 +51,8 @@ async def stream_segment_events(request: web.Request) -> web.StreamResponse:
     # XREAD blocks for one heartbeat interval, within the connection's socket timeout,
     # so an idle stream stays open and proxies see a comment every interval.
     heartbeat_ms = settings.stream_heartbeat_ms
-    redis = redis_client(settings, blocking_ms=heartbeat_ms)
+    cluster = is_cluster(request.app[REDIS])
+    redis = redis_client(settings, cluster=cluster, blocking_ms=heartbeat_ms)
     streams = request.app[OPEN_STREAMS]
     task = asyncio.current_task()
     if task is not None:

@@ -12,12 +12,12 @@ import json
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.api.appkeys import REDIS, SETTINGS
 from cdp.api.auth import admin
 from cdp.api.requests import PAGE_MAX, Conflict, NotFound, int_param, json_body
+from cdp.connect import Client
 from cdp.errors import EventRejected
 from cdp.segments.definitions import (
     builtins,
@@ -30,7 +30,7 @@ from cdp.segments.sweeper import start_backfill
 from cdp.streams import text
 
 
-async def _segment_info(redis: Redis, name: str) -> dict[str, Any]:
+async def _segment_info(redis: Client, name: str) -> dict[str, Any]:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.segment_members(name))
         pipe.hgetall(keys.segment_backfill(name))

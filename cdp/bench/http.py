@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.bench.workload import Spec, body
 from cdp.clock import wall_ms
+from cdp.connect import Client
 from cdp.errors import BenchError
 from cdp.metrics import counters
 from cdp.settings import Settings
@@ -75,7 +75,7 @@ async def send_all(url: str, specs: Sequence[Spec], concurrency: int) -> dict[st
     }  # fmt: skip
 
 
-async def done_count(redis: Redis, partitions: int) -> tuple[int, int]:
+async def done_count(redis: Client, partitions: int) -> tuple[int, int]:
     """(processed + dedup_hits + dropped, late), summed over the partitions."""
     values = await counters(redis, partitions, ("processed", "dedup_hits", "dropped", "late"))
     *done, late = values.values()
@@ -83,7 +83,7 @@ async def done_count(redis: Redis, partitions: int) -> tuple[int, int]:
 
 
 async def send_and_wait(
-    redis: Redis, url: str, specs: Sequence[Spec], concurrency: int, s: Settings, workers: int
+    redis: Client, url: str, specs: Sequence[Spec], concurrency: int, s: Settings, workers: int
 ) -> dict[str, Any]:
     """``send_all``, then (with a live worker) wait until every accepted event is done."""
     before, late_before = await done_count(redis, s.partitions)
@@ -103,12 +103,12 @@ async def send_and_wait(
     return out
 
 
-async def last_merge_record(redis: Redis) -> str:
+async def last_merge_record(redis: Client) -> str:
     last: Any = await redis.xrevrange(keys.MERGES, count=1)
     return text(last[0][0]) if last else "0-0"
 
 
-async def merge_records(redis: Redis, after: str, run: str) -> dict[str, int]:
+async def merge_records(redis: Client, after: str, run: str) -> dict[str, int]:
     """This run's records in ``cdp:merges`` past ``after``: merges, refusals, and the
     merges made by the merging ALIAS events of ``plan`` (``alias_merges``)."""
     statuses: Counter[str] = Counter()

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
@@ -25,9 +24,11 @@ from cdp import keys
 from cdp.bench.http import done_count
 from cdp.bench.workload import NAMES, small_profiles, stream_event, workload
 from cdp.clock import wall_ms
+from cdp.connect import Client
 from cdp.errors import BenchError
 from cdp.events import StreamEvent, stream_encoder
 from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.redis_nodes import dbsize, disconnect, info_sum, scan_all
 from cdp.scripts import Bound, Scripts, calls, source
 from cdp.settings import Settings
 
@@ -41,7 +42,7 @@ BEYOND = 1_000_000  # partition numbers no worker owns
 
 
 async def timed(
-    calls: int, queue: Callable[[Any, int], Awaitable[Any] | Any], redis: Redis, per_trip: int
+    calls: int, queue: Callable[[Any, int], Awaitable[Any] | Any], redis: Client, per_trip: int
 ) -> tuple[float, list[Any]]:
     """Calls/s of ``queue(pipe, i)`` for i < calls, ``per_trip`` calls per round trip."""
     replies: list[Any] = []
@@ -59,7 +60,7 @@ async def timed(
 class _Renamed(AsyncScript):
     """``apply_batch`` with the ``cdp:`` keys and the ``cdp`` prefix argument renamed."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Client, prefix: str) -> None:
         super().__init__(redis, source("apply_batch"))
         self.prefix = prefix
 
@@ -84,7 +85,7 @@ class RawApply:
     No lease (worker id ""); the partition number is beyond any real one.
     """
 
-    def __init__(self, redis: Redis, settings: Settings, prefix: str, partition: int) -> None:
+    def __init__(self, redis: Client, settings: Settings, prefix: str, partition: int) -> None:
         self.redis, self.settings, self.partition = redis, settings, partition
         self.scripts = Scripts(redis)
         self.scripts.apply_batch = Bound(calls.apply_batch, _Renamed(redis, prefix))
@@ -120,21 +121,21 @@ class RawApply:
         return calls_s * len(batch) / len(chunks), applied
 
 
-async def used_memory(redis: Redis) -> int:
+async def used_memory(redis: Client) -> int:
     """``used_memory``, read while no AOF rewrite runs: during one, Redis 6 keeps every
     write in 10 MB blocks that count in used_memory, and the stack's AOF passes
     auto-aof-rewrite-min-size (64 MB) several times in a run like this one."""
     deadline = time.perf_counter() + 30
-    while int((await redis.info("persistence")).get("aof_rewrite_in_progress", 0)):
+    while int((await info_sum(redis, "persistence")).get("aof_rewrite_in_progress", 0)):
         if time.perf_counter() > deadline:
             print("cdp bench: warning: an AOF rewrite is running: memory figures overstated")
             break
         await asyncio.sleep(0.05)
-    await redis.connection_pool.disconnect()  # our query buffers count in used_memory too
-    return int((await redis.info("memory"))["used_memory"])
+    await disconnect(redis)  # our query buffers count in used_memory too
+    return int((await info_sum(redis, "memory"))["used_memory"])
 
 
-async def raw_redis(redis: Redis, s: Settings, run: str, n: int, users: int) -> dict[str, float]:
+async def raw_redis(redis: Client, s: Settings, run: str, n: int, users: int) -> dict[str, float]:
     prefix, rng, out = f"bench:{run}", random.Random(7), dict[str, float]()
     sample = stream_encoder.encode(stream_event(workload(run, "x", 1, users, rng)[0], s))
     xadd = lambda p, i: p.xadd(f"{prefix}:x", {"e": sample})  # noqa: E731
@@ -155,7 +156,7 @@ async def raw_redis(redis: Redis, s: Settings, run: str, n: int, users: int) -> 
     )
 
 
-async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
+async def memory(redis: Client, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
     """used_memory growth per dedup entry, then per profile (dedup entries deducted)."""
     mem = RawApply(redis, s, prefix, BEYOND + 1)  # fresh dedup keys; XACK of ids not pending
     m0, now = await used_memory(redis), wall_ms()
@@ -163,7 +164,7 @@ async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> di
         StreamEvent(str(uuid.uuid4()), now, now, "TRACK", name="x") for _ in range(n)
     ]
     await mem.run([("0-1", ev) for ev in dedup_only], 100)
-    m1, keys1 = await used_memory(redis), await redis.dbsize()
+    m1, keys1 = await used_memory(redis), await dbsize(redis)
     people, events = max(1, n // 3), []
     for u in range(people):
         uid = f"bench-{run}-m{u}"
@@ -174,7 +175,7 @@ async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> di
             track = {"type": "TRACK", "userId": uid, "name": name}
             events.append(stream_event((str(uuid.uuid4()), track, 0), s))
     await mem.run([("0-1", ev) for ev in events], 100)
-    m2, keys2 = await used_memory(redis), await redis.dbsize()
+    m2, keys2 = await used_memory(redis), await dbsize(redis)
     if await redis.exists(keys.identifier(f"user:bench-{run}-m0")):
         print("cdp bench: warning: apply_batch wrote keys outside bench:<run>:*")
     dedup = (m1 - m0) / n
@@ -189,15 +190,15 @@ async def memory(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> di
     }
 
 
-async def lua_time(redis: Redis, merges: str, partitions: int) -> tuple[int, int, int]:
+async def lua_time(redis: Client, merges: str, partitions: int) -> tuple[int, int, int]:
     """(usec spent in EVALSHA since the server started, as Redis counts it; records in
     ``merges``; events the workers have done): read before and after a measurement."""
-    stats = (await redis.info("commandstats")).get("cmdstat_evalsha", {})
+    stats = (await info_sum(redis, "commandstats")).get("cmdstat_evalsha", {})
     done, _ = await done_count(redis, partitions)
     return int(stats.get("usec", 0)), await redis.xlen(merges), done
 
 
-async def merge_cost(redis: Redis, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
+async def merge_cost(redis: Client, s: Settings, prefix: str, run: str, n: int) -> dict[str, float]:
     """EVALSHA usec per ALIAS that merges two small profiles, and per ALIAS that links."""
     setup, merging, linking = small_profiles(run, n, s.counter_bucket_ms)
     apply = RawApply(redis, s, prefix, BEYOND + 2)
@@ -220,8 +221,8 @@ async def merge_cost(redis: Redis, s: Settings, prefix: str, run: str, n: int) -
     return out
 
 
-async def cleanup(redis: Redis, run: str) -> None:
+async def cleanup(redis: Client, run: str) -> None:
     """Delete the keys this run created: ``bench:<run>:*``, nothing else."""
-    found = [key async for key in redis.scan_iter(match=f"bench:{run}:*", count=1000)]
+    found = [key async for key in scan_all(redis, f"bench:{run}:*")]
     for i in range(0, len(found), 500):
         await redis.unlink(*found[i : i + 500])

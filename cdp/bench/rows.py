@@ -40,29 +40,30 @@ from urllib.parse import urlparse
 
 import aiohttp
 import msgspec
-from redis.asyncio import Redis
 
 from cdp.api.publisher import Publisher
 from cdp.bench.loadgen import Load, generate
 from cdp.bench.micro import TRIVIAL_LUA, memory, timed
 from cdp.bench.workload import stream_event, workload
 from cdp.clock import wall_ms
+from cdp.connect import Client, connect
 from cdp.errors import BenchError
 from cdp.events import iso_ms
 from cdp.metrics import counters
+from cdp.redis_nodes import info_sum, scan_all
 from cdp.settings import Settings
 
 
-async def metric(redis: Redis, partitions: int, *names: str) -> list[int]:
+async def metric(redis: Client, partitions: int, *names: str) -> list[int]:
     """The counters ``names``, summed over the partitions' metrics hashes."""
     return list((await counters(redis, partitions, names)).values())
 
 
-async def done(redis: Redis, partitions: int) -> int:
+async def done(redis: Client, partitions: int) -> int:
     return sum(await metric(redis, partitions, "processed", "dedup_hits", "dropped"))
 
 
-async def backlog(redis: Redis, partitions: int) -> int:
+async def backlog(redis: Client, partitions: int) -> int:
     """accepted - processed - dedup_hits - dropped (publish-n.lua counts in accepted too)."""
     accepted, *rest = await metric(
         redis, partitions, "accepted", "processed", "dedup_hits", "dropped"
@@ -77,12 +78,12 @@ def client_figures(prefix: str, got: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def ingest(redis: Redis, load: Load) -> dict[str, Any]:
+async def ingest(redis: Client, load: Load) -> dict[str, Any]:
     got = await asyncio.to_thread(generate, load)
     return client_figures("ingest", got)
 
 
-async def batch(redis: Redis, load: Load, partitions: int) -> dict[str, Any]:
+async def batch(redis: Client, load: Load, partitions: int) -> dict[str, Any]:
     before = (await metric(redis, partitions, "accepted"))[0]
     got = await asyncio.to_thread(generate, load)
     accepted = (await metric(redis, partitions, "accepted"))[0] - before
@@ -123,19 +124,20 @@ def find_workers(redis_url: str) -> list[int]:
     return sorted(found)
 
 
-async def redis_cpu(redis: Redis) -> float:
-    info = await redis.info("cpu")
+async def redis_cpu(redis: Client) -> float:
+    info = await info_sum(redis, "cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def commandstats(redis: Redis) -> dict[str, tuple[int, int]]:
-    stats = await redis.info("commandstats")
+async def commandstats(redis: Client) -> dict[str, tuple[int, int]]:
+    stats = await info_sum(redis, "commandstats")
     return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
 
 
-async def publish(redis_url: str, partitions: int, events: list[Any], chunk: int = 100) -> None:
+async def publish(s: Settings, events: list[Any], chunk: int = 100) -> None:
     """Store ``events`` (StreamEvents) in their partitions, the API's way."""
-    redis = Redis.from_url(redis_url)
+    redis = await connect(s)
+    partitions = s.partitions
     try:
         publisher = Publisher(redis, partitions)
         queue = iter(range(0, len(events), chunk))
@@ -151,7 +153,7 @@ async def publish(redis_url: str, partitions: int, events: list[Any], chunk: int
 
 
 async def drain(
-    redis: Redis, s: Settings, run: str, n: int, worker_pids: Sequence[int]
+    redis: Client, s: Settings, run: str, n: int, worker_pids: Sequence[int]
 ) -> dict[str, Any]:
     specs = workload(run, "drain", n, max(n // 10, 10), random.Random(run))
     events = [stream_event(sp, s) for sp in specs]
@@ -161,7 +163,7 @@ async def drain(
     pids = list(worker_pids) or find_workers(s.redis_url)
     base = await done(redis, s.partitions)  # (the caller waited for a drained stack)
     started = wall_ms()
-    await publish(s.redis_url, s.partitions, events)
+    await publish(s, events)
     published = wall_ms()
     notes = [f"drain: {n} events published in {(published - started) / 1000:.1f} s, ts = T0"]
     if published > t0:
@@ -220,7 +222,7 @@ def growth(points: Sequence[tuple[float, int]], span: float) -> tuple[float, int
 
 
 async def paced(
-    redis: Redis, partitions: int, load: Load, settle_s: float, span: float
+    redis: Client, partitions: int, load: Load, settle_s: float, span: float
 ) -> dict[str, Any]:
     """Run ``load`` (paced) while sampling the backlog; its growth after ``settle_s``
     (the window fills up first) and the accepted rate."""
@@ -240,7 +242,7 @@ async def paced(
     return {"growth": rate, "lows": (first, last), "eps": accepted / load.seconds, "got": got}
 
 
-async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
+async def wait_drained(redis: Client, s: Settings, timeout: float = 300) -> None:
     """Until every event accepted is done, then one more tick
     (the workers flush their counts each tick)."""
     deadline = time.perf_counter() + timeout
@@ -259,7 +261,7 @@ async def wait_drained(redis: Redis, s: Settings, timeout: float = 300) -> None:
 
 
 async def sustained(
-    redis: Redis, s: Settings, base: Load, start_eps: float, steps: int
+    redis: Client, s: Settings, base: Load, start_eps: float, steps: int
 ) -> dict[str, Any]:
     """Step the offered rate up by 1.5x from ``start_eps`` (down by 1.5x when that rate
     already grows) until the backlog grows (by
@@ -293,7 +295,7 @@ async def sustained(
 
 
 async def freshness(
-    redis: Redis, s: Settings, base: Load, rate_eps: float, admin_token: str, samples_per_s: float
+    redis: Client, s: Settings, base: Load, rate_eps: float, admin_token: str, samples_per_s: float
 ) -> dict[str, Any]:
     """Paced load at ``rate_eps`` plus sampled IDENTIFYs: ts -> visible in the profile."""
     load = replace(base, rate=rate_eps / base.calls, run=base.run + "-f")
@@ -350,7 +352,7 @@ async def _visible(
 # -- memory and bare Redis -----------------------------------------------------------------
 
 
-async def bare_redis(redis: Redis, run: str, n: int) -> dict[str, Any]:
+async def bare_redis(redis: Client, run: str, n: int) -> dict[str, Any]:
     """XADD and EVALSHA of a trivial 5-command script, pipelined by 100."""
     sample = b"x" * 200
     prefix = f"bench:{run}"
@@ -361,11 +363,11 @@ async def bare_redis(redis: Redis, run: str, n: int) -> dict[str, Any]:
     return {"xadd_eps": round(xadd_eps), "evalsha_cps": round(evalsha)}
 
 
-async def memory_row(redis: Redis, s: Settings, run: str, profiles: int) -> dict[str, Any]:
+async def memory_row(redis: Client, s: Settings, run: str, profiles: int) -> dict[str, Any]:
     prefix = f"bench:{run}"
     got = await memory(redis, s, prefix, run, profiles * 3)
     encodings: dict[str, int] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:profile:*", count=1000):
+    async for key in scan_all(redis, f"{prefix}:profile:*"):
         parts = key.decode().split(":")  # bench:<run>:profile:{cid}[:traits...]
         family = parts[4] if len(parts) > 4 else "profile"
         enc = await redis.object("encoding", key)

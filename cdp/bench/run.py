@@ -10,7 +10,6 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cdp import keys
@@ -22,7 +21,9 @@ from cdp.bench.micro import cleanup, raw_redis
 from cdp.bench.report import report
 from cdp.bench.workload import plan
 from cdp.clock import wall_ms
+from cdp.connect import Client, connect
 from cdp.errors import BenchError
+from cdp.redis_nodes import info_sum
 from cdp.settings import Settings, format_duration
 
 ISSUE_ROWS = ("ingest", "batch", "drain", "sustained", "freshness", "memory")
@@ -77,7 +78,10 @@ async def run_bench(settings: Settings, o: Options) -> None:
     write_key = o.write_key or next(iter(write_keys(settings.write_keys)), "")
     if {"batch", "sustained", "freshness"} & set(rows) and not write_key:
         raise BenchError("/v1/batch needs a write key: --write-key, or the write-keys setting")
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=30)
+    try:
+        redis = await connect(settings, socket_connect_timeout=2, socket_timeout=30)
+    except RedisError as exc:
+        raise BenchError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     python_only = o.client == "python" or shutil.which("wrk") is None
     result: dict[str, Any] = {
         "run": run, "url": url, "rows": rows,
@@ -89,7 +93,7 @@ async def run_bench(settings: Settings, o: Options) -> None:
     }  # fmt: skip
     try:
         try:
-            info = await redis.info()
+            info = await info_sum(redis)
         except RedisError as exc:
             raise BenchError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
         await check_api(url)
@@ -106,7 +110,7 @@ async def run_bench(settings: Settings, o: Options) -> None:
 
 
 async def _rows(
-    redis: Redis,
+    redis: Client,
     s: Settings,
     o: Options,
     run: str,
@@ -150,7 +154,7 @@ async def _rows(
 
 
 async def _mixed(
-    redis: Redis, s: Settings, o: Options, run: str, result: dict[str, Any]
+    redis: Client, s: Settings, o: Options, run: str, result: dict[str, Any]
 ) -> dict[str, Any]:
     """The earlier ``cdp bench``: the mixed workload end to end, then the micro-benchmarks."""
     warmup, specs = plan(run, o.events, o.users, o.merge_ratio)

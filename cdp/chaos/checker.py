@@ -27,12 +27,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis as redis_sync
-
 from cdp.chaos import segcheck
 from cdp.chaos.history import History, Op, Round
 from cdp.chaos.model import Model, canonical, snapshot
 from cdp.chaos.state import RedisState, read_state
+from cdp.connect import SyncClient
 from cdp.metrics import counters_sync
 from cdp.settings import Settings
 
@@ -81,9 +80,7 @@ class Verdict:
         return self.rows.setdefault(fault, Row(fault))
 
 
-def check(
-    client: redis_sync.Redis, history: History, settings: Settings, appendfsync: str
-) -> Verdict:
+def check(client: SyncClient, history: History, settings: Settings, appendfsync: str) -> Verdict:
     verdict = Verdict()
     for r in history.rounds:
         verdict.row(r.fault).count += r.fault != "none"
@@ -190,7 +187,7 @@ def _why_lost(op: Op, ids: set[str], state: RedisState) -> tuple[str, str]:
 
 
 def _check_profiles(
-    client: redis_sync.Redis, state: RedisState, settings: Settings, verdict: Verdict
+    client: SyncClient, state: RedisState, settings: Settings, verdict: Verdict
 ) -> dict[str, dict[str, Any]]:
     """Redis's profiles against the model's; returns live cid -> the model's profile."""
     events = [state.events[eid] for eid in sorted(state.applied) if eid in state.events]

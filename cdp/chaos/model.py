@@ -22,9 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis as redis_sync
-
 from cdp import keys
+from cdp.connect import SyncClient
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import bucket_member
 from cdp.settings import Settings
@@ -206,7 +205,7 @@ def canonical(profiles: list[Profile]) -> dict[frozenset[str], dict[str, Any]]:
     }
 
 
-def snapshot(client: redis_sync.Redis) -> list[Profile]:
+def snapshot(client: SyncClient) -> list[Profile]:
     """Every live profile in Redis, read back into the model's shape."""
     out = []
     for raw_key in client.scan_iter(match=keys.PROFILE_PREFIX + "{*}", count=1000):

@@ -22,10 +22,9 @@ import signal
 import time
 from dataclasses import dataclass
 
-import redis as redis_sync
-
 from cdp.chaos.cluster import Cluster
 from cdp.chaos.history import History, Round
+from cdp.connect import sync_client
 from cdp.errors import ChaosError
 
 FAULTS = ("worker-kill", "worker-pause", "redis-kill", "redis-pause", "redis-oom", "api-kill")
@@ -86,7 +85,9 @@ class Nemesis:
         self.cluster.signal("redis", signal.SIGCONT)
 
     async def _redis_oom(self, round_: Round) -> None:
-        client = redis_sync.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
+        client = sync_client(
+            self.cluster.redis.url, "no", socket_timeout=5
+        )  # this node: INFO, CONFIG SET
         try:
             used = int(client.info("memory")["used_memory"])
             cap = max(1 << 20, used - (64 << 10))

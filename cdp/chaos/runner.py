@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis as redis_sync
-
 from cdp import keys
 from cdp.chaos.checker import Verdict, check
 from cdp.chaos.client import LoadClient
@@ -31,6 +29,7 @@ from cdp.chaos.history import History
 from cdp.chaos.nemesis import FAULTS, Nemesis, Timing
 from cdp.chaos.workload import WRITE_KEY, Workload
 from cdp.clock import wall_ms
+from cdp.connect import SyncClient, sync_client
 from cdp.settings import load_settings, parse_duration_ms
 from cdp.streams import text
 
@@ -126,7 +125,7 @@ class ChaosRun:
 
     def settle(self) -> bool:
         """Wait (up to settle_s) until nothing is unread, pending or awaiting evaluation."""
-        client = redis_sync.Redis.from_url(self.cluster.redis.url, socket_timeout=10)
+        client = sync_client(self.cluster.redis.url, socket_timeout=10)
         deadline = time.monotonic() + self.config.settle_s
         try:
             while not self._quiet(client):
@@ -138,7 +137,7 @@ class ChaosRun:
         finally:
             client.close()
 
-    def _quiet(self, client: redis_sync.Redis) -> bool:
+    def _quiet(self, client: SyncClient) -> bool:
         soon = wall_ms() + 2 * parse_duration_ms(self.config.lease_ttl)
         if client.zcount(keys.SEGMENTS_DUE, "-inf", soon):
             return False
@@ -153,7 +152,7 @@ class ChaosRun:
         return True
 
     def check(self) -> Verdict:
-        client = redis_sync.Redis.from_url(self.cluster.redis.url, socket_timeout=30)
+        client = sync_client(self.cluster.redis.url, socket_timeout=30)
         try:
             verdict = check(client, self.history, self.settings, self.config.appendfsync)
         finally:

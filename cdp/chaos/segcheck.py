@@ -16,9 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import redis as redis_sync
-
 from cdp import keys
+from cdp.connect import SyncClient
 from cdp.settings import Settings
 from cdp.streams import text
 
@@ -36,7 +35,7 @@ def _expected(segment: str, profile: dict[str, Any], settings: Settings) -> bool
 
 
 def check_segments(
-    client: redis_sync.Redis,
+    client: SyncClient,
     settings: Settings,
     live: dict[str, dict[str, Any]],
     report: Report,

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import redis as redis_sync
 
 from cdp import keys
+from cdp.connect import SyncClient
 from cdp.events import StreamEvent, entry_events, stream_decoder
 from cdp.streams import text
 
@@ -42,7 +42,7 @@ def op_of(event: StreamEvent) -> str | None:
     return op if isinstance(op, str) else None
 
 
-def _entries(client: redis_sync.Redis, stream: str) -> Any:
+def _entries(client: SyncClient, stream: str) -> Any:
     start = "-"
     while True:
         rows: Any = client.xrange(stream, min=start, count=5000)
@@ -67,7 +67,7 @@ def _decode_entry(fields: Any) -> list[StreamEvent]:
         return []
 
 
-def read_state(client: redis_sync.Redis, partitions: int) -> RedisState:
+def read_state(client: SyncClient, partitions: int) -> RedisState:
     state = RedisState()
     for p in range(partitions):
         stream = keys.stream(p)
@@ -100,13 +100,13 @@ def _id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _last_delivered(client: redis_sync.Redis, stream: str) -> tuple[int, int]:
+def _last_delivered(client: SyncClient, stream: str) -> tuple[int, int]:
     groups: Any = client.xinfo_groups(stream) if client.exists(stream) else []
     group = next((g for g in groups if text(g["name"]) == keys.GROUP), None)
     return _id(text(group["last-delivered-id"])) if group else (0, 0)
 
 
-def _read_pending(client: redis_sync.Redis, partition: int, state: RedisState) -> None:
+def _read_pending(client: SyncClient, partition: int, state: RedisState) -> None:
     stream = keys.stream(partition)
     if not client.exists(stream):
         return

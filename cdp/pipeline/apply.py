@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from cdp import keys
+from cdp.connect import Pipe
 from cdp.events import StreamEvent, iso_ms
 from cdp.identity import BLOCKED_VALUES
 from cdp.scripts import Scripts
@@ -118,7 +118,7 @@ class ApplyContext:
 
 
 async def queue_apply(
-    pipe: Pipeline,
+    pipe: Pipe,
     scripts: Scripts,
     settings: Settings,
     ctx: ApplyContext,

@@ -11,10 +11,10 @@ it, so a worker that lost a lease cannot apply to that partition any more.
 from __future__ import annotations
 
 import structlog
-from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.clock import wall_ms
+from cdp.connect import Client
 from cdp.scripts import Scripts
 from cdp.streams import text
 
@@ -29,7 +29,7 @@ def assignment(live: list[str], partitions: int) -> dict[int, str]:
 
 class LeaseManager:
     def __init__(
-        self, redis: Redis, scripts: Scripts, worker_id: str, partitions: int, ttl_ms: int
+        self, redis: Client, scripts: Scripts, worker_id: str, partitions: int, ttl_ms: int
     ) -> None:
         self._redis = redis
         self._scripts = scripts

@@ -15,8 +15,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
+from cdp.connect import Client
 from cdp.scripts import calls
 from cdp.scripts.calls import BatchResult, Erased, ProfileRow, Transition
 from cdp.scripts.loader import ScriptError, lua_dir, script_names, source
@@ -44,7 +43,7 @@ __all__ = [
 class Scripts:
     """Every script of ``cdp.scripts.calls``, registered on one client."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.apply_batch = calls.apply_batch.bind(redis)
         self.lease_acquire = calls.lease_acquire.bind(redis)
         self.lease_release = calls.lease_release.bind(redis)

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from cdp.connect import Client, Pipe
 from cdp.scripts.loader import ScriptError, key_count, source
 
 P = ParamSpec("P")
@@ -79,7 +78,7 @@ class ScriptSpec(Generic[P, R]):
             raise ScriptError(f"{self.name} takes {self.key_count} keys, not {len(call.keys)}")
         return call
 
-    def bind(self, redis: Redis) -> Bound[P, R]:
+    def bind(self, redis: Client) -> Bound[P, R]:
         """Load the script (its key count checked) and register it on ``redis``."""
         text = source(self.name)
         found = key_count(self.name)
@@ -114,7 +113,8 @@ class Bound(Generic[P, R]):
         call = self.spec.call(*args, **kwargs)
         return self.decode(await self.registered(keys=call.keys, args=call.args))
 
-    async def queue(self, pipe: Pipeline, *args: P.args, **kwargs: P.kwargs) -> None:
+    async def queue(self, pipe: Pipe, *args: P.args, **kwargs: P.kwargs) -> None:
         """Add the call to ``pipe``; its reply, in ``pipe.execute()``'s, goes to ``decode``."""
         call = self.spec.call(*args, **kwargs)
-        await self.registered(keys=call.keys, args=call.args, client=pipe)
+        # redis-py's annotation names clients only; its code queues in a pipeline too.
+        await self.registered(keys=call.keys, args=call.args, client=pipe)  # type: ignore[arg-type]

@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 from cdp import keys
+from cdp.connect import Client
 from cdp.scripts import Scripts
 from cdp.segments.rules import Check, Rule, RuleError, compile_rule, parse_rule
 from cdp.settings import Settings, format_duration
@@ -99,7 +98,7 @@ def parse_definition(name: str, body: Any) -> Segment:
     return Segment(name, parse_rule(body["rule"], "$.rule"), body["rule"], description)
 
 
-async def load_segments(redis: Redis, settings: Settings) -> dict[str, Segment]:
+async def load_segments(redis: Client, settings: Settings) -> dict[str, Segment]:
     segments = builtins(settings)
     for raw_name, raw in (await redis.hgetall(keys.SEGMENTS)).items():
         name = text(raw_name)
@@ -113,7 +112,7 @@ async def load_segments(redis: Redis, settings: Settings) -> dict[str, Segment]:
 class SegmentCache:
     """A worker's copy of the definitions, reloaded when the version changes."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Client, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
         self._version: Any = b"-"
@@ -133,7 +132,7 @@ class SegmentCache:
         return "" if self._version in (None, b"-") else text(self._version)
 
 
-async def delete_definition(redis: Redis, name: str) -> bool:
+async def delete_definition(redis: Client, name: str) -> bool:
     """Delete custom segment ``name`` and end its memberships without events; False if
     there was no such segment.
 

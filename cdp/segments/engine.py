@@ -38,9 +38,9 @@ from typing import Any
 
 import msgspec
 import structlog
-from redis.asyncio import Redis
 
 from cdp import keys
+from cdp.connect import Client
 from cdp.events import iso_ms, to_ms
 from cdp.scripts import ProfileRow, Scripts
 from cdp.segments.definitions import Segment, SegmentCache
@@ -175,7 +175,7 @@ def _pairs(flat: list[Any]) -> dict[int, int]:
 
 
 class SegmentEngine:
-    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings) -> None:
+    def __init__(self, redis: Client, scripts: Scripts, settings: Settings) -> None:
         self.redis = redis
         self.scripts = scripts
         self.settings = settings

@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from cdp import keys
 from cdp.clock import Clock, wall_ms
+from cdp.connect import Client
 from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
@@ -31,7 +31,7 @@ DUE_CHUNK = 500
 BACKFILL_CHUNK = 500
 
 
-async def start_backfill(redis: Redis, name: str) -> None:
+async def start_backfill(redis: Client, name: str) -> None:
     """Queue an evaluation of segment ``name`` for every live profile."""
     total = await redis.zcard(keys.PROFILES)
     async with redis.pipeline(transaction=True) as pipe:
@@ -53,7 +53,7 @@ async def start_backfill(redis: Redis, name: str) -> None:
 class Sweeper:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         scripts: Scripts,
         engine: SegmentEngine,
         clock: Clock,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 
-from redis.asyncio import Redis
-
 from cdp import keys
-from cdp.connect import redis_client
+from cdp.connect import connect
 from cdp.segments.definitions import load_segments
 from cdp.settings import Settings
 from cdp.streams import tail, text
 
 
 async def list_segments(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    redis = await connect(settings, socket_connect_timeout=2)
     try:
         segments = await load_segments(redis, settings)
         print(f"{'segment':24} {'members':>8}  rule")
@@ -28,8 +26,8 @@ async def list_segments(settings: Settings) -> None:
 
 async def watch_segments(settings: Settings, start: str, only: set[str]) -> None:
     """Print each segment event as one JSON line, until interrupted (idle for hours too)."""
-    block_ms = settings.stream_heartbeat_ms  # within the socket timeout, see redis_client
-    redis = redis_client(settings, blocking_ms=block_ms)
+    block_ms = settings.stream_heartbeat_ms  # within the socket timeout, see cdp.connect
+    redis = await connect(settings, socket_timeout=(settings.redis_timeout_ms + block_ms) / 1000)
     try:
         async for item in tail(redis, keys.SEGMENT_EVENTS, start, block_ms=block_ms):
             if item is None:

@@ -29,10 +29,10 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
-from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.clock import Clock
+from cdp.connect import Client
 from cdp.errors import InvalidSubscription
 from cdp.events import iso_ms
 from cdp.pipeline.leases import RoleLease
@@ -124,7 +124,7 @@ def backoff_ms(attempts: int, base_ms: int) -> int:
 
 class Dispatcher:
     def __init__(
-        self, redis: Redis, scripts: Scripts, settings: Settings, clock: Clock, worker_id: str
+        self, redis: Client, scripts: Scripts, settings: Settings, clock: Clock, worker_id: str
     ) -> None:
         self.redis = redis
         self.settings = settings
