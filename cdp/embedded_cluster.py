@@ -34,7 +34,7 @@ from pathlib import Path
 import redis
 
 from cdp.embedded import RedisServer, port_is_free
-from cdp.errors import RedisServerError
+from cdp.errors import RedisServerError, SettingsError
 
 CLUSTER_SLOTS = 16384
 BUS_PORT_OFFSET = 10000  # Redis's cluster bus listens on the client port + 10000
@@ -80,12 +80,12 @@ def slot_ranges(masters: int) -> list[tuple[int, int]]:
 
 def validate_shape(masters: int, replicas: int) -> None:
     if masters < MIN_MASTERS:
-        raise RedisServerError(
+        raise SettingsError(
             f"--cluster: a Redis Cluster needs at least {MIN_MASTERS} masters (a majority "
             f"of them must agree to fail a master over), got {masters}"
         )
     if replicas < 0:
-        raise RedisServerError(f"--replicas: must be 0 or more, got {replicas}")
+        raise SettingsError(f"--replicas: must be 0 or more, got {replicas}")
 
 
 class EmbeddedCluster:
@@ -196,21 +196,21 @@ class EmbeddedCluster:
         clients = [self._client(node) for node in self.nodes]
         try:
             for epoch, client in enumerate(clients, start=1):
-                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                _cluster(client, "SET-CONFIG-EPOCH", epoch)
             for client, (first, last) in zip(clients, slot_ranges(self.masters), strict=False):
-                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+                _cluster(client, "ADDSLOTS", *range(first, last + 1))
             for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+                _cluster(clients[0], "MEET", "127.0.0.1", node.port)
             self._wait(lambda: all(self._knows_everyone(c) for c in clients), timeout, "MEET")
-            master_ids = [c.execute_command("CLUSTER", "MYID") for c in clients[: self.masters]]
+            master_ids = [_cluster(c, "MYID") for c in clients[: self.masters]]
             for i, client in enumerate(clients[self.masters :]):
-                client.execute_command("CLUSTER", "REPLICATE", master_ids[i % self.masters])
+                _cluster(client, "REPLICATE", master_ids[i % self.masters])
         finally:
             for client in clients:
                 client.close()
 
     def _knows_everyone(self, client: redis.Redis) -> bool:
-        lines = str(client.execute_command("CLUSTER", "NODES")).splitlines()
+        lines = _cluster(client, "NODES").splitlines()
         return len(lines) == len(self.nodes) and not any("handshake" in line for line in lines)
 
     # -- every start ---------------------------------------------------------------
@@ -256,8 +256,9 @@ class EmbeddedCluster:
         self._wait(self.healthy, timeout, "cluster_state:ok on every node")
 
     def healthy(self) -> bool:
-        """Every node running, answering ``cluster_state:ok`` with every slot assigned
-        and every node known; every replica's link to its master up."""
+        """Every node running, answering ``cluster_state:ok`` with every slot assigned,
+        every node known, ``masters`` of them masters and none failing; every replica's
+        link to its master up."""
         for node in self.nodes:
             self._check_running(node)
         clients = [self._client(node) for node in self.nodes]
@@ -270,13 +271,17 @@ class EmbeddedCluster:
                 client.close()
 
     def _node_healthy(self, client: redis.Redis) -> bool:
-        info = dict(_fields(str(client.execute_command("CLUSTER", "INFO"))))
+        info = dict(_fields(_cluster(client, "INFO")))
         if (
             info.get("cluster_state") != "ok"
             or info.get("cluster_slots_assigned") != str(CLUSTER_SLOTS)
             or info.get("cluster_known_nodes") != str(len(self.nodes))
         ):
             return False
+        roles = [line.split()[2].split(",") for line in _cluster(client, "NODES").splitlines()]
+        masters = sum("master" in flags for flags in roles)
+        if masters != self.masters or any("fail" in f or "fail?" in f for f in roles):
+            return False  # a REPLICATE not yet gossiped here, or a node not yet seen back
         replication = client.info("replication")
         return replication.get("role") == "master" or replication.get("master_link_status") == "up"
 
@@ -307,3 +312,8 @@ def _fields(text: str) -> Iterator[tuple[str, str]]:
         key, sep, value = line.partition(":")
         if sep:
             yield key.strip(), value.strip()
+
+
+def _cluster(client: redis.Redis, *args: object) -> str:
+    """One CLUSTER subcommand, its reply as text (redis-py types none of them)."""
+    return str(client.execute_command("CLUSTER", *args))  # type: ignore[no-untyped-call]
