@@ -24,7 +24,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from cdp.embedded import find_redis_server, free_port
-from cdp.embedded_cluster import CLUSTER_SLOTS
+from cdp.embedded_cluster import CLUSTER_SLOTS, choose_ports
 from tests.support.cluster import ClusterFactory, cluster_nodes, cluster_ok, cluster_skip_reason
 from tests.support.stack import ROOT
 from tests.support.wait import wait_until
@@ -52,7 +52,8 @@ class UpCluster:
     """``cdp up --cluster N`` in a subprocess, its output in a file."""
 
     def __init__(self, data_dir: Path, *flags: str) -> None:
-        self.data_dir, self.flags = data_dir, flags
+        # Its nodes from a random port up (cdp up's default, 7000, is the user's).
+        self.data_dir, self.flags = data_dir, ("--redis-port", str(choose_ports(1)[0]), *flags)
         self.log = data_dir.parent / "up.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.api_port = free_port()
@@ -114,16 +115,19 @@ def _alive(pid: int) -> bool:
 
 
 def _processes_naming(text: str) -> list[int]:
-    """Live processes whose command line or environment contains ``text``."""
+    """Live processes whose command line or environment contains ``text``, or whose
+    working directory is under it (a redis-server: it rewrites its command line and
+    runs in its --dir)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            cwd = os.readlink(entry / "cwd")
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        if text.encode() in blob and _alive(int(entry.name)):
+        if (text.encode() in blob or cwd.startswith(text)) and _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -149,7 +153,7 @@ def up_factory(tmp_path: Path) -> Iterator[UpFactory]:
     yield make
     for up in started:  # a failed test must not leave a cluster running
         up.kill()
-    for pid in _processes_naming(str(tmp_path)):  # API and workers (cdp up was killed)
+    for pid in _processes_naming(str(tmp_path)):  # children and nodes of a killed cdp up
         os.kill(pid, signal.SIGKILL)
 
 
@@ -225,6 +229,7 @@ def test_up_cluster_runs_the_api_and_ctrl_c_leaves_no_process(
     assert up.stop() == 0
     assert _processes_naming(f"CDP_REDIS_URL={url}") == []
     assert not any(_alive(pid) for pid in pids)
+    assert _processes_naming(str(tmp_path)) == []
     assert not _listening(up.api_port)
 
 
