@@ -81,12 +81,13 @@ def run_local(
     signal.signal(signal.SIGTERM, request_stop)
     try:
         children.start_all()
+        redis_name, detail = _describe(embedded, redis_url)
         if redis_only:
-            print(f"cdp redis is up: {_describe(embedded)}", flush=True)
+            print(f"cdp redis is up: {redis_name}  ({detail})", flush=True)
         else:
             print(
-                f"cdp is up: API http://{host}:{port}  {_describe(embedded, redis_url)}"
-                f"  ({processes} API processes, {workers} workers)",
+                f"cdp is up: API http://{host}:{port}  {redis_name}  ({processes} API "
+                f"processes, {workers} workers{', ' + detail if detail else ''})",
                 flush=True,
             )
         print(f"  try: {_redis_cli(embedded, redis_url)}", flush=True)
@@ -140,17 +141,17 @@ def _start_embedded(
     return embedded
 
 
-def _describe(embedded: Embedded | None, redis_url: str = "") -> str:
+def _describe(embedded: Embedded | None, redis_url: str) -> tuple[str, str]:
+    """What the banner says of Redis: its name and URL, and where it keeps its data."""
     if isinstance(embedded, EmbeddedCluster):
         ports = embedded.ports
-        return (
-            f"Redis Cluster {embedded.url}  ({embedded.masters} masters, "
-            f"{embedded.replicas} replicas each, ports {ports[0]}-{ports[-1]}, "
-            f"data in {embedded.root})"
+        return f"Redis Cluster {embedded.url}", (
+            f"{embedded.masters} masters with {embedded.replicas} replicas each on ports "
+            f"{ports[0]}-{ports[-1]}, data in {embedded.root}"
         )
     if isinstance(embedded, RedisServer):
-        return f"Redis {embedded.url}  (data in {embedded.data_dir})"
-    return f"Redis {redis_url}"
+        return f"Redis {embedded.url}", f"data in {embedded.data_dir}"
+    return f"Redis {redis_url}", ""
 
 
 def _redis_cli(embedded: Embedded | None, redis_url: str) -> str:
