@@ -126,6 +126,11 @@ class EmbeddedCluster:
             if recorded is not None and recorded.get("created"):
                 self._check_shape(recorded)
                 self._launch(recorded["ports"])
+            elif recorded is None and any(self.root.glob("node-*")):
+                raise RedisServerError(
+                    f"{self.root} holds cluster nodes but no {LAYOUT_FILE} naming their "
+                    "ports; restore it, or remove the directory to start a new cluster"
+                )
             else:
                 self._create(timeout)
             self._wait_healthy(timeout)
@@ -164,7 +169,7 @@ class EmbeddedCluster:
         the chosen ones were random and one was taken meanwhile."""
         attempts = 1 if self.first_port is not None else 3
         for attempt in range(attempts):
-            if self.root.exists():  # an earlier first start that did not finish
+            if self.root.exists():  # nodes of a first start that did not finish: no data
                 shutil.rmtree(self.root)
             ports = choose_ports(self.masters * (1 + self.replicas), self.first_port)
             self._write_layout(ports, created=False)
