@@ -64,7 +64,9 @@ class UpCluster:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cdp", "up", "--data-dir", str(self.data_dir)]
                 + ["--port", str(self.api_port), *self.flags],
-                env=_env(),
+                # The marker: every child of cdp up inherits it, so the teardown finds
+                # them even after cdp up itself was killed.
+                env=_env(TEST_CLUSTER_UP_DIR=str(self.data_dir)),
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
