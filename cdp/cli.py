@@ -1,6 +1,7 @@
 """The cdp command: a real-time Customer Data Platform on Redis Streams.
 
     cdp up        everything locally: embedded Redis (AOF), the API, N worker processes
+                  (--cluster N: an embedded Redis Cluster; --redis-only: Redis alone)
     cdp api       the HTTP API alone, against CDP_REDIS_URL
     cdp worker    one worker process, against CDP_REDIS_URL
     cdp profile   print a profile as JSON, by any identifier or canonical id
@@ -52,7 +53,23 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-port",
         type=int,
         default=None,
-        help="embedded Redis port (default 6379, or a free one if taken)",
+        help="embedded Redis port (default 6379, or a free one if taken); with --cluster,"
+        " the first node's on the first start (default 7000, or the next free ones)",
+    )
+    up.add_argument(
+        "--cluster",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run an embedded Redis Cluster of N masters (at least 3) instead of one Redis",
+    )
+    up.add_argument(
+        "--replicas", type=int, default=0, metavar="R", help="with --cluster: replicas per master"
+    )
+    up.add_argument(
+        "--redis-only",
+        action="store_true",
+        help="start only the embedded Redis (or cluster), no API or workers",
     )
 
     api = sub.add_parser("api", help="run the HTTP API against CDP_REDIS_URL")
@@ -211,8 +228,13 @@ def _api(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from cdp.embedded_cluster import validate_shape
     from cdp.local import run_local
 
+    if args.cluster is not None:
+        validate_shape(args.cluster, args.replicas)
+    elif args.replicas:
+        raise SettingsError("--replicas: only with --cluster N")
     return run_local(
         settings,
         host=args.host,
@@ -222,6 +244,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         data_dir=args.data_dir,
         redis_port=args.redis_port,
         config=args.config,
+        cluster=args.cluster,
+        replicas=args.replicas,
+        redis_only=args.redis_only,
     )
 
 

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -84,19 +85,31 @@ class RedisServer:
         appendonly: bool = True,
         appendfsync: str = "everysec",
         log_to_file: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.log_to_file = log_to_file
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
     def start(self, timeout: float = 10.0) -> RedisServer:
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the process and return at once; ``wait_ready`` waits for its PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.process is not None and self.process.poll() is not None and self.process.stderr:
             self.process.stderr.close()  # started again after it died (a crash test)
@@ -123,12 +136,17 @@ class RedisServer:
             "--logfile",
             "redis.log" if self.log_to_file else "",
             *COMPACT_ENCODINGS,
+            *self.extra_args,
         ]
         # Its own session: a Ctrl-C in the terminal reaches the supervisor, which stops
         # Redis last, after the workers and the API.
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the launched server answers PING; stop it and raise if it does not."""
+        assert self.process is not None, "launch() first"
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         try:
@@ -141,7 +159,7 @@ class RedisServer:
                     raise RedisServerError(f"redis-server exited at start: {err.strip()}")
                 with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
                     if client.ping():
-                        return self
+                        return
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RedisServerError(f"redis-server did not answer on port {self.port}")

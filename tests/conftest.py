@@ -7,6 +7,12 @@
   *processes* against it (``cdp api``, ``cdp worker``) with the Redis-driven test
   clock and the settings' partition count, and kills them after the test.
 
+- ``redis_cluster``: one real 3-master Redis Cluster per session (no replicas; never
+  kill its nodes), and ``redis_cluster_url``: its URL, emptied before each test.
+- ``cluster_factory``: a ``tests.support.cluster.ClusterFactory`` for clusters of a
+  test's own (replicas, nodes to kill or freeze), all stopped after the test.
+  Tests that need a cluster skip when the redis-server binary has no cluster mode.
+
 Waiting on a condition is ``tests.support.wait.wait_until``.
 """
 
@@ -19,6 +25,8 @@ import pytest
 import redis as redis_sync
 
 from cdp.embedded import RedisServer
+from cdp.embedded_cluster import EmbeddedCluster
+from tests.support.cluster import ClusterFactory, flush_cluster
 from tests.support.stack import Stack
 
 
@@ -43,6 +51,30 @@ def r(redis_url: str) -> Iterator[redis_sync.Redis]:
     client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    factory = ClusterFactory(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield factory.start(masters=3)
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: EmbeddedCluster) -> str:
+    flush_cluster(redis_cluster)
+    return redis_cluster.url
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
+    factory = ClusterFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 @pytest.fixture

@@ -111,6 +111,70 @@ def test_every_cdp_command_in_compose_is_real(compose: dict[str, Any]) -> None:
             assert parses(command[1:]), f"service {name}: `{' '.join(command)}` does not parse"
 
 
+def profile_services(compose: dict[str, Any], profile: str) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in compose["services"].items() if profile in s.get("profiles", [])}
+
+
+def test_compose_default_services_are_not_in_a_profile(compose: dict[str, Any]) -> None:
+    for name in ("redis", "api", "worker"):
+        assert "profiles" not in compose["services"][name], name
+
+
+def test_compose_cluster_profile_runs_three_cluster_nodes_with_aof(
+    compose: dict[str, Any],
+) -> None:
+    cluster = profile_services(compose, "cluster")
+    nodes = {n: s for n, s in cluster.items() if command_of(s)[:1] == ["redis-server"]}
+    assert len(nodes) == 3, "a Redis Cluster needs at least 3 masters"
+    volumes = set()
+    for name, node in nodes.items():
+        command = command_of(node)
+        assert node["image"].startswith("redis:7"), name
+        assert command[command.index("--cluster-enabled") + 1] == "yes", name
+        assert command[command.index("--appendonly") + 1] == "yes", name
+        assert command[command.index("--appendfsync") + 1] == "everysec", name
+        assert command[command.index("--hash-max-listpack-entries") + 1] == "128", name
+        volume = node["volumes"][0].split(":")[0]
+        assert volume in compose["volumes"], name
+        volumes.add(volume)
+    assert len(volumes) == 3, "each node keeps its AOF and nodes.conf on a volume of its own"
+
+
+def test_compose_cluster_init_creates_the_slots_over_every_node(compose: dict[str, Any]) -> None:
+    cluster = profile_services(compose, "cluster")
+    addresses = {  # every node, by the fixed address its nodes.conf peers know it by
+        f"{s['networks']['cluster']['ipv4_address']}:6379"
+        for s in cluster.values()
+        if command_of(s)[:1] == ["redis-server"]
+    }
+    init = cluster["cluster-init"]
+    script = command_of(init)[-1]
+    create = next(line for line in script.splitlines() if "--cluster create" in line)
+    assert "redis-cli" in create and set(create.split()) >= addresses
+    assert "--cluster-yes" in script and "cluster_state:ok" in script
+    assert {c["condition"] for c in init["depends_on"].values()} == {"service_healthy"}
+    assert init["restart"] == "no"
+
+
+@pytest.mark.parametrize(
+    ("service", "subcommand"), [("cluster-api", "api"), ("cluster-worker", "worker")]
+)
+def test_compose_cluster_cdp_services_run_against_a_node_after_the_init(
+    compose: dict[str, Any], service: str, subcommand: str
+) -> None:
+    spec = profile_services(compose, "cluster")[service]
+    command = command_of(spec)
+    assert command[:2] == ["cdp", subcommand] and parses(command[1:]), command
+    url = environment_of(spec)["CDP_REDIS_URL"]
+    node_addresses = {
+        s["networks"]["cluster"]["ipv4_address"]
+        for s in compose["services"].values()
+        if command_of(s)[:1] == ["redis-server"] and "networks" in s
+    }
+    assert url.startswith("redis://") and url[len("redis://") :].split(":")[0] in node_addresses
+    assert spec["depends_on"] == {"cluster-init": {"condition": "service_completed_successfully"}}
+
+
 def test_dockerfile_installs_the_package_and_runs_the_api() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
