@@ -15,7 +15,7 @@ import msgspec
 
 from cdp import keys
 from cdp.events import iso_ms
-from cdp.scripts import ProfileRow
+from cdp.scripts import ProfileRow, TransitionRequest
 from cdp.segments.engine import Snapshot, parse_view
 from cdp.segments.rules import ProfileView
 from tests.support.events import event, track
@@ -80,23 +80,27 @@ def transition(
     read_evaluations: str | None = None,
     definitions: str | None = None,
 ) -> list[Any]:
-    """segment_transition as the engine calls it; the reply as [status, eventId...]. What
-    the evaluation read (version, evaluations count, definitions version) defaults to what
-    the profile holds now."""
-    reply = lua.run(
+    """segment_transition as the engine calls it, for one profile; the reply as [status,
+    eventId...]. What the evaluation read (version, evaluations count, definitions
+    version) defaults to what the profile holds now."""
+    (reply,) = lua.run(
         lua.scripts.segment_transition(
-            cid=cid,
-            version=version(lua, cid) if read_version is None else read_version,
-            at_iso=iso_ms(at),
-            at_ms=at,
-            due_ms=None if due == "" else int(due),
-            wanted=wanted,
-            who={"userId": "u1"} if who is None else who,
+            [
+                TransitionRequest(
+                    cid=cid,
+                    version=version(lua, cid) if read_version is None else read_version,
+                    at_iso=iso_ms(at),
+                    at_ms=at,
+                    due_ms=None if due == "" else int(due),
+                    wanted=wanted,
+                    who={"userId": "u1"} if who is None else who,
+                    dropped=drop or [],
+                    read_evaluations=(
+                        evaluations(lua, cid) if read_evaluations is None else read_evaluations
+                    ),
+                )
+            ],
             events_maxlen=lua.settings.segment_events_maxlen,
-            dropped=drop or [],
-            read_evaluations=(
-                evaluations(lua, cid) if read_evaluations is None else read_evaluations
-            ),
             definitions_version=(
                 (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions
             ),
