@@ -2,12 +2,14 @@
 
 ``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (one
 script call per ``READ_CHUNK`` of them, a consistent snapshot with each profile's
-version; the next chunk is read while Python evaluates the current one), evaluates
-every defined segment in Python (each rule compiled once per definition,
-``cdp.segments.rules.compile_rule``), and writes the outcome per profile with
-``segment_transition``, which changes memberships, appends the events to
-``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due`` atomically,
-and only if the evaluation is still the newest: the profile, its memberships and the
+version; the next chunk is read while Python evaluates the current one), reading only
+the traits and counters the definitions name (``SegmentCache.reads``), evaluates every
+defined segment in Python (each rule compiled once per definition,
+``cdp.segments.rules.compile_rule``), and writes the outcome of the chunk's profiles
+whose memberships or due time change with one ``segment_transition`` call, which, per
+profile, changes memberships, appends the events to ``cdp:segment-events`` and
+reschedules the profile in ``cdp:segments:due`` atomically, and only if the
+evaluation is still the newest: the profile, its memberships and the
 definitions have not changed since they were read (the memberships: no evaluation was
 accepted since, by the profile's ``evaluations`` count, which every accepted write bumps;
 not by evaluatedMs, which a write at the same time leaves as it was).
