@@ -65,8 +65,8 @@ local function transition(p)
     return {"STALE"}
   end
   local now_iso = p.at
-  rcall("HSET", pkey, "evaluatedMs", p.atMs)
-  rcall("HINCRBY", pkey, "evaluations", 1)  -- the token: changes on every accepted write
+  -- evaluations, the token, changes on every accepted write
+  rcall("HSET", pkey, "evaluatedMs", p.atMs, "evaluations", (tonumber(meta[4]) or 0) + 1)
 
   local who_field, who_value = next(p.who)
   local skey = pkey .. ":segments"
