@@ -7,7 +7,8 @@
   ``CDP_POISON``, ``lua/includes/poison.lua``);
 - ``calls``: one declaration per script, keys and arguments as named parameters, the
   reply decoded to a Struct (``BatchResult``, ``ProfileRow``, ``Transition``,
-  ``Erased``) or a plain value.
+  ``Erased``) or a plain value; ``TransitionRequest`` is one profile of a
+  ``segment_transition`` call.
 
 ``Scripts(redis)`` binds every declaration to one client: ``scripts.apply_batch``,
 ``scripts.lease_acquire``, ...
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from cdp.connect import Client
 from cdp.scripts import calls
-from cdp.scripts.calls import BatchResult, Erased, ProfileRow, Transition
+from cdp.scripts.calls import BatchResult, Erased, ProfileRow, Transition, TransitionRequest
 from cdp.scripts.loader import ScriptError, lua_dir, script_names, source
 from cdp.scripts.typed import POISON, Bound, Call, ScriptSpec, is_poison
 
@@ -32,6 +33,7 @@ __all__ = [
     "ScriptSpec",
     "Scripts",
     "Transition",
+    "TransitionRequest",
     "calls",
     "is_poison",
     "lua_dir",

@@ -11,7 +11,7 @@ without the SCRIPT EXISTS round trip redis-py adds to a pipeline of registered s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -120,13 +120,57 @@ class ProfileRow(msgspec.Struct, frozen=True):
 
 
 @script("profile_view", keys=0, decode=ProfileRow.decode_all)
-def profile_view(cids: Sequence[str], *, prefix: str = keys.PREFIX) -> Call:
-    """What segment rules need of the profiles ``cids``, one consistent snapshot."""
-    return Call([], [prefix, *cids])
+def profile_view(
+    cids: Sequence[str],
+    *,
+    traits: Collection[str] | None = None,
+    counters: Collection[str] | None = None,
+    prefix: str = keys.PREFIX,
+) -> Call:
+    """What segment rules need of the profiles ``cids``, one consistent snapshot: the
+    ``traits`` and ``counters`` named (None: every one; ``cdp.segments.rules.Reads``)."""
+    return Call([], [prefix, _names(traits), _names(counters), *cids])
+
+
+def _names(names: Collection[str] | None) -> bytes | str:
+    return "*" if names is None else _json(sorted(names))
+
+
+class TransitionRequest(msgspec.Struct, frozen=True):
+    """One profile's evaluation, as ``segment_transition`` takes it: move ``cid`` into or
+    out of segments (``wanted``) as evaluated at ``at_ms`` from what was read
+    (``version``, ``read_evaluations``), and reschedule it at ``due_ms`` (None: never);
+    ``dropped``: memberships of segments no longer defined; ``who`` names the profile in
+    the events."""
+
+    cid: str
+    version: str
+    at_iso: str
+    at_ms: int
+    due_ms: int | None
+    wanted: dict[str, bool]
+    who: dict[str, str]
+    dropped: Sequence[str] = ()
+    read_evaluations: str = ""
+
+
+class _TransitionArg(msgspec.Struct, frozen=True):
+    """A TransitionRequest as the script's ARGV[4] spells it (numbers as strings)."""
+
+    cid: str
+    version: str
+    at: str
+    at_ms: str = msgspec.field(name="atMs")
+    due: str
+    wanted: dict[str, bool]
+    who: dict[str, str]
+    dropped: Sequence[str]
+    evaluations: str
 
 
 class Transition(msgspec.Struct, frozen=True):
-    """The reply of ``segment_transition``: OK (with the eventIds emitted), STALE, GONE."""
+    """One profile's answer of ``segment_transition``: OK (with the eventIds emitted),
+    STALE, GONE."""
 
     status: str
     event_ids: tuple[str, ...] = ()
@@ -135,44 +179,36 @@ class Transition(msgspec.Struct, frozen=True):
     def decode(cls, reply: Any) -> Transition:
         return cls(text(reply[0]), tuple(text(e) for e in reply[1:]))
 
+    @classmethod
+    def decode_all(cls, reply: Any) -> list[Transition]:
+        return [cls.decode(one) for one in reply]
 
-@script("segment_transition", keys=0, decode=Transition.decode)
+
+@script("segment_transition", keys=0, decode=Transition.decode_all)
 def segment_transition(
+    profiles: Sequence[TransitionRequest],
     *,
-    cid: str,
-    version: str,
-    at_iso: str,
-    at_ms: int,
-    due_ms: int | None,
-    wanted: dict[str, bool],
-    who: dict[str, str],
     events_maxlen: int,
-    dropped: Sequence[str],
-    read_evaluations: str,
     definitions_version: str,
     prefix: str = keys.PREFIX,
 ) -> Call:
-    """Move profile ``cid`` into or out of segments (``wanted``) as evaluated at ``at_ms``
-    from what was read (``version``, ``read_evaluations``, ``definitions_version``), and
-    reschedule it at ``due_ms`` (None: never); ``dropped``: memberships of segments no
-    longer defined; ``who`` names the profile in the events."""
-    return Call(
-        [],
-        [
-            prefix,
-            cid,
-            version,
-            at_iso,
-            "" if due_ms is None else due_ms,
-            _json(wanted),
-            _json(who),
-            events_maxlen,
-            _json(dropped),
-            at_ms,
-            read_evaluations,
-            definitions_version,
-        ],
-    )
+    """Write the evaluations of ``profiles`` made with the definitions of
+    ``definitions_version``; one answer per profile, in order."""
+    args = [
+        _TransitionArg(
+            cid=p.cid,
+            version=p.version,
+            at=p.at_iso,
+            at_ms=str(p.at_ms),
+            due="" if p.due_ms is None else str(p.due_ms),
+            wanted=p.wanted,
+            who=p.who,
+            dropped=p.dropped,
+            evaluations=p.read_evaluations,
+        )
+        for p in profiles
+    ]
+    return Call([], [prefix, definitions_version, events_maxlen, _json(args)])
 
 
 @script("segment_forget", keys=0, decode=int)

@@ -18,7 +18,7 @@ from typing import Any
 from cdp import keys
 from cdp.connect import Client
 from cdp.scripts import Scripts
-from cdp.segments.rules import Check, Rule, RuleError, compile_rule, parse_rule
+from cdp.segments.rules import Check, Reads, Rule, RuleError, compile_rule, parse_rule, rule_reads
 from cdp.settings import Settings, format_duration
 from cdp.streams import text
 
@@ -109,19 +109,30 @@ async def load_segments(redis: Client, settings: Settings) -> dict[str, Segment]
     return segments
 
 
+def reads_of(segments: dict[str, Segment]) -> Reads:
+    """What evaluating every segment of ``segments`` reads of a profile."""
+    reads = Reads()
+    for segment in segments.values():
+        reads |= rule_reads(segment.rule)
+    return reads
+
+
 class SegmentCache:
-    """A worker's copy of the definitions, reloaded when the version changes."""
+    """A worker's copy of the definitions, reloaded when the version changes, and what
+    they read of a profile (``reads``: the projection ``profile_view`` is called with)."""
 
     def __init__(self, redis: Client, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
         self._version: Any = b"-"
         self.segments: dict[str, Segment] = {}
+        self.reads = Reads()
 
     async def refresh(self) -> dict[str, Segment]:
         version = await self._redis.get(keys.SEGMENTS_VERSION)
         if version != self._version:
             self.segments = await load_segments(self._redis, self._settings)
+            self.reads = reads_of(self.segments)
             self._version = version
         return self.segments
 

@@ -2,12 +2,14 @@
 
 ``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (one
 script call per ``READ_CHUNK`` of them, a consistent snapshot with each profile's
-version; the next chunk is read while Python evaluates the current one), evaluates
-every defined segment in Python (each rule compiled once per definition,
-``cdp.segments.rules.compile_rule``), and writes the outcome per profile with
-``segment_transition``, which changes memberships, appends the events to
-``cdp:segment-events`` and reschedules the profile in ``cdp:segments:due`` atomically,
-and only if the evaluation is still the newest: the profile, its memberships and the
+version; the next chunk is read while Python evaluates the current one), reading only
+the traits and counters the definitions name (``SegmentCache.reads``), evaluates every
+defined segment in Python (each rule compiled once per definition,
+``cdp.segments.rules.compile_rule``), and writes the outcome of the chunk's profiles
+whose memberships or due time change with one ``segment_transition`` call, which, per
+profile, changes memberships, appends the events to ``cdp:segment-events`` and
+reschedules the profile in ``cdp:segments:due`` atomically, and only if the
+evaluation is still the newest: the profile, its memberships and the
 definitions have not changed since they were read (the memberships: no evaluation was
 accepted since, by the profile's ``evaluations`` count, which every accepted write bumps;
 not by evaluatedMs, which a write at the same time leaves as it was).
@@ -42,9 +44,9 @@ import structlog
 from cdp import keys
 from cdp.connect import Client
 from cdp.events import iso_ms, to_ms
-from cdp.scripts import ProfileRow, Scripts
+from cdp.scripts import ProfileRow, Scripts, TransitionRequest
 from cdp.segments.definitions import Segment, SegmentCache
-from cdp.segments.rules import Check, ProfileView
+from cdp.segments.rules import Check, ProfileView, Reads
 from cdp.settings import Settings
 from cdp.streams import text
 
@@ -174,6 +176,16 @@ def _pairs(flat: list[Any]) -> dict[int, int]:
     return {int(flat[j]): int(float(flat[j + 1])) for j in range(0, len(flat), 2)}
 
 
+@dataclass(frozen=True, slots=True)
+class _Defined:
+    """The definitions an evaluation runs, the version they were loaded at (which the
+    write is checked against) and what they read of a profile."""
+
+    segments: dict[str, Segment]
+    version: str
+    reads: Reads
+
+
 class SegmentEngine:
     def __init__(self, redis: Client, scripts: Scripts, settings: Settings) -> None:
         self.redis = redis
@@ -189,17 +201,19 @@ class SegmentEngine:
             if not pending:
                 break
             segments = await self.cache.refresh()  # again on a retry: they may have changed
+            # Taken with the definitions, before any await: another task may refresh.
+            defined = _Defined(segments, self.cache.version, self.cache.reads)
             stale: list[str] = []
             chunks = [pending[i : i + READ_CHUNK] for i in range(0, len(pending), READ_CHUNK)]
-            read = self._read(chunks[0])
+            read = self._read(chunks[0], defined.reads)
             try:
                 for i, chunk in enumerate(chunks):
                     rows = await read
                     if i + 1 < len(chunks):
                         # Redis reads the next chunk while Python evaluates this one (the
                         # chunks share no profile; each write still checks the version).
-                        read = self._read(chunks[i + 1])
-                    done, again = await self._evaluate_chunk(chunk, rows, segments, now_ms)
+                        read = self._read(chunks[i + 1], defined.reads)
+                    done, again = await self._evaluate_chunk(chunk, rows, defined, now_ms)
                     emitted += done
                     stale += again
             finally:
@@ -207,41 +221,39 @@ class SegmentEngine:
             pending = stale
         return emitted
 
-    def _read(self, cids: list[str]) -> asyncio.Future[list[ProfileRow]]:
-        """``profile_view`` of ``cids``, started now."""
-        read = asyncio.ensure_future(self.scripts.profile_view(cids))
+    def _read(self, cids: list[str], reads: Reads) -> asyncio.Future[list[ProfileRow]]:
+        """``profile_view`` of ``cids``, started now: what the definitions read of them."""
+        call = self.scripts.profile_view(cids, traits=reads.traits, counters=reads.counters)
+        read = asyncio.ensure_future(call)
         read.add_done_callback(_retrieved)
         return read
 
     async def _evaluate_chunk(
-        self, cids: list[str], rows: list[ProfileRow], segments: dict[str, Segment], now_ms: int
+        self, cids: list[str], rows: list[ProfileRow], defined: _Defined, now_ms: int
     ) -> tuple[list[str], list[str]]:
-        checks = [(name, segment.check) for name, segment in segments.items()]
-        names = segments.keys()
-        defined_at = self.cache.version
+        checks = [(name, segment.check) for name, segment in defined.segments.items()]
+        names = defined.segments.keys()
         now_iso = iso_ms(now_ms)
-        maxlen = self.settings.segment_events_maxlen
         bucket_ms = self.settings.counter_bucket_ms
-        queued: list[str | None] = []  # per pipeline reply: the cid of a transition, or None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for n, (cid, row) in enumerate(zip(cids, rows, strict=True)):
-                if n % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
-                snap = parse_view(cid, row, bucket_ms)
-                if snap is None:  # merged away or erased meanwhile: nothing to evaluate
-                    pipe.zrem(keys.SEGMENTS_DUE, cid)
-                    queued.append(None)
-                    continue
-                memberships = snap.memberships
-                at_ms = snap.evaluation_ms(now_ms)
-                changes, due = _changes(snap.view, memberships, checks, at_ms)
-                dropped = sorted(
-                    name for name, member in memberships.items() if member and name not in names
-                )
-                if not changes and not dropped and due == snap.due:
-                    continue  # nothing to write: the steady state costs no script call
-                await self.scripts.segment_transition.queue(
-                    pipe,
+        gone: list[str] = []
+        writes: list[TransitionRequest] = []
+        for n, (cid, row) in enumerate(zip(cids, rows, strict=True)):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
+            snap = parse_view(cid, row, bucket_ms)
+            if snap is None:  # merged away or erased meanwhile: nothing to evaluate
+                gone.append(cid)
+                continue
+            memberships = snap.memberships
+            at_ms = snap.evaluation_ms(now_ms)
+            changes, due = _changes(snap.view, memberships, checks, at_ms)
+            dropped = sorted(
+                name for name, member in memberships.items() if member and name not in names
+            )
+            if not changes and not dropped and due == snap.due:
+                continue  # nothing to write: the steady state costs no script call
+            writes.append(
+                TransitionRequest(
                     cid=cid,
                     version=snap.version,
                     at_iso=now_iso if at_ms == now_ms else iso_ms(at_ms),
@@ -249,23 +261,33 @@ class SegmentEngine:
                     due_ms=due,
                     wanted=changes,
                     who=snap.who,
-                    events_maxlen=maxlen,
                     dropped=dropped,
                     read_evaluations=snap.evaluations,
-                    definitions_version=defined_at,
                 )
-                queued.append(cid)
-            replies = await pipe.execute() if queued else []
+            )
+        if not gone and not writes:
+            return [], []
+        # One round trip, one transition call for the whole chunk.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if gone:
+                pipe.zrem(keys.SEGMENTS_DUE, *gone)
+            if writes:
+                await self.scripts.segment_transition.queue(
+                    pipe,
+                    writes,
+                    events_maxlen=self.settings.segment_events_maxlen,
+                    definitions_version=defined.version,
+                )
+            replies = await pipe.execute()
+        if not writes:
+            return [], []
         emitted: list[str] = []
         stale: list[str] = []
-        decode = self.scripts.segment_transition.decode
-        for queued_cid, reply in zip(queued, replies, strict=True):
-            if queued_cid is None:
-                continue
-            transition = decode(reply)
-            if transition.status == "STALE":
-                stale.append(queued_cid)
-            emitted += transition.event_ids
+        answers = self.scripts.segment_transition.decode(replies[-1])
+        for write, answer in zip(writes, answers, strict=True):
+            if answer.status == "STALE":
+                stale.append(write.cid)
+            emitted += answer.event_ids
         return emitted, stale
 
 

@@ -20,11 +20,13 @@ compared with gt/gte/lt/lte are RFC 3339 with a zone (cdp.events.DATE_TIME).
 
 ``parse_rule(obj)`` validates (msgspec for each node's fields) and raises
 ``RuleError`` whose message starts with the JSON path of the offending node
-(``$.all[1].count.within``). ``compile_rule(rule)`` turns a parsed rule into a
-function of (view, now_ms) that returns whether the profile matches and, when time
-alone can change that answer, the earliest time at which it may (the due time the
-sweeper waits for); a definition compiles its rule once and the engine runs it. The
-one other evaluator is the test oracle (tests/support/rules_oracle.py).
+(``$.all[1].count.within``). ``rule_reads(rule)`` names what of a profile the rule
+reads (the traits and counters), so that the engine reads only those.
+``compile_rule(rule)`` turns a parsed rule into a function of (view, now_ms) that
+returns whether the profile matches and, when time alone can change that answer, the
+earliest time at which it may (the due time the sweeper waits for); a definition
+compiles its rule once and the engine runs it. The one other evaluator is the test
+oracle (tests/support/rules_oracle.py).
 """
 
 from __future__ import annotations
@@ -213,6 +215,55 @@ def _orderable(value: Any) -> bool:
     if isinstance(value, str):
         return _DATE_TIME.fullmatch(value) is not None and _time(value) is not None
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# -- what a rule reads ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """The traits and counters of a profile that rules read, by name; None: every one.
+
+    Every rule kind names what it reads, so no rule needs None today; it is what the
+    full read (``profile_view`` without a projection, the tests' reference) stands for,
+    and the union with it is the full read again. lastSeen and firstSeen are always read.
+    """
+
+    traits: frozenset[str] | None = frozenset()
+    counters: frozenset[str] | None = frozenset()
+
+    def __or__(self, other: Reads) -> Reads:
+        return Reads(_union(self.traits, other.traits), _union(self.counters, other.counters))
+
+
+EVERYTHING = Reads(None, None)
+
+
+def _union(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    return None if a is None or b is None else a | b
+
+
+def rule_reads(rule: Rule) -> Reads:
+    """What ``rule`` reads of a profile: the traits it tests, the counters it counts
+    (``returned`` reads the ``$seen`` counter, from which the engine derives returns)."""
+    match rule:
+        case All(rules) | Any_(rules):
+            reads = Reads()
+            for inner in rules:
+                reads |= rule_reads(inner)
+            return reads
+        case Not(inner):
+            return rule_reads(inner)
+        case TraitRule(name):
+            return Reads(traits=frozenset((name,)))
+        case Count(event):
+            return Reads(counters=frozenset((event,)))
+        case Inactive():
+            return Reads()
+        case Returned():
+            return Reads(counters=frozenset((keys.SEEN,)))
+        case _:
+            assert_never(rule)
 
 
 # -- evaluation ----------------------------------------------------------------------

@@ -127,7 +127,8 @@ def test_reengage_exits_after_its_duration_even_when_active(live: Stack) -> None
         live.send(f"m{minute}", ts, type="IDENTIFY", userId="u1")
         live.set_clock(ts.replace(":00Z", ":06Z"))
         live.wait_idle()
-    assert names(live) == ["reengage ENTER", "reengage EXIT"]
+    # The tick evaluates after its apply acknowledged the events: wait for the EXIT.
+    assert wait_events(live, 2) == ["reengage ENTER", "reengage EXIT"]
     exit_event = segment_events(live)[1]
     assert exit_event["ts"] == "2025-10-04T11:15:06.000Z"  # the first evaluation past 11:15
 

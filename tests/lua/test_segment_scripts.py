@@ -15,7 +15,7 @@ import msgspec
 
 from cdp import keys
 from cdp.events import iso_ms
-from cdp.scripts import ProfileRow
+from cdp.scripts import ProfileRow, TransitionRequest
 from cdp.segments.engine import Snapshot, parse_view
 from cdp.segments.rules import ProfileView
 from tests.support.events import event, track
@@ -67,7 +67,7 @@ def evaluations(lua: LuaHarness, cid: str) -> str:
     return lua.r.hget(keys.profile(cid), "evaluations") or ""
 
 
-def transition(
+def request(
     lua: LuaHarness,
     cid: str,
     wanted: dict[str, bool],
@@ -78,31 +78,51 @@ def transition(
     drop: list[str] | None = None,
     read_version: str | None = None,
     read_evaluations: str | None = None,
-    definitions: str | None = None,
-) -> list[Any]:
-    """segment_transition as the engine calls it; the reply as [status, eventId...]. What
-    the evaluation read (version, evaluations count, definitions version) defaults to what
-    the profile holds now."""
-    reply = lua.run(
+) -> TransitionRequest:
+    """One profile's evaluation as the engine sends it. What the evaluation read (version,
+    evaluations count) defaults to what the profile holds now."""
+    return TransitionRequest(
+        cid=cid,
+        version=(version(lua, cid) or "") if read_version is None else read_version,
+        at_iso=iso_ms(at),
+        at_ms=at,
+        due_ms=None if due == "" else int(due),
+        wanted=wanted,
+        who={"userId": "u1"} if who is None else who,
+        dropped=drop or [],
+        read_evaluations=evaluations(lua, cid) if read_evaluations is None else read_evaluations,
+    )
+
+
+def transitions(
+    lua: LuaHarness, requests: list[TransitionRequest], *, definitions: str | None = None
+) -> list[list[str]]:
+    """segment_transition as the engine calls it, for several profiles in one call; the
+    reply as [status, eventId...] per profile. The definitions version defaults to the
+    current one."""
+    replies = lua.run(
         lua.scripts.segment_transition(
-            cid=cid,
-            version=version(lua, cid) if read_version is None else read_version,
-            at_iso=iso_ms(at),
-            at_ms=at,
-            due_ms=None if due == "" else int(due),
-            wanted=wanted,
-            who={"userId": "u1"} if who is None else who,
+            requests,
             events_maxlen=lua.settings.segment_events_maxlen,
-            dropped=drop or [],
-            read_evaluations=(
-                evaluations(lua, cid) if read_evaluations is None else read_evaluations
-            ),
             definitions_version=(
                 (lua.r.get(keys.SEGMENTS_VERSION) or "") if definitions is None else definitions
             ),
         )
     )
-    return [reply.status, *reply.event_ids]
+    return [[reply.status, *reply.event_ids] for reply in replies]
+
+
+def transition(
+    lua: LuaHarness,
+    cid: str,
+    wanted: dict[str, bool],
+    *,
+    definitions: str | None = None,
+    **read: Any,
+) -> list[str]:
+    """segment_transition for one profile (``request``'s arguments)."""
+    (reply,) = transitions(lua, [request(lua, cid, wanted, **read)], definitions=definitions)
+    return reply
 
 
 def erase(lua: LuaHarness, cid: str, *, at: int, job: str = "job-1") -> list[Any]:
@@ -454,6 +474,78 @@ def test_a_merged_away_or_unknown_profile_is_gone_and_leaves_the_due_index(lua, 
     assert lua.r.zrange(keys.SEGMENTS_DUE, 0, -1, withscores=True) == [("p1", p1_due)]
     assert lua.meta("p2")["mergedInto"] == "p1"
     assert not lua.r.exists(keys.profile("p99"), keys.profile_segments("p99"))
+
+
+def one_of_each(lua: LuaHarness, now_ms: int) -> list[TransitionRequest]:
+    """Profiles p1..p6 and one evaluation of each, one of every kind of answer:
+    p1 ENTERs vip, p2 (a member) EXITs it, p3 changed since it was read (STALE), p4 was
+    merged into p1 (GONE), p5 was evaluated later than this evaluation's time (STALE),
+    p6 only moves its due time, and p99 does not exist (GONE)."""
+    t = now_ms - HOUR
+    for n in (1, 2, 3):
+        lua.apply(event(f"e{n}", t, user=f"u{n}"))
+    lua.apply(track("e4", t, "Clicked", anon="a4"))
+    lua.apply(event("e5", t, user="u5"))
+    lua.apply(track("e6", t, "Clicked", anon="a6"))
+    assert transition(lua, "p2", {"vip": True}, at=t)[0] == "OK"
+    assert transition(lua, "p5", {}, at=now_ms + MINUTE)[0] == "OK"
+    stale_read = request(lua, "p3", {"vip": True}, at=now_ms)
+    lua.apply(track("e3b", t + MINUTE, "Clicked", user="u3"))  # p3 changes after the read
+    lua.apply(event("e4b", t + MINUTE, "ALIAS", user="u1", anon="a4"))  # p4 into p1
+    assert lua.meta("p4")["mergedInto"] == "p1"
+    return [
+        request(lua, "p1", {"vip": True}, at=now_ms, due=now_ms + HOUR),
+        request(lua, "p2", {"vip": False}, at=now_ms, who={"userId": "u2"}),
+        stale_read,
+        request(lua, "p4", {"vip": True}, at=now_ms, read_version="1", read_evaluations=""),
+        request(lua, "p5", {"vip": True}, at=now_ms),
+        request(lua, "p6", {}, at=now_ms, due=now_ms + 2 * HOUR, who={"anonymousId": "a6"}),
+        request(lua, "p99", {"vip": True}, at=now_ms, read_version="1", read_evaluations=""),
+    ]
+
+
+def comparable(dump: dict[str, Any]) -> dict[str, Any]:
+    """``LuaHarness.dump`` less what two servers' clocks make differ: the streams' entry
+    ids, and expiry times (whether a key expires is kept)."""
+    return {
+        key: (kind, [f for _, f in value[0]] if kind == "stream" else value, ttl > 0)
+        for key, (kind, value, ttl) in dump.items()
+    }
+
+
+def test_one_call_for_several_profiles_answers_each_as_its_own_call_would(make_harness, now_ms):
+    """The engine writes a chunk of evaluations in one call: every profile gets the answer
+    and the writes that a call of its own gives it (the same replies, the same keys
+    after), whatever the others' answers."""
+    batched, alone = make_harness(), make_harness()
+    requests = one_of_each(batched, now_ms)
+    assert one_of_each(alone, now_ms) == requests
+    p2_before = states(batched, "p2")["vip"]
+
+    replies = transitions(batched, requests)
+    assert replies == [
+        ["OK", "seg:vip:p1:1"],
+        ["OK", "seg:vip:p2:2"],
+        ["STALE"],
+        ["GONE"],
+        ["STALE"],
+        ["OK"],
+        ["GONE"],
+    ]
+    assert replies == [transitions(alone, [r])[0] for r in requests]
+    assert comparable(batched.dump()) == comparable(alone.dump())
+
+    # And what each answer means, in the batched server.
+    assert members(batched, "vip") == [("p1", 1.0)]
+    assert p2_before["in"] and states(batched, "p2")["vip"]["in"] is False
+    assert states(batched, "p3") == {} and states(batched, "p5") == {}
+    assert (due(batched, "p1"), due(batched, "p6")) == (now_ms + HOUR, now_ms + 2 * HOUR)
+    assert due(batched, "p4") is None and due(batched, "p99") is None
+    assert evaluations(batched, "p3") == "" and evaluations(batched, "p5") == "1"
+    assert [parsed(f)["e"]["payload"]["userId"] for f in segment_events(batched)][1:] == [
+        "u1",
+        "u2",
+    ]
 
 
 def test_the_due_index_is_set_to_argv5_or_removed_when_empty(lua, now_ms):

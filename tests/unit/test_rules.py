@@ -17,14 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdp import keys
-from cdp.segments.definitions import builtins, parse_definition
+from cdp.segments.definitions import builtins, parse_definition, reads_of
 from cdp.segments.rules import (
+    EVERYTHING,
     All,
     Any_,
     Count,
     Inactive,
     Not,
     ProfileView,
+    Reads,
     Result,
     Returned,
     Rule,
@@ -32,6 +34,7 @@ from cdp.segments.rules import (
     TraitRule,
     compile_rule,
     parse_rule,
+    rule_reads,
 )
 from cdp.settings import Settings
 from tests.support.rules_oracle import evaluate
@@ -389,3 +392,65 @@ def test_compiled_json_rules_answer_exactly_what_the_oracle_does(
     except RuleError:  # e.g. "in" without a list, "gt" on a string that is no time
         return
     assert compile_rule(parsed)(view, now) == evaluate(parsed, view, now)
+
+
+# -- what a rule reads ---------------------------------------------------------------
+
+
+def projected(view: ProfileView, reads: Reads) -> ProfileView:
+    """``view`` as the engine sees it when ``profile_view`` reads only ``reads``: the
+    traits and counters not named are absent, and so are the returns, derived from the
+    ``$seen`` counter, unless it is named."""
+    traits, counters = reads.traits, reads.counters
+    return ProfileView(
+        traits=view.traits
+        if traits is None
+        else {k: v for k, v in view.traits.items() if k in traits},
+        counters=(
+            view.counters
+            if counters is None
+            else {k: v for k, v in view.counters.items() if k in counters}
+        ),
+        last_seen_ms=view.last_seen_ms,
+        returns=view.returns if counters is None or keys.SEEN in counters else (),
+        bucket_ms=view.bucket_ms,
+    )
+
+
+def test_rule_reads_names_the_traits_and_counters_of_every_node() -> None:
+    obj = {
+        "any": [
+            {"all": [{"trait": "plan", "op": "eq", "value": "pro"}, {"inactive": "1m"}]},
+            {"not": {"count": {"event": "Clicked", "within": "1h", "gte": 2}}},
+            {"count": {"within": "1h", "gte": 2}},
+            {"returned": {"after": "10m", "within": "1h"}},
+            {"not": {"trait": "seats", "op": "exists"}},
+        ]
+    }
+    assert rule_reads(parse_rule(obj)) == Reads(
+        traits=frozenset({"plan", "seats"}),
+        counters=frozenset({"Clicked", keys.ALL_TRACK, keys.SEEN}),
+    )
+    assert rule_reads(parse_rule({"inactive": "5m"})) == Reads()
+    assert Reads(traits=frozenset({"a"})) | EVERYTHING == EVERYTHING
+
+
+def test_the_builtins_read_one_trait_and_two_counters() -> None:
+    assert reads_of(builtins(Settings())) == Reads(
+        traits=frozenset({"plan"}), counters=frozenset({keys.ALL_TRACK, keys.SEEN})
+    )
+
+
+@settings(max_examples=1500, deadline=None)
+@given(rule_=rules, others=st.lists(rules, max_size=2), view=views, now=st.integers(0, 100))
+def test_a_rule_answers_the_same_on_what_it_reads_as_on_the_whole_profile(
+    rule_: Rule, others: list[Rule], view: ProfileView, now: int
+) -> None:
+    """The engine reads only the union of what the definitions read: the projection on
+    that union (its own reads, with other rules' added) answers as the whole view."""
+    reads = rule_reads(rule_)
+    for other in others:
+        reads |= rule_reads(other)
+    check = compile_rule(rule_)
+    assert typed(check(projected(view, reads), now)) == typed(check(view, now))
+    assert typed(check(projected(view, rule_reads(rule_)), now)) == typed(check(view, now))
