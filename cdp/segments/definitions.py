@@ -132,23 +132,42 @@ class SegmentCache:
         return "" if self._version in (None, b"-") else text(self._version)
 
 
+async def store_definition(redis: Client, segment: Segment) -> None:
+    """Store (create or replace) custom ``segment``, then bump ``cdp:segments:version``.
+
+    Two ordered writes (the keys are different slots on a cluster): the bump comes
+    after the definition, so a worker that reloads on the new version reads it. A crash
+    between the two leaves the definition stored but not announced: the PUT was not
+    answered 2xx, and its retry (or any later change of a definition) bumps the version.
+    """
+    body = json.dumps({"rule": segment.source, "description": segment.description})
+    await redis.hset(keys.SEGMENTS, segment.name, body)
+    await redis.incr(keys.SEGMENTS_VERSION)
+
+
 async def delete_definition(redis: Client, name: str) -> bool:
     """Delete custom segment ``name`` and end its memberships without events; False if
-    there was no such segment.
+    there was no such segment (neither its definition nor anything left of it).
 
-    The definition goes first, with a bump of ``cdp:segments:version``, so that no
-    evaluation made with it is accepted any more (``segment_transition`` refuses older
-    definitions); then ``segment_forget`` ends the memberships chunk by chunk, each
-    chunk atomically, keeping every transition count.
+    Ordered, idempotent steps (their keys are different slots on a cluster), each safe
+    to run again: the definition goes first, then ``cdp:segments:version`` is bumped,
+    so that no evaluation made with it is accepted any more (``segment_transition``
+    refuses older definitions); then its backfill state goes, and ``segment_forget``
+    ends the memberships chunk by chunk, each chunk atomically, keeping every
+    transition count. A crash midway leaves members or a backfill behind the deleted
+    definition: a DELETE again finds them and completes the deletion.
     """
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.SEGMENTS, name)
-        pipe.incr(keys.SEGMENTS_VERSION)
-        pipe.delete(keys.segment_backfill(name))
-        pipe.srem(keys.BACKFILLS, name)
-        removed, *_ = await pipe.execute()
+    removed = await redis.hdel(keys.SEGMENTS, name)
     if not removed:
-        return False
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.segment_members(name))
+            pipe.exists(keys.segment_backfill(name))
+            pipe.sismember(keys.BACKFILLS, name)
+            if not any(await pipe.execute()):
+                return False
+    await redis.incr(keys.SEGMENTS_VERSION)
+    await redis.delete(keys.segment_backfill(name))
+    await redis.srem(keys.BACKFILLS, name)
     forget = Scripts(redis).segment_forget
     while await forget(name, FORGET_CHUNK):
         pass
