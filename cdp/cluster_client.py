@@ -9,7 +9,12 @@ every script registered on it (``register_script``, which every ``cdp.scripts`` 
 and the publisher go through), and its pipeline, ``ScriptingClusterPipeline``, keeps
 the commands it queued: after executing, the calls answered NOSCRIPT (which did
 nothing) are sent once more after loading every known script on every master. A call
-answered NOSCRIPT twice keeps its error. Transactions (MULTI/EXEC) are left as
+answered NOSCRIPT twice keeps its error. The retried calls run after the rest of the
+pipeline: fine for calls whose keys no other command of the pipeline touches, as ours
+are. (redis-py's cluster pipeline also refuses its
+``evalsha`` method outright; this one queues it, routed by its keys like any command.
+A script's call is queued without awaiting the pipeline: awaiting a cluster pipeline
+empties it, see ``cdp.scripts.typed``.) Transactions (MULTI/EXEC) are left as
 redis-py runs them: no script is queued in one.
 
 ``load_scripts`` (``cdp.scripts``) loads every script on every master at start, so a
@@ -65,6 +70,11 @@ class ScriptingClusterPipeline(ClusterPipeline):
     def __init__(self, client: ScriptingCluster) -> None:
         super().__init__(client, None)
         self._sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> ClusterPipeline:
+        """Queue EVALSHA (redis-py's cluster pipeline refuses the method: it routes the
+        call by its keys all the same, which must be one slot)."""
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> ClusterPipeline:
         # A copy: redis-py pops target_nodes from the kwargs it keeps.
