@@ -6,9 +6,13 @@ raises the Redis error that kept them out. A request makes one entry per partiti
 touches (``entries``): field ``e`` = the event's JSON when that partition gets one
 event, field ``b`` = a JSON array of its events, in the request's order, when it gets
 several; each event is answered with the id of the entry that holds it (several may
-share one). Each request is one call of ``lua/publish-n.lua``, so its events are stored
-and counted together or not at all (under OOM too), and its answer is its own script's
-reply: one failing request never fails another. Requests arriving while a pipeline is in
+share one). On one Redis each request is one call of ``lua/publish-n.lua``, so its
+events are stored and counted together or not at all (under OOM too), and its answer is
+its own script's reply: one failing request never fails another. On a cluster a
+script's keys must be one slot: each entry is a call of its own (its stream and its
+partition's metrics share the partition's slot), so a request spanning partitions may
+be stored for some and refused for others: it is answered ``PartlyStored`` (the API
+answers 500, naming the stored events; a retry with the same ids is deduplicated). Requests arriving while a pipeline is in
 flight are queued and sent together in the next one, so a burst costs a few round trips.
 
 With ``min_replicas`` (the ``ingest-min-replicas`` setting), each round trip ends with
