@@ -12,8 +12,9 @@ its own script's reply: one failing request never fails another. On a cluster a
 script's keys must be one slot: each entry is a call of its own (its stream and its
 partition's metrics share the partition's slot), so a request spanning partitions may
 be stored for some and refused for others: it is answered ``PartlyStored`` (the API
-answers 500, naming the stored events; a retry with the same ids is deduplicated). Requests arriving while a pipeline is in
-flight are queued and sent together in the next one, so a burst costs a few round trips.
+answers 500, naming the stored events; a retry with the same ids is deduplicated).
+Requests arriving while a pipeline is in flight are queued and sent together in the
+next one, so a burst costs a few round trips.
 
 With ``min_replicas`` (the ``ingest-min-replicas`` setting), each round trip ends with
 ``WAIT min_replicas timeout`` on the connection that carried its writes (a pipeline is
