@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdp import keys
-from cdp.connect import Client
+from cdp.connect import Client, is_cluster
 from cdp.scripts import Scripts
 from cdp.segments.rules import Check, Rule, RuleError, compile_rule, parse_rule
 from cdp.settings import Settings, format_duration
@@ -149,15 +149,14 @@ async def delete_definition(redis: Client, name: str) -> bool:
     """Delete custom segment ``name`` and end its memberships without events; False if
     there was no such segment (neither its definition nor anything left of it).
 
-    Ordered, idempotent steps (their keys are different slots on a cluster), each safe
-    to run again: the definition goes first, then ``cdp:segments:version`` is bumped,
+    The definition goes first, with a bump of ``cdp:segments:version`` (``_withdraw``),
     so that no evaluation made with it is accepted any more (``segment_transition``
     refuses older definitions); then its backfill state goes, and ``segment_forget``
     ends the memberships chunk by chunk, each chunk atomically, keeping every
-    transition count. A crash midway leaves members or a backfill behind the deleted
-    definition: a DELETE again finds them and completes the deletion.
+    transition count. Each step is safe to run again: a crash midway leaves members or
+    a backfill behind the deleted definition, which a DELETE again finds and removes.
     """
-    removed = await redis.hdel(keys.SEGMENTS, name)
+    removed = await _withdraw(redis, name)
     if not removed:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.exists(keys.segment_members(name))
@@ -165,12 +164,33 @@ async def delete_definition(redis: Client, name: str) -> bool:
             pipe.sismember(keys.BACKFILLS, name)
             if not any(await pipe.execute()):
                 return False
-    await redis.incr(keys.SEGMENTS_VERSION)
-    await redis.delete(keys.segment_backfill(name))
-    await redis.srem(keys.BACKFILLS, name)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.segment_backfill(name))
+        pipe.srem(keys.BACKFILLS, name)
+        await pipe.execute()
     forget = Scripts(redis).segment_forget
     # Only while members are left: a segment nobody entered needs no script (whose
     # keys, by name, are not one slot: on a cluster it waits for the cluster-safe one).
     while await redis.zcard(keys.segment_members(name)) and await forget(name, FORGET_CHUNK):
         pass
     return True
+
+
+async def _withdraw(redis: Client, name: str) -> int:
+    """HDEL the definition and bump the version; 1 if it was there.
+
+    One transaction on one Redis, so an evaluation made with the definition is refused
+    from the instant it is gone. On a cluster the two keys are different slots: two
+    ordered writes, and an evaluation loaded before the deletion and written between
+    them is still accepted (an event of the deleted segment, whose membership the
+    forget step then ends silently) until the segment scripts are cluster-safe.
+    """
+    if is_cluster(redis):
+        removed = int(await redis.hdel(keys.SEGMENTS, name))
+        await redis.incr(keys.SEGMENTS_VERSION)
+        return removed
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.SEGMENTS, name)
+        pipe.incr(keys.SEGMENTS_VERSION)
+        withdrawn, _ = await pipe.execute()
+    return int(withdrawn)
