@@ -9,7 +9,8 @@ only: another one is refused (``SettingsError``).
 
 ``connect(settings)`` (one-shot commands) and ``redis_client(settings, cluster=...)``
 (the API, the workers, the live stream) build redis.asyncio's ``Redis`` or
-``RedisCluster`` (which follows MOVED and ASK) with the same policy: a command not
+``RedisCluster`` (which follows MOVED and ASK; ``cdp.cluster_client``'s, whose
+pipelines load a script a node answered NOSCRIPT for) with the same policy: a command not
 answered within ``redis-timeout`` fails (the API answers 503, a worker retries).
 ``sync_client(url)`` is the blocking variant (the fault suite). ``Client``, ``Pipe``
 and ``SyncClient`` are the types the rest of the code is written against.
@@ -39,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import RedisError
 
+from cdp.cluster_client import ScriptingCluster
 from cdp.errors import SettingsError
 from cdp.settings import Settings
 
@@ -128,7 +130,7 @@ def make_client(where: Target, *, cluster: bool, **kwargs: Any) -> Client:
     """redis-py's Redis or RedisCluster for ``where``, with ``kwargs`` (timeouts...)."""
     if not cluster:
         return Redis.from_url(where.url, **kwargs)
-    return RedisCluster(
+    return ScriptingCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in where.nodes],
         max_connections=MAX_CONNECTIONS_PER_NODE,
         **_cluster_options(where),

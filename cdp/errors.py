@@ -22,6 +22,7 @@ CdpError
 ├── ClientGone           the client closed the connection before its body was complete
 ├── OutcomeUnknown       Redis did not answer a round trip that was sent (HTTP 504)
 ├── NotReplicated        stored by the primary, not by ingest-min-replicas replicas (HTTP 503)
+├── PartlyStored         a request spanning partitions, stored for some only (a cluster; HTTP 500)
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
 ├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
@@ -89,6 +90,20 @@ class NotReplicated(CdpError):
     """The primary stored the events but fewer than ``ingest-min-replicas`` replicas
     confirmed them within ``ingest-replica-timeout``: the API answers 503, and a retry
     with the same eventId/messageId is deduplicated."""
+
+
+class PartlyStored(CdpError):
+    """On a Redis Cluster a request's events go out as one call per partition (each
+    call's keys are one slot), so a request spanning partitions can be stored for some
+    partitions and refused for others (one master out of memory, or failing over).
+    The API answers 500 (never a 2xx, never the 503 that promises nothing was stored),
+    naming the stored events by their position (``stored``): a retry of the whole
+    request with the same eventId/messageId stores the rest, the stored ones are
+    deduplicated."""
+
+    def __init__(self, message: str, stored: list[int]) -> None:
+        super().__init__(message)
+        self.stored = stored  # positions, in the request, of the events stored
 
 
 class ProfileNotFound(CdpError):

@@ -11,6 +11,9 @@ canonical id's tag, every partition stream its own)::
                                          it expires)
     cdp:events:dropped                   stream, events past the grace period + reason
     cdp:events:dead                      stream, events the apply script failed on
+    {cdp:events:dropped}:recorded        zset, "<partition>:<entry id>:<digest>" -> ms:
+    {cdp:events:dead}:recorded           the records written (in their stream's slot),
+                                         so a record is written once (kept dedup-ttl)
     cdp:replayed:<dropped|dead>          zset, record id -> its ms: records replayed
     cdp:workers                          zset, worker id -> heartbeat expiry (ms)
     cdp:metrics:{p<N>}                   hash, counter name -> value, partition N's share
@@ -44,6 +47,8 @@ canonical id's tag, every partition stream its own)::
     cdp:webhooks                         hash, subscription id -> {url, secret, segments}
     cdp:webhook:{<id>}                   hash, delivery state: cursor, attempts, nextAt...
     cdp:webhooks:dead                    stream, deliveries given up after retry-for
+    {cdp:webhooks:dead}:recorded         zset, "<subscription id>:<entry id>" -> ms, the
+                                         give-ups recorded (kept a day)
     cdp:lease:webhooks                   string, worker id running the webhook dispatcher
     cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:suppressed                       set of identifiers of erased people (discarded)
@@ -106,6 +111,13 @@ def metrics(partition: int) -> str:
 
 def lease(partition: int) -> str:
     return f"{PREFIX}:lease:{partition_tag(partition)}"
+
+
+def record_marks(record_stream: str) -> str:
+    """The marks of the records written to a record stream (``cdp:events:dropped``,
+    ``dead``, ``cdp:webhooks:dead``): the hash tag is the stream's whole name, so both
+    are one slot (``cdp.streams.add_once``)."""
+    return f"{{{record_stream}}}:recorded"
 
 
 def replayed(source: str) -> str:

@@ -5,7 +5,10 @@
 - dead: an entry that cannot be read (deleted under us, not decodable), or an event
   that failed on its own, goes to ``cdp:events:dead``.
 
-Either way the entry is recorded, then acknowledged, in one transaction.
+Either way the entry is recorded, then acknowledged: two ordered steps, each one
+transaction in one slot (the record streams and the partition's stream are different
+slots on a cluster), made idempotent by marks (``cdp:events:dropped`` and ``dead`` each
+have theirs in their slot, ``keys.record_marks``): see ``DeadLetters.record``.
 
 ``retry_alone`` is how an event is found guilty: a batch the script refused as
 CDP_POISON (or that could not be encoded) is applied again event by event, and only
@@ -14,6 +17,7 @@ the event that fails on its own, for a reason of its own, is parked.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,6 +30,7 @@ from cdp.events import StreamEvent
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.settings import Settings
+from cdp.streams import add_once
 from workers.state import Chunk, WorkerState
 
 
@@ -35,6 +40,13 @@ class Dropped(NamedTuple):
     raw: bytes
     reason: str
     ack: bool = True  # False: an event of an entry whose other events are not settled
+
+
+def _mark(partition: int, row: Dropped) -> str:
+    """What names a record: its entry, and which of the entry's events (an entry of
+    several events may leave several records)."""
+    digest = hashlib.blake2b(row.raw, digest_size=8).hexdigest()
+    return f"{partition}:{row.entry_id}:{digest}"
 
 
 class DeadLetters:
@@ -47,23 +59,52 @@ class DeadLetters:
         self.state = state
 
     async def record(self, partition: int, dropped: list[Dropped]) -> None:
-        """Record each dropped entry in cdp:events:dropped (or dead), then acknowledge it."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for eid, event, raw, reason, ack in dropped:
-                stream = keys.DROPPED if event is not None else keys.DEAD
-                pipe.xadd(
-                    stream,
-                    {"e": raw, "reason": reason, "partition": partition, "entryId": eid},
-                    maxlen=self.settings.dropped_stream_maxlen,
-                    approximate=True,
-                )
-                if ack:
-                    pipe.xack(keys.stream(partition), keys.GROUP, eid)
-            n = sum(1 for d in dropped if d.event is not None)
-            if n:
-                pipe.hincrby(keys.metrics(partition), "dropped", n)
-            await pipe.execute()
+        """Record each dropped entry in cdp:events:dropped (or dead), then acknowledge it.
+
+        Two ordered steps, each a transaction in one slot (so the same on one Redis and
+        on a cluster, where the record streams and the partition are different slots):
+        the records with their marks (``record_marks``), then the XACK with the
+        partition's ``dropped`` counter. A crash between the two leaves the entries
+        pending: they are claimed and dropped again, and the marks make that second
+        recording write nothing new before it acknowledges them.
+        """
+        streams: dict[str, list[Dropped]] = {}
+        for row in dropped:
+            streams.setdefault(keys.DROPPED if row.event is not None else keys.DEAD, []).append(row)
+        for stream, rows in streams.items():
+            await self._write_records(stream, partition, rows)
+        acks = [d.entry_id for d in dropped if d.ack]
+        n = sum(1 for d in dropped if d.event is not None)
+        if acks or n:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if acks:
+                    pipe.xack(keys.stream(partition), keys.GROUP, *acks)
+                if n:
+                    pipe.hincrby(keys.metrics(partition), "dropped", n)
+                await pipe.execute()
         self.state.stats["dropped"] += len(dropped)
+
+    async def _write_records(self, stream: str, partition: int, rows: list[Dropped]) -> None:
+        """The records not written yet (marks kept dedup-ttl: a record is written once
+        however often its entry is dropped again within that time)."""
+        await add_once(
+            self.redis,
+            stream,
+            [
+                (
+                    _mark(partition, row),
+                    {
+                        "e": row.raw,
+                        "reason": row.reason,
+                        "partition": partition,
+                        "entryId": row.entry_id,
+                    },
+                )
+                for row in rows
+            ],
+            self.settings.dropped_stream_maxlen,
+            self.settings.dedup_ttl_ms,
+        )
 
     async def retry_alone(
         self,

@@ -1,5 +1,11 @@
 """The read loop: XREADGROUP over the owned partitions into their buffers.
 
+On one Redis, one XREADGROUP BLOCK reads every owned stream. On a cluster each stream is
+a slot of its own and a command may not name keys of several slots: one non-blocking
+XREADGROUP per partition, pipelined (one round trip per node), and a short pause,
+doubling from 5 ms to 100 ms, while every stream answers empty (reset by the first
+entry), instead of BLOCK.
+
 Each event is classified on arrival (``cdp.pipeline.buffer.classify``): on time and
 late ones are buffered, one older than the watermark minus grace-period is dropped
 (``workers.dead_letters``). A read asks for no more than the room left under
@@ -18,7 +24,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from cdp import keys
-from cdp.connect import Client
+from cdp.connect import Client, is_cluster
 from cdp.events import StreamEvent, entry_events, stream_encoder
 from cdp.pipeline.buffer import Arrival, PartitionBuffer, classify, read_plan
 from cdp.settings import Settings
@@ -28,6 +34,10 @@ from workers.state import WorkerState
 
 # (entry id, fields or None when the entry was deleted), as redis-py returns them.
 Entry = Any
+
+BLOCK_MS = 200  # one Redis: how long one XREADGROUP over every owned stream waits
+IDLE_MIN_S = 0.005  # a cluster: the first pause after an empty round of reads
+IDLE_MAX_S = 0.1  # ... doubling up to this while the streams stay empty
 
 
 class Reader:
@@ -39,6 +49,9 @@ class Reader:
         self.state = state
         self.dead_letters = dead_letters
         self._turn = 0  # which partitions go first when the room is short
+        # A cluster cannot XREADGROUP streams of several slots in one command.
+        self._per_partition = is_cluster(redis)
+        self._pause = 0.0  # the current pause between empty reads (a cluster)
 
     async def run(self) -> None:
         state = self.state
@@ -68,19 +81,21 @@ class Reader:
     async def read_once(self, partitions: list[int], count: int) -> None:
         log = self.state.log
         try:
-            reply = await self.redis.xreadgroup(
-                keys.GROUP,
-                self.state.worker_id,
-                {keys.stream(p): ">" for p in partitions},
-                count=count,
-                block=200,
-            )
+            if self._per_partition:
+                streams, failed = await self._read_each(partitions, count)
+            else:
+                reply: Any = await self.redis.xreadgroup(
+                    keys.GROUP,
+                    self.state.worker_id,
+                    {keys.stream(p): ">" for p in partitions},
+                    count=count,
+                    block=BLOCK_MS,
+                )
+                streams, failed = reply or [], False  # RESP2: [[stream, entries], ...]
         except RedisError as exc:  # a reply lost after Redis read: reclaim_pending
             log.warning("read: redis error", error=str(exc))
             await asyncio.sleep(0.5)
             return
-        failed = False
-        streams: Any = reply or []  # RESP2: [[stream, entries], ...]
         for stream, entries in streams:
             name = text(stream)
             partition = int(name.rsplit("{p", 1)[1].rstrip("}"))
@@ -91,6 +106,40 @@ class Reader:
                 failed = True
         if failed:
             await asyncio.sleep(0.5)
+        elif self._per_partition:
+            await self._idle(any(entries for _, entries in streams))
+
+    async def _read_each(self, partitions: list[int], count: int) -> tuple[list[Any], bool]:
+        """A cluster: one non-blocking XREADGROUP per partition (each stream is a slot of
+        its own), pipelined (redis-py sends one pipeline per node). The streams that
+        answered entries, and whether any read failed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.xreadgroup(
+                    keys.GROUP, self.state.worker_id, {keys.stream(p): ">"}, count=count
+                )
+            replies = await pipe.execute(raise_on_error=False)
+        streams: list[Any] = []
+        failed = False
+        for p, reply in zip(partitions, replies, strict=True):
+            if isinstance(reply, Exception):
+                self.state.log.warning("read: redis error", partition=p, error=str(reply))
+                failed = True
+            elif reply:
+                streams += reply
+        return streams, failed
+
+    async def _idle(self, found: bool) -> None:
+        """After a non-blocking read: go on at once when it found entries, else wait a
+        pause that doubles from IDLE_MIN_S to IDLE_MAX_S while the streams stay empty
+        (an idle worker neither spins nor delays the first new entry by more than
+        IDLE_MAX_S; BLOCK_MS plays that part on one Redis)."""
+        if found:
+            self._pause = 0.0
+            return
+        self._pause = min(max(self._pause * 2, IDLE_MIN_S), IDLE_MAX_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.state.stopping.wait(), self._pause)
 
     async def ingest(self, partition: int, entries: list[Entry], claimed: bool = False) -> int:
         """Classify and buffer entries of ``partition``; returns how many were buffered.

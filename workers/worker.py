@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from cdp.clock import Clock
 from cdp.connect import Client
 from cdp.pipeline.leases import LeaseManager
-from cdp.scripts import Scripts
+from cdp.scripts import Scripts, load_scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.settings import Settings
 from workers.dead_letters import DeadLetters
@@ -118,6 +118,7 @@ class Worker:
 
     async def run(self) -> None:
         await ensure_groups(self.redis, self.settings.partitions)
+        await load_scripts(self.redis)  # on every master: no NOSCRIPT on first calls
         log = self.state.log
         log.info("worker started", partitions=self.settings.partitions)
         started = time.monotonic()

@@ -35,23 +35,31 @@ from cdp.api.ingest import add_ingest_routes
 from cdp.api.profiles import add_profile_routes
 from cdp.api.publisher import Publisher
 from cdp.api.replay import add_replay_routes
+from cdp.api.requests import RETRY_AFTER_S
 from cdp.api.segment_stream import add_segment_stream_routes
 from cdp.api.segments import add_segment_routes
 from cdp.api.tracking import add_tracking_routes, segment_error
 from cdp.api.webhooks import add_webhook_routes
 from cdp.clock import make_clock
 from cdp.connect import Client, guess_cluster, is_cluster, redis_client, wait_for_redis
-from cdp.errors import BodyTimeout, ClientGone, EventRejected, NotReplicated, OutcomeUnknown
+from cdp.errors import (
+    BodyTimeout,
+    ClientGone,
+    EventRejected,
+    NotReplicated,
+    OutcomeUnknown,
+    PartlyStored,
+)
 from cdp.logs import TroubleLog
 from cdp.metrics import read_metrics, render_prometheus
 from cdp.redis_nodes import ping_all
+from cdp.scripts import load_scripts
 from cdp.settings import Settings
 
 log = structlog.get_logger("cdp.api")
 
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
-RETRY_AFTER_S = "1"
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -97,6 +105,11 @@ async def errors_middleware(
     except NotReplicated as exc:  # stored by the primary, too few replicas confirmed it
         _note(request, "replicas did not confirm; answered 503", error=str(exc))
         response = shape(exc, 503, str(exc))
+        response.headers["Retry-After"] = RETRY_AFTER_S
+        return response
+    except PartlyStored as exc:  # a cluster: some partitions stored, others refused
+        _note(request, "request partly stored; answered 500", error=str(exc))
+        response = shape(exc, 500, str(exc))
         response.headers["Retry-After"] = RETRY_AFTER_S
         return response
     except RedisError as exc:
@@ -159,10 +172,16 @@ async def openapi(request: web.Request) -> web.Response:
 MIDDLEWARES = (errors_middleware,)
 
 
-async def _found(settings: Settings, cluster: bool) -> None:
-    """Log when Redis answers; stop the process (its supervisor starts it again) when
-    redis-cluster = auto took a Redis that did not answer at start for the wrong kind."""
+async def _found(settings: Settings, client: Client, cluster: bool) -> None:
+    """Log when Redis answers and load the scripts on every master; stop the process
+    (its supervisor starts it again) when redis-cluster = auto took a Redis that did
+    not answer at start for the wrong kind."""
     reached = await wait_for_redis(settings, log)
+    if reached is not None and reached.cluster == cluster:
+        try:
+            await load_scripts(client)
+        except RedisError as exc:  # a call loads its script itself on NOSCRIPT
+            log.warning("scripts not loaded at start", error=str(exc))
     if reached is not None and reached.cluster != cluster:
         log.error(
             "redis-cluster=auto guessed wrong while redis did not answer; stopping so that "
@@ -191,7 +210,7 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
             replica_timeout_ms=settings.ingest_replica_timeout_ms,
         )
         # Serving starts at once (/healthz answers); this only says when Redis does.
-        waiting = None if redis else asyncio.create_task(_found(settings, cluster))
+        waiting = None if redis else asyncio.create_task(_found(settings, client, cluster))
         yield
         if waiting is not None:
             waiting.cancel()

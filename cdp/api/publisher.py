@@ -6,10 +6,15 @@ raises the Redis error that kept them out. A request makes one entry per partiti
 touches (``entries``): field ``e`` = the event's JSON when that partition gets one
 event, field ``b`` = a JSON array of its events, in the request's order, when it gets
 several; each event is answered with the id of the entry that holds it (several may
-share one). Each request is one call of ``lua/publish-n.lua``, so its events are stored
-and counted together or not at all (under OOM too), and its answer is its own script's
-reply: one failing request never fails another. Requests arriving while a pipeline is in
-flight are queued and sent together in the next one, so a burst costs a few round trips.
+share one). On one Redis each request is one call of ``lua/publish-n.lua``, so its
+events are stored and counted together or not at all (under OOM too), and its answer is
+its own script's reply: one failing request never fails another. On a cluster a
+script's keys must be one slot: each entry is a call of its own (its stream and its
+partition's metrics share the partition's slot), so a request spanning partitions may
+be stored for some and refused for others: it is answered ``PartlyStored`` (the API
+answers 500, naming the stored events; a retry with the same ids is deduplicated).
+Requests arriving while a pipeline is in flight are queued and sent together in the
+next one, so a burst costs a few round trips.
 
 With ``min_replicas`` (the ``ingest-min-replicas`` setting), each round trip ends with
 ``WAIT min_replicas timeout`` on the connection that carried its writes (a pipeline is
@@ -43,7 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cdp import keys
 from cdp.connect import Client, Pipe
-from cdp.errors import EventRejected, NotReplicated, OutcomeUnknown
+from cdp.errors import EventRejected, NotReplicated, OutcomeUnknown, PartlyStored
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of, routing_id
 from cdp.scripts import source
@@ -77,40 +82,80 @@ def entries(partitions: list[int], bodies: list[bytes]) -> Entries:
 
 @dataclass(slots=True)
 class _Request:
-    """One call of the publish script: the request's entries, and who waits for them."""
+    """The calls of the publish script for one request, and who waits for them: one
+    call on a single Redis; on a cluster one per entry (its two keys are one slot)."""
 
     entries: Entries
     answer: asyncio.Future[list[str]]
+    calls: int = 1  # how many script calls carry it, once queued
 
     @property
     def size(self) -> int:
         return len(self.entries.of_event)
 
-    def queue_on(self, pipe: Any, sha: str) -> None:
+    def queue_on(self, pipe: Any, sha: str, per_entry: bool) -> int:
         """EVALSHA publish-n: KEYS = each entry's stream and its partition's metrics
-        hash, ARGV = each entry's field, value and number of events."""
+        hash, ARGV = each entry's field, value and number of events; all the entries
+        in one call, or (``per_entry``) one call each. Returns the calls queued."""
         counts = [0] * len(self.entries.partitions)
         for i in self.entries.of_event:
             counts[i] += 1
         names: list[str] = []
         args: list[Any] = []
+        self.calls = 0
         for p, (field, value), n in zip(
             self.entries.partitions, self.entries.fields, counts, strict=True
         ):
             names += (keys.stream(p), keys.metrics(p))
             args += (field, value, n)
-        pipe.evalsha(sha, len(names), *names, *args)
+            if per_entry:
+                pipe.evalsha(sha, len(names), *names, *args)
+                self.calls += 1
+                names, args = [], []
+        if names:
+            pipe.evalsha(sha, len(names), *names, *args)
+            self.calls += 1
+        return self.calls
 
-    def settle(self, reply: Any) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Answer with ``exc`` (the round trip failed as a whole)."""
+        self.settle([exc] * self.calls)
+
+    def settle(self, replies: list[Any]) -> None:
+        """Answer from the replies of its calls: the entry ids when every call stored
+        its entries; the error when none did; ``PartlyStored`` when some did."""
         if self.answer.done():  # its waiter was cancelled
             return
-        if isinstance(reply, Exception):
-            self.answer.set_exception(reply)
-        elif isinstance(reply, BaseException):  # the flush was cancelled (shutdown)
-            self.answer.cancel()
+        if any(not isinstance(r, Exception) and isinstance(r, BaseException) for r in replies):
+            self.answer.cancel()  # the flush was cancelled (shutdown)
+            return
+        refused = [r for r in replies if isinstance(r, Exception) and not _stored(r)]
+        if refused and len(refused) < len(replies):
+            self.answer.set_exception(self._partly(replies, refused[0]))
+        elif refused:
+            self.answer.set_exception(refused[0])
+        elif failed := [r for r in replies if isinstance(r, Exception)]:
+            self.answer.set_exception(failed[0])  # stored, not replicated
         else:
-            ids = [text(i) for i in reply]
+            ids = [text(i) for reply in replies for i in reply]
             self.answer.set_result([ids[i] for i in self.entries.of_event])
+
+    def _partly(self, replies: list[Any], cause: Exception) -> PartlyStored:
+        """Which of the request's events were stored, from its per-entry replies."""
+        kept = {i for i, reply in enumerate(replies) if not isinstance(reply, Exception)}
+        kept |= {i for i, reply in enumerate(replies) if isinstance(reply, NotReplicated)}
+        stored = [n for n, entry in enumerate(self.entries.of_event) if entry in kept]
+        return PartlyStored(
+            f"{len(stored)} of {self.size} events stored; the others were refused: "
+            f"{cause}. Retry the request with the same messageId/eventId: the stored ones "
+            "are deduplicated",
+            stored,
+        )
+
+
+def _stored(reply: Exception) -> bool:
+    """Did the call answered ``reply`` store its entries (only replication is missing)?"""
+    return isinstance(reply, NotReplicated)
 
 
 def _maybe_executed(exc: Exception) -> bool:
@@ -185,42 +230,45 @@ class Publisher:
                 await self._flush(batch)
 
     async def _flush(self, batch: list[_Request]) -> None:
-        """Send ``batch`` and settle each request from its own reply. A call refused with
-        NOSCRIPT (a restarted or flushed Redis forgot the script) did nothing: it is sent
-        once more after loading the script, and the others are answered meanwhile."""
+        """Send ``batch`` and settle each request from its own replies. A request whose
+        every call was refused with NOSCRIPT (a restarted or flushed Redis forgot the
+        script) stored nothing: it is sent once more after loading the script, and the
+        others are answered meanwhile. (A cluster's pipeline already did that per call:
+        ``cdp.cluster_client``.)"""
         replies = await self._round_trip(batch)
         if replies is None:
             return
         forgotten = []
-        for request, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError):
+        for request, own in zip(batch, replies, strict=True):
+            if all(isinstance(reply, NoScriptError) for reply in own):
                 forgotten.append(request)
             else:
-                request.settle(reply)
+                request.settle(own)
         if not forgotten:
             return
         try:
             await self._redis.script_load(self._script)
         except BaseException as exc:  # nothing of theirs ran: the Redis error (503)
             for request in forgotten:
-                request.settle(exc)
+                request.fail(exc)
             if not isinstance(exc, Exception):
                 raise
             return
         replies = await self._round_trip(forgotten)
-        for request, reply in zip(forgotten, replies or [], strict=False):
-            request.settle(reply)
+        for request, own in zip(forgotten, replies or [], strict=False):
+            request.settle(own)
 
-    async def _round_trip(self, batch: list[_Request]) -> list[Any] | None:
-        """One pipeline of script calls: each reply an entry id list or the error; None
-        when the round trip failed as a whole (every waiter is then answered)."""
+    async def _round_trip(self, batch: list[_Request]) -> list[list[Any]] | None:
+        """One pipeline of script calls: each request's replies (an entry id list or the
+        error, one per call); None when the round trip failed as a whole (every waiter
+        is then answered)."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for request in batch:
-                    request.queue_on(pipe, self._sha)
+                per_entry = isinstance(pipe, ClusterPipeline)
+                calls = sum(request.queue_on(pipe, self._sha, per_entry) for request in batch)
                 waits = await self._queue_waits(pipe, batch)
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
-                return await self._replicated(batch, replies, waits)
+                replies = await self._replicated(batch, calls, replies, waits)
         except BaseException as exc:
             # Redis did not answer the round trip: those queued behind it would wait
             # out the same timeout one batch after another. Fail them now; they were
@@ -231,12 +279,17 @@ class Publisher:
             if isinstance(exc, Exception) and _maybe_executed(exc):
                 sent = OutcomeUnknown(f"redis did not answer: {exc}")
             for request in batch:
-                request.settle(sent)
+                request.fail(sent)
             for request in queued:
-                request.settle(exc)
+                request.fail(exc)
             if not isinstance(exc, Exception):  # cancelled: stop, nobody left waiting
                 raise
             return None
+        own, first = [], 0
+        for request in batch:
+            own.append(replies[first : first + request.calls])
+            first += request.calls
+        return own
 
     async def _queue_waits(self, pipe: Pipe, batch: list[_Request]) -> list[str]:
         """WAIT after the writes, on their connection: one per node written to on a
@@ -261,14 +314,14 @@ class Publisher:
         return [self._redis.get_node_from_key(stream) for stream in streams]
 
     async def _replicated(
-        self, batch: list[_Request], replies: list[Any], waits: list[str]
+        self, batch: list[_Request], calls: int, replies: list[Any], waits: list[str]
     ) -> list[Any]:
         """The script replies, each stored request's turned into ``NotReplicated`` when a
         WAIT counted fewer replicas than asked, or (a cluster) a stream's slot moved to a
         node whose connection did not carry the WAIT."""
         if not waits:
             return replies
-        replies, acks = replies[: len(batch)], replies[len(batch) :]
+        replies, acks = replies[:calls], replies[calls:]
         replicas, timeout_ms = self._replicas
         short = any(isinstance(a, Exception) or int(a) < replicas for a in acks)
         if not short and isinstance(self._redis, RedisCluster):

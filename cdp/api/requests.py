@@ -26,6 +26,8 @@ _decoder = msgspec.json.Decoder()
 ADMIN_BODY_LIMIT = 1 << 20
 # The largest page a paginated admin route serves.
 PAGE_MAX = 1000
+# Retry-After of a 5xx that a retry (with the same ids) may cure, in seconds.
+RETRY_AFTER_S = "1"
 # A whole number in a query string (cursors, limits); also in the OpenAPI document.
 WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}$")
 

@@ -8,7 +8,6 @@ answered with its member count and its backfill's progress.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from cdp.segments.definitions import (
     delete_definition,
     load_segments,
     parse_definition,
+    store_definition,
 )
 from cdp.segments.rules import RuleError
 from cdp.segments.sweeper import start_backfill
@@ -77,14 +77,7 @@ async def put_segment(request: web.Request) -> web.Response:
         raise EventRejected(f"invalid segment definition: {exc}") from None
     redis = request.app[REDIS]
     created = not await redis.hexists(keys.SEGMENTS, name)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            keys.SEGMENTS,
-            name,
-            json.dumps({"rule": segment.source, "description": segment.description}),
-        )
-        pipe.incr(keys.SEGMENTS_VERSION)
-        await pipe.execute()
+    await store_definition(redis, segment)
     await start_backfill(redis, name)
     body = segment.as_json() | await _segment_info(redis, name)
     return web.json_response(body, status=201 if created else 200)

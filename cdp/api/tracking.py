@@ -25,8 +25,9 @@ import msgspec
 from aiohttp import web
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
-from cdp.api.requests import json_body
+from cdp.api.requests import RETRY_AFTER_S, json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
+from cdp.errors import PartlyStored
 from cdp.settings import Settings
 
 _size_encoder = msgspec.json.Encoder()
@@ -71,6 +72,14 @@ def segment_error(exc: Exception, status: int, message: str) -> web.Response:
         504: "outcome_unknown",
     }.get(status, "invalid_request")
     return _error(status, code, message)
+
+
+def _partly_stored(exc: PartlyStored, stored: list[int]) -> web.Response:
+    """500: the calls at ``stored`` (indices in ``batch``) are stored, the others not;
+    resending the whole batch with the same messageIds stores only the rest."""
+    response = _answer({"code": "partly_stored", "message": str(exc), "stored": stored}, status=500)
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
 
 
 def write_keys(raw: str) -> dict[str, str]:
@@ -186,7 +195,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
     shared_integrations = body.get("integrations")
     now = await request.app[CLOCK].now_ms()
     sent_at = _time(body.get("sentAt"), "sentAt")
-    events, rejected = [], []
+    events, rejected, positions = [], [], []
     for index, call in enumerate(calls):
         try:
             own_context = call.get("context") or {}
@@ -208,6 +217,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
                     settings,
                 )
             )
+            positions.append(index)
         except CallRejected as exc:
             message_id = call.get("messageId")
             if not isinstance(message_id, str):
@@ -216,7 +226,10 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
                 {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
             )
     if events:
-        await request.app[PUBLISHER].publish_many(events)
+        try:
+            await request.app[PUBLISHER].publish_many(events)
+        except PartlyStored as exc:  # a cluster: some partitions refused their calls
+            return _partly_stored(exc, [positions[i] for i in exc.stored])
     if not rejected:
         return _success()
     return _answer({"success": True, "rejected": rejected})

@@ -25,10 +25,11 @@ async def create_webhook(request: web.Request) -> web.Response:
     sub = parse_subscription(await json_body(request), secrets.token_hex(8), wall_ms())
     redis = request.app[REDIS]
     cursor = await last_id(redis, keys.SEGMENT_EVENTS)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.WEBHOOKS, sub.id, sub.encode())
-        pipe.hset(keys.webhook_state(sub.id), mapping={"cursor": cursor, "attempts": 0})
-        await pipe.execute()
+    # Its delivery state first, then the subscription (two slots on a cluster): the
+    # dispatcher only walks subscriptions, so a crash in between leaves an unused state
+    # hash, and never a subscription without its cursor.
+    await redis.hset(keys.webhook_state(sub.id), mapping={"cursor": cursor, "attempts": 0})
+    await redis.hset(keys.WEBHOOKS, sub.id, sub.encode())
     return web.json_response(sub.public(), status=201)
 
 
@@ -49,10 +50,10 @@ async def list_webhooks(request: web.Request) -> web.Response:
 async def delete_webhook(request: web.Request) -> web.Response:
     sub_id = request.match_info["id"]
     redis = request.app[REDIS]
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.WEBHOOKS, sub_id)
-        pipe.delete(keys.webhook_state(sub_id))
-        removed, _ = await pipe.execute()
+    # The subscription first (the dispatcher stops delivering it), then its state: a
+    # crash in between leaves the state, which a DELETE again removes.
+    removed = await redis.hdel(keys.WEBHOOKS, sub_id)
+    removed += await redis.delete(keys.webhook_state(sub_id))
     if not removed:
         raise NotFound(f"no webhook with id {sub_id!r}")
     return web.Response(status=204)

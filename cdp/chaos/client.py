@@ -3,10 +3,10 @@
 Each sender takes the workload's next request, sends it and records every attempt.
 It retries as an SDK does, but only where a retry cannot duplicate: after a 503 (the
 server says nothing was stored), and after a 504 (Redis did not answer: stored or not,
-unknown) or no answer at all (the API died, a timeout) only when every call of the
-request names itself (a keyed request: the retry is deduplicated). An unkeyed request
-without an answer is left unacknowledged: it may or may not have been stored, and the
-checker allows it to be applied at most once.
+unknown), a 500 (partly stored, on a cluster) or no answer at all (the API died, a
+timeout) only when every call of the request names itself (a keyed request: the retry
+is deduplicated). An unkeyed request without an answer is left unacknowledged: it may
+or may not have been stored, and the checker allows it to be applied at most once.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class LoadClient:
             if attempt.acked:
                 return
             definite = attempt.status == 503
-            if not (definite or (attempt.status in (None, 504) and request.keyed)):
+            # 500: partly stored (a cluster), like a 504 for what a retry may duplicate.
+            if not (definite or (attempt.status in (None, 500, 504) and request.keyed)):
                 return
             if time.monotonic() > deadline:
                 return

@@ -11,12 +11,15 @@
   ``segment_transition`` call.
 
 ``Scripts(redis)`` binds every declaration to one client: ``scripts.apply_batch``,
-``scripts.lease_acquire``, ...
+``scripts.lease_acquire``, ... ``load_scripts(redis)`` loads every script of ``lua/`` on
+every master at start (a cluster's pipelines also reload one a node answered NOSCRIPT
+for: ``cdp.cluster_client``).
 """
 
 from __future__ import annotations
 
 from cdp.connect import Client
+from cdp.redis_nodes import for_each_master
 from cdp.scripts import calls
 from cdp.scripts.calls import BatchResult, Erased, ProfileRow, Transition, TransitionRequest
 from cdp.scripts.loader import ScriptError, lua_dir, script_names, source
@@ -36,6 +39,7 @@ __all__ = [
     "TransitionRequest",
     "calls",
     "is_poison",
+    "load_scripts",
     "lua_dir",
     "script_names",
     "source",
@@ -54,3 +58,10 @@ class Scripts:
         self.segment_forget = calls.segment_forget.bind(redis)
         self.erase_profile = calls.erase_profile.bind(redis)
         self.replay_record = calls.replay_record.bind(redis)
+
+
+async def load_scripts(redis: Client) -> None:
+    """SCRIPT LOAD every script of ``lua/`` on every master (one Redis: on it), so the
+    first EVALSHA of each finds it; idempotent."""
+    for name in script_names():
+        await for_each_master(redis, "SCRIPT", "LOAD", source(name))

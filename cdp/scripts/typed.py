@@ -12,7 +12,8 @@ called directly, ``await scripts.lease_acquire("cdp:lease:{p3}", "w1", 5000)`` -
 or queued in a pipeline, ``await scripts.lease_acquire.queue(pipe, ...)``, its reply
 read back with ``scripts.lease_acquire.decode(reply)``. Either way the call goes out
 as EVALSHA through redis-py's ``register_script``, and a NOSCRIPT answer (a restarted or
-flushed server) makes redis-py load the script and retry, in pipelines too.
+flushed server) makes redis-py load the script and retry, in pipelines too (a cluster's
+pipeline: ``cdp.cluster_client``, which loads it on every master and retries once).
 
 The key count is checked twice: at bind, the declared count against the script file's
 ``-N`` (itself checked against its header, ``cdp.scripts.loader``); at each call, the
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
@@ -116,5 +118,10 @@ class Bound(Generic[P, R]):
     async def queue(self, pipe: Pipe, *args: P.args, **kwargs: P.kwargs) -> None:
         """Add the call to ``pipe``; its reply, in ``pipe.execute()``'s, goes to ``decode``."""
         call = self.spec.call(*args, **kwargs)
-        # redis-py's annotation names clients only; its code queues in a pipeline too.
-        await self.registered(keys=call.keys, args=call.args, client=pipe)  # type: ignore[arg-type]
+        if isinstance(pipe, ClusterPipeline):
+            # Not through the registered script, which awaits the pipeline: awaiting a
+            # cluster pipeline empties it. NOSCRIPT: cdp.cluster_client reloads.
+            keys = call.keys
+            pipe.execute_command("EVALSHA", self.registered.sha, len(keys), *keys, *call.args)
+            return
+        await self.registered(keys=call.keys, args=call.args, client=pipe)

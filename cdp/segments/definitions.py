@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdp import keys
-from cdp.connect import Client
+from cdp.connect import Client, is_cluster
 from cdp.scripts import Scripts
 from cdp.segments.rules import Check, Reads, Rule, RuleError, compile_rule, parse_rule, rule_reads
 from cdp.settings import Settings, format_duration
@@ -143,24 +143,65 @@ class SegmentCache:
         return "" if self._version in (None, b"-") else text(self._version)
 
 
+async def store_definition(redis: Client, segment: Segment) -> None:
+    """Store (create or replace) custom ``segment``, then bump ``cdp:segments:version``.
+
+    Two ordered writes (the keys are different slots on a cluster): the bump comes
+    after the definition, so a worker that reloads on the new version reads it. A crash
+    between the two leaves the definition stored but not announced: the PUT was not
+    answered 2xx, and its retry (or any later change of a definition) bumps the version.
+    """
+    body = json.dumps({"rule": segment.source, "description": segment.description})
+    await redis.hset(keys.SEGMENTS, segment.name, body)
+    await redis.incr(keys.SEGMENTS_VERSION)
+
+
 async def delete_definition(redis: Client, name: str) -> bool:
     """Delete custom segment ``name`` and end its memberships without events; False if
-    there was no such segment.
+    there was no such segment (neither its definition nor anything left of it).
 
-    The definition goes first, with a bump of ``cdp:segments:version``, so that no
-    evaluation made with it is accepted any more (``segment_transition`` refuses older
-    definitions); then ``segment_forget`` ends the memberships chunk by chunk, each
-    chunk atomically, keeping every transition count.
+    The definition goes first, with a bump of ``cdp:segments:version`` (``_withdraw``),
+    so that no evaluation made with it is accepted any more (``segment_transition``
+    refuses older definitions); then its backfill state goes, and ``segment_forget``
+    ends the memberships chunk by chunk, each chunk atomically, keeping every
+    transition count. Each step is safe to run again: a crash midway leaves members or
+    a backfill behind the deleted definition, which a DELETE again finds and removes.
     """
+    removed = await _withdraw(redis, name)
+    if not removed:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.segment_members(name))
+            pipe.exists(keys.segment_backfill(name))
+            pipe.sismember(keys.BACKFILLS, name)
+            if not any(await pipe.execute()):
+                return False
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.segment_backfill(name))
+        pipe.srem(keys.BACKFILLS, name)
+        await pipe.execute()
+    forget = Scripts(redis).segment_forget
+    # Only while members are left: a segment nobody entered needs no script (whose
+    # keys, by name, are not one slot: on a cluster it waits for the cluster-safe one).
+    while await redis.zcard(keys.segment_members(name)) and await forget(name, FORGET_CHUNK):
+        pass
+    return True
+
+
+async def _withdraw(redis: Client, name: str) -> int:
+    """HDEL the definition and bump the version; 1 if it was there.
+
+    One transaction on one Redis, so an evaluation made with the definition is refused
+    from the instant it is gone. On a cluster the two keys are different slots: two
+    ordered writes, and an evaluation loaded before the deletion and written between
+    them is still accepted (an event of the deleted segment, whose membership the
+    forget step then ends silently) until the segment scripts are cluster-safe.
+    """
+    if is_cluster(redis):
+        removed = int(await redis.hdel(keys.SEGMENTS, name))
+        await redis.incr(keys.SEGMENTS_VERSION)
+        return removed
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(keys.SEGMENTS, name)
         pipe.incr(keys.SEGMENTS_VERSION)
-        pipe.delete(keys.segment_backfill(name))
-        pipe.srem(keys.BACKFILLS, name)
-        removed, *_ = await pipe.execute()
-    if not removed:
-        return False
-    forget = Scripts(redis).segment_forget
-    while await forget(name, FORGET_CHUNK):
-        pass
-    return True
+        withdrawn, _ = await pipe.execute()
+    return int(withdrawn)

@@ -34,6 +34,10 @@ BACKFILL_CHUNK = 500
 async def start_backfill(redis: Client, name: str) -> None:
     """Queue an evaluation of segment ``name`` for every live profile."""
     total = await redis.zcard(keys.PROFILES)
+    # The backfill's state (one slot, one transaction), then its name in the running
+    # set (another slot on a cluster): the sweeper runs it from then on. A crash in
+    # between leaves a state nobody runs; the PUT was not answered 2xx, its retry
+    # starts the backfill again.
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.segment_backfill(name))
         pipe.hset(
@@ -46,8 +50,8 @@ async def start_backfill(redis: Client, name: str) -> None:
                 "startedAt": time.time_ns(),
             },
         )
-        pipe.sadd(keys.BACKFILLS, name)
         await pipe.execute()
+    await redis.sadd(keys.BACKFILLS, name)
 
 
 class Sweeper:
@@ -87,10 +91,10 @@ class Sweeper:
             keys.PROFILES, f"({cursor}", "+inf", start=0, num=BACKFILL_CHUNK, withscores=True
         )
         if not rows:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"state": "done", "finishedAt": wall_ms()})
-                pipe.srem(keys.BACKFILLS, name)
-                await pipe.execute()
+            # Done, then out of the running set (two slots on a cluster): a crash in
+            # between finds it running at the next sweep, and done again.
+            await self.redis.hset(key, mapping={"state": "done", "finishedAt": wall_ms()})
+            await self.redis.srem(keys.BACKFILLS, name)
             log.info("backfill done", segment=name)
             return 0
         emitted = await self.engine.evaluate([text(cid) for cid, _ in rows], now)

@@ -38,11 +38,13 @@ from cdp.events import iso_ms
 from cdp.pipeline.leases import RoleLease
 from cdp.scripts import Scripts
 from cdp.settings import Settings
-from cdp.streams import text
+from cdp.streams import add_once, text
 
 log = structlog.get_logger("cdp.webhooks")
 
 MAX_BACKOFF_MS = 600_000
+DEAD_MAXLEN = 100_000  # records kept in cdp:webhooks:dead
+DEAD_MARKS_KEEP_MS = 86_400_000  # a give-up is recorded once within a day
 DELIVERIES_PER_RUN = 50
 # What a subscription URL may be (also the OpenAPI document's ``WebhookCreate.url``):
 # http(s), an ASCII host name or address (IDNs in punycode), an optional port, then
@@ -231,20 +233,29 @@ class Dispatcher:
             attempts=attempts,
             error=error,
         )
+        # The dead record (written once: marked in its slot), then the cursor past the
+        # event (the state's slot): a crash in between gives up on the event again at
+        # the next run, which finds the record written and only moves the cursor.
+        await add_once(
+            self.redis,
+            keys.WEBHOOKS_DEAD,
+            [
+                (
+                    f"{sub.id}:{entry_id}",
+                    {
+                        "subscription": sub.id,
+                        "entryId": entry_id,
+                        "eventId": fields[b"eventId"],
+                        "e": fields[b"e"],
+                        "attempts": attempts,
+                        "error": error,
+                    },
+                )
+            ],
+            DEAD_MAXLEN,
+            DEAD_MARKS_KEEP_MS,
+        )
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                keys.WEBHOOKS_DEAD,
-                {
-                    "subscription": sub.id,
-                    "entryId": entry_id,
-                    "eventId": fields[b"eventId"],
-                    "e": fields[b"e"],
-                    "attempts": attempts,
-                    "error": error,
-                },
-                maxlen=100_000,
-                approximate=True,
-            )
             pipe.hset(
                 state_key,
                 mapping={
