@@ -176,9 +176,7 @@ def test_same_event_id_in_a_later_call_changes_nothing(lua, now_ms):
     assert changed == {lua.stream, keys.metrics(lua.partition)}
 
 
-def test_the_profile_records_the_id_in_its_bucket_and_expires_at_the_end_of_the_next(
-    lua, now_ms
-):
+def test_the_profile_records_the_id_in_its_bucket_and_expires_at_the_end_of_the_next(lua, now_ms):
     ttl = lua.settings.dedup_ttl_ms
     now = now_ms + 7 * MINUTE  # 7 minutes into a 10-minute dedup bucket
     lua.apply(track("evt-1", now_ms - HOUR, "Feature Used", user="u1"), now_ms=now)
@@ -676,9 +674,7 @@ def test_the_unsharded_dedup_hashes_of_before_an_upgrade_still_dedup(lua, now_ms
     assert lua.r.hgetall(keys.seen("p1")) == {"new-1": str(b)}
 
 
-def test_the_partition_dedup_shards_of_before_dedup_moved_into_the_profile_still_dedup(
-    lua, now_ms
-):
+def test_the_partition_dedup_shards_of_before_dedup_moved_into_the_profile_still_dedup(lua, now_ms):
     """An id recorded in a partition dedup shard (cdp:dedup:{pN}:<bucket>:<shard>, the
     layout before the profiles' seen) in the current or previous bucket is still a
     duplicate after the upgrade: no second count; those hashes are never written."""
