@@ -40,7 +40,8 @@
   bucket advances, so neither costs a call per event. A merge moves the loser's ids
   into the survivor (identity.lua); an erasure deletes them with the profile.
 
-  Cost: about 10 redis.call per event (18 before this layout), each ~1k instructions
+  Cost: about 11 redis.call per event (18 before this layout; +1.2 to +1.7 since dedup
+  moved into the profiles, measured on the bench workload), each ~1k instructions
   of Lua-to-Redis overhead besides the command itself; the rest is the commands'
   own work on the profile's keys and the Lua code (valgrind, issue 10). The call
   works per batch where it can: one EXISTS of the legacy dedup hashes for all its
