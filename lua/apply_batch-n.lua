@@ -40,8 +40,10 @@
   bucket advances, so neither costs a call per event. A merge moves the loser's ids
   into the survivor (identity.lua); an erasure deletes them with the profile.
 
-  Cost: about 11 redis.call per event (18 before this layout; +1.2 to +1.7 since dedup
-  moved into the profiles, measured on the bench workload), each ~1k instructions
+  Cost: about 11 redis.call per event (18 before this layout; +1.2 to +1.6 since dedup
+  moved into the profiles: one HGET of seen per event, one HSET per profile per call,
+  against the partition hashes' HMGETs, HSET and PEXPIRE per call; +8 to +12% Redis
+  instructions per event, callgrind on the bench workload), each ~1k instructions
   of Lua-to-Redis overhead besides the command itself; the rest is the commands'
   own work on the profile's keys and the Lua code (valgrind, issue 10). The call
   works per batch where it can: one EXISTS of the legacy dedup hashes for all its
@@ -187,19 +189,20 @@ end
 
 -- Record the ids applied to profile `m` in its seen hash (pruned first when seenFrom
 -- says it may hold expired ids; its time to live moved when the bucket advances past
--- seenTo); the new seenFrom and seenTo go to `fields`, written with the meta.
+-- seenTo); seenFrom and seenTo go to `fields` (written with the meta) when they change.
 local function record_seen(m, fields)
   local skey = m.pkey .. ":seen"
   local from = m.seen_from
   if from and from < honoured_from then from = prune_seen(skey) end
   if not from or bucket_n < from then from = bucket_n end
   chunked("HSET", skey, m.recs, CHUNK)
+  if from ~= m.seen_from then
+    fields[#fields + 1] = "seenFrom"; fields[#fields + 1] = from
+  end
   if not m.seen_to or m.seen_to < bucket_n then
     rcall("PEXPIRE", skey, seen_expire_in)
-    m.seen_to = bucket_n
+    fields[#fields + 1] = "seenTo"; fields[#fields + 1] = bucket_n
   end
-  fields[#fields + 1] = "seenFrom"; fields[#fields + 1] = from
-  fields[#fields + 1] = "seenTo"; fields[#fields + 1] = m.seen_to
 end
 
 -- Write what the call holds: the profiles' seen times, versions and seen ids, the
@@ -240,17 +243,21 @@ end
 -- identifiers move only by merges, to the survivor, which absorbs the loser's seen
 -- ids, or by erasure, after which the event names a suppressed identifier and is
 -- discarded. So a redelivered applied event always finds its record here.
+local function seen_in(cid, id)
+  local b = rcall("HGET", profile_key(cid) .. ":seen", id)
+  if not b then return false end
+  local n = tonumber(b)
+  return not n or n >= honoured_from
+end
 local function seen_by_owner(ev, cids)
-  local id, asked = ev[EID], {}
-  for i = 1, #cids do
+  local id, first, asked = ev[EID], cids[1], nil
+  if first and seen_in(first, id) then return true end
+  for i = 2, #cids do  -- usually every identifier names the first one's profile
     local cid = cids[i]
-    if cid and not asked[cid] then
+    if cid and cid ~= first and not (asked and asked[cid]) then
+      asked = asked or {}
       asked[cid] = true
-      local b = rcall("HGET", profile_key(cid) .. ":seen", id)
-      if b then
-        local n = tonumber(b)
-        if not n or n >= honoured_from then return true end
-      end
+      if seen_in(cid, id) then return true end
     end
   end
   return false
