@@ -11,10 +11,11 @@
        write at all); so is one found in the partition's dedup hashes of before this
        layout (read only). Otherwise, once applied, the event is recorded in the
        `seen` hash of the profile it was applied to (eventId -> current dedup bucket).
-       When its identifiers all name one profile, that is it. Otherwise, when they belong to several
-       profiles, those the guard rails allow are merged into the oldest (a record goes
-       to cdp:merges, as does every refusal; each segment membership of a merged-away
-       profile ends with an EXIT event, reason "merged", in cdp:segment-events);
+       When its identifiers all name one profile, that is it. Otherwise, when they
+       belong to several profiles, those the guard rails allow are merged into the
+       oldest (a record goes to cdp:merges, as does every refusal; each segment
+       membership of a merged-away profile ends with an EXIT event, reason "merged",
+       in cdp:segment-events);
        unknown identifiers are linked to the event's profile, new if none is known;
     3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
        tombstone that keeps its ts (one HMGET, one HSET of the winners);
@@ -471,8 +472,10 @@ local function refuse(ev, err)
     end
   end
   flush()
-  if applied + discarded > 0 then
-    dups = 0  -- counted by the retry
+  if applied > 0 then
+    -- The retry counts the duplicates, and discards the suppressed events again (they
+    -- are not recorded): only the applied ones are counted now.
+    dups, discarded = 0, 0
     count_metrics()
   end
   if not reason then error(err, 0) end
