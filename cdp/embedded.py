@@ -26,13 +26,13 @@ from redis.retry import Retry
 from cdp.errors import RedisServerError
 
 # Hashes stay in Redis's compact encoding (ziplist; listpack from Redis 7, which takes
-# these names too) up to this many fields and this long a value: a dedup shard
-# (README "Configuration": dedup-shards) and a profile's traits hash (cells of ~100 B)
-# then cost a fraction of a hashtable's memory. A lookup in a compact hash scans it,
-# so the field count is kept at 128 (Redis's default is 512): a dedup shard of 250 ids
-# at 512 cost the apply ~30% more Redis instructions (valgrind) than at 128, where it
-# has turned into a plain hash. An external Redis needs the same settings (README
-# "Running in production").
+# these names too) up to this many fields and this long a value: a profile's seen
+# hash (its eventIds, ~40 B each) and traits hash (cells of ~100 B) then cost a
+# fraction of a hashtable's memory. A lookup in a compact hash scans it, so the field
+# count is kept at 128 (Redis's default is 512): a partition dedup shard of 250 ids
+# (before dedup moved into the profiles) at 512 cost the apply ~30% more Redis
+# instructions (valgrind) than at 128, where it has turned into a plain hash. An
+# external Redis needs the same settings (README "Running in production").
 HASH_MAX_ZIPLIST_ENTRIES = 128
 HASH_MAX_ZIPLIST_VALUE = 256
 COMPACT_ENCODINGS = (

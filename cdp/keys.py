@@ -5,8 +5,9 @@ canonical id's tag, every partition stream its own)::
 
     cdp:events:{p<N>}                    stream, partition N of the ingest firehose
     cdp:lease:{p<N>}                     string, worker id owning partition N (PX lease)
-    cdp:dedup:{p<N>}:<bucket>:<shard>    hash, eventId -> 1, seen event ids (expires);
-                                         shard = crc32(eventId) % dedup-shards
+    cdp:dedup:{p<N>}:<bucket>:<shard>    hash, eventId -> 1, the ids applied before dedup
+                                         moved into the profiles (read only, until it
+                                         expires); shard = crc32(eventId) % dedup-shards
     cdp:dedup:{p<N>}:<bucket>            hash, the same before sharding (read only, until
                                          it expires)
     cdp:events:dropped                   stream, events past the grace period + reason
@@ -27,7 +28,9 @@ canonical id's tag, every partition stream its own)::
                                          lastSeenMs, user, users/emails/anons (counts),
                                          merges, version (bumped by every change),
                                          evaluatedMs (last accepted segment evaluation),
-                                         evaluations (how many were accepted);
+                                         evaluations (how many were accepted),
+                                         seenFrom / seenTo (the oldest dedup bucket its
+                                         seen hash may hold / the one its expiry is for);
                                          for a merged-away id only mergedInto (+ when)
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
@@ -35,6 +38,9 @@ canonical id's tag, every partition stream its own)::
     cdp:profile:{<cid>}:merged           set of canonical ids merged into this one
     cdp:profile:{<cid>}:counter:<name>   zset, bucket start (13-digit ms) -> count
     cdp:profile:{<cid>}:segments         hash, segment -> {"in", "n" (transitions), "since"}
+    cdp:profile:{<cid>}:seen             hash, eventId -> dedup bucket (now // dedup-ttl):
+                                         the events applied to it, honoured through the
+                                         next bucket (pruned when touched; expires)
     cdp:profiles                         zset, live canonical id -> its number
     cdp:merges                           stream, merges and refused links (guard rails)
     cdp:segments                         hash, custom segment name -> definition (JSON)
@@ -131,12 +137,9 @@ def dedup(partition: int, bucket: int) -> str:
 
 
 def dedup_shard(partition: int, bucket: int, shard: int) -> str:
-    """One of the dedup-shards hashes of a partition's dedup bucket."""
+    """One of the dedup-shards hashes of a partition's dedup bucket, as written before
+    dedup moved into the profiles (read only)."""
     return f"{PREFIX}:dedup:{partition_tag(partition)}:{bucket}:{shard}"
-
-
-# SCAN pattern of every dedup hash (the fault suite reads them back).
-DEDUP_PATTERN = f"{PREFIX}:dedup:*"
 
 
 def identifier(typed_id: str) -> str:
@@ -169,6 +172,15 @@ def counter(cid: str, name: str) -> str:
 
 def profile_segments(cid: str) -> str:
     return profile(cid) + ":segments"
+
+
+def seen(cid: str) -> str:
+    """The eventIds applied to profile ``cid`` -> the dedup bucket of their record."""
+    return profile(cid) + ":seen"
+
+
+# SCAN pattern of every profile's seen hash (the fault suite reads them back).
+SEEN_PATTERN = f"{PROFILE_PREFIX}*:seen"
 
 
 def segment_members(name: str) -> str:

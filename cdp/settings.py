@@ -61,8 +61,8 @@ class Settings:
     window_size_ms: int = 5_000
     grace_period_ms: int = 120_000
     dedup_ttl_ms: int = 600_000
-    # Each partition's dedup bucket is split into this many hashes (by crc32 of the
-    # eventId), small enough for Redis's compact encoding: README "Configuration".
+    # Locates the partition dedup hashes of before dedup moved into the profiles (by
+    # crc32 of the eventId), read until they expire: README "Configuration".
     dedup_shards: int = 32
     ticker_interval_ms: int = 1_000
     max_future_skew_ms: int = 300_000

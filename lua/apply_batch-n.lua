@@ -4,15 +4,18 @@
 
   The caller has sorted the batch by (ts, eventId) and normalised every identifier
   (user:, anon:, email:). For each event, in order:
-    1. dedup: an eventId seen in the current or previous dedup bucket (or earlier in
-       this call) is skipped (counted as a dedup hit); otherwise it is recorded in the
-       current bucket once it has been applied;
-       an event naming an erased (suppressed) identifier is discarded and counted;
-    2. identity (includes/identity.lua): its identifiers are read in one MGET; when
-       they all name one profile, that is it. Otherwise, when they belong to several
-       profiles, those the guard rails allow are merged into the oldest (a record goes
-       to cdp:merges, as does every refusal; each segment membership of a merged-away
-       profile ends with an EXIT event, reason "merged", in cdp:segment-events);
+    1. an event naming an erased (suppressed) identifier is discarded and counted;
+    2. identity (includes/identity.lua): its identifiers are read in one MGET;
+       dedup: an eventId that a profile they name (or this call) already applied, in
+       the current or previous dedup bucket, is skipped (counted as a dedup hit, no
+       write at all); so is one found in the partition's dedup hashes of before this
+       layout (read only). Otherwise, once applied, the event is recorded in the
+       `seen` hash of the profile it was applied to (eventId -> current dedup bucket).
+       When its identifiers all name one profile, that is it. Otherwise, when they
+       belong to several profiles, those the guard rails allow are merged into the
+       oldest (a record goes to cdp:merges, as does every refusal; each segment
+       membership of a merged-away profile ends with an EXIT event, reason "merged",
+       in cdp:segment-events);
        unknown identifiers are linked to the event's profile, new if none is known;
     3. traits: per trait, Last-Write-Wins on (ts, eventId); a JSON null value is a
        tombstone that keeps its ts (one HMGET, one HSET of the winners);
@@ -28,17 +31,32 @@
   by the call that applied it (or found it a duplicate); an event with sid "" (not
   the last of its stream entry) acknowledges nothing.
 
-  Cost: about 10 redis.call per event (18 before this layout), each ~1k instructions
+  Dedup lives in the profile (docs/cluster.md, "Dedup moves into the profile"):
+  cdp:profile:{cid}:seen, eventId -> the dedup bucket (now // dedup-ttl) it was
+  recorded in, is honoured through the end of the next bucket (at least dedup-ttl, at
+  most twice). The profile hash keeps `seenFrom` (the oldest bucket the hash may hold)
+  and `seenTo` (the bucket its time to live was last set for: the end of seenTo + 1);
+  when a record finds seenFrom older than the previous bucket, the expired ids are
+  deleted (one HGETALL, one HDEL), and the hash's time to live is moved only when the
+  bucket advances, so neither costs a call per event. A merge moves the loser's ids
+  into the survivor (identity.lua); an erasure deletes them with the profile.
+
+  Cost: about 11 redis.call per event (18 before this layout; +1.2 to +1.6 since dedup
+  moved into the profiles: one HGET of seen per event, one HSET per profile per call,
+  against the partition hashes' HMGETs, HSET and PEXPIRE per call; +8 to +12% Redis
+  instructions per event, callgrind on the bench workload), each ~1k instructions
   of Lua-to-Redis overhead besides the command itself; the rest is the commands'
   own work on the profile's keys and the Lua code (valgrind, issue 10). The call
-  works per batch where it can: one HMGET per dedup hash for all its events; per profile, the 4 fields of
-  step 4 read on its first touch and written once (version + the number of events:
-  it is only compared for equality); a counter bucket's later increments in the call
-  folded into one ZINCRBY; one ZADD of every due profile; the ids recorded with one
-  HSET per dedup hash. These folded writes are flushed at the end, before a merge
-  (which reads profiles by name) and when an event is refused; an event adds to them
-  only once nothing of its own can fail any more. The state a call leaves is the
-  state one call per event would leave (tests/lua/test_folded_apply.py).
+  works per batch where it can: one EXISTS of the legacy dedup hashes for all its
+  events (HMGETs only while they live); one HGET of `seen` per event and known
+  owner; per profile, the 4 fields of step 4 (+ seenFrom, seenTo) read on its first
+  touch and written once (version + the number of events: it is only compared for
+  equality), and the ids it applied recorded with one HSET; a counter bucket's later
+  increments in the call folded into one ZINCRBY; one ZADD of every due profile.
+  These folded writes are flushed at the end, before a merge (which reads profiles
+  by name) and when an event is refused; an event adds to them only once nothing of
+  its own can fail any more. The state a call leaves is the state one call per
+  event would leave (tests/lua/test_folded_apply.py).
 
   Failures: an event that fails because of itself (includes/poison.lua: a stored
   trait cell of its profile that is not JSON, WRONGTYPE on a key it names) stops the
@@ -46,8 +64,9 @@
   batch again event by event and parks that one. Any other failure (OOM, READONLY,
   ...) is raised as Redis reported it and the worker retries the batch. Events
   applied before a failure stay applied, written and recorded, and are not
-  acknowledged: their retry is a duplicate. A dedup hash gets its time to live
-  together with its ids, so a failed call never leaves an id that is remembered forever.
+  acknowledged: their retry is a duplicate. A refused (poison) event is never
+  recorded: its replay is applied. A `seen` hash gets its time to live together with
+  its first ids, so a failed call never leaves an id that is remembered forever.
 
   Strings are compared byte-wise (includes/bytes.lua), never with the locale's `<`.
 
@@ -57,25 +76,30 @@
   KEYS[1]  partition stream                       cdp:events:{pN}
   KEYS[2]  partition lease                        cdp:lease:{pN}
   KEYS[3]  the partition's metrics hash               cdp:metrics:{pN}
+  The partition dedup hashes of before this layout, read (never written) while they
+  exist, so ids recorded before an upgrade stay duplicates; they expire by themselves:
   KEYS[4]  legacy dedup hash, current bucket      cdp:dedup:{pN}:<b>    (read only)
   KEYS[5]  legacy dedup hash, previous bucket     cdp:dedup:{pN}:<b-1>  (read only)
   KEYS[4+2s], KEYS[5+2s]  for s = 1, 2... (the shards the batch uses, variable count)
-           dedup shard s, current and previous bucket  cdp:dedup:{pN}:<b>:<shard>
+           legacy dedup shard s, current and previous bucket (read only)
+                                                       cdp:dedup:{pN}:<b>:<shard>
                                                        cdp:dedup:{pN}:<b-1>:<shard>
 
   ARGV[1]  consumer group
   ARGV[2]  worker id holding the lease, or "" to skip the check
-  ARGV[3]  dedup bucket time to live, ms (PEXPIRE of a current shard, set with its ids)
-  ARGV[4]  counter cutoff: 13-digit bucket start; older buckets are pruned
-  ARGV[5]  now, ISO-8601 (createdAt of new profiles)
-  ARGV[6]  key prefix ("cdp")
-  ARGV[7]  JSON array of events, each an array
+  ARGV[3]  the current dedup bucket, now // dedup-ttl (an integer)
+  ARGV[4]  ms from now to the end of the next dedup bucket (PEXPIRE of a `seen` hash
+           that gets ids of a bucket later than its seenTo)
+  ARGV[5]  counter cutoff: 13-digit bucket start; older buckets are pruned
+  ARGV[6]  now, ISO-8601 (createdAt of new profiles)
+  ARGV[7]  key prefix ("cdp")
+  ARGV[8]  JSON array of events, each an array
              [eventId, stream entry id or "", ts ISO-8601 fixed width,
               event time 13-digit epoch ms, 13-digit bucket start, type,
               [typed identifiers], [trait, raw JSON value, trait, ...],
               event name or "", 1 for a historical import (its profile is not
-              marked due) else 0, s: its dedup shard's place in KEYS (see above)]
-  ARGV[8]  JSON limits: guard rails {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
+              marked due) else 0, s: its legacy dedup shard's place in KEYS (above)]
+  ARGV[9]  JSON limits: guard rails {"maxEmails", "maxAnons", "maxUsers", "maxMerges",
            "mergeUsers"}, "minReturnGap" (ms), "dirtyDue" (ms: when touched
            profiles fall due for the sweeper if nobody evaluates them first) and
            "segmentEventsMaxlen" (approximate MAXLEN of cdp:segment-events)
@@ -88,16 +112,19 @@ local rcall = redis.call
 
 local stream_key, lease_key, metrics_key = KEYS[1], KEYS[2], KEYS[3]
 local legacy_cur, legacy_prev = KEYS[4], KEYS[5]
-local consumer_group, owner, dedup_expire_in = ARGV[1], ARGV[2], ARGV[3]
-local cutoff, now_iso, prefix = ARGV[4], ARGV[5], ARGV[6]
+local consumer_group, owner = ARGV[1], ARGV[2]
+local dedup_bucket, seen_expire_in = ARGV[3], ARGV[4]
+local cutoff, now_iso, prefix = ARGV[5], ARGV[6], ARGV[7]
 local cutoff_ms = tonumber(cutoff)
+local bucket_n = tonumber(dedup_bucket)
+local honoured_from = bucket_n - 1  -- ids recorded in an older bucket are forgotten
 
 if owner ~= "" and rcall("GET", lease_key) ~= owner then
   return {"LEASE_LOST"}
 end
 
-local events = cjson.decode(ARGV[7])
-local limits = cjson.decode(ARGV[8])
+local events = cjson.decode(ARGV[8])
+local limits = cjson.decode(ARGV[9])
 local unpack, tonumber, pcall = unpack, tonumber, pcall
 local EID, SID, TS, MS, BUCKET, TYPE, IDS, TRAITS, NAME, IMPORT, SHARD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 local CHUNK = 1000  -- arguments per command, well below Lua's stack limit for unpack
@@ -119,11 +146,13 @@ end
 --@include profile
 
 -- ----------------------------------------------------------------- the call's caches
--- Per profile touched by the call: firstSeen, lastSeen, lastSeenMs and version, read
--- on its first touch and written once by flush(); counter increments of a bucket this
--- call has already counted (its first increment was written, so the key is known to be
--- a zset); profiles to mark due. Everything here is committed by an event only once
--- nothing of it can fail any more, so a refused event leaves none of it behind.
+-- Per profile touched by the call: firstSeen, lastSeen, lastSeenMs, version, seenFrom
+-- and seenTo, read on its first touch and written once by flush(), with the ids of
+-- the events applied to it (`recs`: eventId, bucket, ...); counter increments of a
+-- bucket this call has already counted (its first increment was written, so the key
+-- is known to be a zset); profiles to mark due. Everything here is committed by an
+-- event only once nothing of it can fail any more, so a refused event leaves none of
+-- it behind (and is not recorded: its replay is applied).
 local metas, meta_order = {}, {}
 local extra, extra_order, counted = {}, {}, {}
 local due, due_order = {}, {}
@@ -131,25 +160,63 @@ local due, due_order = {}, {}
 local function meta_of(cid, pkey)
   local meta = metas[cid]
   if meta then return meta end
-  local row = rcall("HMGET", pkey, "firstSeen", "lastSeen", "lastSeenMs", "version")
+  local row = rcall("HMGET", pkey, "firstSeen", "lastSeen", "lastSeenMs", "version",
+    "seenFrom", "seenTo")
   local version = tonumber(row[4] or 0)
   if not version then error("ERR hash value is not an integer", 0) end
   meta = {pkey = pkey, first = row[1], last = row[2], ms = row[3],
-    ms_n = row[3] and tonumber(row[3]), version = version, bumps = 0}
+    ms_n = row[3] and tonumber(row[3]), version = version, bumps = 0,
+    seen_from = row[5] and tonumber(row[5]), seen_to = row[6] and tonumber(row[6]), recs = {}}
   metas[cid] = meta
   meta_order[#meta_order + 1] = cid
   return meta
 end
 
--- Write what the call holds: the profiles' seen times and versions, the folded counter
--- increments, the due marks. Called at the end, when an event is refused, and before
--- a merge (which reads and moves profiles' state by name).
+-- Delete the ids of `skey` (a profile's seen hash) recorded before the previous
+-- bucket; returns the oldest bucket left, or nil.
+local function prune_seen(skey)
+  local all, stale, oldest = rcall("HGETALL", skey), {}, nil
+  for i = 1, #all, 2 do
+    local b = tonumber(all[i + 1])
+    if not b or b < honoured_from then
+      stale[#stale + 1] = all[i]
+    elseif not oldest or b < oldest then
+      oldest = b
+    end
+  end
+  chunked("HDEL", skey, stale, CHUNK)
+  return oldest
+end
+
+-- Record the ids applied to profile `m` in its seen hash (pruned first when seenFrom
+-- says it may hold expired ids; its time to live moved when the bucket advances past
+-- seenTo); seenFrom and seenTo go to `fields` (written with the meta) when they change.
+local function record_seen(m, fields)
+  local skey = m.pkey .. ":seen"
+  local from = m.seen_from
+  if from and from < honoured_from then from = prune_seen(skey) end
+  if not from or bucket_n < from then from = bucket_n end
+  chunked("HSET", skey, m.recs, CHUNK)
+  if from ~= m.seen_from then
+    fields[#fields + 1] = "seenFrom"; fields[#fields + 1] = from
+  end
+  if not m.seen_to or m.seen_to < bucket_n then
+    rcall("PEXPIRE", skey, seen_expire_in)
+    fields[#fields + 1] = "seenTo"; fields[#fields + 1] = bucket_n
+  end
+end
+
+-- Write what the call holds: the profiles' seen times, versions and seen ids, the
+-- folded counter increments, the due marks. Called at the end, when an event is
+-- refused, and before a merge (which reads and moves profiles' state by name).
 local function flush()
   for _, cid in ipairs(meta_order) do
     local m = metas[cid]
     if m.bumps > 0 then
-      rcall("HSET", m.pkey, "firstSeen", m.first, "lastSeen", m.last, "lastSeenMs", m.ms,
-        "version", m.version + m.bumps)
+      local fields = {"firstSeen", m.first, "lastSeen", m.last, "lastSeenMs", m.ms,
+        "version", m.version + m.bumps}
+      if #m.recs > 0 then record_seen(m, fields) end
+      rcall("HSET", m.pkey, unpack(fields))
     end
   end
   for _, at in ipairs(extra_order) do
@@ -164,6 +231,37 @@ local function flush()
     end
   end
   metas, meta_order, extra, extra_order, counted, due_order = {}, {}, {}, {}, {}, {}
+end
+
+-- True when a known owner of the event's identifiers (`cids`, from their MGET: a
+-- canonical id or false each) holds its eventId in its seen hash, recorded in the
+-- current or previous bucket. Checked before anything of the event is written (no
+-- link, merge or refusal record: includes/identity.lua calls it before
+-- resolve_links). Why the owners are enough: an applied event always left at least
+-- one of its identifiers linked to the profile it was applied to (that profile was
+-- an owner of one of them already, or it was new and got the event's first
+-- identifier it could link: a guard rail allows at least one of each type);
+-- identifiers move only by merges, to the survivor, which absorbs the loser's seen
+-- ids, or by erasure, after which the event names a suppressed identifier and is
+-- discarded. So a redelivered applied event always finds its record here.
+local function seen_in(cid, id)
+  local b = rcall("HGET", profile_key(cid) .. ":seen", id)
+  if not b then return false end
+  local n = tonumber(b)
+  return not n or n >= honoured_from
+end
+local function seen_by_owner(ev, cids)
+  local id, first, asked = ev[EID], cids[1], nil
+  if first and seen_in(first, id) then return true end
+  for i = 2, #cids do  -- usually every identifier names the first one's profile
+    local cid = cids[i]
+    if cid and cid ~= first and not (asked and asked[cid]) then
+      asked = asked or {}
+      asked[cid] = true
+      if seen_in(cid, id) then return true end
+    end
+  end
+  return false
 end
 
 --@include identity
@@ -252,11 +350,14 @@ local function suppressed(ev)
   return false
 end
 
--- Everything one event changes: its profile, identity and counters. Its reads (and
--- the writes that must happen in order: links, merges, traits, a bucket's first
--- increment) come first; what the call folds is committed last, when nothing can fail.
+-- Everything one event changes: its profile, identity and counters, and its record in
+-- the profile's seen ids; nil (and nothing written) when a profile its identifiers
+-- name already applied it. Its reads (and the writes that must happen in order:
+-- links, merges, traits, a bucket's first increment) come first; what the call folds
+-- is committed last, when nothing can fail.
 local function apply_event(ev)
   local cid = resolve(ev)
+  if not cid then return nil end
   local pkey = profile_key(cid)
   local meta = meta_of(cid, pkey)
   apply_traits(pkey, ev)
@@ -283,6 +384,9 @@ local function apply_event(ev)
   if not meta.last or bytes_lt(meta.last, ts) then meta.last = ts end
   if not meta.ms_n or ms > meta.ms_n then meta.ms, meta.ms_n = ev[MS], ms end
   meta.bumps = meta.bumps + 1
+  local recs = meta.recs
+  recs[#recs + 1] = ev[EID]
+  recs[#recs + 1] = dedup_bucket
   -- Touched profiles fall due for segment evaluation: the worker evaluates them
   -- right after this call and reschedules them; if it dies first, the sweeper does.
   if ev[IMPORT] == 0 and not due[cid] then
@@ -292,12 +396,14 @@ local function apply_event(ev)
   return cid
 end
 
--- ---------------------------------------------------------------------------- dedup
--- Which events the dedup hashes already hold: one HMGET per hash for the whole call
--- (shard s of the current bucket is KEYS[4 + 2s], of the previous one KEYS[5 + 2s]),
--- and the unsharded hashes of before the upgrade while they live.
+-- --------------------------------------------------------------------- legacy dedup
+-- Which events the partition dedup hashes of before this layout hold (an upgrade in
+-- place: they are read, never written, and expire within two dedup-ttl): one EXISTS
+-- for the call, then, only while some live, one HMGET per hash (shard s of the current
+-- bucket is KEYS[4 + 2s], of the previous one KEYS[5 + 2s]; the unsharded ones
+-- KEYS[4] and KEYS[5]).
 local stored = {}
-do
+if #events > 0 and rcall("EXISTS", unpack(KEYS, 4)) > 0 then
   local by_shard, shards = {}, {}
   for i, ev in ipairs(events) do
     local s = ev[SHARD]
@@ -316,7 +422,7 @@ do
       if found[j] then stored[pos] = true end
     end
   end
-  local legacy = #events > 0 and rcall("EXISTS", legacy_cur, legacy_prev) > 0
+  local legacy = rcall("EXISTS", legacy_cur, legacy_prev) > 0
   for _, s in ipairs(shards) do
     local list = by_shard[s]
     look(KEYS[4 + 2 * s], list)
@@ -326,33 +432,6 @@ do
       look(legacy_prev, list)
     end
   end
-end
-
--- The id is recorded only once the event is applied: if the script fails on an
--- event, its retry is not mistaken for a duplicate (Redis keeps a failed script's
--- earlier writes; the failing event is then parked, not lost). The ids are written
--- per shard hash by record(), at the end or before a refusal, each hash getting its
--- time to live in the same step as its ids.
-local recorded, to_record, record_order = {}, {}, {}
-local function remember(ev)
-  local id, s = ev[EID], ev[SHARD]
-  recorded[id] = true
-  local list = to_record[s]
-  if not list then
-    list = {}
-    to_record[s] = list
-    record_order[#record_order + 1] = s
-  end
-  list[#list + 1] = id
-  list[#list + 1] = "1"
-end
-local function record()
-  for _, s in ipairs(record_order) do
-    local key = KEYS[4 + 2 * s]
-    chunked("HSET", key, to_record[s], CHUNK)
-    rcall("PEXPIRE", key, dedup_expire_in)
-  end
-  to_record, record_order = {}, {}
 end
 
 -- The keys every event may write besides its own. WRONGTYPE while these hold their
@@ -372,6 +451,7 @@ local function shared_keys_sound()
 end
 
 local applied, dups, discarded = 0, 0, 0
+local recorded = {}  -- eventIds this call applied (recorded in their profiles by flush)
 
 local function count_metrics()
   if applied > 0 then rcall("HINCRBY", metrics_key, "processed", applied) end
@@ -392,9 +472,10 @@ local function refuse(ev, err)
     end
   end
   flush()
-  record()
-  if applied + discarded > 0 then
-    dups = 0  -- counted by the retry
+  if applied > 0 then
+    -- The retry counts the duplicates, and discards the suppressed events again (they
+    -- are not recorded): only the applied ones are counted now.
+    dups, discarded = 0, 0
     count_metrics()
   end
   if not reason then error(err, 0) end
@@ -408,21 +489,26 @@ for i, ev in ipairs(events) do
   if stored[i] or recorded[ev[EID]] then
     dups = dups + 1
   elseif suppressed(ev) then
+    -- Not recorded: its profile is gone, and a redelivery is discarded again.
     discarded = discarded + 1
-    remember(ev)
   elseif #ev[IDS] > 0 then
+    -- The id is recorded (in the profile, by flush) only once the event is applied:
+    -- if the script fails on it, its retry is not mistaken for a duplicate (Redis
+    -- keeps a failed script's earlier writes; the failing event is parked, not lost).
     local ok, cid = pcall(apply_event, ev)
     if not ok then return refuse(ev, cid) end
-    remember(ev)
-    applied = applied + 1
-    if ev[IMPORT] == 0 then result[#result + 1] = cid end
-  else
-    remember(ev)
+    if cid then
+      recorded[ev[EID]] = true
+      applied = applied + 1
+      if ev[IMPORT] == 0 then result[#result + 1] = cid end
+    else
+      dups = dups + 1
+    end
   end
+  -- An event with no identifier changes nothing: nothing to protect, no record.
 end
 
 flush()
-record()
 count_metrics()
 for i = 1, #acks, CHUNK do
   rcall("XACK", stream_key, consumer_group, unpack(acks, i, math.min(i + CHUNK - 1, #acks)))

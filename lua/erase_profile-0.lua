@@ -6,7 +6,9 @@
   removed from the index; every segment membership ends with an EXIT event (so
   downstream systems forget the person too); traits, identifiers, counters,
   memberships, the forward pointers of ids merged into it and the profile itself are
-  deleted. An audit record without personal data goes to cdp:audit.
+  deleted, and so are the ids of the events applied to it (its `seen` hash: a later
+  redelivery names a suppressed identifier and is discarded). An audit record without
+  personal data goes to cdp:audit.
 
   ARGV[1]  key prefix ("cdp")
   ARGV[2]  canonical id (live, already resolved)
@@ -51,7 +53,7 @@ for _, old in ipairs(rcall("SMEMBERS", pkey .. ":merged")) do
   rcall("DEL", prefix .. ":profile:{" .. old .. "}")
 end
 rcall("DEL", pkey, pkey .. ":traits", pkey .. ":identifiers", pkey .. ":counters",
-  pkey .. ":merged", pkey .. ":segments")
+  pkey .. ":merged", pkey .. ":segments", pkey .. ":seen")
 rcall("ZREM", prefix .. ":profiles", cid)
 rcall("ZREM", prefix .. ":segments:due", cid)
 rcall("XADD", prefix .. ":audit", "MAXLEN", "~", "1000000", "*", "action", "erase",

@@ -17,9 +17,10 @@
    ``queue_apply`` (every key renamed under ``bench:<run>``, no lease) on real stream
    entries pending in a group of their own, at batch sizes 1, 10, 100 and batch-size,
    ~10,000 events per round trip, encoding included in the timing;
-4. memory: ``used_memory`` growth per dedup entry, and per profile (an IDENTIFY with 3
-   traits and an email, then 2 TRACKs: 3 traits, 2 identifiers, 3 counters), read
-   while no AOF rewrite runs;
+4. memory: ``used_memory`` growth per profile (an IDENTIFY with 3 traits and an email,
+   then 2 TRACKs: 3 traits, 2 identifiers, 3 counters, its remembered eventIds
+   deducted), then per remembered eventId (5 more TRACKs per profile in the counter
+   buckets it holds: only its seen hash grows), read while no AOF rewrite runs;
 5. merge cost, as Redis accounts it (``INFO commandstats``, EVALSHA usec): events/4
    ALIAS that each merge two small profiles (3 traits, 2 counters of 3 buckets, 2 and 3
    identifiers), then as many that each link a new anonymousId to one of the

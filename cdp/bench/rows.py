@@ -377,7 +377,7 @@ async def memory_row(redis: Client, s: Settings, run: str, profiles: int) -> dic
     return {
         "profile_bytes": round(got["profile_bytes"]),
         "keys_per_profile": round(got["keys_per_profile"], 2),
-        "eventid_bytes": round(got["dedup_bytes_per_entry"]),
+        "eventid_bytes": round(got["eventid_bytes"]),
         "traits_encoding": ",".join(sorted(traits)) or "-",
         "profile_key_encodings": encodings,
     }

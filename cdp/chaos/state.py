@@ -3,9 +3,11 @@
 - *stored*: every entry of every partition stream (the run keeps them: its workers
   trim nothing younger than ``stream-retention``), by eventId and by operation tag;
 - *parked*: the entries of ``cdp:events:dead`` and ``cdp:events:dropped``;
-- *applied*: every eventId in the dedup hashes ``cdp:dedup:{pN}:<bucket>``. The apply
-  script records an id there in the same atomic step that applies the event, and the
-  run's dedup-ttl outlasts it, so this is exactly the set of applied events;
+- *applied*: every eventId in the profiles' seen hashes ``cdp:profile:{cid}:seen``.
+  The apply script records an id in the profile it applied the event to, in the same
+  atomic step; a merge moves the loser's ids into the survivor; the run's dedup-ttl
+  outlasts it (nothing is pruned or expires), so this is exactly the set of applied
+  events (the run's events all carry identifiers, and it erases nobody);
 - where each stored entry stands in its consumer group: pending (and for whom), or
   never delivered.
 """
@@ -90,7 +92,7 @@ def read_state(client: SyncClient, partitions: int) -> RedisState:
             if op is not None:
                 reason = text(fields.get(b"reason", b""))
                 state.parked[op] = f"{stream}: {reason[:160]}"
-    for key in client.scan_iter(match=keys.DEDUP_PATTERN, count=1000):
+    for key in client.scan_iter(match=keys.SEEN_PATTERN, count=1000):
         state.applied.update(text(k) for k in client.hkeys(key))
     return state
 

@@ -46,12 +46,14 @@ def iso_of(ms: int) -> str:
 
 
 def dedup_shard(event_id: str, shards: int) -> int:
-    """The dedup hash of a bucket that remembers ``event_id``: crc32 of its UTF-8 bytes."""
+    """The legacy dedup hash of a bucket that remembered ``event_id`` (before dedup
+    moved into the profiles' ``seen``): crc32 of its UTF-8 bytes."""
     return zlib.crc32(event_id.encode()) % shards
 
 
 def dedup_key(partition: int, bucket: int, event_id: str, settings: Settings) -> str:
-    """The hash of dedup bucket ``bucket`` of ``partition`` that remembers ``event_id``."""
+    """The legacy hash of dedup bucket ``bucket`` of ``partition`` that remembered
+    ``event_id`` (only read now: ids recorded there before an upgrade stay duplicates)."""
     return keys.dedup_shard(partition, bucket, dedup_shard(event_id, settings.dedup_shards))
 
 
@@ -63,7 +65,7 @@ def script_event(
     blocked: frozenset[str] = BLOCKED_VALUES,
 ) -> list[Any]:
     """One event as ``apply_batch`` reads it (an array: see the script's header);
-    ``slot``: the place of its dedup shard among the call's shard keys (1, 2...)."""
+    ``slot``: the place of its legacy dedup shard among the call's shard keys (1, 2...)."""
     traits: list[str] = []
     if event.traits:
         for name, value in event.traits.items():
@@ -109,9 +111,10 @@ class ApplyContext:
     worker_id: str
 
     def dedup_bucket(self, settings: Settings) -> tuple[int, int]:
-        """The current dedup bucket and the relative expiry of its hashes, ms."""
+        """The current dedup bucket and the time to live, ms, of a ``seen`` hash that
+        gets ids of it (to the end of the next bucket)."""
         bucket = self.now_ms // settings.dedup_ttl_ms
-        # An id recorded in bucket b is checked until the end of bucket b+1: at least
+        # An id recorded in bucket b is honoured until the end of bucket b+1: at least
         # dedup-ttl, at most twice that. The expiry is relative (PEXPIRE), so that it
         # holds whether ``now`` is the server's time or a test clock's.
         return bucket, (bucket + 2) * settings.dedup_ttl_ms - self.now_ms
@@ -134,7 +137,7 @@ async def queue_apply(
         settings.counter_bucket_ms,
         settings.blocked_values,
     )
-    slots: dict[int, int] = {}  # shard -> its place among the call's shard keys
+    slots: dict[int, int] = {}  # legacy shard -> its place among the call's shard keys
     events = []
     for eid, ev in batch:
         shard = zlib.crc32(ev.eventId.encode()) % shards
@@ -153,10 +156,11 @@ async def queue_apply(
         metrics=keys.metrics(partition),
         legacy_dedup_current=keys.dedup(partition, bucket),
         legacy_dedup_previous=keys.dedup(partition, bucket - 1),
-        dedup_shards=dedup_keys,
+        legacy_dedup_shards=dedup_keys,
         group=keys.GROUP,
         worker_id=ctx.worker_id,
-        dedup_expire_ms=expire_in,
+        dedup_bucket=bucket,
+        seen_expire_ms=expire_in,
         counter_cutoff=bucket_member(cutoff_ms, settings.counter_bucket_ms),
         now_iso=iso_ms(ctx.now_ms),
         events=_encoder.encode(events),

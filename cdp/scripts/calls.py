@@ -59,10 +59,11 @@ def apply_batch(
     metrics: str,
     legacy_dedup_current: str,
     legacy_dedup_previous: str,
-    dedup_shards: Sequence[str],
+    legacy_dedup_shards: Sequence[str],
     group: str,
     worker_id: str,
-    dedup_expire_ms: int,
+    dedup_bucket: int,
+    seen_expire_ms: int,
     counter_cutoff: str,
     now_iso: str,
     events: bytes,
@@ -71,11 +72,31 @@ def apply_batch(
 ) -> Call:
     """Apply a partition's ordered events and acknowledge them (``cdp.pipeline.apply``
     encodes ``events`` and ``limits``); ``worker_id`` "" skips the lease check.
-    ``dedup_shards``: the current and previous bucket's hash of each shard the events
-    use, in the order their events number them."""
+    The ids applied are recorded in each profile's ``seen`` hash in ``dedup_bucket``
+    (its time to live set to ``seen_expire_ms`` when the bucket moves on). The
+    partition dedup hashes of before that layout are only read:
+    ``legacy_dedup_shards``, the current and previous bucket's hash of each shard the
+    events use, in the order their events number them."""
     return Call(
-        [stream, lease, metrics, legacy_dedup_current, legacy_dedup_previous, *dedup_shards],
-        [group, worker_id, dedup_expire_ms, counter_cutoff, now_iso, prefix, events, limits],
+        [
+            stream,
+            lease,
+            metrics,
+            legacy_dedup_current,
+            legacy_dedup_previous,
+            *legacy_dedup_shards,
+        ],
+        [
+            group,
+            worker_id,
+            dedup_bucket,
+            seen_expire_ms,
+            counter_cutoff,
+            now_iso,
+            prefix,
+            events,
+            limits,
+        ],
     )
 
 

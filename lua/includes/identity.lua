@@ -1,8 +1,10 @@
 -- includes/identity.lua: resolve an event's identifiers to one profile, merging the
 -- profiles they link, within the guard rails. Expects `rcall`, `prefix`, `now_iso`,
 -- `limits` (maxEmails, maxAnons, maxUsers, maxMerges, mergeUsers, segmentEventsMaxlen),
--- the helpers of includes/profile.lua, the event field indexes (EID, TS, IDS) and
--- `flush` (apply_batch: writes what the call holds of profiles before a merge).
+-- the helpers of includes/profile.lua, the event field indexes (EID, TS, IDS),
+-- `chunked` and `CHUNK`, `flush` (apply_batch: writes what the call holds of profiles
+-- before a merge) and `seen_by_owner(ev, cids)` (apply_batch: true when a profile the
+-- identifiers name already applied the event).
 --@include segments
 
 local function record(ev, fields)
@@ -75,10 +77,44 @@ local function link_all(cid, ids, meta)
   rcall("HSET", pkey, unpack(fields))
 end
 
+-- The survivor absorbs the loser's seen ids (union; per id the later bucket), its
+-- seenFrom (the older) and seenTo (the later), and its time to live when longer: an
+-- event applied to the loser and redelivered after the merge (its identifiers now
+-- name the survivor) is still a duplicate. `lmeta[8]`, `lmeta[9]`: the loser's
+-- seenFrom and seenTo.
+local function absorb_seen(lkey, skey, lmeta)
+  local lseen_key, sseen_key = lkey .. ":seen", skey .. ":seen"
+  local lseen = rcall("HGETALL", lseen_key)
+  if #lseen == 0 then return end
+  local ids = {}
+  for i = 1, #lseen, 2 do ids[#ids + 1] = lseen[i] end
+  local mine = chunked("HMGET", sseen_key, ids, CHUNK)
+  local writes = {}
+  for j, id in ipairs(ids) do
+    local theirs = lseen[2 * j]
+    if not mine[j] or (tonumber(mine[j]) or 0) < (tonumber(theirs) or 0) then
+      writes[#writes + 1] = id
+      writes[#writes + 1] = theirs
+    end
+  end
+  local s_ttl, l_ttl = rcall("PTTL", sseen_key), rcall("PTTL", lseen_key)
+  chunked("HSET", sseen_key, writes, CHUNK)
+  if l_ttl > 0 and (s_ttl == -2 or (s_ttl > 0 and l_ttl > s_ttl)) then
+    rcall("PEXPIRE", sseen_key, l_ttl)
+  end
+  local smeta = rcall("HMGET", skey, "seenFrom", "seenTo")
+  local from, to = tonumber(smeta[1]), tonumber(smeta[2])
+  local l_from, l_to = tonumber(lmeta[8]), tonumber(lmeta[9])
+  if l_from and (not from or l_from < from) then from = l_from end
+  if l_to and (not to or l_to > to) then to = l_to end
+  if from and to then rcall("HSET", skey, "seenFrom", from, "seenTo", to) end
+end
+
 -- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
--- by union, counters by sum per bucket, first/lastSeen by min/max; the loser's segment
--- memberships end with EXIT events (exit_merged). The loser keeps only a forward
--- pointer; every id that pointed to it now points to the survivor (one hop).
+-- by union, counters by sum per bucket, first/lastSeen by min/max, seen ids by union
+-- (absorb_seen); the loser's segment memberships end with EXIT events (exit_merged).
+-- The loser keeps only a forward pointer; every id that pointed to it now points to
+-- the survivor (one hop).
 local function merge(loser, survivor, ev)
   flush()  -- the call's folded writes first: the merge reads both profiles by name
   local lkey, skey = profile_key(loser), profile_key(survivor)
@@ -103,8 +139,10 @@ local function merge(loser, survivor, ev)
     if not s_oldest or tonumber(l_oldest) < tonumber(s_oldest) then rcall("HSET", skey .. ":counters", name, l_oldest) end
     rcall("DEL", l_counter)
   end
-  local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges", "user")
+  local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges",
+    "user", "seenFrom", "seenTo")
   widen_seen(skey, lmeta[1], lmeta[2])
+  absorb_seen(lkey, skey, lmeta)
   rcall("HINCRBY", skey, "users", tonumber(lmeta[3]) or 0)
   rcall("HINCRBY", skey, "emails", tonumber(lmeta[4]) or 0)
   rcall("HINCRBY", skey, "anons", tonumber(lmeta[5]) or 0)
@@ -124,7 +162,7 @@ local function merge(loser, survivor, ev)
     rcall("SADD", skey .. ":merged", old)
   end
   rcall("DEL", lkey .. ":traits", lkey .. ":identifiers", lkey .. ":counters", lkey .. ":merged",
-    lkey .. ":segments")
+    lkey .. ":segments", lkey .. ":seen")
   rcall("DEL", lkey)
   rcall("HSET", lkey, "mergedInto", survivor, "mergedAt", ev[TS], "mergeEventId", ev[EID])
   record(ev, {"status", "merged", "survivor", survivor, "merged", loser})
@@ -225,14 +263,17 @@ local function resolve_links(ev, names, cids)
   return cid
 end
 
--- The profile `ev` applies to, its identifiers read in one MGET. Fast path: every
--- identifier is known and names one profile (no link, no merge; the guard rails only
--- decide between several owners or for new identifiers). Otherwise resolve_links.
+-- The profile `ev` applies to, its identifiers read in one MGET; nil when a profile
+-- they name already applied it (seen_by_owner, before any link, merge or refusal
+-- record). Fast path: every identifier is known and names one profile (no link, no
+-- merge; the guard rails only decide between several owners or for new identifiers).
+-- Otherwise resolve_links.
 local function resolve(ev)
   local ids = ev[IDS]
   local names = {}
   for i = 1, #ids do names[i] = identifier_key(ids[i]) end
   local cids = rcall("MGET", unpack(names))
+  if seen_by_owner(ev, cids) then return nil end  -- a duplicate: nothing written
   local first = cids[1]
   if first then
     local one = true

@@ -109,16 +109,16 @@ def test_the_checker_notices_lost_doubled_and_misordered(
     lost = keyed[0]
     doubled = next(o for o in keyed if o.call.user != lost.call.user)
     assert lost.call.event_id is not None
-    (dedup_key,) = [
+    (seen_key,) = [
         k
-        for k in client.scan_iter(match=keys.DEDUP_PATTERN)
+        for k in client.scan_iter(match=keys.SEEN_PATTERN)
         if client.hexists(k, lost.call.event_id)
     ]
     user = f"u{doubled.call.user}"
     partition = partition_of(routing_id(user, None, None), run.settings.partitions)
     try:
         # Lost: an acknowledged event no longer counts as applied.
-        client.hdel(dedup_key, lost.call.event_id)
+        client.hdel(seen_key, lost.call.event_id)
         # Applied twice: a second, applied event carrying another operation's tag.
         forged = {
             "eventId": "forged-copy",
@@ -130,7 +130,7 @@ def test_the_checker_notices_lost_doubled_and_misordered(
             "properties": {"op": doubled.call.tag},
         }
         client.xadd(keys.stream(partition), {"e": json.dumps(forged)})
-        client.hset(dedup_key, "forged-copy", 1)
+        client.hset(seen_key, "forged-copy", 1)
         # Misordered: an EXIT with no ENTER before it.
         exit_event = {
             "eventId": "seg:pro_plan:p999999:1",

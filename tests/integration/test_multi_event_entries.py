@@ -74,7 +74,7 @@ def pending_entries(stack: Stack) -> set[tuple[int, str]]:
 
 def applied_ids(stack: Stack) -> set[str]:
     out: set[str] = set()
-    for key in stack.r.scan_iter(match=keys.DEDUP_PATTERN, count=1000):
+    for key in stack.r.scan_iter(match=keys.SEEN_PATTERN, count=1000):
         out.update(text(k) for k in stack.r.hkeys(key))
     return out
 

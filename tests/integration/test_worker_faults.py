@@ -39,7 +39,7 @@ from cdp.clock import RedisClock
 from cdp.embedded import RedisServer, free_port
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.pipeline.apply import ApplyContext, dedup_key, queue_apply
+from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import Scripts, is_poison
 from cdp.settings import Settings
 from tests.support.inprocess import running
@@ -426,14 +426,9 @@ def test_oom_and_readonly_inside_the_script_are_not_poison_but_poison_is(
                 await redis.config_set("maxmemory", 0)
             assert isinstance(oom, RedisError) and "OOM" in str(oom), oom
             assert not is_poison(oom)
-            assert (
-                await redis.hlen(
-                    dedup_key(
-                        partition_of("user:oom", PARTITIONS), now // s.dedup_ttl_ms, "oom-0", s
-                    )
-                )
-                == 0
-            )
+            # Nothing applied, nothing recorded: no profile, no seen ids.
+            assert await redis.get(keys.identifier("user:oom")) is None
+            assert [k async for k in redis.scan_iter(match=keys.SEEN_PATTERN)] == []
 
             # A replica refuses writes: READONLY from inside the script.
             entries = await _add(redis, event("ro-0", "ro", T0))

@@ -176,18 +176,60 @@ def test_same_event_id_in_a_later_call_changes_nothing(lua, now_ms):
     assert changed == {lua.stream, keys.metrics(lua.partition)}
 
 
-def test_dedup_key_records_the_id_and_expires_at_the_end_of_the_next_bucket(lua, now_ms):
+def test_the_profile_records_the_id_in_its_bucket_and_expires_at_the_end_of_the_next(lua, now_ms):
     ttl = lua.settings.dedup_ttl_ms
     now = now_ms + 7 * MINUTE  # 7 minutes into a 10-minute dedup bucket
     lua.apply(track("evt-1", now_ms - HOUR, "Feature Used", user="u1"), now_ms=now)
     b = now // ttl
-    key = dedup_key(lua.partition, b, "evt-1", lua.settings)
-    assert lua.r.hexists(key, "evt-1")
+    key = keys.seen("p1")
+    assert lua.r.hgetall(key) == {"evt-1": str(b)}
+    assert (lua.meta("p1")["seenFrom"], lua.meta("p1")["seenTo"]) == (str(b), str(b))
+    # Nothing goes to the partition's dedup hashes any more.
+    assert not lua.r.keys("cdp:dedup:*")
     # It lives until the end of bucket b+1 of the injected clock: 13 minutes from now,
     # whatever Redis' own wall clock says (relative TTL, not an absolute PEXPIREAT).
     expire_in = (b + 2) * ttl - now
     assert expire_in == 13 * MINUTE
     assert expire_in - 5_000 < lua.r.pttl(key) <= expire_in
+    # A later event of the same bucket leaves the expiry alone (no PEXPIRE per event);
+    # one of the next bucket moves it to the end of the bucket after that.
+    lua.r.pexpire(key, 1_000_000)
+    lua.apply(track("evt-2", now_ms - HOUR, "Feature Used", user="u1"), now_ms=now + MINUTE)
+    assert 990_000 < lua.r.pttl(key) <= 1_000_000
+    later = now + ttl
+    lua.apply(track("evt-3", now_ms - HOUR, "Feature Used", user="u1"), now_ms=later)
+    assert (b + 3) * ttl - later - 5_000 < lua.r.pttl(key) <= (b + 3) * ttl - later
+    assert lua.r.hgetall(key) == {"evt-1": str(b), "evt-2": str(b), "evt-3": str(b + 1)}
+    assert (lua.meta("p1")["seenFrom"], lua.meta("p1")["seenTo"]) == (str(b), str(b + 1))
+
+
+def test_an_id_is_honoured_through_the_next_bucket_then_pruned_when_the_profile_is_touched(
+    lua, now_ms
+):
+    """Recorded in bucket b: a duplicate until the end of bucket b+1 (test clock); the
+    first record of the profile in bucket b+2 deletes it (and only what expired), so
+    the hash shrinks without a scan per event."""
+    ttl = lua.settings.dedup_ttl_ms
+    b = now_ms // ttl
+    t = now_ms - HOUR
+    start = b * ttl
+    lua.apply(*[track(f"old-{i}", t, "A", user="u1") for i in range(3)], now_ms=start)
+    lua.apply(track("mid-1", t, "A", user="u1"), now_ms=start + ttl)  # bucket b+1
+    assert lua.r.hlen(keys.seen("p1")) == 4
+    # The last instant of bucket b+1: still a duplicate.
+    result = lua.apply(track("old-0", t, "A", user="u1"), now_ms=start + 2 * ttl - 1)
+    assert (result.applied, result.duplicates) == (0, 1)
+    # The first instant of bucket b+2: forgotten, applied again; the record prunes the
+    # ids of bucket b, keeps mid-1 (b+1) and the new one (b+2).
+    result = lua.apply(track("old-1", t, "A", user="u1"), now_ms=start + 2 * ttl)
+    assert (result.applied, result.duplicates) == (1, 0)
+    assert lua.r.hgetall(keys.seen("p1")) == {"mid-1": str(b + 1), "old-1": str(b + 2)}
+    assert lua.meta("p1")["seenFrom"] == str(b + 1)
+    assert lua.counter("p1", "A") == {bucket(t): 5}
+    # A duplicate prunes nothing (it writes nothing at all).
+    result = lua.apply(track("old-1", t, "A", user="u1"), now_ms=start + 3 * ttl)
+    assert (result.applied, result.duplicates) == (0, 1)
+    assert lua.r.hlen(keys.seen("p1")) == 2
 
 
 def test_previous_dedup_bucket_still_dedups(lua, now_ms):
@@ -615,7 +657,7 @@ def test_only_non_empty_stream_ids_are_acknowledged_and_a_repeated_one_is_harmle
 
 
 def test_the_unsharded_dedup_hashes_of_before_an_upgrade_still_dedup(lua, now_ms):
-    """An id recorded by the previous layout (cdp:dedup:{pN}:<bucket>, no shard) in the
+    """An id recorded by an older layout (cdp:dedup:{pN}:<bucket>, no shard) in the
     current or previous bucket is still a duplicate; nothing is written there."""
     ttl = lua.settings.dedup_ttl_ms
     b = now_ms // ttl
@@ -628,4 +670,31 @@ def test_the_unsharded_dedup_hashes_of_before_an_upgrade_still_dedup(lua, now_ms
     )
     assert (result.applied, result.duplicates) == (1, 2)
     assert lua.r.hlen(keys.dedup(lua.partition, b)) == 1
-    assert lua.r.hexists(dedup_key(lua.partition, b, "new-1", lua.settings), "new-1")
+    assert lua.r.keys("cdp:dedup:*:*:*") == []
+    assert lua.r.hgetall(keys.seen("p1")) == {"new-1": str(b)}
+
+
+def test_the_partition_dedup_shards_of_before_dedup_moved_into_the_profile_still_dedup(lua, now_ms):
+    """An id recorded in a partition dedup shard (cdp:dedup:{pN}:<bucket>:<shard>, the
+    layout before the profiles' seen) in the current or previous bucket is still a
+    duplicate after the upgrade: no second count; those hashes are never written."""
+    ttl = lua.settings.dedup_ttl_ms
+    b = now_ms // ttl
+    t = now_ms - HOUR
+    assert lua.apply(track("before-0", t, "A", user="u1")).applied == 1  # the profile
+    lua.r.delete(keys.seen("p1"))  # as if it had been applied by the older layout
+    lua.r.hset(dedup_key(lua.partition, b, "before-0", lua.settings), "before-0", "1")
+    lua.r.hset(dedup_key(lua.partition, b - 1, "before-1", lua.settings), "before-1", "1")
+    lua.r.hset(dedup_key(lua.partition, b - 2, "expired", lua.settings), "expired", "1")
+    shards = sorted(lua.r.keys("cdp:dedup:*"))
+    result = lua.apply(
+        track("before-0", t, "A", user="u1"),
+        track("before-1", t, "A", user="u1"),
+        track("expired", t, "A", user="u1"),  # two buckets old: forgotten
+        track("after-0", t, "A", user="u1"),
+    )
+    assert (result.applied, result.duplicates) == (2, 2)
+    assert lua.counter("p1", "A") == {bucket(t): 3}
+    assert sorted(lua.r.keys("cdp:dedup:*")) == shards
+    assert all(lua.r.hlen(k) == 1 for k in shards)
+    assert lua.r.hgetall(keys.seen("p1")) == {"expired": str(b), "after-0": str(b)}

@@ -26,7 +26,7 @@ from cdp import keys
 from cdp.embedded import RedisServer
 from cdp.events import StreamEvent, stream_encoder
 from cdp.identity import partition_of
-from cdp.pipeline.apply import ApplyContext, dedup_key, queue_apply
+from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import BatchResult, ProfileRow, Scripts, calls, is_poison, lua_dir, source
 from cdp.settings import Settings
 from tests.support.values import NOW_MS as NOW
@@ -185,7 +185,7 @@ def test_the_first_identifier_is_the_bytewise_first_under_any_locale(
 # -- a failed call --------------------------------------------------------------------
 
 
-def test_a_call_that_fails_on_an_event_leaves_its_dedup_bucket_with_a_ttl(
+def test_a_call_that_fails_on_an_event_leaves_the_ids_it_recorded_with_a_ttl(
     plain_redis: redis_sync.Redis,
 ) -> None:
     url = url_of(plain_redis)
@@ -193,9 +193,11 @@ def test_a_call_that_fails_on_an_event_leaves_its_dedup_bucket_with_a_ttl(
     assert BatchResult.decode(apply(url, identify("ttl-0", T0, user))).applied == 1
     cid = plain_redis.get(keys.identifier(f"user:{user}")).decode()
     plain_redis.set(keys.counter(cid, "Broken"), "not a sorted set")  # WRONGTYPE for it
-    partition = partition_of(f"user:{user}", PARTITIONS)
-    bucket = dedup_key(partition, NOW // Settings().dedup_ttl_ms, "ttl-1", Settings())
-    plain_redis.delete(bucket)  # the failing call creates the bucket
+    # A profile of before dedup moved into the profiles: no seen hash, no seenFrom or
+    # seenTo. The failing call creates the hash.
+    bucket = keys.seen(cid)
+    plain_redis.delete(bucket)
+    plain_redis.hdel(keys.profile(cid), "seenFrom", "seenTo")
 
     good = StreamEvent(
         eventId="ttl-1", ts=T0 + 1, receivedAt=T0, type="TRACK", userId=user, name="Ok"
@@ -214,8 +216,6 @@ def test_refused_events_leave_the_dedup_bucket_and_the_profile_untouched_under_o
 ) -> None:
     url = url_of(plain_redis)
     partition = partition_of("user:oom-user", PARTITIONS)
-    bucket = dedup_key(partition, NOW // Settings().dedup_ttl_ms, "oom-1", Settings())
-    plain_redis.delete(bucket)
     plain_redis.config_set("maxmemory-policy", "noeviction")
     with contextlib.suppress(redis_sync.ResponseError):
         plain_redis.xgroup_create(keys.stream(partition), keys.GROUP, id="0", mkstream=True)
@@ -247,5 +247,7 @@ def test_refused_events_leave_the_dedup_bucket_and_the_profile_untouched_under_o
         plain_redis.config_set("maxmemory", 0)
     assert isinstance(reply, redis_sync.ResponseError) and "OOM" in str(reply)
     assert not is_poison(reply)
-    assert plain_redis.exists(bucket, keys.identifier("user:oom-user")) == 0
+    assert plain_redis.exists(keys.identifier("user:oom-user")) == 0  # no profile either
     assert BatchResult.decode(asyncio.run(call())).applied == 1
+    cid = plain_redis.get(keys.identifier("user:oom-user")).decode()
+    assert plain_redis.hkeys(keys.seen(cid)) == [b"oom-1"]

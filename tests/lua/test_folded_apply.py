@@ -1,16 +1,17 @@
 """The folded apply on a real redis-server: one call for a whole event set leaves exactly
 the state that one call per event leaves, and the reference model's profiles.
 
-``lua/apply_batch-n.lua`` reads dedup hashes once per call, keeps each touched profile's
-seen times and version in the call, folds a counter bucket's later increments and marks
-the due profiles once, flushing all that before a merge and at the end. These tests
+``lua/apply_batch-n.lua`` keeps each touched profile's seen times, version and the ids
+applied to it in the call, folds a counter bucket's later increments and marks the due
+profiles once, flushing all that before a merge and at the end. These tests
 hold it to the per-event apply (one event per call, nothing to fold) on generated sets
 (``tests.support.events``: shared identifiers so merges happen, duplicates, tombstones,
 equal times with different eventIds), with imports and PAGE events mixed in, counters
 across buckets, and a second phase later than the counter cutoff (late events not
 counted, old buckets pruned); every key is compared: profiles, traits with their
-stamps, identifiers, counters and their oldest buckets, merges, the due set, dedup
-hashes, metrics, acknowledgements. A failure in the middle of a call is held to the
+stamps, identifiers, counters and their oldest buckets, merges, the due set, the
+profiles' seen ids (with seenFrom / seenTo and whether they expire), metrics,
+acknowledgements. A failure in the middle of a call is held to the
 per-event semantics too: the ids of the events before it recorded, its own and later
 ones not.
 """
@@ -33,7 +34,7 @@ from cdp import keys
 from cdp.chaos.model import Model, canonical, snapshot
 from cdp.embedded import RedisServer
 from cdp.events import StreamEvent, stream_encoder
-from cdp.pipeline.apply import ApplyContext, dedup_key, queue_apply
+from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.settings import Settings
 from tests.support.events import event_sets, track
@@ -200,14 +201,13 @@ def test_a_failure_in_the_middle_of_a_call_records_the_events_before_it_only(
     ]
     (reply,) = apply_calls(url_of(real_redis), [deliver(real_redis, events, 2)], now)
     assert is_poison(reply) and "m-3" in str(reply), reply
-    bucket = now // SETTINGS.dedup_ttl_ms
+    bucket = str(now // SETTINGS.dedup_ttl_ms)
 
     def recorded(event_id: str) -> bool:
-        return bool(real_redis.hexists(dedup_key(PARTITION, bucket, event_id, SETTINGS), event_id))
+        return real_redis.hget(keys.seen(cid), event_id) == bucket
 
     assert [recorded(f"m-{i}") for i in range(5)] == [True, True, True, False, False]
-    for event_id in ("m-1", "m-2"):
-        assert 0 < real_redis.pttl(dedup_key(PARTITION, bucket, event_id, SETTINGS))
+    assert 0 < real_redis.pttl(keys.seen(cid))
     # The folded writes of m-1 and m-2 were flushed before the refusal: their counts,
     # lastSeen and version. m-3's part of the folded state is dropped (its $seen
     # increment was folded, so unlike one call per event it is not left behind to be

@@ -94,15 +94,25 @@ def apply_each(h: LuaHarness, events: Iterable[StreamEvent]) -> list[tuple[str, 
     return [h.apply(ev).profiles for ev in events]
 
 
+DEDUP_FIELDS = ("seenFrom", "seenTo")  # of a profile hash: the bookkeeping of its seen ids
+
+
 def state_without_dedup(h: LuaHarness, *, stream: bool = True) -> dict[str, Any]:
-    """``dump()`` without the dedup hashes and metrics (and the stream, if asked)."""
-    return {
+    """``dump()`` without the dedup records (the profiles' seen hashes and their
+    seenFrom / seenTo, the legacy partition hashes) and metrics (and the stream, if
+    asked)."""
+    out = {
         k: v
         for k, v in h.dump().items()
         if not k.startswith("cdp:dedup:")
+        and not k.endswith(":seen")
         and not k.startswith(keys.METRICS)
         and (stream or k != h.stream)
     }
+    for k, (kind, value, expiry) in out.items():
+        if kind == "hash" and k.startswith(keys.PROFILE_PREFIX):
+            out[k] = (kind, {f: v for f, v in value.items() if f not in DEDUP_FIELDS}, expiry)
+    return out
 
 
 def without_entry_ids(state: dict[str, Any]) -> dict[str, Any]:
@@ -754,6 +764,7 @@ def test_a_redelivered_merge_changes_nothing(lua, now_ms, mode):
     entries = lua.deliver([link])
     assert lua.apply_entries(entries).profiles == ("p1",)
     before = state_without_dedup(lua, stream=mode == "same-entry")
+    seen_before = lua.dump()[keys.seen("p1")]
     assert len(lua.merges()) == 1
 
     if mode == "same-entry":  # the pending entry claimed and applied again
@@ -768,6 +779,7 @@ def test_a_redelivered_merge_changes_nothing(lua, now_ms, mode):
     else:
         assert (result.applied, result.duplicates, result.profiles) == (0, 1, ())
         assert lua.metric("dedup_hits") == 1
+        assert lua.dump()[keys.seen("p1")] == seen_before  # a duplicate writes nothing
     assert lua.pending() == 0
     after = state_without_dedup(lua, stream=mode == "same-entry")
     seen = keys.counter("p1", keys.SEEN)
@@ -803,4 +815,5 @@ def test_a_merge_delivered_twice_in_one_batch_equals_it_delivered_once(make_harn
     assert without_entry_ids(state_without_dedup(twice, stream=False)) == without_entry_ids(
         state_without_dedup(once, stream=False)
     )
+    assert twice.r.hgetall(keys.seen("p1")) == once.r.hgetall(keys.seen("p1"))
     assert twice.pending() == once.pending() == 0

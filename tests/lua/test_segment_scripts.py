@@ -697,7 +697,9 @@ def erasable(lua: LuaHarness, now_ms: int) -> dict[str, Any]:
         p1 + ":counter:$seen",
         p1 + ":merged",
         p1 + ":segments",
+        p1 + ":seen",  # its events' ids, p2's e2 among them (absorbed by the merge)
     }
+    assert "e2" in lua.r.hkeys(keys.seen("p1"))
     assert profile_keys(lua, "p2") == {keys.profile("p2")}
     assert members(lua, "vip") == [("p1", 1.0), ("p3", 3.0)]
     assert due(lua, "p1") == now_ms + HOUR
