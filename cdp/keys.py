@@ -41,6 +41,11 @@ canonical id's tag, every partition stream its own)::
     cdp:profile:{<cid>}:seen             hash, eventId -> dedup bucket (now // dedup-ttl):
                                          the events applied to it, honoured through the
                                          next bucket (pruned when touched; expires)
+    cdp:profile:{<cid>}:outbox           list of JSON records owed to streams of other
+                                         slots (segment events), relayed in order
+                                         (lua/includes/outbox.lua; cluster protocol)
+    cdp:merges:open                      zset, loser cid -> ms the cross-slot merge was
+                                         started (its journal: the loser's mergeState)
     cdp:profiles                         zset, live canonical id -> its number
     cdp:merges                           stream, merges and refused links (guard rails)
     cdp:segments                         hash, custom segment name -> definition (JSON)
@@ -89,6 +94,7 @@ WEBHOOKS_DEAD = f"{PREFIX}:webhooks:dead"
 WEBHOOKS_LEASE = f"{PREFIX}:lease:webhooks"
 CLOCK = f"{PREFIX}:clock"
 SUPPRESSED = f"{PREFIX}:suppressed"
+MERGES_OPEN = f"{PREFIX}:merges:open"
 AUDIT = f"{PREFIX}:audit"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
@@ -177,6 +183,11 @@ def profile_segments(cid: str) -> str:
 def seen(cid: str) -> str:
     """The eventIds applied to profile ``cid`` -> the dedup bucket of their record."""
     return profile(cid) + ":seen"
+
+
+def outbox(cid: str) -> str:
+    """Records profile ``cid``'s scripts owe to streams of other slots (cluster)."""
+    return profile(cid) + ":outbox"
 
 
 # SCAN pattern of every profile's seen hash (the fault suite reads them back).
