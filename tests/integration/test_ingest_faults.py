@@ -271,9 +271,11 @@ def test_while_redis_hangs_every_request_is_answered_within_the_redis_timeout(
     # Only the round trip in flight when Redis stopped may have been executed.
     assert statuses.count(504) <= 500, statuses.count(504)
     slowest = max(c.seconds for c in calls)
-    # redis-timeout (2 s) and a margin for a busy machine. One timeout per 500 queued
-    # requests would keep the last ones 6 s or more (4 x 5 s with the old code).
-    assert slowest < 5, f"the slowest 503 took {slowest:.1f}s"
+    # One redis-timeout (2 s) and a wide margin for a busy shared machine (5.3 s was
+    # seen with the suite running beside other work). What this tells apart: one
+    # timeout per round trip of 500 queued requests would keep the last ones 8 s
+    # (4 x 2 s; 4 x 5 s with the old code).
+    assert slowest < 7, f"the slowest 503 took {slowest:.1f}s"
 
     def accepted() -> bool:
         return own_stack.post("/cdp/ingest", ingest_call("after", "u1").payload).status == 202
