@@ -10,11 +10,17 @@ counters, seen ids, merged sets, memberships, records and EXIT events.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import redis as redis_sync
 
-from cdp import keys, merge
+from cdp import faults, keys, merge
 from cdp.connect import connect, sync_client
 from cdp.embedded_cluster import EmbeddedCluster
 from cdp.events import iso_ms
@@ -24,6 +30,17 @@ from tests.support.merging import Scenario
 from tests.support.values import NOW_MS
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Where the loser's journal is when its process died just after each step.
+JOURNAL_AT = {
+    "intent": None,
+    "frozen": "frozen",
+    "absorbed": "absorbed",
+    "repointed": "repointed",
+    "finished": "done",
+}
 
 
 def db_url(url: str, db: int) -> str:
@@ -127,3 +144,42 @@ def test_resume_finishes_a_frozen_merge(redis_url: str) -> None:
     r = redis_sync.Redis.from_url(mine)
     assert merging.normalised(r) == expected
     r.close()
+
+
+def run_process(url: str, what: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``tests.support.merging.main`` in a process of its own (killed at ``fault``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(faults.ENV, None)
+    if fault is not None:
+        env[faults.ENV] = fault
+    return subprocess.run(
+        [sys.executable, "-c", "from tests.support.merging import main; main()", url, what, "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("step", ["intent", "frozen", "absorbed", "repointed", "finished"])
+def test_a_merge_killed_at_each_step_is_finished_by_another_process(
+    redis_url: str, redis_cluster: EmbeddedCluster, redis_cluster_url: str, step: str
+) -> None:
+    scenario = Scenario(2)
+    expected = oracle_state(redis_url, scenario)
+    to_cluster(redis_url, redis_cluster_url, scenario)
+    killed = run_process(redis_cluster_url, "merge", f"merge:{step}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cluster = sync_client(redis_cluster_url, decode_responses=True)
+    try:
+        assert cluster.zrange(keys.MERGES_OPEN, 0, -1) == ["p2"]  # the journal is open
+        journal = cluster.hget(keys.profile("p2"), "mergeState")
+        assert journal == JOURNAL_AT[step]
+    finally:
+        cluster.close()
+    resumed = run_process(redis_cluster_url, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    # Only a journal never frozen is dropped: the redelivered ALIAS merges again.
+    assert json.loads(resumed.stdout) == (["p2"] if step == "intent" else [])
+    assert from_cluster(redis_cluster, redis_url, scenario) == expected
