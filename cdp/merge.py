@@ -146,10 +146,9 @@ async def _drive(m: _Merge, survivor: str, *, fresh: bool) -> MergeOutcome:
         await m.redis.zrem(keys.MERGES_OPEN, m.loser)
         return MergeOutcome("gone", survivor)
     if frozen.status == "FROZEN":
-        # Another merge holds the loser: finish it (its journal is its own), and say
-        # where the loser's state went.
-        if frozen.merge_state != "done":
-            await _drive(m, frozen.other, fresh=False)
+        # Another merge holds the loser: finish it from its own journal (its record
+        # too, if its process died before), and say where the loser's state went.
+        await resume(m.redis, m.scripts, m.settings, m.loser, m.now_ms)
         return MergeOutcome("merged", await final_survivor(m.redis, frozen.other))
     if fresh:
         faults.point("merge:frozen")
@@ -195,6 +194,9 @@ async def _absorb(m: _Merge, frozen: Frozen, survivor: str) -> str | MergeOutcom
         )
         if answer.status in ("OK", "ALREADY"):
             return target
+        if answer.status in ("FORWARDED", "GONE"):
+            # Not due after all: merged away (its own merge unmarks it too), or gone.
+            await m.redis.zrem(keys.SEGMENTS_DUE, target)
         if answer.status == "FORWARDED":
             moved = await m.scripts.merge_retarget(
                 loser=m.loser, survivor=target, new_survivor=answer.detail

@@ -16,18 +16,21 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_sync
 
 from cdp import faults, keys, merge
-from cdp.connect import connect, sync_client
+from cdp.connect import Client, connect, sync_client
 from cdp.embedded_cluster import EmbeddedCluster
 from cdp.events import iso_ms
-from cdp.scripts import Scripts
+from cdp.pipeline.apply import script_limits
+from cdp.scripts import Scripts, load_scripts
 from tests.support import merging
+from tests.support.events import event
 from tests.support.merging import Scenario
-from tests.support.values import NOW_MS
+from tests.support.values import NOW_MS, T0_MS
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +186,174 @@ def test_a_merge_killed_at_each_step_is_finished_by_another_process(
     # Only a journal never frozen is dropped: the redelivered ALIAS merges again.
     assert json.loads(resumed.stdout) == (["p2"] if step == "intent" else [])
     assert from_cluster(redis_cluster, redis_url, scenario) == expected
+
+
+def run(coro_fn: Any, url: str) -> Any:
+    """``coro_fn(redis, scripts, settings)`` on a client of ``url`` with the scripts loaded."""
+
+    async def go() -> Any:
+        settings = merging.settings_of(url)
+        redis = await connect(settings)
+        try:
+            await load_scripts(redis)
+            return await coro_fn(redis, Scripts(redis), settings)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
+def test_every_step_run_twice_changes_nothing_more(redis_url: str) -> None:
+    scenario = Scenario(2)
+    expected = oracle_state(redis_url, scenario)
+    mine = db_url(redis_url, 1)
+    merging.build(mine, scenario)
+    assert scenario.alias is not None
+    event_id, at = scenario.alias.eventId, iso_ms(scenario.alias.ts)
+    limits = script_limits(merging.settings_of(mine), NOW_MS)
+
+    async def steps(redis: Client, scripts: Scripts, settings: Any) -> None:
+        await redis.zadd(keys.MERGES_OPEN, {"p2": NOW_MS})
+        for _ in range(2):
+            frozen = await scripts.merge_freeze(
+                loser="p2",
+                survivor="p1",
+                counter_names=["$seen"],
+                event_id=event_id,
+                merged_at=at,
+            )
+        frozen = await scripts.merge_freeze(
+            loser="p2",
+            survivor="p1",
+            counter_names=frozen.counter_names,
+            event_id=event_id,
+            merged_at=at,
+        )
+        await redis.zadd(keys.SEGMENTS_DUE, {"p1": NOW_MS + settings.lease_ttl_ms}, lt=True)
+        answers = [
+            await scripts.merge_absorb(
+                survivor="p1",
+                loser="p2",
+                counter_names=frozen.counter_names,
+                state=frozen.state,
+                limits=limits,
+                now_iso=iso_ms(NOW_MS),
+            )
+            for _ in range(2)
+        ]
+        assert [a.status for a in answers] == ["OK", "ALREADY"]
+        for _ in range(2):
+            assert (
+                await scripts.merge_advance(loser="p2", survivor="p1", done="frozen", to="absorbed")
+                == "absorbed"
+            )
+        changed = [
+            await scripts.identifier_repoint(typed, "p1", ["p2"])
+            for _ in range(2)
+            for typed in frozen.identifiers
+        ]
+        assert changed == [True] * len(frozen.identifiers) + [False] * len(frozen.identifiers)
+        for _ in range(2):
+            await scripts.merge_advance(loser="p2", survivor="p1", done="absorbed", to="repointed")
+            assert await scripts.merge_finish(loser="p2", counter_names=frozen.counter_names) == (
+                "DONE",
+            )
+        # An absorb retried late (its first answer lost) finds it absorbed.
+        late = await scripts.merge_absorb(
+            survivor="p1",
+            loser="p2",
+            counter_names=frozen.counter_names,
+            state=frozen.state,
+            limits=limits,
+            now_iso=iso_ms(NOW_MS),
+        )
+        assert late.status == "ALREADY"
+        for _ in range(2):
+            assert await merge.resume(redis, scripts, settings, "p2", NOW_MS) == (
+                merge.MergeOutcome("merged", "p1")
+            )
+        # The whole merge again: the journal says done, the record is not added twice.
+        again = await merge.merge(redis, scripts, settings, "p2", "p1", event_id, at, NOW_MS)
+        assert again == merge.MergeOutcome("merged", "p1")
+
+    run(steps, mine)
+    merging.oracle(mine, scenario)
+    r = redis_sync.Redis.from_url(mine)
+    assert merging.normalised(r) == expected
+    assert r.zcard(keys.MERGES_OPEN) == 0
+    r.close()
+
+
+def test_a_loser_frozen_towards_a_profile_merged_meanwhile_goes_to_its_survivor(
+    redis_url: str,
+) -> None:
+    """p3 frozen towards p2 (its process died), then p2 merged into p1: resuming p3's
+    merge finds p2 forwarded, retargets the journal and absorbs into p1."""
+    scenario = Scenario(3)
+    expected = oracle_state(redis_url, scenario)
+    mine = db_url(redis_url, 1)
+    merging.build(mine, scenario)
+    assert scenario.alias is not None
+    event_id, at = scenario.alias.eventId, iso_ms(scenario.alias.ts)
+
+    async def chain(redis: Client, scripts: Scripts, settings: Any) -> None:
+        await redis.zadd(keys.MERGES_OPEN, {"p3": NOW_MS})
+        frozen = await scripts.merge_freeze(
+            loser="p3", survivor="p2", counter_names=[], event_id=event_id, merged_at=at
+        )
+        assert frozen.merge_state == "frozen"
+        outcome = await merge.merge(redis, scripts, settings, "p2", "p1", event_id, at, NOW_MS)
+        assert outcome == merge.MergeOutcome("merged", "p1")
+        # The sweeper resumes journals older than lease-ttl only.
+        ttl = settings.lease_ttl_ms
+        assert await merge.resume_open(redis, scripts, settings, NOW_MS + ttl - 1, ttl) == 0
+        assert await merge.resume_open(redis, scripts, settings, NOW_MS, 0) == 1
+        assert await redis.hget(keys.profile("p3"), "mergedInto") == b"p1"
+        # A merge asked of p3 now says where its state is.
+        again = await merge.merge(redis, scripts, settings, "p3", "p2", event_id, at, NOW_MS)
+        assert again == merge.MergeOutcome("merged", "p1")
+
+    run(chain, mine)
+    merging.oracle(mine, scenario)
+    r = redis_sync.Redis.from_url(mine)
+    assert merging.normalised(r) == expected
+    r.close()
+
+
+def test_a_refused_absorb_gives_the_loser_back(redis_url: str) -> None:
+    """The plain reads saw p2 without a userId; it got one (u2) before the merge: the
+    absorb refuses (different userIds), p2 is unfrozen and lives on, the refusal is
+    recorded once, p1 is unchanged."""
+    url = db_url(redis_url, 1)
+    merging.build(url, Scenario(2))
+    asyncio.run(merging.apply(url, [event("late-u2", T0_MS, user="u2", anon="a2")]))
+    r = redis_sync.Redis.from_url(url, decode_responses=True)
+    before = {k: r.hgetall(k) for k in (keys.profile("p1"), keys.traits("p1"))}
+
+    async def refused(redis: Client, scripts: Scripts, settings: Any) -> None:
+        outcome = await merge.merge(
+            redis, scripts, settings, "p2", "p1", "alias-x", iso_ms(T0_MS), NOW_MS
+        )
+        assert outcome == merge.MergeOutcome("refused", "p1", "different userIds")
+
+    run(refused, url)
+    assert {k: r.hgetall(k) for k in before} == before
+    assert "mergedInto" not in r.hgetall(keys.profile("p2"))
+    assert r.zcard(keys.MERGES_OPEN) == 0
+    assert r.smembers(keys.merged("p1")) == set()
+    assert r.get(keys.identifier("anon:a2")) == "p2"
+    records = [f for _, f in r.xrange(keys.MERGES)]
+    assert records == [
+        {
+            "status": "refused",
+            "reason": "different userIds",
+            "survivor": "p1",
+            "profile": "p2",
+            "eventId": "alias-x",
+            "ts": iso_ms(T0_MS),
+        }
+    ]
+    # p2 lives: an event of its own is applied to it.
+    asyncio.run(merging.apply(url, [event("after", T0_MS + 1, anon="a2", traits={"x": 1})]))
+    assert "x" in r.hgetall(keys.traits("p2"))
+    r.close()
