@@ -30,7 +30,9 @@ from cdp.scripts import Scripts, load_scripts
 from tests.support import merging
 from tests.support.events import event
 from tests.support.merging import Scenario
+from tests.support.stack import Stack
 from tests.support.values import NOW_MS, T0_MS
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -357,3 +359,30 @@ def test_a_refused_absorb_gives_the_loser_back(redis_url: str) -> None:
     asyncio.run(merging.apply(url, [event("after", T0_MS + 1, anon="a2", traits={"x": 1})]))
     assert "x" in r.hgetall(keys.traits("p2"))
     r.close()
+
+
+def test_the_sweeper_of_a_worker_finishes_an_abandoned_merge(
+    redis_url: str, redis_cluster: EmbeddedCluster, redis_cluster_url: str, tmp_path: Path
+) -> None:
+    """A merge killed after its absorb, on the cluster; a worker process (the sweeper)
+    finds the journal older than lease-ttl and finishes it: the oracle's state."""
+    scenario = Scenario(2)
+    expected = oracle_state(redis_url, scenario)
+    to_cluster(redis_url, redis_cluster_url, scenario)
+    killed = run_process(redis_cluster_url, "merge", "merge:absorbed")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cluster = sync_client(redis_cluster_url, decode_responses=True)
+    stack = Stack(redis_cluster_url, cluster, tmp_path)  # type: ignore[arg-type]
+    try:
+        stack.set_clock(NOW_MS + 2_000)  # the journal is older than the stack's 1 s lease
+        stack.start_worker()
+        wait_until(
+            lambda: cluster.zcard(keys.MERGES_OPEN) == 0,
+            timeout=30,
+            message="the sweeper to finish the merge",
+        )
+        assert cluster.hget(keys.profile("p2"), "mergeState") == "done"
+    finally:
+        stack.close()
+        cluster.close()
+    assert from_cluster(redis_cluster, redis_url, scenario) == expected
