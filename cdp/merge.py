@@ -35,6 +35,7 @@ from typing import Literal
 
 from cdp import faults, keys
 from cdp.connect import Client
+from cdp.errors import CdpError
 from cdp.events import iso_ms
 from cdp.pipeline.apply import script_limits
 from cdp.scripts import Frozen, Scripts
@@ -46,8 +47,8 @@ RECORDS_MAXLEN = 100_000  # cdp:merges, as apply_batch trims it
 RECORD_KEEP_MS = 86_400_000  # how long a merge's record is known written (add_once)
 
 
-class MergeError(RuntimeError):
-    """A merge's journal does not settle (pointers that do not end): a bug or a cycle."""
+class MergeError(CdpError):
+    """A merge that cannot be: into itself, or forward pointers that do not end (a bug)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ async def merge(
     now; when it is not ``survivor``, the caller decides what to merge next.
     """
     if loser == survivor:
-        raise ValueError(f"a profile cannot be merged into itself: {loser!r}")
+        raise MergeError(f"a profile cannot be merged into itself: {loser!r}")
     await redis.zadd(keys.MERGES_OPEN, {loser: now_ms}, nx=True)
     faults.point("merge:intent")
     m = _Merge(redis, scripts, settings, loser, now_ms, event_id, ts_iso)

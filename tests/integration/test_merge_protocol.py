@@ -52,7 +52,7 @@ def db_url(url: str, db: int) -> str:
     return url.rsplit("/", 1)[0] + f"/{db}"
 
 
-def oracle_state(url: str, scenario: Scenario) -> dict:
+def oracle_state(url: str, scenario: Scenario) -> dict[str, Any]:
     oracle_url = db_url(url, 0)
     merging.build(oracle_url, scenario)
     merging.oracle(oracle_url, scenario)
@@ -63,18 +63,32 @@ def oracle_state(url: str, scenario: Scenario) -> dict:
         r.close()
 
 
-@pytest.mark.parametrize("size", [2, 3])
-def test_merge_on_one_redis_equals_apply_batch(redis_url: str, size: int) -> None:
+def built(redis_url: str, size: int) -> tuple[Scenario, dict[str, Any], str]:
+    """The scenario, the oracle's state (db 0) and the URL of its profiles built (db 1)."""
     scenario = Scenario(size)
     expected = oracle_state(redis_url, scenario)
     mine = db_url(redis_url, 1)
     merging.build(mine, scenario)
+    return scenario, expected, mine
+
+
+def assert_oracle(url: str, scenario: Scenario, expected: dict[str, Any]) -> None:
+    """The ALIAS applied on ``url`` (one profile's now) leaves the oracle's state."""
+    merging.oracle(url, scenario)
+    r = redis_sync.Redis.from_url(url)
+    try:
+        assert merging.normalised(r) == expected
+        assert r.zcard(keys.MERGES_OPEN) == 0
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_merge_on_one_redis_equals_apply_batch(redis_url: str, size: int) -> None:
+    scenario, expected, mine = built(redis_url, size)
     asyncio.run(merging.run_merges(mine, scenario.pairs, scenario))
-    merging.oracle(mine, scenario)  # the ALIAS itself, now applied to one profile
-    r = redis_sync.Redis.from_url(mine)
-    assert merging.normalised(r) == expected
     assert len(expected["segment events"]) == size - 1
-    r.close()
+    assert_oracle(mine, scenario, expected)  # the ALIAS itself, now on one profile
 
 
 def to_cluster(redis_url: str, cluster_url: str, scenario: Scenario) -> None:
@@ -90,7 +104,7 @@ def to_cluster(redis_url: str, cluster_url: str, scenario: Scenario) -> None:
         target.close()
 
 
-def from_cluster(cluster: EmbeddedCluster, redis_url: str, scenario: Scenario) -> dict:
+def from_cluster(cluster: EmbeddedCluster, redis_url: str, scenario: Scenario) -> dict[str, Any]:
     """The cluster's keys copied to one Redis (db 2), the ALIAS applied there: its state."""
     back = db_url(redis_url, 2)
     target = redis_sync.Redis.from_url(back)
@@ -117,10 +131,7 @@ def test_merge_across_slots_equals_apply_batch(
 
 def test_resume_finishes_a_frozen_merge(redis_url: str) -> None:
     """A journal left frozen (its process gone after step 1) is finished by resume."""
-    scenario = Scenario(2)
-    expected = oracle_state(redis_url, scenario)
-    mine = db_url(redis_url, 1)
-    merging.build(mine, scenario)
+    scenario, expected, mine = built(redis_url, 2)
     assert scenario.alias is not None
     alias = scenario.alias
 
@@ -145,10 +156,7 @@ def test_resume_finishes_a_frozen_merge(redis_url: str) -> None:
         await redis.aclose()
 
     asyncio.run(freeze_then_resume())
-    merging.oracle(mine, scenario)
-    r = redis_sync.Redis.from_url(mine)
-    assert merging.normalised(r) == expected
-    r.close()
+    assert_oracle(mine, scenario, expected)
 
 
 def run_process(url: str, what: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -206,10 +214,7 @@ def run(coro_fn: Any, url: str) -> Any:
 
 
 def test_every_step_run_twice_changes_nothing_more(redis_url: str) -> None:
-    scenario = Scenario(2)
-    expected = oracle_state(redis_url, scenario)
-    mine = db_url(redis_url, 1)
-    merging.build(mine, scenario)
+    scenario, expected, mine = built(redis_url, 2)
     assert scenario.alias is not None
     event_id, at = scenario.alias.eventId, iso_ms(scenario.alias.ts)
     limits = script_limits(merging.settings_of(mine), NOW_MS)
@@ -232,8 +237,9 @@ def test_every_step_run_twice_changes_nothing_more(redis_url: str) -> None:
             merged_at=at,
         )
         await redis.zadd(keys.SEGMENTS_DUE, {"p1": NOW_MS + settings.lease_ttl_ms}, lt=True)
-        answers = [
-            await scripts.merge_absorb(
+
+        async def absorb() -> str:
+            answer = await scripts.merge_absorb(
                 survivor="p1",
                 loser="p2",
                 counter_names=frozen.counter_names,
@@ -241,9 +247,9 @@ def test_every_step_run_twice_changes_nothing_more(redis_url: str) -> None:
                 limits=limits,
                 now_iso=iso_ms(NOW_MS),
             )
-            for _ in range(2)
-        ]
-        assert [a.status for a in answers] == ["OK", "ALREADY"]
+            return answer.status
+
+        assert [await absorb(), await absorb()] == ["OK", "ALREADY"]
         for _ in range(2):
             assert (
                 await scripts.merge_advance(loser="p2", survivor="p1", done="frozen", to="absorbed")
@@ -261,15 +267,7 @@ def test_every_step_run_twice_changes_nothing_more(redis_url: str) -> None:
                 "DONE",
             )
         # An absorb retried late (its first answer lost) finds it absorbed.
-        late = await scripts.merge_absorb(
-            survivor="p1",
-            loser="p2",
-            counter_names=frozen.counter_names,
-            state=frozen.state,
-            limits=limits,
-            now_iso=iso_ms(NOW_MS),
-        )
-        assert late.status == "ALREADY"
+        assert await absorb() == "ALREADY"
         for _ in range(2):
             assert await merge.resume(redis, scripts, settings, "p2", NOW_MS) == (
                 merge.MergeOutcome("merged", "p1")
@@ -279,11 +277,7 @@ def test_every_step_run_twice_changes_nothing_more(redis_url: str) -> None:
         assert again == merge.MergeOutcome("merged", "p1")
 
     run(steps, mine)
-    merging.oracle(mine, scenario)
-    r = redis_sync.Redis.from_url(mine)
-    assert merging.normalised(r) == expected
-    assert r.zcard(keys.MERGES_OPEN) == 0
-    r.close()
+    assert_oracle(mine, scenario, expected)
 
 
 def test_a_loser_frozen_towards_a_profile_merged_meanwhile_goes_to_its_survivor(
@@ -291,10 +285,7 @@ def test_a_loser_frozen_towards_a_profile_merged_meanwhile_goes_to_its_survivor(
 ) -> None:
     """p3 frozen towards p2 (its process died), then p2 merged into p1: resuming p3's
     merge finds p2 forwarded, retargets the journal and absorbs into p1."""
-    scenario = Scenario(3)
-    expected = oracle_state(redis_url, scenario)
-    mine = db_url(redis_url, 1)
-    merging.build(mine, scenario)
+    scenario, expected, mine = built(redis_url, 3)
     assert scenario.alias is not None
     event_id, at = scenario.alias.eventId, iso_ms(scenario.alias.ts)
 
@@ -316,10 +307,7 @@ def test_a_loser_frozen_towards_a_profile_merged_meanwhile_goes_to_its_survivor(
         assert again == merge.MergeOutcome("merged", "p1")
 
     run(chain, mine)
-    merging.oracle(mine, scenario)
-    r = redis_sync.Redis.from_url(mine)
-    assert merging.normalised(r) == expected
-    r.close()
+    assert_oracle(mine, scenario, expected)
 
 
 def test_a_refused_absorb_gives_the_loser_back(redis_url: str) -> None:
