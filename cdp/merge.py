@@ -154,6 +154,9 @@ async def _drive(m: _Merge, survivor: str, *, fresh: bool) -> MergeOutcome:
     if fresh:
         faults.point("merge:frozen")
     state = frozen.merge_state
+    if state == "merged":  # merged by apply_batch (one Redis): recorded there
+        await m.redis.zrem(keys.MERGES_OPEN, m.loser)
+        return MergeOutcome("merged", await final_survivor(m.redis, survivor))
     if state == "frozen":
         absorbed = await _absorb(m, frozen, survivor)
         if isinstance(absorbed, MergeOutcome):

@@ -374,3 +374,23 @@ def test_the_sweeper_of_a_worker_finishes_an_abandoned_merge(
         stack.close()
         cluster.close()
     assert from_cluster(redis_cluster, redis_url, scenario) == expected
+
+
+def test_a_profile_merged_by_apply_batch_is_not_merged_or_recorded_again(redis_url: str) -> None:
+    scenario, expected, _ = built(redis_url, 2)
+    oracle_url = db_url(redis_url, 0)
+
+    async def again(redis: Client, scripts: Scripts, settings: Any) -> None:
+        for loser, survivor in (("p2", "p1"), ("p2", "p3")):
+            outcome = await merge.merge(
+                redis, scripts, settings, loser, survivor, "later", iso_ms(T0_MS), NOW_MS
+            )
+            assert outcome == merge.MergeOutcome("merged", "p1")
+
+    run(again, oracle_url)
+    r = redis_sync.Redis.from_url(oracle_url)
+    try:
+        assert merging.normalised(r) == expected
+        assert r.zcard(keys.MERGES_OPEN) == 0
+    finally:
+        r.close()
