@@ -10,6 +10,7 @@ counters, seen ids, merged sets, memberships, records and EXIT events.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -28,10 +29,10 @@ from cdp.events import iso_ms
 from cdp.pipeline.apply import script_limits
 from cdp.scripts import Scripts, load_scripts
 from tests.support import merging
-from tests.support.events import event
+from tests.support.events import event, track
 from tests.support.merging import Scenario
 from tests.support.stack import Stack
-from tests.support.values import NOW_MS, T0_MS
+from tests.support.values import NOW_MS, T0_MS, iso
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -394,3 +395,81 @@ def test_a_profile_merged_by_apply_batch_is_not_merged_or_recorded_again(redis_u
         assert r.zcard(keys.MERGES_OPEN) == 0
     finally:
         r.close()
+
+
+PROFILE_PROTOCOL = importlib.util.find_spec("cdp.pipeline.profile_apply") is not None
+WORKER_FIELDS = ("evaluatedMs", "evaluations", "mergeState")  # the worker's own bookkeeping
+
+
+def profiles_state(r: redis_sync.Redis) -> dict[str, Any]:
+    """``normalised`` of the profiles, identifiers and records only (no due set, no
+    worker bookkeeping)."""
+    out = {}
+    for key, row in merging.normalised(r).items():
+        if key.startswith((keys.PROFILE_PREFIX, keys.IDENTIFIER_PREFIX, keys.MERGES)):
+            kind, value, ttl = row
+            if kind == "hash":
+                value = {f: v for f, v in value.items() if f not in WORKER_FIELDS}
+            out[key] = (kind, value, ttl)
+    return out
+
+
+@pytest.mark.skipif(not PROFILE_PROTOCOL, reason="the profile protocol (branch i11-apply)")
+def test_a_worker_killed_mid_merge_is_finished_by_another_worker(
+    redis_url: str, redis_cluster: EmbeddedCluster, redis_cluster_url: str, tmp_path: Path
+) -> None:
+    """Workers on the cluster (profile protocol): the one applying the ALIAS that merges
+    p2 into p1 dies right after the absorb (SIGKILL); another worker takes the
+    partitions over, meets p2 forwarded with its journal open, finishes the merge and
+    applies the ALIAS: the state apply_batch leaves on one Redis."""
+    built_events = [
+        event("b1", T0_MS, user="u1", traits={"plan": "free", "country": "FR"}),
+        event("b3", T0_MS + 1_000, anon="a2", traits={"plan": "pro", "age": 3}),
+        track("b4", T0_MS + 2_000, "Signed Up", anon="a2"),
+    ]
+    alias = event("alias-1", T0_MS + 11_000, "ALIAS", user="u1", anon="a2")
+    # The workers' clock: at the first event, then past the window of each batch.
+    built_at, alias_at = T0_MS + 10_000, T0_MS + 30_000
+    oracle_url = db_url(redis_url, 0)
+    asyncio.run(merging.apply(oracle_url, built_events, now_ms=built_at))
+    asyncio.run(merging.apply(oracle_url, [alias], now_ms=alias_at))
+    r = redis_sync.Redis.from_url(oracle_url)
+    expected = profiles_state(r)
+    r.close()
+
+    cluster = sync_client(redis_cluster_url, decode_responses=True)
+    stack = Stack(redis_cluster_url, cluster, tmp_path)
+    try:
+        stack.set_clock(T0_MS)
+        stack.start_api()
+        first = stack.start_worker("w1", fault_point="merge:absorbed")
+        for ev in built_events:
+            kind = {"type": ev.type, "name": ev.name} if ev.name else {"type": ev.type}
+            ids = {"userId": ev.userId, "anonymousId": ev.anonymousId}
+            payload = {k: v for k, v in {**kind, **ids, "traits": ev.traits}.items() if v}
+            stack.send(ev.eventId, iso(ev.ts), **payload)
+        stack.set_clock(built_at)
+        stack.wait_metric("processed", 3)
+        stack.send("alias-1", iso(alias.ts), type="ALIAS", userId="u1", anonymousId="a2")
+        stack.set_clock(alias_at)
+        wait_until(lambda: first.poll() is not None, timeout=30, message="w1 to die")
+        assert first.returncode == -signal.SIGKILL
+        assert cluster.hget(keys.profile("p2"), "mergeState") == "absorbed"
+        stack.start_worker("w2")
+        stack.wait_metric("processed", 4, timeout=30)
+        wait_until(lambda: cluster.zcard(keys.MERGES_OPEN) == 0, message="the journal closed")
+        stack.wait_idle()
+        assert cluster.hget(keys.profile("p2"), "mergeState") == "done"
+    finally:
+        stack.close()
+        cluster.close()
+    back = db_url(redis_url, 2)
+    target = redis_sync.Redis.from_url(back)
+    nodes = merging.masters(redis_cluster.nodes[0].port)
+    try:
+        merging.copy_keys(nodes, target)
+        assert profiles_state(target) == expected
+    finally:
+        target.close()
+        for node in nodes:
+            node.close()
