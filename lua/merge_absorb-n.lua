@@ -71,7 +71,9 @@ absorb_traits(skey, l.traits)
 if #l.ids > 0 then chunked("SADD", KEYS[3], l.ids, CHUNK) end
 for i = 1, #l.counters, 2 do
   local name = l.counters[i]
-  absorb_counter(skey, name, l.counters[i + 1], l.zsets[name] or {})
+  absorb_counter(skey, name, l.counters[i + 1], function(s_counter)
+    add_buckets(s_counter, l.zsets[name] or {})
+  end)
 end
 local l_ttl = 0
 if l.seenExpiresAt ~= "" then

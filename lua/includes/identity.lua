@@ -88,8 +88,9 @@ local function merge(loser, survivor, ev)
   local lcounters = rcall("HGETALL", lkey .. ":counters")
   for i = 1, #lcounters, 2 do
     local l_counter = lkey .. ":counter:" .. lcounters[i]
-    absorb_counter(skey, lcounters[i], lcounters[i + 1],
-      rcall("ZRANGE", l_counter, 0, -1, "WITHSCORES"))
+    absorb_counter(skey, lcounters[i], lcounters[i + 1], function(s_counter)
+      rcall("ZUNIONSTORE", s_counter, 2, s_counter, l_counter, "AGGREGATE", "SUM")
+    end)
     rcall("DEL", l_counter)
   end
   local lmeta = rcall("HMGET", lkey, unpack(MERGE_META_FIELDS))

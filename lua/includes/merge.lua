@@ -19,15 +19,20 @@ local function absorb_traits(skey, ltraits)
   end
 end
 
--- Counter `name` summed per bucket (`buckets`: bucket, count, ... as ZRANGE WITHSCORES
--- answers), its oldest bucket the older of the two (`l_oldest`: the loser's).
-local function absorb_counter(skey, name, l_oldest, buckets)
-  local s_counter = skey .. ":counter:" .. name
-  for i = 1, #buckets, 2 do rcall("ZINCRBY", s_counter, buckets[i + 1], buckets[i]) end
+-- Counter `name` summed per bucket by `add(s_counter)` (adds the loser's buckets to
+-- the survivor's zset: ZUNIONSTORE from the loser's key when it can be named, else
+-- add_buckets), its oldest bucket the older of the two (`l_oldest`: the loser's).
+local function absorb_counter(skey, name, l_oldest, add)
+  add(skey .. ":counter:" .. name)
   local s_oldest = rcall("HGET", skey .. ":counters", name)
   if not s_oldest or tonumber(l_oldest) < tonumber(s_oldest) then
     rcall("HSET", skey .. ":counters", name, l_oldest)
   end
+end
+
+-- `buckets` (bucket, count, ... as ZRANGE WITHSCORES answers) added to zset `ckey`.
+local function add_buckets(ckey, buckets)
+  for i = 1, #buckets, 2 do rcall("ZINCRBY", ckey, buckets[i + 1], buckets[i]) end
 end
 
 -- The survivor absorbs the loser's seen ids (`lseen`: eventId, bucket, ...; union, per
