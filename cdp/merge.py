@@ -164,6 +164,10 @@ async def _drive(m: _Merge, survivor: str, *, fresh: bool) -> MergeOutcome:
         state = await m.scripts.merge_advance(
             loser=m.loser, survivor=absorbed, done="frozen", to="absorbed"
         )
+        if not state:  # another process moved the journal on meanwhile: follow it
+            return await resume(m.redis, m.scripts, m.settings, m.loser, m.now_ms) or (
+                MergeOutcome("gone", absorbed)
+            )
         faults.point("merge:absorbed")
     target = text(await m.redis.hget(keys.profile(m.loser), "mergedInto") or survivor)
     if state == "absorbed":
