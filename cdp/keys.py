@@ -31,7 +31,10 @@ canonical id's tag, every partition stream its own)::
                                          evaluations (how many were accepted),
                                          seenFrom / seenTo (the oldest dedup bucket its
                                          seen hash may hold / the one its expiry is for);
-                                         for a merged-away id only mergedInto (+ when)
+                                         for a merged-away id only mergedInto, mergedAt,
+                                         mergeEventId (+ mergeState when merged across
+                                         slots: its journal, frozen -> absorbed ->
+                                         repointed -> done; cdp/merge.py)
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
     cdp:profile:{<cid>}:counters         hash, event name -> oldest bucket it holds

@@ -127,19 +127,7 @@ local events = cjson.decode(ARGV[8])
 local limits = cjson.decode(ARGV[9])
 local unpack, tonumber, pcall = unpack, tonumber, pcall
 local EID, SID, TS, MS, BUCKET, TYPE, IDS, TRAITS, NAME, IMPORT, SHARD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
-local CHUNK = 1000  -- arguments per command, well below Lua's stack limit for unpack
-
--- `command key arg...` over `list` (from..to), CHUNK at a time; the replies concatenated.
-local function chunked(command, key, list, step)
-  local out = {}
-  for i = 1, #list, step do
-    local reply = rcall(command, key, unpack(list, i, math.min(i + step - 1, #list)))
-    if type(reply) == "table" then
-      for j = 1, #reply do out[#out + 1] = reply[j] end
-    end
-  end
-  return out
-end
+--@include chunked
 
 --@include bytes
 --@include poison
