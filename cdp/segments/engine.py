@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -42,10 +42,11 @@ import msgspec
 import structlog
 
 from cdp import keys
-from cdp.connect import Client
+from cdp.connect import Client, is_cluster
 from cdp.events import iso_ms, to_ms
 from cdp.scripts import ProfileRow, Scripts, TransitionRequest
 from cdp.segments.definitions import Segment, SegmentCache
+from cdp.segments.outbox import Relay, uses_outbox
 from cdp.segments.rules import Check, ProfileView, Reads
 from cdp.settings import Settings
 from cdp.streams import text
@@ -67,6 +68,7 @@ class Snapshot:
     due: int | None  # as read: the profile's time in cdp:segments:due
     evaluated: str = ""  # as read: evaluatedMs, the time of the last accepted evaluation
     evaluations: str = ""  # as read: how many evaluations were accepted (the write's token)
+    outbox: int = 0  # as read: entries of its outbox not relayed yet
 
     def evaluation_ms(self, now_ms: int) -> int:
         """When to evaluate: now, or the last accepted evaluation's time if that is later."""
@@ -108,8 +110,9 @@ def _member(raw: Any) -> bool:
         return bool(json.loads(raw)["in"])
 
 
-def parse_view(cid: str, row: ProfileRow, bucket_ms: int) -> Snapshot | None:
-    """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
+def parse_view(cid: str, row: ProfileRow, bucket_ms: int, due: Any = None) -> Snapshot | None:
+    """One ``profile_view`` row and the profile's score in the due index (ZMSCORE, None
+    when it is not due) -> Snapshot; None for a missing or merged-away profile."""
     if not row.version or row.merged_into:
         return None
     traits, counters, states = row.traits, row.counters, row.segments
@@ -141,9 +144,10 @@ def parse_view(cid: str, row: ProfileRow, bucket_ms: int) -> Snapshot | None:
         view,
         who,
         memberships,
-        int(float(row.due)) if row.due else None,
+        int(float(due)) if due is not None else None,
         text(row.evaluated_ms) if row.evaluated_ms else "",
         text(row.evaluations) if row.evaluations else "",
+        int(row.outbox),
     )
 
 
@@ -186,12 +190,33 @@ class _Defined:
     reads: Reads
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A chunk as read: each profile's ``profile_view`` row and its due score."""
+
+    rows: list[ProfileRow]
+    dues: list[Any]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What a chunk's writes did: eventIds recorded, profiles to evaluate again."""
+
+    emitted: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+
 class SegmentEngine:
-    def __init__(self, redis: Client, scripts: Scripts, settings: Settings) -> None:
+    def __init__(
+        self, redis: Client, scripts: Scripts, settings: Settings, *, outbox: bool | None = None
+    ) -> None:
         self.redis = redis
         self.scripts = scripts
         self.settings = settings
         self.cache = SegmentCache(redis, settings)
+        self.cluster = is_cluster(redis)  # one profile per script call
+        self.outbox = uses_outbox(redis, settings) if outbox is None else outbox
+        self.relay = Relay(redis, scripts, settings)
 
     async def evaluate(self, cids: Iterable[str], now_ms: int) -> list[str]:
         """Evaluate every segment for ``cids``; returns the eventIds of the transitions."""
@@ -208,42 +233,59 @@ class SegmentEngine:
             read = self._read(chunks[0], defined.reads)
             try:
                 for i, chunk in enumerate(chunks):
-                    rows = await read
+                    view = await read
                     if i + 1 < len(chunks):
                         # Redis reads the next chunk while Python evaluates this one (the
                         # chunks share no profile; each write still checks the version).
                         read = self._read(chunks[i + 1], defined.reads)
-                    done, again = await self._evaluate_chunk(chunk, rows, defined, now_ms)
-                    emitted += done
-                    stale += again
+                    outcome = await self._evaluate_chunk(chunk, view, defined, now_ms)
+                    emitted += outcome.emitted
+                    stale += outcome.stale
             finally:
                 read.cancel()  # the read ahead, when an error ends the loop (else a no-op)
             pending = stale
         return emitted
 
-    def _read(self, cids: list[str], reads: Reads) -> asyncio.Future[list[ProfileRow]]:
-        """``profile_view`` of ``cids``, started now: what the definitions read of them."""
-        call = self.scripts.profile_view(cids, traits=reads.traits, counters=reads.counters)
-        read = asyncio.ensure_future(call)
+    def _read(self, cids: list[str], reads: Reads) -> asyncio.Future[_Read]:
+        """``profile_view`` of ``cids`` and their due scores, started now."""
+        read = asyncio.ensure_future(self._view(cids, reads))
         read.add_done_callback(_retrieved)
         return read
 
+    async def _view(self, cids: list[str], reads: Reads) -> _Read:
+        """One round trip: the due scores (ZMSCORE, first: a profile marked due after it
+        costs at most a needless write), then what the definitions read of the profiles:
+        one ``profile_view`` call for all on one Redis, one per profile on a cluster."""
+        if reads.counters is None:
+            raise ValueError("the engine reads the counters its rules name")
+        view = self.scripts.profile_view
+        calls = [[cid] for cid in cids] if self.cluster else [cids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(keys.SEGMENTS_DUE, cids)
+            for call in calls:
+                await view.queue(pipe, call, traits=reads.traits, counters=reads.counters)
+            replies = await pipe.execute()
+        return _Read([row for reply in replies[1:] for row in view.decode(reply)], replies[0])
+
     async def _evaluate_chunk(
-        self, cids: list[str], rows: list[ProfileRow], defined: _Defined, now_ms: int
-    ) -> tuple[list[str], list[str]]:
+        self, cids: list[str], read: _Read, defined: _Defined, now_ms: int
+    ) -> _Outcome:
         checks = [(name, segment.check) for name, segment in defined.segments.items()]
         names = defined.segments.keys()
         now_iso = iso_ms(now_ms)
         bucket_ms = self.settings.counter_bucket_ms
         gone: list[str] = []
         writes: list[TransitionRequest] = []
-        for n, (cid, row) in enumerate(zip(cids, rows, strict=True)):
+        unrelayed: set[str] = set()  # profiles whose outbox holds entries
+        for n, (cid, row, due_read) in enumerate(zip(cids, read.rows, read.dues, strict=True)):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
-            snap = parse_view(cid, row, bucket_ms)
+            snap = parse_view(cid, row, bucket_ms, due_read)
             if snap is None:  # merged away or erased meanwhile: nothing to evaluate
                 gone.append(cid)
                 continue
+            if snap.outbox:
+                unrelayed.add(cid)
             memberships = snap.memberships
             at_ms = snap.evaluation_ms(now_ms)
             changes, due = _changes(snap.view, memberships, checks, at_ms)
@@ -265,9 +307,20 @@ class SegmentEngine:
                     read_evaluations=snap.evaluations,
                 )
             )
+        if self.outbox:
+            return await self._write_outbox(writes, gone, unrelayed, defined, now_ms)
+        outcome = await self._write_direct(writes, gone, defined)
+        if unrelayed:  # left by another protocol's scripts (or a switch of protocol)
+            await self.relay.relay(unrelayed)
+        return outcome
+
+    async def _write_direct(
+        self, writes: list[TransitionRequest], gone: list[str], defined: _Defined
+    ) -> _Outcome:
+        """One Redis: one round trip, one transition call for the whole chunk (events,
+        members, the due index and the version check inside)."""
         if not gone and not writes:
-            return [], []
-        # One round trip, one transition call for the whole chunk.
+            return _Outcome()
         async with self.redis.pipeline(transaction=False) as pipe:
             if gone:
                 pipe.zrem(keys.SEGMENTS_DUE, *gone)
@@ -279,16 +332,86 @@ class SegmentEngine:
                     definitions_version=defined.version,
                 )
             replies = await pipe.execute()
-        if not writes:
-            return [], []
-        emitted: list[str] = []
-        stale: list[str] = []
-        answers = self.scripts.segment_transition.decode(replies[-1])
+        outcome = _Outcome()
+        if writes:
+            answers = self.scripts.segment_transition.decode(replies[-1])
+            for write, answer in zip(writes, answers, strict=True):
+                if answer.status == "STALE":
+                    outcome.stale.append(write.cid)
+                outcome.emitted += answer.event_ids
+        return outcome
+
+    async def _write_outbox(
+        self,
+        writes: list[TransitionRequest],
+        gone: list[str],
+        unrelayed: set[str],
+        defined: _Defined,
+        now_ms: int,
+    ) -> _Outcome:
+        """The outbox packing (a cluster: one transition call per profile, pipelined).
+
+        1. The transitions, and a guard in the due index (ZADD LT now + lease-ttl) for
+           each profile whose call may push to its outbox: whatever dies after, the
+           sweeper evaluates it within lease-ttl, and that evaluation relays it.
+        2. The relay of every outbox written or found non-empty.
+        3. The definitions version read again, and the due times the evaluations want
+           (the guard stays on a profile whose outbox another relay still holds).
+        A version that changed since the definitions were loaded makes the profiles
+        written evaluated again with the new ones (``evaluate``'s retry): a deleted
+        segment's membership taken in that window ends silently as a dropped one (an
+        event of the deleted segment may have been recorded in the window, as one Redis
+        records it for an evaluation written just before the deletion).
+        """
+        outcome = _Outcome()
+        if not writes and not gone and not unrelayed:
+            return outcome
+        guard = now_ms + self.settings.lease_ttl_ms
+        pushing = [w.cid for w in writes if w.wanted or w.dropped]
+        calls = [[w] for w in writes] if self.cluster else ([writes] if writes else [])
+        transition = self.scripts.segment_transition
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if pushing:
+                pipe.zadd(keys.SEGMENTS_DUE, dict.fromkeys(pushing, guard), lt=True)
+            for call in calls:
+                await transition.queue(
+                    pipe,
+                    call,
+                    events_maxlen=self.settings.segment_events_maxlen,
+                    definitions_version=defined.version,
+                    outbox=True,
+                )
+            replies = await pipe.execute()
+        answers = [
+            a for reply in replies[len(replies) - len(calls) :] for a in transition.decode(reply)
+        ]
+        accepted: list[TransitionRequest] = []
         for write, answer in zip(writes, answers, strict=True):
             if answer.status == "STALE":
-                stale.append(write.cid)
-            emitted += answer.event_ids
-        return emitted, stale
+                outcome.stale.append(write.cid)
+            elif answer.status == "GONE":
+                gone.append(write.cid)
+            else:
+                accepted.append(write)
+                outcome.emitted += answer.event_ids
+                if write.wanted or write.dropped:
+                    unrelayed.add(write.cid)
+        relayed = await self.relay.relay(unrelayed) if unrelayed else None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.SEGMENTS_VERSION)
+            if gone:
+                pipe.zrem(keys.SEGMENTS_DUE, *gone)
+            for write in accepted:
+                if write.cid in unrelayed and (relayed is None or write.cid not in relayed.emptied):
+                    continue  # left due at the guard: the sweeper relays it
+                if write.due_ms is None:
+                    pipe.zrem(keys.SEGMENTS_DUE, write.cid)
+                else:
+                    pipe.zadd(keys.SEGMENTS_DUE, {write.cid: write.due_ms})
+            version, *_ = await pipe.execute()
+        if (text(version) if version is not None else "") != defined.version:
+            outcome.stale += [w.cid for w in accepted]
+        return outcome
 
 
 def _retrieved(read: asyncio.Future[Any]) -> None:
