@@ -256,14 +256,14 @@ class SegmentEngine:
         """One round trip: the due scores (ZMSCORE, first: a profile marked due after it
         costs at most a needless write), then what the definitions read of the profiles:
         one ``profile_view`` call for all on one Redis, one per profile on a cluster."""
-        if reads.counters is None:
-            raise ValueError("the engine reads the counters its rules name")
+        # Every rule names its counters (rules.Reads: None stands for a reference read).
+        counters = reads.counters if reads.counters is not None else frozenset()
         view = self.scripts.profile_view
         calls = [[cid] for cid in cids] if self.cluster else [cids]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zmscore(keys.SEGMENTS_DUE, cids)
             for call in calls:
-                await view.queue(pipe, call, traits=reads.traits, counters=reads.counters)
+                await view.queue(pipe, call, traits=reads.traits, counters=counters)
             replies = await pipe.execute()
         return _Read([row for reply in replies[1:] for row in view.decode(reply)], replies[0])
 
