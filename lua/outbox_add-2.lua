@@ -14,7 +14,8 @@
   ARGV[1]  now, ms
   ARGV[2]  how long marks are kept, ms
   ARGV[3]  approximate MAXLEN of the stream
-  ARGV[4]  JSON [[id, [field, value, ...]], ...], in outbox order
+  ARGV[4]  JSON list of entries in outbox order, each a list: id, then the list of
+           its fields (field, value, ...)
 
   Returns, per entry, 1 (appended) or 0 (marked already).
 ]]
