@@ -69,7 +69,10 @@
   Returns, per profile in order, {"OK", eventId...} | {"STALE"} | {"GONE"}
 ]]
 local rcall = redis.call
---@include segment_events
+-- includes/segments for transition_fields; its helpers that reach keys by name
+-- (members_key, emit_transition) are not called here (no `prefix` is defined: a call
+-- would fail).
+--@include segments
 --@include outbox
 local direct = ARGV[1] == "direct"
 local maxlen = ARGV[3]

@@ -69,7 +69,7 @@ class Entry(msgspec.Struct, frozen=True):
 
     id: str
     stream: str
-    maxlen: int = 0
+    maxlen: float = 0  # a number however the script's cjson wrote it
     fields: list[str] | dict[str, str] = msgspec.field(default_factory=list)
     member: Member | None = None
 
@@ -154,7 +154,7 @@ class Relay:
                 entry = _decode_entry(raw)
                 if entry.stream and isinstance(entry.fields, list):
                     per_stream[entry.stream].append((entry.id, entry.fields))
-                    maxlen[entry.stream] = max(maxlen.get(entry.stream, 0), entry.maxlen)
+                    maxlen[entry.stream] = max(maxlen.get(entry.stream, 0), int(entry.maxlen))
         if not per_stream:
             return 0
         now = wall_ms()

@@ -54,7 +54,6 @@ def view(lua: LuaHarness, *cids: str) -> list[ProfileRow]:
     return lua.run(full_view(lua.redis, cids))
 
 
-
 def version(lua: LuaHarness, cid: str) -> str:
     return lua.r.hget(keys.profile(cid), "version")
 
