@@ -1,18 +1,41 @@
 """Segment evaluation: profiles in, ENTER/EXIT transitions out, exactly once.
 
-``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (one
-script call per ``READ_CHUNK`` of them, a consistent snapshot with each profile's
-version; the next chunk is read while Python evaluates the current one), reading only
-the traits and counters the definitions name (``SegmentCache.reads``), evaluates every
-defined segment in Python (each rule compiled once per definition,
-``cdp.segments.rules.compile_rule``), and writes the outcome of the chunk's profiles
-whose memberships or due time change with one ``segment_transition`` call, which, per
-profile, changes memberships, appends the events to ``cdp:segment-events`` and
-reschedules the profile in ``cdp:segments:due`` atomically, and only if the
-evaluation is still the newest: the profile, its memberships and the
-definitions have not changed since they were read (the memberships: no evaluation was
-accepted since, by the profile's ``evaluations`` count, which every accepted write bumps;
-not by evaluatedMs, which a write at the same time leaves as it was).
+``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (a
+consistent snapshot of each with its version; the next chunk of ``READ_CHUNK`` is read
+while Python evaluates the current one) and their due times (ZMSCORE of the due index,
+in the same round trip), reading only the traits and counters the definitions name
+(``SegmentCache.reads``), evaluates every defined segment in Python (each rule compiled
+once per definition, ``cdp.segments.rules.compile_rule``), and writes the outcome of
+the profiles whose memberships or due time change with ``segment_transition``, which,
+per profile, changes memberships and records the events atomically, and only if the
+evaluation is still the newest: the profile, its memberships and the definitions have
+not changed since they were read (the memberships: no evaluation was accepted since,
+by the profile's ``evaluations`` count, which every accepted write bumps; not by
+evaluatedMs, which a write at the same time leaves as it was).
+
+Two packings (``cdp.segments.outbox.uses_outbox``: apply-protocol, else is it a
+cluster), every key of each script declared:
+
+- direct (one Redis, apply-protocol batch): one ``profile_view`` and one
+  ``segment_transition`` call per chunk; the transition appends the events to
+  ``cdp:segment-events``, writes the members zsets and the due index and compares the
+  definitions version, all in the call;
+- outbox (a Redis Cluster, or apply-protocol profile): on a cluster one call per
+  profile (its slot), pipelined; the transition pushes each event with its
+  members-zset change to the profile's outbox, and the engine relays the outboxes it
+  wrote or found non-empty right after (``cdp.segments.outbox.Relay``). What is in
+  other slots is the engine's: the due index is written after the call (and kept at
+  now + lease-ttl, a guard written before the call, until the relay has emptied the
+  profile's outbox: whatever dies in between, the sweeper evaluates the profile
+  within lease-ttl, and that evaluation relays it); the definitions version is read
+  again after the writes, and a change makes the profiles written evaluated again with
+  the new definitions (the deletion protocol cannot guarantee it: a worker may hold
+  definitions loaded before a deletion for as long as its tick lasts; so a deleted
+  segment's membership taken in that window is ended silently by the new evaluation,
+  after one event of it may have been recorded). The due write after the call is not
+  atomic with the profile: an apply's due mark landing between the read and that
+  write may be overwritten; the applying worker evaluates the profile right after its
+  tick anyway (docs/cluster.md).
 
 Evaluation time: a profile is evaluated at ``max(now, evaluatedMs)``, evaluatedMs being
 the time of its last accepted evaluation (whoever made it: another worker, the sweeper,

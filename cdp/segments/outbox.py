@@ -100,16 +100,17 @@ class Relay:
         self.redis = redis
         self.scripts = scripts
         self.settings = settings
-        self.owner = secrets.token_hex(8)  # this relay's name on the leases it takes
 
     async def relay(self, cids: Iterable[str]) -> Relayed:
-        """Relay the outboxes of ``cids`` whose lease this relay gets."""
+        """Relay the outboxes of ``cids`` whose lease this call gets (its own name on the
+        leases: two calls of one process are two relays)."""
+        owner = secrets.token_hex(8)
         done = Relayed()
         pending = sorted(set(cids))
         for _ in range(MAX_ROUNDS):
             if not pending:
                 break
-            heads = await self._take(pending)
+            heads = await self._take(pending, owner)
             held = {cid: raw for cid, raw in heads.items() if raw}
             done.emptied |= {cid for cid, raw in heads.items() if not raw}
             if not held:
@@ -117,20 +118,18 @@ class Relay:
             done.added += await self._add(held)
             faults.point("outbox:added")
             await self._members(held)
-            left = await self._pop(held)
+            left = await self._pop(held, owner)
             done.emptied |= {cid for cid, n in left.items() if n == 0}
             pending = sorted(cid for cid, n in left.items() if n > 0)
         return done
 
-    async def _take(self, cids: Sequence[str]) -> dict[str, list[bytes]]:
+    async def _take(self, cids: Sequence[str], owner: str) -> dict[str, list[bytes]]:
         """The lease and head of each outbox; the cids whose lease another relay holds
         are left out. An empty outbox's lease is given back at once."""
         ttl = self.settings.lease_ttl_ms
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in cids:
-                await self.scripts.lease_acquire.queue(
-                    pipe, keys.outbox_relay(cid), self.owner, ttl
-                )
+                await self.scripts.lease_acquire.queue(pipe, keys.outbox_relay(cid), owner, ttl)
                 pipe.lrange(keys.outbox(cid), 0, RELAY_BATCH - 1)
             replies = await pipe.execute()
         heads: dict[str, list[bytes]] = {}
@@ -141,7 +140,7 @@ class Relay:
         if empty:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for cid in empty:
-                    await self.scripts.lease_release.queue(pipe, keys.outbox_relay(cid), self.owner)
+                    await self.scripts.lease_release.queue(pipe, keys.outbox_relay(cid), owner)
                 await pipe.execute()
         return heads
 
@@ -190,11 +189,11 @@ class Relay:
             if queued:
                 await pipe.execute()
 
-    async def _pop(self, held: dict[str, list[bytes]]) -> dict[str, int]:
+    async def _pop(self, held: dict[str, list[bytes]], owner: str) -> dict[str, int]:
         """Step 4: compare-and-pop; the length of each outbox after."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid, raw_entries in held.items():
-                await self.scripts.outbox_pop.queue(pipe, cid, self.owner, raw_entries)
+                await self.scripts.outbox_pop.queue(pipe, cid, owner, raw_entries)
             replies = await pipe.execute()
         return {
             cid: self.scripts.outbox_pop.decode(r) for cid, r in zip(held, replies, strict=True)

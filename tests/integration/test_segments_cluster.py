@@ -7,6 +7,8 @@
   events, memberships, members zsets and due times one Redis records for the same
   profiles (built by the apply script on one Redis and copied with DUMP/RESTORE): after
   the apply, time-driven exits by the sweeper, a backfill, a deletion.
+- The relay leaves an outbox another relay holds (its lease), pops only what is still
+  the head, applies a members-only entry in order, and adds nothing marked twice.
 - The relay is exactly once when the process relaying is SIGKILLed between its XADD and
   its pop (``outbox:added``): the sweeper of another process relays what was left, one
   event per id, the members zsets right.
@@ -38,6 +40,7 @@ from cdp.scripts import Scripts, typed
 from cdp.scripts.loader import source
 from cdp.segments.definitions import delete_definition, parse_definition, store_definition
 from cdp.segments.engine import SegmentEngine
+from cdp.segments.outbox import Relay
 from cdp.segments.sweeper import Sweeper, start_backfill
 from cdp.settings import Settings, load_settings
 from cdp.streams import text
@@ -353,6 +356,7 @@ from cdp import keys
 from cdp.connect import connect
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
+from cdp.segments.outbox import Relay
 from cdp.settings import load_settings
 from cdp.streams import text
 
@@ -427,3 +431,60 @@ async def _sweep_cluster(url: str, now_ms: int) -> None:
     client = await connect(settings)
     await sweep(client, SegmentEngine(client, Scripts(client), settings), now_ms)
     await client.aclose()
+
+
+# -- the relay's lease and compare-and-pop -----------------------------------------------
+
+
+def entry(event_id: str, op: str, stream: str = keys.SEGMENT_EVENTS) -> str:
+    """An outbox entry as lua/includes/outbox.lua writes it."""
+    fields = ["eventId", event_id, "e", "{}"] if stream else {}
+    member = {"segment": "vip", "cid": "p1", "op": op, "score": 1}
+    body = {"id": event_id, "stream": stream, "maxlen": 100, "fields": fields, "member": member}
+    return json.dumps(body)
+
+
+def test_the_relay_leaves_an_outbox_another_relay_holds_and_pops_only_the_head(
+    redis_url: str, r: redis_sync.Redis
+) -> None:
+    first, second = entry("seg:vip:p1:1", "add"), entry("seg:vip:p1:2", "rem")
+    dropped = entry("drop:vip:p1:2", "add", stream="")  # a members change only
+    r.rpush(keys.outbox("p1"), first, second, dropped)
+    r.set(keys.outbox_relay("p1"), "another relay", px=60_000)
+
+    async def relay() -> Any:
+        client = Redis.from_url(redis_url)
+        try:
+            scripts = Scripts(client)
+            return await Relay(client, scripts, settings_of(redis_url)).relay(["p1"])
+        finally:
+            await client.aclose()
+
+    held = asyncio.run(relay())
+    assert (held.added, held.emptied) == (0, set())  # the other relay's: untouched
+    assert r.llen(keys.outbox("p1")) == 3 and r.xlen(keys.SEGMENT_EVENTS) == 0
+
+    # Compare-and-pop: what is not the head is not popped.
+    async def pop(entries: list[str]) -> int:
+        client = Redis.from_url(redis_url)
+        try:
+            left: int = await Scripts(client).outbox_pop("p1", "me", [e.encode() for e in entries])
+            return left
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(pop([second])) == 3
+
+    r.delete(keys.outbox_relay("p1"))
+    done = asyncio.run(relay())
+    assert (done.added, done.emptied) == (2, {"p1"})
+    assert [f["eventId"] for _, f in r.xrange(keys.SEGMENT_EVENTS)] == [
+        "seg:vip:p1:1",
+        "seg:vip:p1:2",
+    ]
+    assert r.zrange(keys.segment_members("vip"), 0, -1) == ["p1"]  # add, rem, add
+    assert not r.exists(keys.outbox("p1"), keys.outbox_relay("p1"))
+    # Pushed again (a crash before the pop, say): marked, so not added again.
+    r.rpush(keys.outbox("p1"), first)
+    assert asyncio.run(relay()).added == 0
+    assert r.xlen(keys.SEGMENT_EVENTS) == 2 and not r.exists(keys.outbox("p1"))
