@@ -59,7 +59,7 @@ CUSTOM = {
     "idle": {"rule": {"inactive": "3h"}},
     "back": {"rule": {"returned": {"after": "2h", "within": "6h"}}},
 }
-LATER = {"viewer": {"rule": {"count": {"event": "Viewed", "within": "1d", "gte": 2}}}}
+LATER = {"free": {"rule": {"trait": "plan", "op": "eq", "value": "free"}}}
 CLUSTER_SAFE = ("profile_view", "segment_transition", "segment_forget", "outbox_add", "outbox_pop")
 
 
@@ -162,7 +162,7 @@ async def _evaluate_all(redis: Client, engine: SegmentEngine, _: Settings) -> No
 
 async def _backfill(redis: Client, engine: SegmentEngine, _: Settings) -> None:
     await define(redis, LATER)
-    await start_backfill(redis, "viewer")
+    await start_backfill(redis, "free")
     while await redis.scard(keys.BACKFILLS):
         await sweep(redis, engine, NOW + 30 * HOUR)
 
@@ -336,9 +336,14 @@ def test_the_cluster_records_exactly_what_one_redis_records(
         counts_one = run_live(redis_url, outbox=None)  # one Redis: direct
         counts_cluster = run_live(redis_cluster_url, outbox=None)  # a cluster: outbox
         assert counts_cluster == counts_one
-        assert counts_one[0] > 0 and counts_one[3] > counts_one[0]  # time-driven exits
-        assert state(cluster) == state(single)
+        assert 0 < counts_one[0] < counts_one[3] < counts_one[4]  # sweeps, backfill
+        got = state(cluster)
+        assert got == state(single)
         assert outboxes(cluster) == []
+        kinds = {(e["segment"], e["transition"]) for es in got["events"].values() for e in es}
+        # Time-driven ENTERs and EXITs (the sweeps), the backfill's ENTERs.
+        assert {("idle", "ENTER"), ("power_user", "EXIT"), ("back", "EXIT")} <= kinds
+        assert ("free", "ENTER") in kinds
         marks = cluster.zcard(keys.record_marks(keys.SEGMENT_EVENTS))
         assert marks == counts_one[-1]  # one mark per event relayed
         # The profiles' slots are spread over the masters.
