@@ -303,12 +303,12 @@ class SegmentEngine:
         for n, (cid, row, due_read) in enumerate(zip(cids, read.rows, read.dues, strict=True)):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
+            if row.outbox:  # events still to relay (a merged-away profile's too)
+                unrelayed.add(cid)
             snap = parse_view(cid, row, bucket_ms, due_read)
             if snap is None:  # merged away or erased meanwhile: nothing to evaluate
                 gone.append(cid)
                 continue
-            if snap.outbox:
-                unrelayed.add(cid)
             memberships = snap.memberships
             at_ms = snap.evaluation_ms(now_ms)
             changes, due = _changes(snap.view, memberships, checks, at_ms)

@@ -493,3 +493,18 @@ def test_the_relay_leaves_an_outbox_another_relay_holds_and_pops_only_the_head(
     r.rpush(keys.outbox("p1"), first)
     assert asyncio.run(relay()).added == 0
     assert r.xlen(keys.SEGMENT_EVENTS) == 2 and not r.exists(keys.outbox("p1"))
+
+    # A merged-away profile's outbox is relayed by the evaluation that finds it gone.
+    r.hset(keys.profile("p2"), mapping={"mergedInto": "p1", "mergeState": "done"})
+    r.rpush(keys.outbox("p2"), entry("seg:vip:p2:1", "rem"))
+
+    async def evaluate_gone() -> list[str]:
+        client = Redis.from_url(redis_url)
+        try:
+            engine = SegmentEngine(client, Scripts(client), settings_of(redis_url), outbox=True)
+            return await engine.evaluate(["p2"], NOW)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(evaluate_gone()) == []
+    assert r.xlen(keys.SEGMENT_EVENTS) == 3 and not r.exists(keys.outbox("p2"))
