@@ -115,9 +115,10 @@ class Relay:
             done.emptied |= {cid for cid, raw in heads.items() if not raw}
             if not held:
                 break
-            done.added += await self._add(held)
+            entries = [_decode_entry(raw) for raws in held.values() for raw in raws]
+            done.added += await self._add(entries)
             faults.point("outbox:added")
-            await self._members(held)
+            await self._members(entries)
             left = await self._pop(held, owner)
             done.emptied |= {cid for cid, n in left.items() if n == 0}
             pending = sorted(cid for cid, n in left.items() if n > 0)
@@ -144,26 +145,25 @@ class Relay:
                 await pipe.execute()
         return heads
 
-    async def _add(self, held: dict[str, list[bytes]]) -> int:
-        """Step 2: one ``outbox_add`` per stream, every entry in outbox order."""
+    async def _add(self, entries: list[Entry]) -> int:
+        """Step 2: one ``outbox_add`` per stream, every entry in outbox order (per
+        profile)."""
         per_stream: dict[str, list[tuple[str, Sequence[Any]]]] = defaultdict(list)
         maxlen: dict[str, int] = {}
-        for raw_entries in held.values():
-            for raw in raw_entries:
-                entry = _decode_entry(raw)
-                if entry.stream and isinstance(entry.fields, list):
-                    per_stream[entry.stream].append((entry.id, entry.fields))
-                    maxlen[entry.stream] = max(maxlen.get(entry.stream, 0), int(entry.maxlen))
+        for entry in entries:
+            if entry.stream and isinstance(entry.fields, list):
+                per_stream[entry.stream].append((entry.id, entry.fields))
+                maxlen[entry.stream] = max(maxlen.get(entry.stream, 0), int(entry.maxlen))
         if not per_stream:
             return 0
         now = wall_ms()
         keep = self.settings.dedup_ttl_ms
         async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, entries in per_stream.items():
+            for stream, added in per_stream.items():
                 await self.scripts.outbox_add.queue(
                     pipe,
                     stream=stream,
-                    entries=entries,
+                    entries=added,
                     maxlen=maxlen[stream],
                     now_ms=now,
                     keep_ms=keep,
@@ -171,23 +171,19 @@ class Relay:
             replies = await pipe.execute()
         return sum(sum(self.scripts.outbox_add.decode(reply)) for reply in replies)
 
-    async def _members(self, held: dict[str, list[bytes]]) -> None:
+    async def _members(self, entries: list[Entry]) -> None:
         """Step 3: each entry's members-zset change, in outbox order per profile."""
+        changes = [entry.member for entry in entries if entry.member is not None]
+        if not changes:
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            queued = False
-            for raw_entries in held.values():
-                for raw in raw_entries:
-                    member = _decode_entry(raw).member
-                    if member is None:
-                        continue
-                    members = keys.segment_members(member.segment)
-                    if member.op == "add":
-                        pipe.zadd(members, {member.cid: member.score})
-                    else:
-                        pipe.zrem(members, member.cid)
-                    queued = True
-            if queued:
-                await pipe.execute()
+            for member in changes:
+                members = keys.segment_members(member.segment)
+                if member.op == "add":
+                    pipe.zadd(members, {member.cid: member.score})
+                else:
+                    pipe.zrem(members, member.cid)
+            await pipe.execute()
 
     async def _pop(self, held: dict[str, list[bytes]], owner: str) -> dict[str, int]:
         """Step 4: compare-and-pop; the length of each outbox after."""
