@@ -232,7 +232,7 @@ async def _withdraw(redis: Client, name: str) -> int:
     One transaction on one Redis, so an evaluation made with the definition is refused
     from the instant it is gone. On a cluster the two keys are different slots: two
     ordered writes; the transitions cannot read the version there (another slot), so
-    the engine reads it again after its writes (``SegmentEngine._write_outbox``): an
+    the engine reads it again after its writes (``cdp.segments.transitions``): an
     evaluation loaded before the deletion and written before that read may still
     record one event of the deleted segment, whose membership the engine's evaluation
     again (or the forget step) then ends silently.

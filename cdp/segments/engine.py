@@ -13,29 +13,10 @@ not changed since they were read (the memberships: no evaluation was accepted si
 by the profile's ``evaluations`` count, which every accepted write bumps; not by
 evaluatedMs, which a write at the same time leaves as it was).
 
-Two packings (``cdp.segments.outbox.uses_outbox``: apply-protocol, else is it a
-cluster), every key of each script declared:
-
-- direct (one Redis, apply-protocol batch): one ``profile_view`` and one
-  ``segment_transition`` call per chunk; the transition appends the events to
-  ``cdp:segment-events``, writes the members zsets and the due index and compares the
-  definitions version, all in the call;
-- outbox (a Redis Cluster, or apply-protocol profile): on a cluster one call per
-  profile (its slot), pipelined; the transition pushes each event with its
-  members-zset change to the profile's outbox, and the engine relays the outboxes it
-  wrote or found non-empty right after (``cdp.segments.outbox.Relay``). What is in
-  other slots is the engine's: the due index is written after the call (and kept at
-  now + lease-ttl, a guard written before the call, until the relay has emptied the
-  profile's outbox: whatever dies in between, the sweeper evaluates the profile
-  within lease-ttl, and that evaluation relays it); the definitions version is read
-  again after the writes, and a change makes the profiles written evaluated again with
-  the new definitions (the deletion protocol cannot guarantee it: a worker may hold
-  definitions loaded before a deletion for as long as its tick lasts; so a deleted
-  segment's membership taken in that window is ended silently by the new evaluation,
-  after one event of it may have been recorded). The due write after the call is not
-  atomic with the profile: an apply's due mark landing between the read and that
-  write may be overwritten; the applying worker evaluates the profile right after its
-  tick anyway (docs/cluster.md).
+The writes have two packings, every key of each script declared
+(``cdp.segments.transitions``): one call per chunk with everything inside on one
+Redis; one call per profile on a cluster, each transition pushed to the profile's
+outbox and relayed right after.
 
 Evaluation time: a profile is evaluated at ``max(now, evaluatedMs)``, evaluatedMs being
 the time of its last accepted evaluation (whoever made it: another worker, the sweeper,
@@ -57,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +52,7 @@ from cdp.scripts import ProfileRow, Scripts, TransitionRequest
 from cdp.segments.definitions import Segment, SegmentCache
 from cdp.segments.outbox import Relay, uses_outbox
 from cdp.segments.rules import Check, ProfileView, Reads
+from cdp.segments.transitions import Outcome, TransitionWriter
 from cdp.settings import Settings
 from cdp.streams import text
 
@@ -221,14 +203,6 @@ class _Read:
     dues: list[Any]
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What a chunk's writes did: eventIds recorded, profiles to evaluate again."""
-
-    emitted: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-
-
 class SegmentEngine:
     def __init__(
         self, redis: Client, scripts: Scripts, settings: Settings, *, outbox: bool | None = None
@@ -240,6 +214,7 @@ class SegmentEngine:
         self.cluster = is_cluster(redis)  # one profile per script call
         self.outbox = uses_outbox(redis, settings) if outbox is None else outbox
         self.relay = Relay(redis, scripts, settings)
+        self.writer = TransitionWriter(redis, scripts, settings, self.relay, cluster=self.cluster)
 
     async def evaluate(self, cids: Iterable[str], now_ms: int) -> list[str]:
         """Evaluate every segment for ``cids``; returns the eventIds of the transitions."""
@@ -292,7 +267,7 @@ class SegmentEngine:
 
     async def _evaluate_chunk(
         self, cids: list[str], read: _Read, defined: _Defined, now_ms: int
-    ) -> _Outcome:
+    ) -> Outcome:
         checks = [(name, segment.check) for name, segment in defined.segments.items()]
         names = defined.segments.keys()
         now_iso = iso_ms(now_ms)
@@ -331,109 +306,10 @@ class SegmentEngine:
                 )
             )
         if self.outbox:
-            return await self._write_outbox(writes, gone, unrelayed, defined, now_ms)
-        outcome = await self._write_direct(writes, gone, defined)
+            return await self.writer.outbox(writes, gone, unrelayed, defined.version, now_ms)
+        outcome = await self.writer.direct(writes, gone, defined.version)
         if unrelayed:  # left by another protocol's scripts (or a switch of protocol)
             await self.relay.relay(unrelayed)
-        return outcome
-
-    async def _write_direct(
-        self, writes: list[TransitionRequest], gone: list[str], defined: _Defined
-    ) -> _Outcome:
-        """One Redis: one round trip, one transition call for the whole chunk (events,
-        members, the due index and the version check inside)."""
-        if not gone and not writes:
-            return _Outcome()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if gone:
-                pipe.zrem(keys.SEGMENTS_DUE, *gone)
-            if writes:
-                await self.scripts.segment_transition.queue(
-                    pipe,
-                    writes,
-                    events_maxlen=self.settings.segment_events_maxlen,
-                    definitions_version=defined.version,
-                )
-            replies = await pipe.execute()
-        outcome = _Outcome()
-        if writes:
-            answers = self.scripts.segment_transition.decode(replies[-1])
-            for write, answer in zip(writes, answers, strict=True):
-                if answer.status == "STALE":
-                    outcome.stale.append(write.cid)
-                outcome.emitted += answer.event_ids
-        return outcome
-
-    async def _write_outbox(
-        self,
-        writes: list[TransitionRequest],
-        gone: list[str],
-        unrelayed: set[str],
-        defined: _Defined,
-        now_ms: int,
-    ) -> _Outcome:
-        """The outbox packing (a cluster: one transition call per profile, pipelined).
-
-        1. The transitions, and a guard in the due index (ZADD LT now + lease-ttl) for
-           each profile whose call may push to its outbox: whatever dies after, the
-           sweeper evaluates it within lease-ttl, and that evaluation relays it.
-        2. The relay of every outbox written or found non-empty.
-        3. The definitions version read again, and the due times the evaluations want
-           (the guard stays on a profile whose outbox another relay still holds).
-        A version that changed since the definitions were loaded makes the profiles
-        written evaluated again with the new ones (``evaluate``'s retry): a deleted
-        segment's membership taken in that window ends silently as a dropped one (an
-        event of the deleted segment may have been recorded in the window, as one Redis
-        records it for an evaluation written just before the deletion).
-        """
-        outcome = _Outcome()
-        if not writes and not gone and not unrelayed:
-            return outcome
-        guard = now_ms + self.settings.lease_ttl_ms
-        pushing = [w.cid for w in writes if w.wanted or w.dropped]
-        calls = [[w] for w in writes] if self.cluster else ([writes] if writes else [])
-        transition = self.scripts.segment_transition
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if pushing:
-                pipe.zadd(keys.SEGMENTS_DUE, dict.fromkeys(pushing, guard), lt=True)
-            for call in calls:
-                await transition.queue(
-                    pipe,
-                    call,
-                    events_maxlen=self.settings.segment_events_maxlen,
-                    definitions_version=defined.version,
-                    outbox=True,
-                )
-            replies = await pipe.execute()
-        answers = [
-            a for reply in replies[len(replies) - len(calls) :] for a in transition.decode(reply)
-        ]
-        accepted: list[TransitionRequest] = []
-        for write, answer in zip(writes, answers, strict=True):
-            if answer.status == "STALE":
-                outcome.stale.append(write.cid)
-            elif answer.status == "GONE":
-                gone.append(write.cid)
-            else:
-                accepted.append(write)
-                outcome.emitted += answer.event_ids
-                if write.wanted or write.dropped:
-                    unrelayed.add(write.cid)
-        relayed = await self.relay.relay(unrelayed) if unrelayed else None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.SEGMENTS_VERSION)
-            if gone:
-                pipe.zrem(keys.SEGMENTS_DUE, *gone)
-            for write in accepted:
-                if write.cid in unrelayed and (relayed is None or write.cid not in relayed.emptied):
-                    continue  # left due at the guard: the sweeper relays it
-                if write.due_ms is None:
-                    pipe.zrem(keys.SEGMENTS_DUE, write.cid)
-                else:
-                    pipe.zadd(keys.SEGMENTS_DUE, {write.cid: write.due_ms})
-            version, *_ = await pipe.execute()
-        if (text(version) if version is not None else "") != defined.version:
-            outcome.stale += [w.cid for w in accepted]
         return outcome
 
 
