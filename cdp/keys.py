@@ -47,6 +47,8 @@ canonical id's tag, every partition stream its own)::
     cdp:profile:{<cid>}:outbox           list of JSON records owed to streams of other
                                          slots (segment events), relayed in order
                                          (lua/includes/outbox.lua; cluster protocol)
+    cdp:profile:{<cid>}:outbox:relay     string, owner of the relay of that outbox (PX
+                                         lease: one relay at a time per profile)
     cdp:merges:open                      zset, loser cid -> ms the cross-slot merge was
                                          started (its journal: the loser's mergeState)
     cdp:profiles                         zset, live canonical id -> its number
@@ -63,6 +65,8 @@ canonical id's tag, every partition stream its own)::
     cdp:webhooks:dead                    stream, deliveries given up after retry-for
     {cdp:webhooks:dead}:recorded         zset, "<subscription id>:<entry id>" -> ms, the
                                          give-ups recorded (kept a day)
+    {cdp:segment-events}:recorded        zset, segment eventId -> ms, the outbox entries
+                                         relayed to cdp:segment-events (kept dedup-ttl)
     cdp:lease:webhooks                   string, worker id running the webhook dispatcher
     cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:suppressed                       set of identifiers of erased people (discarded)
@@ -191,6 +195,11 @@ def seen(cid: str) -> str:
 def outbox(cid: str) -> str:
     """Records profile ``cid``'s scripts owe to streams of other slots (cluster)."""
     return profile(cid) + ":outbox"
+
+
+def outbox_relay(cid: str) -> str:
+    """The lease of the relay of profile ``cid``'s outbox (cdp.segments.outbox)."""
+    return outbox(cid) + ":relay"
 
 
 # SCAN pattern of every profile's seen hash (the fault suite reads them back).

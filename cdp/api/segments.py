@@ -88,7 +88,7 @@ async def delete_segment(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name in builtins(request.app[SETTINGS]):
         raise Conflict(f"{name!r} is built in and cannot be deleted")
-    if not await delete_definition(request.app[REDIS], name):
+    if not await delete_definition(request.app[REDIS], name, request.app[SETTINGS]):
         raise NotFound(f"no segment named {name!r}")
     return web.Response(status=204)
 

@@ -66,6 +66,8 @@ class Scripts:
         self.profile_view = calls.profile_view.bind(redis)
         self.segment_transition = calls.segment_transition.bind(redis)
         self.segment_forget = calls.segment_forget.bind(redis)
+        self.outbox_add = calls.outbox_add.bind(redis)
+        self.outbox_pop = calls.outbox_pop.bind(redis)
         self.erase_profile = calls.erase_profile.bind(redis)
         self.replay_record = calls.replay_record.bind(redis)
         self.merge_freeze = calls.merge_freeze.bind(redis)

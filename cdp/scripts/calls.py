@@ -131,30 +131,38 @@ class ProfileRow(msgspec.Struct, frozen=True):
     counters: list[Any]  # [name, [bucket, count, ...], ...]
     segments: list[Any]  # [segment, state JSON, ...]
     first_identifier: Bulk  # when there is no userId
-    due: Bulk  # its score in cdp:segments:due
     evaluated_ms: Bulk  # the time of the last accepted evaluation
     evaluations: Bulk  # how many evaluations were accepted (the write's token)
+    outbox: int = 0  # segment events of its outbox not relayed yet
 
     @classmethod
     def decode_all(cls, reply: Any) -> list[ProfileRow]:
         return [cls(*row) for row in reply]
 
 
-@script("profile_view", keys=0, decode=ProfileRow.decode_all)
+def _profile_view_keys(cid: str, counters: Sequence[str]) -> list[str]:
+    return [
+        keys.profile(cid),
+        keys.traits(cid),
+        keys.identifiers(cid),
+        keys.profile_segments(cid),
+        keys.outbox(cid),
+        *(keys.counter(cid, name) for name in counters),
+    ]
+
+
+@script("profile_view", keys=None, decode=ProfileRow.decode_all)
 def profile_view(
-    cids: Sequence[str],
-    *,
-    traits: Collection[str] | None = None,
-    counters: Collection[str] | None = None,
-    prefix: str = keys.PREFIX,
+    cids: Sequence[str], *, traits: Collection[str] | None = None, counters: Collection[str]
 ) -> Call:
     """What segment rules need of the profiles ``cids``, one consistent snapshot: the
-    ``traits`` and ``counters`` named (None: every one; ``cdp.segments.rules.Reads``)."""
-    return Call([], [prefix, _names(traits), _names(counters), *cids])
-
-
-def _names(names: Collection[str] | None) -> bytes | str:
-    return "*" if names is None else _json(sorted(names))
+    ``traits`` (None: every one) and ``counters`` named (``cdp.segments.rules.Reads``).
+    Every key is declared: on a Redis Cluster, one profile per call."""
+    names = sorted(counters)
+    return Call(
+        [key for cid in cids for key in _profile_view_keys(cid, names)],
+        ["*" if traits is None else _json(sorted(traits)), _json(names)],
+    )
 
 
 class TransitionRequest(msgspec.Struct, frozen=True):
@@ -176,7 +184,7 @@ class TransitionRequest(msgspec.Struct, frozen=True):
 
 
 class _TransitionArg(msgspec.Struct, frozen=True):
-    """A TransitionRequest as the script's ARGV[4] spells it (numbers as strings)."""
+    """A TransitionRequest as the script's ARGV[5] spells it (numbers as strings)."""
 
     cid: str
     version: str
@@ -205,16 +213,20 @@ class Transition(msgspec.Struct, frozen=True):
         return [cls.decode(one) for one in reply]
 
 
-@script("segment_transition", keys=0, decode=Transition.decode_all)
+@script("segment_transition", keys=None, decode=Transition.decode_all)
 def segment_transition(
     profiles: Sequence[TransitionRequest],
     *,
     events_maxlen: int,
     definitions_version: str,
-    prefix: str = keys.PREFIX,
+    outbox: bool = False,
 ) -> Call:
     """Write the evaluations of ``profiles`` made with the definitions of
-    ``definitions_version``; one answer per profile, in order."""
+    ``definitions_version``; one answer per profile, in order. ``outbox``: each
+    transition goes to the profile's outbox (a Redis Cluster: one profile per call), the
+    caller writes the due index and checks the definitions version after the call;
+    else the events, the members zsets, the due index and the version check are in the
+    call (one Redis)."""
     args = [
         _TransitionArg(
             cid=p.cid,
@@ -229,13 +241,86 @@ def segment_transition(
         )
         for p in profiles
     ]
-    return Call([], [prefix, definitions_version, events_maxlen, _json(args)])
+    if outbox:
+        per_profile = [
+            key
+            for p in profiles
+            for key in (keys.profile(p.cid), keys.profile_segments(p.cid), keys.outbox(p.cid))
+        ]
+        return Call(
+            per_profile,
+            ["outbox", definitions_version, events_maxlen, keys.SEGMENT_EVENTS, _json(args), "[]"],
+        )
+    names = sorted({name for p in profiles for name in (*p.wanted, *p.dropped)})
+    return Call(
+        [
+            keys.SEGMENT_EVENTS,
+            keys.SEGMENTS_DUE,
+            keys.SEGMENTS_VERSION,
+            *(keys.segment_members(name) for name in names),
+            *(key for p in profiles for key in (keys.profile(p.cid), keys.profile_segments(p.cid))),
+        ],
+        [
+            "direct",
+            definitions_version,
+            events_maxlen,
+            keys.SEGMENT_EVENTS,
+            _json(args),
+            _json(names),
+        ],
+    )
 
 
-@script("segment_forget", keys=0, decode=int)
-def segment_forget(segment: str, limit: int, *, prefix: str = keys.PREFIX) -> Call:
-    """End up to ``limit`` memberships of deleted ``segment``; returns how many (0: done)."""
-    return Call([], [prefix, segment, limit])
+@script("segment_forget", keys=None, decode=int)
+def segment_forget(segment: str, cids: Sequence[str], *, outbox: bool = False) -> Call:
+    """End the memberships of deleted ``segment`` of ``cids`` (read from its members
+    zset); returns how many. ``outbox`` (a cluster: one profile per call): the members
+    zset change goes to each profile's outbox; else it is made here, and nothing is done
+    (0) once the segment is defined again."""
+    if outbox:
+        per_profile = [
+            key for cid in cids for key in (keys.profile_segments(cid), keys.outbox(cid))
+        ]
+        return Call(per_profile, ["outbox", segment, *cids])
+    return Call(
+        [
+            keys.SEGMENTS,
+            keys.segment_members(segment),
+            *(keys.profile_segments(cid) for cid in cids),
+        ],
+        ["direct", segment, *cids],
+    )
+
+
+# -- the outbox relay ---------------------------------------------------------------
+
+
+def _flags(reply: Any) -> list[bool]:
+    return [bool(int(r)) for r in reply]
+
+
+@script("outbox_add", keys=2, decode=_flags)
+def outbox_add(
+    *,
+    stream: str,
+    entries: Sequence[tuple[str, Sequence[Any]]],
+    maxlen: int,
+    now_ms: int,
+    keep_ms: int,
+) -> Call:
+    """Append ``entries`` ((id, fields) in outbox order) to ``stream``, each id at most
+    once within ``keep_ms``; per entry True when appended now."""
+    return Call(
+        [stream, keys.record_marks(stream)],
+        [now_ms, keep_ms, maxlen, _json([[i, list(f)] for i, f in entries])],
+    )
+
+
+@script("outbox_pop", keys=2, decode=int)
+def outbox_pop(cid: str, owner: str, entries: Sequence[bytes]) -> Call:
+    """Pop ``entries`` (raw, in order) from the head of ``cid``'s outbox while they are its
+    head; drop ``owner``'s relay lease once it is empty. The outbox's length after."""
+    return Call([keys.outbox(cid), keys.outbox_relay(cid)], [owner, *entries])
 
 
 # -- erasure ------------------------------------------------------------------------

@@ -10,14 +10,17 @@ the API: their thresholds are settings.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from cdp import keys
 from cdp.connect import Client, is_cluster
 from cdp.scripts import Scripts
+from cdp.segments.outbox import Relay, uses_outbox
 from cdp.segments.rules import Check, Reads, Rule, RuleError, compile_rule, parse_rule, rule_reads
 from cdp.settings import Settings, format_duration
 from cdp.streams import text
@@ -156,17 +159,22 @@ async def store_definition(redis: Client, segment: Segment) -> None:
     await redis.incr(keys.SEGMENTS_VERSION)
 
 
-async def delete_definition(redis: Client, name: str) -> bool:
+async def delete_definition(redis: Client, name: str, settings: Settings | None = None) -> bool:
     """Delete custom segment ``name`` and end its memberships without events; False if
     there was no such segment (neither its definition nor anything left of it).
 
     The definition goes first, with a bump of ``cdp:segments:version`` (``_withdraw``),
     so that no evaluation made with it is accepted any more (``segment_transition``
-    refuses older definitions); then its backfill state goes, and ``segment_forget``
-    ends the memberships chunk by chunk, each chunk atomically, keeping every
-    transition count. Each step is safe to run again: a crash midway leaves members or
-    a backfill behind the deleted definition, which a DELETE again finds and removes.
+    refuses older definitions; with the outbox packing the engine reads the version
+    again after its writes and evaluates again); then its backfill state goes, and
+    ``segment_forget`` ends the memberships chunk by chunk (read from the members
+    zset), keeping every transition count: one call per chunk on one Redis, each
+    atomically; on a cluster (outbox packing) one call per profile, whose members-zset
+    change goes through its outbox behind its own entries, relayed at once. Each step
+    is safe to run again: a crash midway leaves members or a backfill behind the deleted
+    definition, which a DELETE again finds and removes.
     """
+    settings = settings or Settings()
     removed = await _withdraw(redis, name)
     if not removed:
         async with redis.pipeline(transaction=False) as pipe:
@@ -179,12 +187,43 @@ async def delete_definition(redis: Client, name: str) -> bool:
         pipe.delete(keys.segment_backfill(name))
         pipe.srem(keys.BACKFILLS, name)
         await pipe.execute()
+    if uses_outbox(redis, settings):
+        await _forget_through_outboxes(redis, name, settings)
+        return True
     forget = Scripts(redis).segment_forget
-    # Only while members are left: a segment nobody entered needs no script (whose
-    # keys, by name, are not one slot: on a cluster it waits for the cluster-safe one).
-    while await redis.zcard(keys.segment_members(name)) and await forget(name, FORGET_CHUNK):
-        pass
+    while chunk := [
+        text(c) for c in await redis.zrange(keys.segment_members(name), 0, FORGET_CHUNK - 1)
+    ]:
+        if not await forget(name, chunk):
+            break  # defined again: its memberships carry over
     return True
+
+
+async def _forget_through_outboxes(redis: Client, name: str, settings: Settings) -> None:
+    """The memberships of ``name`` ended one profile per call, each members-zset change
+    relayed from the profile's outbox; until the zset is empty or the segment is
+    defined again. A profile whose outbox another relay holds is left to it (that relay
+    relays the change too, it relays until the outbox is empty): the loop waits for it
+    a few leases at most, then leaves it."""
+    scripts = Scripts(redis)
+    relay = Relay(redis, scripts, settings)
+    members = keys.segment_members(name)
+    deadline = time.monotonic() + 10 * settings.lease_ttl_ms / 1000
+    forgotten: set[str] = set()
+    while chunk := [text(c) for c in await redis.zrange(members, 0, FORGET_CHUNK - 1)]:
+        if await redis.hexists(keys.SEGMENTS, name):
+            return  # defined again: its memberships carry over
+        if fresh := [cid for cid in chunk if cid not in forgotten]:
+            async with redis.pipeline(transaction=False) as pipe:
+                for cid in fresh:
+                    await scripts.segment_forget.queue(pipe, name, [cid], outbox=True)
+                await pipe.execute()
+            forgotten.update(fresh)
+        relayed = await relay.relay(chunk)
+        if len(relayed.emptied) < len(chunk):
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)  # another relay holds some: it relays them
 
 
 async def _withdraw(redis: Client, name: str) -> int:
@@ -192,9 +231,11 @@ async def _withdraw(redis: Client, name: str) -> int:
 
     One transaction on one Redis, so an evaluation made with the definition is refused
     from the instant it is gone. On a cluster the two keys are different slots: two
-    ordered writes, and an evaluation loaded before the deletion and written between
-    them is still accepted (an event of the deleted segment, whose membership the
-    forget step then ends silently) until the segment scripts are cluster-safe.
+    ordered writes; the transitions cannot read the version there (another slot), so
+    the engine reads it again after its writes (``cdp.segments.transitions``): an
+    evaluation loaded before the deletion and written before that read may still
+    record one event of the deleted segment, whose membership the engine's evaluation
+    again (or the forget step) then ends silently.
     """
     if is_cluster(redis):
         removed = int(await redis.hdel(keys.SEGMENTS, name))

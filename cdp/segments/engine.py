@@ -1,18 +1,22 @@
 """Segment evaluation: profiles in, ENTER/EXIT transitions out, exactly once.
 
-``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (one
-script call per ``READ_CHUNK`` of them, a consistent snapshot with each profile's
-version; the next chunk is read while Python evaluates the current one), reading only
-the traits and counters the definitions name (``SegmentCache.reads``), evaluates every
-defined segment in Python (each rule compiled once per definition,
-``cdp.segments.rules.compile_rule``), and writes the outcome of the chunk's profiles
-whose memberships or due time change with one ``segment_transition`` call, which, per
-profile, changes memberships, appends the events to ``cdp:segment-events`` and
-reschedules the profile in ``cdp:segments:due`` atomically, and only if the
-evaluation is still the newest: the profile, its memberships and the
-definitions have not changed since they were read (the memberships: no evaluation was
-accepted since, by the profile's ``evaluations`` count, which every accepted write bumps;
-not by evaluatedMs, which a write at the same time leaves as it was).
+``SegmentEngine.evaluate(cids, now_ms)`` reads the profiles with ``profile_view`` (a
+consistent snapshot of each with its version; the next chunk of ``READ_CHUNK`` is read
+while Python evaluates the current one) and their due times (ZMSCORE of the due index,
+in the same round trip), reading only the traits and counters the definitions name
+(``SegmentCache.reads``), evaluates every defined segment in Python (each rule compiled
+once per definition, ``cdp.segments.rules.compile_rule``), and writes the outcome of
+the profiles whose memberships or due time change with ``segment_transition``, which,
+per profile, changes memberships and records the events atomically, and only if the
+evaluation is still the newest: the profile, its memberships and the definitions have
+not changed since they were read (the memberships: no evaluation was accepted since,
+by the profile's ``evaluations`` count, which every accepted write bumps; not by
+evaluatedMs, which a write at the same time leaves as it was).
+
+The writes have two packings, every key of each script declared
+(``cdp.segments.transitions``): one call per chunk with everything inside on one
+Redis; one call per profile on a cluster, each transition pushed to the profile's
+outbox and relayed right after.
 
 Evaluation time: a profile is evaluated at ``max(now, evaluatedMs)``, evaluatedMs being
 the time of its last accepted evaluation (whoever made it: another worker, the sweeper,
@@ -42,11 +46,13 @@ import msgspec
 import structlog
 
 from cdp import keys
-from cdp.connect import Client
+from cdp.connect import Client, is_cluster
 from cdp.events import iso_ms, to_ms
 from cdp.scripts import ProfileRow, Scripts, TransitionRequest
 from cdp.segments.definitions import Segment, SegmentCache
+from cdp.segments.outbox import Relay, uses_outbox
 from cdp.segments.rules import Check, ProfileView, Reads
+from cdp.segments.transitions import Outcome, TransitionWriter
 from cdp.settings import Settings
 from cdp.streams import text
 
@@ -67,6 +73,7 @@ class Snapshot:
     due: int | None  # as read: the profile's time in cdp:segments:due
     evaluated: str = ""  # as read: evaluatedMs, the time of the last accepted evaluation
     evaluations: str = ""  # as read: how many evaluations were accepted (the write's token)
+    outbox: int = 0  # as read: entries of its outbox not relayed yet
 
     def evaluation_ms(self, now_ms: int) -> int:
         """When to evaluate: now, or the last accepted evaluation's time if that is later."""
@@ -108,8 +115,9 @@ def _member(raw: Any) -> bool:
         return bool(json.loads(raw)["in"])
 
 
-def parse_view(cid: str, row: ProfileRow, bucket_ms: int) -> Snapshot | None:
-    """One ``profile_view`` row -> Snapshot; None for a missing or merged-away profile."""
+def parse_view(cid: str, row: ProfileRow, bucket_ms: int, due: Any = None) -> Snapshot | None:
+    """One ``profile_view`` row and the profile's score in the due index (ZMSCORE, None
+    when it is not due) -> Snapshot; None for a missing or merged-away profile."""
     if not row.version or row.merged_into:
         return None
     traits, counters, states = row.traits, row.counters, row.segments
@@ -141,9 +149,10 @@ def parse_view(cid: str, row: ProfileRow, bucket_ms: int) -> Snapshot | None:
         view,
         who,
         memberships,
-        int(float(row.due)) if row.due else None,
+        int(float(due)) if due is not None else None,
         text(row.evaluated_ms) if row.evaluated_ms else "",
         text(row.evaluations) if row.evaluations else "",
+        int(row.outbox),
     )
 
 
@@ -186,12 +195,26 @@ class _Defined:
     reads: Reads
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A chunk as read: each profile's ``profile_view`` row and its due score."""
+
+    rows: list[ProfileRow]
+    dues: list[Any]
+
+
 class SegmentEngine:
-    def __init__(self, redis: Client, scripts: Scripts, settings: Settings) -> None:
+    def __init__(
+        self, redis: Client, scripts: Scripts, settings: Settings, *, outbox: bool | None = None
+    ) -> None:
         self.redis = redis
         self.scripts = scripts
         self.settings = settings
         self.cache = SegmentCache(redis, settings)
+        self.cluster = is_cluster(redis)  # one profile per script call
+        self.outbox = uses_outbox(redis, settings) if outbox is None else outbox
+        self.relay = Relay(redis, scripts, settings)
+        self.writer = TransitionWriter(redis, scripts, settings, self.relay, cluster=self.cluster)
 
     async def evaluate(self, cids: Iterable[str], now_ms: int) -> list[str]:
         """Evaluate every segment for ``cids``; returns the eventIds of the transitions."""
@@ -208,39 +231,56 @@ class SegmentEngine:
             read = self._read(chunks[0], defined.reads)
             try:
                 for i, chunk in enumerate(chunks):
-                    rows = await read
+                    view = await read
                     if i + 1 < len(chunks):
                         # Redis reads the next chunk while Python evaluates this one (the
                         # chunks share no profile; each write still checks the version).
                         read = self._read(chunks[i + 1], defined.reads)
-                    done, again = await self._evaluate_chunk(chunk, rows, defined, now_ms)
-                    emitted += done
-                    stale += again
+                    outcome = await self._evaluate_chunk(chunk, view, defined, now_ms)
+                    emitted += outcome.emitted
+                    stale += outcome.stale
             finally:
                 read.cancel()  # the read ahead, when an error ends the loop (else a no-op)
             pending = stale
         return emitted
 
-    def _read(self, cids: list[str], reads: Reads) -> asyncio.Future[list[ProfileRow]]:
-        """``profile_view`` of ``cids``, started now: what the definitions read of them."""
-        call = self.scripts.profile_view(cids, traits=reads.traits, counters=reads.counters)
-        read = asyncio.ensure_future(call)
+    def _read(self, cids: list[str], reads: Reads) -> asyncio.Future[_Read]:
+        """``profile_view`` of ``cids`` and their due scores, started now."""
+        read = asyncio.ensure_future(self._view(cids, reads))
         read.add_done_callback(_retrieved)
         return read
 
+    async def _view(self, cids: list[str], reads: Reads) -> _Read:
+        """One round trip: the due scores (ZMSCORE, first: a profile marked due after it
+        costs at most a needless write), then what the definitions read of the profiles:
+        one ``profile_view`` call for all on one Redis, one per profile on a cluster."""
+        # Every rule names its counters (rules.Reads: None stands for a reference read).
+        counters = reads.counters if reads.counters is not None else frozenset()
+        view = self.scripts.profile_view
+        calls = [[cid] for cid in cids] if self.cluster else [cids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(keys.SEGMENTS_DUE, cids)
+            for call in calls:
+                await view.queue(pipe, call, traits=reads.traits, counters=counters)
+            replies = await pipe.execute()
+        return _Read([row for reply in replies[1:] for row in view.decode(reply)], replies[0])
+
     async def _evaluate_chunk(
-        self, cids: list[str], rows: list[ProfileRow], defined: _Defined, now_ms: int
-    ) -> tuple[list[str], list[str]]:
+        self, cids: list[str], read: _Read, defined: _Defined, now_ms: int
+    ) -> Outcome:
         checks = [(name, segment.check) for name, segment in defined.segments.items()]
         names = defined.segments.keys()
         now_iso = iso_ms(now_ms)
         bucket_ms = self.settings.counter_bucket_ms
         gone: list[str] = []
         writes: list[TransitionRequest] = []
-        for n, (cid, row) in enumerate(zip(cids, rows, strict=True)):
+        unrelayed: set[str] = set()  # profiles whose outbox holds entries
+        for n, (cid, row, due_read) in enumerate(zip(cids, read.rows, read.dues, strict=True)):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # other tasks run (and the read ahead goes out)
-            snap = parse_view(cid, row, bucket_ms)
+            if row.outbox:  # events still to relay (a merged-away profile's too)
+                unrelayed.add(cid)
+            snap = parse_view(cid, row, bucket_ms, due_read)
             if snap is None:  # merged away or erased meanwhile: nothing to evaluate
                 gone.append(cid)
                 continue
@@ -265,30 +305,12 @@ class SegmentEngine:
                     read_evaluations=snap.evaluations,
                 )
             )
-        if not gone and not writes:
-            return [], []
-        # One round trip, one transition call for the whole chunk.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if gone:
-                pipe.zrem(keys.SEGMENTS_DUE, *gone)
-            if writes:
-                await self.scripts.segment_transition.queue(
-                    pipe,
-                    writes,
-                    events_maxlen=self.settings.segment_events_maxlen,
-                    definitions_version=defined.version,
-                )
-            replies = await pipe.execute()
-        if not writes:
-            return [], []
-        emitted: list[str] = []
-        stale: list[str] = []
-        answers = self.scripts.segment_transition.decode(replies[-1])
-        for write, answer in zip(writes, answers, strict=True):
-            if answer.status == "STALE":
-                stale.append(write.cid)
-            emitted += answer.event_ids
-        return emitted, stale
+        if self.outbox:
+            return await self.writer.outbox(writes, gone, unrelayed, defined.version, now_ms)
+        outcome = await self.writer.direct(writes, gone, defined.version)
+        if unrelayed:  # left by another protocol's scripts (or a switch of protocol)
+            await self.relay.relay(unrelayed)
+        return outcome
 
 
 def _retrieved(read: asyncio.Future[Any]) -> None:

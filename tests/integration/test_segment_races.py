@@ -29,6 +29,7 @@ from cdp.segments.definitions import builtins, delete_definition
 from cdp.segments.engine import SegmentEngine, parse_view
 from cdp.settings import Settings, load_settings
 from tests.support.interleave import Evaluator, apply_events, hooked_client
+from tests.support.segments import full_view
 from tests.support.values import T0_MS as T0
 from tests.support.values import ms
 
@@ -248,7 +249,7 @@ def test_any_interleaving_keeps_transitions_alternating_real_and_in_time_order(
             events = await stream(redis)
             if len(events) == checked:
                 return
-            (row,) = await Scripts(redis).profile_view(["p1"])
+            (row,) = await full_view(redis, ["p1"])
             snap = parse_view("p1", row, settings.counter_bucket_ms)
             assert snap is not None
             for e in events[checked:]:

@@ -20,6 +20,7 @@ from cdp.segments.engine import parse_view
 from cdp.streams import text
 from tests.support.events import event, track
 from tests.support.lua import LuaHarness
+from tests.support.segments import full_view
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -110,7 +111,7 @@ def row_without_reads(row: Any) -> tuple[Any, ...]:
         row.first_seen,
         row.segments,
         row.first_identifier,
-        row.due,
+        row.outbox,
         row.evaluated_ms,
         row.evaluations,
     )
@@ -125,7 +126,7 @@ def test_the_projected_read_evaluates_every_segment_as_the_full_read(make_harnes
         segments = random_definitions(rng, lua)
         reads = reads_of(segments)
         cids = lua.profile_ids() + ["p99"]
-        full = lua.run(lua.scripts.profile_view(cids))
+        full = lua.run(full_view(lua.redis, cids))
         projected = lua.run(
             lua.scripts.profile_view(cids, traits=reads.traits, counters=reads.counters)
         )
@@ -152,7 +153,7 @@ def test_the_projected_read_evaluates_every_segment_as_the_full_read(make_harnes
 def test_the_projection_reads_the_traits_and_counters_named_that_exist(lua, now_ms):
     lua.apply(event("e1", now_ms - HOUR, user="u1", traits={"plan": "pro", "seats": 2}))
     lua.apply(track("e2", now_ms - HOUR, "Clicked", user="u1"))
-    (full,) = lua.run(lua.scripts.profile_view(["p1"]))  # no projection: everything
+    (full,) = lua.run(full_view(lua.redis, ["p1"]))  # every trait and counter
     assert names(full.traits) == {"plan", "seats"}
     assert names(full.counters) == {"Clicked", "$track", "$seen"}
     (none,) = lua.run(lua.scripts.profile_view(["p1"], traits=(), counters=()))

@@ -15,10 +15,11 @@ import fakeredis
 
 from cdp import keys
 from cdp.events import StreamEvent
-from cdp.scripts import ProfileRow, Scripts
+from cdp.scripts import ProfileRow
 from cdp.segments.engine import parse_view
 from cdp.segments.rules import ProfileView, compile_rule, parse_rule
 from tests.support.lua import apply_in_order
+from tests.support.segments import full_view
 from tests.support.values import T0_MS as T0
 
 MIN = 60_000
@@ -35,7 +36,7 @@ def view_after(events: list[StreamEvent]) -> ProfileView:
 
     async def read() -> list[ProfileRow]:
         redis = fakeredis.FakeAsyncRedis(server=server)
-        rows = await Scripts(redis).profile_view(["p1"])
+        rows = await full_view(redis, ["p1"])
         await redis.aclose()
         return rows
 

@@ -1,4 +1,4 @@
-"""lua/profile_view-0.lua, lua/segment_transition-0.lua and lua/erase_profile-0.lua on fakeredis.
+"""lua/profile_view-n.lua, lua/segment_transition-n.lua and lua/erase_profile-0.lua on fakeredis.
 
 The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the typed calls
 ``cdp.segments.engine`` and ``cdp.api.erasure`` make, replies decoded); the profiles they
@@ -20,6 +20,7 @@ from cdp.segments.engine import Snapshot, parse_view
 from cdp.segments.rules import ProfileView
 from tests.support.events import event, track
 from tests.support.lua import LuaHarness
+from tests.support.segments import full_view
 
 SECOND = 1_000
 MINUTE = 60 * SECOND
@@ -49,8 +50,8 @@ def cell(value: Any, ts: int, event_id: str) -> dict[str, Any]:
 
 
 def view(lua: LuaHarness, *cids: str) -> list[ProfileRow]:
-    """profile_view as the engine calls it (bulk strings as bytes)."""
-    return lua.run(lua.scripts.profile_view(cids))
+    """profile_view of everything (bulk strings as bytes)."""
+    return lua.run(full_view(lua.redis, cids))
 
 
 def version(lua: LuaHarness, cid: str) -> str:
@@ -251,13 +252,14 @@ def test_profile_view_reads_everything_the_rules_need(lua, now_ms):
     assert segs[0] == "vip"
     assert json.loads(segs[1]) == {"in": True, "n": 1, "since": iso_ms(now_ms)}
     assert row.first_identifier is None  # a userId: no fallback identifier
-    assert row.due == str(now_ms + HOUR)
+    assert row.outbox == 0  # one Redis, batch protocol: nothing through the outbox
+    assert due(lua, "p1") == now_ms + HOUR
 
     # ... and the engine makes of that row exactly what the rules need.
     counter = {t0 + 5 * MINUTE: 1, t0: 2}
     # returns_of: the $seen buckets after a gap, the gap start to start (exact to a
     # bucket); the first bucket holds firstSeen, so no return before it.
-    assert parse_view("p1", raw[0], lua.settings.counter_bucket_ms) == Snapshot(
+    assert parse_view("p1", raw[0], lua.settings.counter_bucket_ms, due(lua, "p1")) == Snapshot(
         cid="p1",
         version="4",
         view=ProfileView(
@@ -279,7 +281,7 @@ def test_profile_view_due_is_the_apply_scripts_mark_until_evaluated(lua, now_ms)
     lua.apply(event("e1", now_ms - HOUR, user="u1"))
     (row,) = text(view(lua, "p1"))
     assert row.version == "1"
-    assert row.due == str(now_ms + lua.settings.lease_ttl_ms)  # dirtyDue
+    assert due(lua, "p1") == now_ms + lua.settings.lease_ttl_ms  # dirtyDue
     assert row.first_seen == iso_ms(now_ms - HOUR)
     # No traits, no memberships; the IDENTIFY counts as activity only.
     assert (row.traits, row.counters, row.segments) == (
@@ -304,7 +306,7 @@ def test_profile_view_of_a_merged_away_and_an_unknown_id(lua, now_ms):
     assert live.version == "3"  # created, its event, the merge's bump + the ALIAS itself
     assert live.merged_into is None
     assert live.first_seen == iso_ms(now_ms - HOUR)
-    empty = [None, None, None, None, None, [], [], [], None, None, None, None]
+    empty = [None, None, None, None, None, [], [], [], None, None, None, 0]
     assert merged == ProfileRow(*empty[:1], "p1", *empty[2:])
     assert unknown == ProfileRow(*empty)
     for cid, row in (("p2", merged), ("p99", unknown)):
@@ -803,7 +805,9 @@ def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms)
 
 
 def forget(lua: LuaHarness, name: str, chunk: int) -> int:
-    return lua.run(lua.scripts.segment_forget(name, chunk))
+    """A chunk of the members zset, as delete_definition reads it, then the script."""
+    cids = lua.r.zrange(keys.segment_members(name), 0, chunk - 1)
+    return lua.run(lua.scripts.segment_forget(name, cids)) if cids else 0
 
 
 def test_forgetting_a_deleted_segment_ends_memberships_by_chunk_keeping_n(lua, now_ms):
