@@ -49,7 +49,6 @@ one (``workers.dead_letters``), as with ``apply_batch``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError, ResponseError
 
-from cdp import keys
+from cdp import keys, merge
 from cdp.connect import Client
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import ApplyContext, bucket_member, iso_of
@@ -75,11 +74,6 @@ _encoder = msgspec.json.Encoder()
 class ProtocolBusy(RedisError):
     """An event could not be resolved in ``ROUNDS`` rounds (claims lost to other
     workers, a merge in progress): nothing is wrong with it, its batch is retried."""
-
-
-def _merge_protocol() -> Any:
-    """``cdp.merge`` (the cross-slot merge journal), imported when a merge is needed."""
-    return importlib.import_module("cdp.merge")
 
 
 def counter_names(event: StreamEvent) -> list[str]:
@@ -338,9 +332,7 @@ class _Run:
 
     async def _finish_merge(self, loser: str, state: str) -> None:
         if state != "done":
-            await _merge_protocol().resume(
-                self.redis, self.scripts, self.settings, loser, self.ctx.now_ms
-            )
+            await merge.resume(self.redis, self.scripts, self.settings, loser, self.ctx.now_ms)
 
     # -- slow events -----------------------------------------------------------
 
@@ -500,7 +492,7 @@ class _Run:
                 if loser == user_owner:
                     target = loser
                 continue
-            outcome = await _merge_protocol().merge(
+            outcome = await merge.merge(
                 self.redis,
                 self.scripts,
                 self.settings,

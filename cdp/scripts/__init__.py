@@ -22,8 +22,10 @@ from cdp.connect import Client
 from cdp.redis_nodes import for_each_master
 from cdp.scripts import calls
 from cdp.scripts.calls import (
+    Absorbed,
     BatchResult,
     Erased,
+    Frozen,
     ProfileReply,
     ProfileRow,
     Transition,
@@ -34,10 +36,12 @@ from cdp.scripts.typed import POISON, Bound, Call, ScriptSpec, is_poison
 
 __all__ = [
     "POISON",
+    "Absorbed",
     "BatchResult",
     "Bound",
     "Call",
     "Erased",
+    "Frozen",
     "ProfileReply",
     "ProfileRow",
     "ScriptError",
@@ -68,6 +72,13 @@ class Scripts:
         self.segment_forget = calls.segment_forget.bind(redis)
         self.erase_profile = calls.erase_profile.bind(redis)
         self.replay_record = calls.replay_record.bind(redis)
+        self.merge_freeze = calls.merge_freeze.bind(redis)
+        self.merge_absorb = calls.merge_absorb.bind(redis)
+        self.merge_retarget = calls.merge_retarget.bind(redis)
+        self.merge_unfreeze = calls.merge_unfreeze.bind(redis)
+        self.merge_advance = calls.merge_advance.bind(redis)
+        self.identifier_repoint = calls.identifier_repoint.bind(redis)
+        self.merge_finish = calls.merge_finish.bind(redis)
 
 
 async def load_scripts(redis: Client) -> None:
