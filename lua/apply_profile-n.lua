@@ -32,8 +32,9 @@
 
   Failures: as apply_batch's. An event that fails because of itself (a stored trait
   cell that is not JSON, WRONGTYPE on one of the profile's keys) stops the call with
-  `CDP_POISON event <eventId>: <reason>`; the events before it are written and
-  recorded (their retry is a duplicate). Anything else is raised as Redis reported it.
+  `CDP_POISON event <eventId>: <reason> (after <n> applied)`; the n events applied
+  before it are written and recorded (their retry is a duplicate; the caller counts
+  them: the partition's metrics are in another slot). Anything else is raised as Redis reported it.
 
   KEYS[1]  profile hash                  cdp:profile:{C}
   KEYS[2]  traits                        cdp:profile:{C}:traits
@@ -98,6 +99,7 @@ local limits = cjson.decode(ARGV[8])
 -- The answer to a failure while applying `ev`: CDP_POISON when the event caused it
 -- (every key this call touches is its profile's), else the error itself, raised
 -- again as Redis reported it. The events applied before it are written and recorded.
+local applied = 0  -- events of this call applied so far (named in a refusal)
 local function refuse(ev, err)
   flush_profiles()
   local reason = poison_reason(err)
@@ -106,7 +108,8 @@ local function refuse(ev, err)
     if not string.find(message, "WRONGTYPE", 1, true) then error(err, 0) end
     reason = "a key of its profile holds the wrong type: " .. message
   end
-  return redis.error_reply(POISON_CODE .. " event " .. ev[EID] .. ": " .. reason)
+  return redis.error_reply(POISON_CODE .. " event " .. ev[EID] .. ": " .. reason ..
+    " (after " .. applied .. " applied)")
 end
 
 -- Before any event: the profile's state, which identifiers to link it holds already
@@ -211,9 +214,10 @@ for i, ev in ipairs(events) do
     end
     table.insert(out, 1, 0)
   else
-    local applied, err = pcall(apply_event, ev, ids, out)
-    if not applied then return refuse(ev, err) end
+    local ok, err = pcall(apply_event, ev, ids, out)
+    if not ok then return refuse(ev, err) end
     recorded[ev[EID]] = true
+    applied = applied + 1
     table.insert(out, 1, 1)
   end
   answers[i] = out

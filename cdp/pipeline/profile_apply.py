@@ -49,6 +49,7 @@ one (``workers.dead_letters``), as with ``apply_batch``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,14 @@ NO_ACK = ""  # the entry id of an event that acknowledges nothing (workers.state
 MERGES_MAXLEN = 100_000  # as identity.lua's XADD of cdp:merges
 
 _encoder = msgspec.json.Encoder()
+_APPLIED_BEFORE = re.compile(r"\(after (\d+) applied\)$")
+
+
+def _applied_before(poison: Exception) -> int:
+    """How many events of the refused ``apply_profile`` call were applied before the
+    guilty one (its CDP_POISON says so)."""
+    found = _APPLIED_BEFORE.search(str(poison))
+    return int(found.group(1)) if found else 0
 
 
 class ProtocolBusy(RedisError):
@@ -313,6 +322,10 @@ class _Run:
             if isinstance(reply, Exception):
                 if not is_poison(reply):
                     raise reply
+                before = _applied_before(reply)
+                self.applied += before
+                if before and any(ev.live for ev in evs):
+                    self.profiles.append(cid)
                 self.poison = self.poison or reply
                 continue
             result = ProfileReply.decode(reply)
