@@ -255,3 +255,79 @@ def test_the_orchestrator_raises_poison_with_the_events_before_it_applied_and_co
     assert is_poison(caught.value) and "event e2" in str(caught.value)
     assert r.hexists(keys.seen(cid), "e1") and not r.hexists(keys.seen(cid), "e2")
     assert r.hget(keys.metrics(3), "processed") == "1"  # counted, not acknowledged
+
+
+# -- what a crash leaves, met by the next apply -------------------------------------
+
+
+def cid_of(r: redis_sync.Redis, identifier: str) -> str:
+    cid = r.get(keys.identifier(identifier))
+    assert isinstance(cid, str), identifier
+    return cid
+
+
+def test_a_claim_whose_first_apply_never_came_is_completed(
+    redis_url: str, r: redis_sync.Redis
+) -> None:
+    """A worker died between its claim and the profile's first apply: the claim names a
+    profile without a hash. The next event naming it creates it; an event joining it
+    with a live profile completes it first, then merges it."""
+    apply_calls(redis_url, [(0, [event("e1", T0_MS, anon="a1", traits={"plan": "free"})])])
+    live = cid_of(r, "anon:a1")
+    r.zadd(keys.PROFILES, {"p90": 90})
+    r.set(keys.identifier("user:u1"), "p90")
+    r.set(keys.identifier("user:u2"), "p91")
+    apply_calls(redis_url, [(0, [event("e2", T0_MS + 1, user="u2", traits={"age": 2})])])
+    assert r.smembers(keys.identifiers("p91")) == {"user:u2"}
+    assert r.hget(keys.profile("p91"), "user") == "user:u2"
+    apply_calls(redis_url, [(0, [event("e3", T0_MS + 2, user="u1", anon="a1")])])
+    assert cid_of(r, "user:u1") == cid_of(r, "anon:a1") == live
+    assert r.smembers(keys.identifiers(live)) == {"user:u1", "anon:a1"}
+    assert r.hget(keys.profile("p90"), "mergedInto") == live
+    assert r.hexists(keys.seen(live), "e3")
+
+
+def test_a_claim_left_on_a_merged_away_profile_is_released_and_claimed_again(
+    redis_url: str, r: redis_sync.Redis
+) -> None:
+    apply_calls(redis_url, [(0, [event("e1", T0_MS, user="u1")])])
+    live = cid_of(r, "user:u1")
+    r.hset(keys.profile("p77"), mapping={"mergedInto": live, "mergeState": "done"})
+    r.set(keys.identifier("email:x@y.io"), "p77")  # claimed while p77 was being merged
+    apply_calls(redis_url, [(0, [event("e2", T0_MS + 1, user="u1", email="x@y.io")])])
+    assert cid_of(r, "email:x@y.io") == live
+    assert r.smembers(keys.identifiers(live)) == {"user:u1", "email:x@y.io"}
+
+
+def test_an_apply_meeting_an_unfinished_merge_finishes_it_and_follows(
+    redis_url: str, r: redis_sync.Redis
+) -> None:
+    apply_calls(
+        redis_url,
+        [(0, [event("e1", T0_MS, user="u1", anon="a1"), event("e2", T0_MS + 1, anon="a2")])],
+    )
+    survivor, loser = cid_of(r, "user:u1"), cid_of(r, "anon:a2")
+    assert survivor != loser
+
+    async def freeze() -> None:  # a merge whose process died right after freezing
+        settings = settings_of(redis_url)
+        redis = await connect(settings)
+        try:
+            await redis.zadd(keys.MERGES_OPEN, {loser: 1})
+            await Scripts(redis).merge_freeze(
+                loser=loser,
+                survivor=survivor,
+                counter_names=["$seen"],
+                event_id="e9",
+                merged_at="2025-10-04T10:00:00.009Z",
+            )
+        finally:
+            await redis.aclose()
+
+    asyncio.run(freeze())
+    (result,) = apply_calls(redis_url, [(0, [track("e3", T0_MS + 2, "Clicked", anon="a2")])])
+    assert (result.applied, result.profiles) == (1, (survivor,))
+    assert r.hget(keys.profile(loser), "mergeState") == "done"
+    assert r.smembers(keys.identifiers(survivor)) == {"user:u1", "anon:a1", "anon:a2"}
+    assert r.hexists(keys.seen(survivor), "e3") and r.hexists(keys.seen(survivor), "e2")
+    assert r.zcard(keys.MERGES_OPEN) == 0
