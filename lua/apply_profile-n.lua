@@ -42,8 +42,8 @@
   KEYS[4]  counters hash                 cdp:profile:{C}:counters
   KEYS[5]  seen                          cdp:profile:{C}:seen
   KEYS[6]  segment memberships           cdp:profile:{C}:segments   (not written)
-  KEYS[7]  outbox                        cdp:profile:{C}:outbox     (not written)
-  KEYS[8]  merged set                    cdp:profile:{C}:merged     (not written)
+  KEYS[7]  merged set                    cdp:profile:{C}:merged     (not written)
+  KEYS[8]  outbox                        cdp:profile:{C}:outbox     (not written)
   KEYS[9..] the counter zsets the events touch, cdp:profile:{C}:counter:<name> (a
            counter key not declared here is a bug of the caller: the call fails)
 
@@ -156,25 +156,14 @@ local function link(ids, out)
   local linked, fields = {}, {}
   for _, id in ipairs(ids) do
     if not held[id] then
-      if not identity then
-        local row = rcall("HMGET", pkey, "users", "emails", "anons", "user")
-        identity = {users = tonumber(row[1]), emails = tonumber(row[2]),
-          anons = tonumber(row[3]) or 0, user = row[4] or nil}
-        if not identity.users or not identity.emails then
-          error("ERR hash value is not an integer", 0)  -- as HINCRBY would answer
-        end
-      end
-      local t = id_type(id)
-      if t == "user" and identity.users >= limits.maxUsers then
-        out[#out + 1] = id; out[#out + 1] = "userId limit"
-      elseif t == "email" and identity.emails >= limits.maxEmails then
-        out[#out + 1] = id; out[#out + 1] = "email limit"
+      identity = identity or identity_counts(pkey)
+      local reason = link_refused(id, identity, limits)
+      if reason then
+        out[#out + 1] = id; out[#out + 1] = reason
       else
-        local field = TYPE_FIELD[t]
-        if field then
-          identity[field] = identity[field] + 1
-          fields[field] = true
-        end
+        local t = id_type(id)
+        if t == "anon" then identity.anons = identity.anons + 1 end
+        fields[TYPE_FIELD[t]] = true
         if t == "user" and not identity.user then
           identity.user = id
           fields.user = true

@@ -45,19 +45,7 @@ local skey = KEYS[1]
 local loser, limits, now_iso, events_stream = ARGV[1], cjson.decode(ARGV[3]), ARGV[4], ARGV[5]
 local survivor = ARGV[6]
 local unpack, tonumber = unpack, tonumber
-local CHUNK = 1000
-
-local function chunked(command, key, list, step)
-  local out = {}
-  for i = 1, #list, step do
-    local reply = rcall(command, key, unpack(list, i, math.min(i + step - 1, #list)))
-    if type(reply) == "table" then
-      for j = 1, #reply do out[#out + 1] = reply[j] end
-    end
-  end
-  return out
-end
-
+--@include chunked
 --@include merge
 --@include segments
 --@include outbox

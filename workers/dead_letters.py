@@ -30,7 +30,7 @@ from cdp import keys
 from cdp.connect import Client
 from cdp.events import StreamEvent
 from cdp.pipeline.apply import ApplyContext, queue_apply
-from cdp.pipeline.profile_apply import apply_partition
+from cdp.pipeline.profile_apply import ProtocolBusy, apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.settings import Settings
 from cdp.streams import add_once
@@ -196,14 +196,14 @@ class DeadLetters:
     ) -> Any:
         """One event applied alone: the reply of its ``apply_batch`` call (an exception
         when refused), or with the profile protocol its BatchResult (the ResponseError
-        when refused). A ``ProtocolBusy`` is raised (its batch is retried)."""
+        when refused, a ``ProtocolBusy`` when not resolved: retried next tick)."""
         sent = self.state.script_chunk(partition, [item])
         if self.profile_protocol:
             try:
                 return await apply_partition(
                     self.redis, self.scripts, self.settings, ctx, partition, sent
                 )
-            except ResponseError as exc:  # not ProtocolBusy (a RedisError): raised
+            except (ResponseError, ProtocolBusy) as exc:  # poison, or retried next tick
                 return exc
         async with self.redis.pipeline(transaction=False) as pipe:
             await queue_apply(pipe, self.scripts, self.settings, ctx, partition, sent)

@@ -236,13 +236,7 @@ class Ticker:
                 state.log.warning("apply refused by redis; retried next tick", error=str(reply))
                 state.requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
             else:
-                result = self.scripts.apply_batch.decode(reply)
-                if result.lease_lost:
-                    state.forget(p)
-                else:
-                    for entry_id, _ in chunk:
-                        state.settle(p, entry_id)
-                    applied += self._count(result)
+                applied += self._settled(p, chunk, self.scripts.apply_batch.decode(reply))
         for index, (p, chunk, error) in enumerate(suspects):
             try:
                 applied += await self.dead_letters.retry_alone(p, chunk, ctx, error, self._count)
@@ -295,12 +289,8 @@ class Ticker:
                     applied += await self.dead_letters.retry_alone(
                         p, chunk, ctx, error, self._count
                     )
-                elif result.lease_lost:
-                    state.forget(p)
                 else:
-                    for entry_id, _ in chunk:
-                        state.settle(p, entry_id)
-                    applied += self._count(result)
+                    applied += self._settled(p, chunk, result)
             except BaseException:
                 state.requeue(calls[index + 1 :])
                 raise
@@ -334,6 +324,16 @@ class Ticker:
             for p, ids in by_partition.items():
                 pipe.xack(keys.stream(p), keys.GROUP, *ids)
             await pipe.execute()
+
+    def _settled(self, partition: int, chunk: Chunk, result: BatchResult) -> int:
+        """A slice's result: its entries settled (or the partition forgotten when its
+        lease was lost); returns events applied."""
+        if result.lease_lost:
+            self.state.forget(partition)
+            return 0
+        for entry_id, _ in chunk:
+            self.state.settle(partition, entry_id)
+        return self._count(result)
 
     def _count(self, result: BatchResult) -> int:
         if result.profiles and not self._touched:

@@ -55,10 +55,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from cdp import keys, merge
 from cdp.connect import Client
+from cdp.errors import CdpError
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import ApplyContext, bucket_member, iso_of
 from cdp.scripts import BatchResult, ProfileReply, Scripts, is_poison
@@ -80,7 +81,7 @@ def _applied_before(poison: Exception) -> int:
     return int(found.group(1)) if found else 0
 
 
-class ProtocolBusy(RedisError):
+class ProtocolBusy(CdpError):
     """An event could not be resolved in ``ROUNDS`` rounds (claims lost to other
     workers, a merge in progress): nothing is wrong with it, its batch is retried."""
 
@@ -555,7 +556,8 @@ async def apply_partition(
     them (an entry id ``""`` acknowledges nothing); ``ctx.worker_id`` "" skips the
     lease check. Raises the ``ResponseError`` CDP_POISON of an event its profile's
     script refused (the events before it applied and counted, none acknowledged), a
-    ``ProtocolBusy`` or any RedisError: the caller retries the batch."""
+    ``ProtocolBusy`` (not resolved in ``ROUNDS`` rounds) or any RedisError: the caller
+    retries the batch."""
     run = _Run(redis, scripts, settings, ctx)
     events = [_prepare(ev, entry_id, settings) for entry_id, ev in batch]
     lease = keys.lease(partition) if ctx.worker_id else None

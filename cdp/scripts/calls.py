@@ -145,14 +145,8 @@ def apply_profile(
     make the profile hash if it does not exist (else GONE)."""
     return Call(
         [
-            keys.profile(cid),
-            keys.traits(cid),
-            keys.identifiers(cid),
-            keys.counters(cid),
-            keys.seen(cid),
-            keys.profile_segments(cid),
+            *_profile_keys(cid),
             keys.outbox(cid),
-            keys.merged(cid),
             *(keys.counter(cid, name) for name in counter_names),
         ],
         [
@@ -380,7 +374,8 @@ class Frozen(msgspec.Struct, frozen=True):
 
 
 def _profile_keys(cid: str) -> list[str]:
-    """KEYS[1..7] of merge_freeze and merge_finish: the loser's keys but its counters."""
+    """KEYS[1..7] of merge_freeze, merge_finish and apply_profile: a profile's keys but
+    its counter zsets and its outbox."""
     return [
         keys.profile(cid),
         keys.traits(cid),

@@ -12,19 +12,7 @@
 -- Redis, looked up among the declared KEYS by apply_profile). Includes bytes and
 -- profile first.
 
-local CHUNK = 1000  -- arguments per command, well below Lua's stack limit for unpack
-
--- `command key arg...` over `list` (from..to), CHUNK at a time; the replies concatenated.
-local function chunked(command, key, list, step)
-  local out = {}
-  for i = 1, #list, step do
-    local reply = rcall(command, key, unpack(list, i, math.min(i + step - 1, #list)))
-    if type(reply) == "table" then
-      for j = 1, #reply do out[#out + 1] = reply[j] end
-    end
-  end
-  return out
-end
+--@include chunked
 
 -- ----------------------------------------------------------------- the call's caches
 -- Per profile touched by the call: firstSeen, lastSeen, lastSeenMs, version, seenFrom

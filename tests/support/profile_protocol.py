@@ -15,11 +15,11 @@ two runs compare with ``==`` whatever canonical ids they issued.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cdp import keys
-from cdp.connect import SyncClient, connect, sync_client
+from cdp.connect import Client, SyncClient, connect, sync_client
 from cdp.events import StreamEvent
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.profile_apply import apply_partition
@@ -27,7 +27,8 @@ from cdp.scripts import BatchResult, Scripts, load_scripts
 from cdp.settings import Settings, load_settings
 from tests.support.lua import AFTER_EVENTS_MS
 
-Calls = Sequence[tuple[int, Sequence[StreamEvent]]]
+Call = tuple[int, Sequence[StreamEvent]]
+Calls = Sequence[Call]
 
 META = ("firstSeen", "lastSeen", "lastSeenMs", "user", "users", "emails", "anons", "merges")
 SEEN_META = ("version", "seenFrom", "seenTo")
@@ -41,44 +42,43 @@ def apply_calls(
     url: str, calls: Calls, now_ms: int = AFTER_EVENTS_MS, settings: Settings | None = None
 ) -> list[BatchResult]:
     """Apply each call's events through the profile protocol; their results."""
-    settings = settings or settings_of(url)
 
-    async def run() -> list[BatchResult]:
-        redis = await connect(settings)
-        try:
-            await load_scripts(redis)
-            scripts = Scripts(redis)
-            ctx = ApplyContext(now_ms=now_ms, worker_id="")
-            out = []
-            for partition, chunk in calls:
-                batch = [("", ev) for ev in chunk]
-                out.append(await apply_partition(redis, scripts, settings, ctx, partition, batch))
-            return out
-        finally:
-            await redis.aclose()
+    async def one(redis: Client, scripts: Scripts, s: Settings, call: Call) -> BatchResult:
+        ctx = ApplyContext(now_ms=now_ms, worker_id="")
+        return await apply_partition(redis, scripts, s, ctx, call[0], [("", e) for e in call[1]])
 
-    return asyncio.run(run())
+    return _run(url, calls, settings, one)
 
 
 def apply_batches(
     url: str, calls: Calls, now_ms: int = AFTER_EVENTS_MS, settings: Settings | None = None
 ) -> list[BatchResult]:
     """The same calls through ``apply_batch`` (one Redis)."""
-    settings = settings or settings_of(url)
+
+    async def one(redis: Client, scripts: Scripts, s: Settings, call: Call) -> BatchResult:
+        ctx = ApplyContext(now_ms=now_ms, worker_id="")
+        async with redis.pipeline(transaction=False) as pipe:
+            await queue_apply(pipe, scripts, s, ctx, call[0], [("", e) for e in call[1]])
+            (reply,) = await pipe.execute()
+        return scripts.apply_batch.decode(reply)
+
+    return _run(url, calls, settings, one)
+
+
+def _run(
+    url: str,
+    calls: Calls,
+    settings: Settings | None,
+    one: Callable[[Client, Scripts, Settings, Call], Awaitable[BatchResult]],
+) -> list[BatchResult]:
+    s = settings or settings_of(url)
 
     async def run() -> list[BatchResult]:
-        redis = await connect(settings)
+        redis = await connect(s)
         try:
+            await load_scripts(redis)
             scripts = Scripts(redis)
-            ctx = ApplyContext(now_ms=now_ms, worker_id="")
-            out = []
-            for partition, chunk in calls:
-                async with redis.pipeline(transaction=False) as pipe:
-                    batch = [("", ev) for ev in chunk]
-                    await queue_apply(pipe, scripts, settings, ctx, partition, batch)
-                    (reply,) = await pipe.execute()
-                out.append(scripts.apply_batch.decode(reply))
-            return out
+            return [await one(redis, scripts, s, call) for call in calls]
         finally:
             await redis.aclose()
 
