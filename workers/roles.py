@@ -5,7 +5,9 @@ number of workers, exactly one plays it, and a dead holder's role moves once its
 lease expires.
 
 - sweeper (``cdp.segments.sweeper``): the due-time sweep and definition backfills,
-  run at the end of every tick (``sweep``);
+  run at the end of every tick (``sweep``), then the cross-slot merges whose journal
+  is older than lease-ttl (their process presumably dead) are finished
+  (``cdp.merge.resume_open``);
 - webhook dispatcher (``cdp.segments.webhooks``): delivers segment events, in a loop
   of its own every ticker-interval (``run_webhooks``).
 """
@@ -19,6 +21,7 @@ from redis.exceptions import RedisError
 
 from cdp.clock import Clock
 from cdp.connect import Client
+from cdp.merge import resume_open
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
@@ -37,15 +40,28 @@ class Roles:
         clock: Clock,
         state: WorkerState,
     ) -> None:
+        self.redis = redis
+        self.scripts = scripts
         self.settings = settings
+        self.clock = clock
         self.state = state
         worker_id = state.worker_id
         self.sweeper = Sweeper(redis, scripts, engine, clock, worker_id, settings.lease_ttl_ms)
         self.dispatcher = Dispatcher(redis, scripts, settings, clock, worker_id)
 
     async def sweep(self) -> int:
-        """One sweep if this worker is the sweeper; returns transitions emitted."""
-        return await self.sweeper.run_once()
+        """One sweep if this worker is the sweeper, and the abandoned merges finished;
+        returns transitions emitted."""
+        emitted = await self.sweeper.run_once()
+        if self.sweeper.lease.holding:
+            now = await self.clock.now_ms()
+            settings = self.settings
+            resumed = await resume_open(
+                self.redis, self.scripts, settings, now, settings.lease_ttl_ms
+            )
+            if resumed:
+                self.state.log.info("abandoned merges resumed", merges=resumed)
+        return emitted
 
     async def run_webhooks(self) -> None:
         interval = self.settings.ticker_interval_ms / 1000
