@@ -191,6 +191,8 @@ class _Run:
         self.discarded = 0
         self.profiles: list[str] = []
         self.poison: Exception | None = None
+        self.moved: set[str] = set()  # identifiers the batch's slow events resolved
+        self.merged = False  # a slow event merged (identifiers of others moved)
 
     # -- resolve ---------------------------------------------------------------
 
@@ -241,6 +243,23 @@ class _Run:
             pipe,
             cid=cid,
             counter_names=names,
+            dedup_bucket=self.bucket,
+            seen_expire_ms=self.expire_in,
+            counter_cutoff=self.cutoff,
+            now_iso=self.now_iso,
+            create=create,
+            events=_encoder.encode([ev.row for ev in events]),
+            links=_encoder.encode(links),
+            limits=self.limits,
+        )
+
+    async def _call(
+        self, cid: str, events: Sequence[_Event], links: list[list[str]], *, create: bool
+    ) -> ProfileReply:
+        """One ``apply_profile`` on its own (EVALSHA, no pipeline: no SCRIPT EXISTS)."""
+        return await self.scripts.apply_profile(
+            cid=cid,
+            counter_names=list(dict.fromkeys(n for ev in events for n in ev.counters)),
             dedup_bucket=self.bucket,
             seen_expire_ms=self.expire_in,
             counter_cutoff=self.cutoff,
@@ -338,11 +357,41 @@ class _Run:
                 continue
             if result.status == "FORWARDED":
                 await self._finish_merge(cid, result.merge_state)
+                self.moved.update(i for ev in evs for i in ev.ids)  # resolved again
             slow.extend(evs)
         await self._write_records(records)
         order = {id(ev): n for n, ev in enumerate(events)}
         slow.sort(key=lambda ev: order[id(ev)])
         return slow
+
+    async def apply_all(self, events: Sequence[_Event], owners: dict[str, str | None]) -> None:
+        """Passes until every event is applied: the fast events of the pass, then the
+        slow ones that interact with no earlier slow event of the pass (no identifier,
+        no owner in common: their order does not matter), each alone; the others wait
+        for the next pass, where the events of a profile a slow event just created or
+        linked are fast. Raises the first CDP_POISON met."""
+        pending = list(events)
+        while pending:
+            slow = await self.apply_fast(pending, owners)
+            if self.poison is not None:
+                raise self.poison
+            pending = []
+            seen_ids: set[str] = set()
+            seen_owners: set[str] = set()
+            for ev in slow:
+                mine = {c for i in ev.ids if (c := owners.get(i)) is not None}
+                if seen_ids.isdisjoint(ev.ids) and seen_owners.isdisjoint(mine):
+                    await self.apply_slow(ev, owners)
+                    if self.poison is not None:
+                        raise self.poison
+                else:
+                    pending.append(ev)
+                seen_ids.update(ev.ids)
+                seen_owners.update(mine)
+            if pending:
+                self.moved.clear()
+                self.merged = False
+                owners, _, _ = await self.resolve(pending)
 
     async def _finish_merge(self, loser: str, state: str) -> None:
         if state != "done":
@@ -350,13 +399,26 @@ class _Run:
 
     # -- slow events -----------------------------------------------------------
 
-    async def apply_slow(self, ev: _Event) -> None:
+    async def apply_slow(self, ev: _Event, known: dict[str, str | None]) -> None:
+        """Resolve and apply one slow event; its first round reads the owners the
+        batch's resolve found (``known``) unless an earlier slow event of the batch may
+        have moved them (it named one of its identifiers, or merged). A stale owner
+        costs a round: claims are compare-and-set, merges and applies check the state
+        they change."""
+        fresh = self.merged or not self.moved.isdisjoint(ev.ids)
+        owners_of = None if fresh else known
         for _ in range(ROUNDS):
-            if await self._try_slow(ev):
+            if owners_of is None:
+                owners_of, _, _ = await self.resolve([ev])
+            if await self._try_slow(ev, owners_of):
+                self.moved.update(ev.ids)
                 return
+            owners_of = None
         raise ProtocolBusy(f"event {ev.event_id}: not resolved in {ROUNDS} rounds")
 
     async def _read_owners(self, cids: Sequence[str]) -> dict[str, _Owner]:
+        if not cids:
+            return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in cids:
                 pipe.hmget(
@@ -372,9 +434,9 @@ class _Run:
             )
         return out
 
-    async def _try_slow(self, ev: _Event) -> bool:
-        """One resolution of a slow event; False when it must be resolved again."""
-        owners_of, _, _ = await self.resolve([ev])
+    async def _try_slow(self, ev: _Event, owners_of: dict[str, str | None]) -> bool:
+        """One resolution of a slow event (``owners_of``: its identifiers' owners);
+        False when it must be resolved again."""
         cids = [owners_of[i] for i in ev.ids]
         order = list(dict.fromkeys(c for c in cids if c is not None))
         owners = await self._read_owners(order)
@@ -394,21 +456,17 @@ class _Run:
         if target is None:
             return False
         free = [i for i, c in zip(ev.ids, cids, strict=True) if c is None]
-        claimed = await self._claim(free, target)
+        claimed = await self._claim(free, target, due=ev.live)
         if claimed is None:
             return False
         link = claimed + [i for i, c in zip(ev.ids, cids, strict=True) if c == target]
-        if ev.live:
-            await self._mark_due([target])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._queue(pipe, target, [ev], [link], create=True)
-            (reply,) = await pipe.execute(raise_on_error=False)
-        if isinstance(reply, Exception):
-            if not is_poison(reply):
-                raise reply
-            self.poison = self.poison or reply
+        try:
+            result = await self._call(target, [ev], [link], create=True)
+        except ResponseError as exc:
+            if not is_poison(exc):
+                raise
+            self.poison = self.poison or exc
             return True
-        result = ProfileReply.decode(reply)
         if result.status != "OK":  # FORWARDED: merged away meanwhile
             await self._release(claimed, target)
             await self._finish_merge(target, result.merge_state)
@@ -423,22 +481,26 @@ class _Run:
     async def _complete(self, cid: str, ids: list[str]) -> None:
         """A profile an identifier names whose hash never appeared (its claimer died
         before its first apply): created, with the identifiers naming it linked."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._queue(pipe, cid, [], [ids], create=True)
-            (reply,) = await pipe.execute()
-        result = ProfileReply.decode(reply)
+        result = await self._call(cid, [], [ids], create=True)
         if result.status == "OK":
             await self._release((i for i, reason in result.events[0][1] if reason), cid)
 
-    async def _claim(self, free: Sequence[str], target: str) -> list[str] | None:
-        """Claim ``free`` identifiers for ``target``; None (and every claim of this
-        event released) when another profile took one first."""
+    async def _claim(self, free: Sequence[str], target: str, *, due: bool) -> list[str] | None:
+        """Claim ``free`` identifiers for ``target`` (``due``: and mark it due, in the
+        same round trip); None (and every claim of this event released) when another
+        profile took one first."""
         if not free:
+            if due:
+                await self._mark_due([target])
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
+            if due:
+                pipe.zadd(keys.SEGMENTS_DUE, {target: self.dirty_due}, lt=True)
             for identifier in free:
                 pipe.set(keys.identifier(identifier), target, nx=True)
             replies: list[Any] = await pipe.execute()
+        if due:
+            replies = replies[1:]
         claimed = [i for i, ok in zip(free, replies, strict=True) if ok]
         if len(claimed) < len(free):
             await self._release(claimed, target)
@@ -506,6 +568,7 @@ class _Run:
                 if loser == user_owner:
                     target = loser
                 continue
+            self.merged = True
             outcome = await merge.merge(
                 self.redis,
                 self.scripts,
@@ -573,12 +636,7 @@ async def apply_partition(
         else:
             todo.append(ev)
     try:
-        for ev in await run.apply_fast(todo, owners):
-            if run.poison is not None:
-                break
-            await run.apply_slow(ev)
-        if run.poison is not None:
-            raise run.poison
+        await run.apply_all(todo, owners)
     except ResponseError as exc:
         if is_poison(exc) and run.applied:
             run.duplicates = run.discarded = 0  # the retry counts them
