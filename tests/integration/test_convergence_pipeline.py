@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis import RedisCluster
 
 from cdp.chaos.model import Model, canonical, snapshot
 from cdp.connect import SyncClient, sync_client
@@ -110,4 +111,11 @@ def run(stack: Stack, events: list[StreamEvent], rng: random.Random) -> None:
     stack.wait_idle()
     expected = Model(Settings()).apply(events)
     assert canonical(snapshot(stack.r)) == canonical(list(expected.profiles.values()))
-    assert stack.metric("processed") == len({ev.eventId for ev in events})
+    applied = len({ev.eventId for ev in events})
+    if isinstance(stack.r, RedisCluster):
+        # The profile protocol applies, then acknowledges and counts (another slot): an
+        # event applied by the killed worker and not yet counted is counted as a
+        # duplicate when redelivered (the state above is exact all the same).
+        assert stack.metric("processed") <= applied
+    else:
+        assert stack.metric("processed") == applied
