@@ -26,6 +26,7 @@ CdpError
 ├── PartlyStored         a request spanning partitions, stored for some only (a cluster; HTTP 500)
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
 ├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
+├── ProtocolBusy         an event not resolved in a few rounds (cdp.pipeline.profile_apply)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
 └── ChaosError           ``cdp chaos`` cannot run its own stack (the CLI exits 2)
 

@@ -6,7 +6,7 @@
   in a pipeline; ``is_poison`` recognises a script's refusal of one event (error code
   ``CDP_POISON``, ``lua/includes/poison.lua``);
 - ``calls``: one declaration per script, keys and arguments as named parameters, the
-  reply decoded to a Struct (``BatchResult``, ``ProfileRow``, ``Transition``,
+  reply decoded to a Struct (``BatchResult``, ``ProfileReply``, ``ProfileRow``, ``Transition``,
   ``Erased``) or a plain value; ``TransitionRequest`` is one profile of a
   ``segment_transition`` call.
 
@@ -26,6 +26,7 @@ from cdp.scripts.calls import (
     BatchResult,
     Erased,
     Frozen,
+    ProfileReply,
     ProfileRow,
     Transition,
     TransitionRequest,
@@ -41,6 +42,7 @@ __all__ = [
     "Call",
     "Erased",
     "Frozen",
+    "ProfileReply",
     "ProfileRow",
     "ScriptError",
     "ScriptSpec",
@@ -61,6 +63,8 @@ class Scripts:
 
     def __init__(self, redis: Client) -> None:
         self.apply_batch = calls.apply_batch.bind(redis)
+        self.apply_profile = calls.apply_profile.bind(redis)
+        self.identifier_release = calls.identifier_release.bind(redis)
         self.lease_acquire = calls.lease_acquire.bind(redis)
         self.lease_release = calls.lease_release.bind(redis)
         self.profile_view = calls.profile_view.bind(redis)

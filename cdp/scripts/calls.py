@@ -100,6 +100,74 @@ def apply_batch(
     )
 
 
+class ProfileReply(msgspec.Struct, frozen=True):
+    """The reply of ``apply_profile``: OK with one answer per event, FORWARDED (the
+    profile was merged into ``survivor``; ``merge_state`` of its journal) or GONE."""
+
+    status: str
+    # Per event: applied (True) or duplicate, and the identifiers handed back to the
+    # caller to release, each with the guard rail that refused it ("" after a duplicate).
+    events: tuple[tuple[bool, tuple[tuple[str, str], ...]], ...] = ()
+    survivor: str = ""
+    merge_state: str = ""
+
+    @classmethod
+    def decode(cls, reply: Any) -> ProfileReply:
+        status = text(reply[0])
+        if status == "FORWARDED":
+            return cls(status, survivor=text(reply[1]), merge_state=text(reply[2]))
+        if status != "OK":
+            return cls(status)
+        events = []
+        for row in reply[1]:
+            back = tuple((text(row[i]), text(row[i + 1])) for i in range(1, len(row), 2))
+            events.append((int(row[0]) == 1, back))
+        return cls(status, tuple(events))
+
+
+@script("apply_profile", keys=None, decode=ProfileReply.decode)
+def apply_profile(
+    *,
+    cid: str,
+    counter_names: Sequence[str],
+    dedup_bucket: int,
+    seen_expire_ms: int,
+    counter_cutoff: str,
+    now_iso: str,
+    create: bool,
+    events: bytes,
+    links: bytes,
+    limits: bytes,
+) -> Call:
+    """Apply ordered events to profile ``cid`` alone, every key of its slot declared
+    (the profile protocol: ``cdp.pipeline.profile_apply`` encodes ``events``, ``links``
+    and ``limits``); ``counter_names``: every counter the events touch; ``create``:
+    make the profile hash if it does not exist (else GONE)."""
+    return Call(
+        [
+            *_profile_keys(cid),
+            keys.outbox(cid),
+            *(keys.counter(cid, name) for name in counter_names),
+        ],
+        [
+            dedup_bucket,
+            seen_expire_ms,
+            counter_cutoff,
+            now_iso,
+            "1" if create else "0",
+            events,
+            links,
+            limits,
+        ],
+    )
+
+
+@script("identifier_release", keys=1, decode=_flag)
+def identifier_release(identifier: str, cid: str) -> Call:
+    """Delete the claim on typed ``identifier`` if it still names ``cid``; True if it did."""
+    return Call([keys.identifier(identifier)], [cid])
+
+
 # -- leases -------------------------------------------------------------------------
 
 
@@ -391,7 +459,8 @@ class Frozen(msgspec.Struct, frozen=True):
 
 
 def _profile_keys(cid: str) -> list[str]:
-    """KEYS[1..7] of merge_freeze and merge_finish: the loser's keys but its counters."""
+    """KEYS[1..7] of merge_freeze, merge_finish and apply_profile: a profile's keys but
+    its counter zsets and its outbox."""
     return [
         keys.profile(cid),
         keys.traits(cid),

@@ -184,25 +184,14 @@ local function resolve_links(ev, names, cids)
     cid = target  -- the profile of the event's userId, even when its merge was refused
   end
   if #free == 0 then return cid end
-  local meta = {users = 0, emails = 0, anons = 0}
-  if not fresh then
-    local counts = rcall("HMGET", profile_key(cid), "users", "emails", "anons", "user")
-    meta = {users = tonumber(counts[1]), emails = tonumber(counts[2]),
-      anons = tonumber(counts[3]) or 0, user = counts[4] or nil}
-    if not meta.users or not meta.emails then
-      error("ERR hash value is not an integer", 0)  -- as HINCRBY would answer
-    end
-  end
-  local users, emails, linked = meta.users, meta.emails, {}
+  local meta = fresh and {users = 0, emails = 0, anons = 0} or identity_counts(profile_key(cid))
+  local counts, linked = {users = meta.users, emails = meta.emails}, {}
   for _, id in ipairs(free) do
-    local t = id_type(id)
-    if t == "user" and users >= limits.maxUsers then
-      record(ev, {"status", "refused", "reason", "userId limit", "profile", cid, "identifier", id})
-    elseif t == "email" and emails >= limits.maxEmails then
-      record(ev, {"status", "refused", "reason", "email limit", "profile", cid, "identifier", id})
+    local reason = link_refused(id, counts, limits)
+    if reason then
+      record(ev, {"status", "refused", "reason", reason, "profile", cid, "identifier", id})
     else
       linked[#linked + 1] = id
-      if t == "user" then users = users + 1 elseif t == "email" then emails = emails + 1 end
     end
   end
   link_all(cid, linked, meta)
