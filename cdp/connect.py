@@ -182,6 +182,14 @@ def is_cluster(redis: Client) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+def uses_profile_protocol(redis: Client, settings: Settings) -> bool:
+    """Whether events are applied (and segment events written) by the profile protocol
+    of docs/cluster.md: setting ``apply-protocol``, whose ``auto`` means on a cluster."""
+    if settings.apply_protocol == "auto":
+        return is_cluster(redis)
+    return settings.apply_protocol == "profile"
+
+
 async def _probe(where: Target, timeout: float, *, check_state: bool) -> bool:
     """Is ``where`` a cluster (and, with ``check_state``, is it serving: every slot
     covered)? Each startup node in turn; the last node's error when none answers."""

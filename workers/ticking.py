@@ -32,7 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from cdp import keys
 from cdp.clock import Clock
-from cdp.connect import Client, is_cluster
+from cdp.connect import Client, uses_profile_protocol
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.profile_apply import ProtocolBusy, apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison
@@ -83,8 +83,7 @@ class Ticker:
         self._left_behind = False  # the last tick left ready events in a buffer
         self._turn = 0
         self._touched_since = 0.0  # when the first profile of ``_touched`` was applied
-        protocol = settings.apply_protocol
-        self.profile_protocol = protocol == "profile" or (protocol == "auto" and is_cluster(redis))
+        self.profile_protocol = uses_profile_protocol(redis, settings)
         dead_letters.profile_protocol = self.profile_protocol
 
     async def run(self) -> None:

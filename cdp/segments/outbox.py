@@ -43,7 +43,7 @@ import msgspec
 
 from cdp import faults, keys
 from cdp.clock import wall_ms
-from cdp.connect import Client, is_cluster
+from cdp.connect import Client, uses_profile_protocol
 from cdp.redis_nodes import scan_all
 from cdp.scripts import Scripts
 from cdp.settings import Settings
@@ -89,10 +89,7 @@ class Relayed:
 def uses_outbox(redis: Client, settings: Settings) -> bool:
     """Segment events through the profiles' outboxes? With apply-protocol profile (and on
     a cluster, where nothing else works); direct with batch on one Redis."""
-    protocol = getattr(settings, "apply_protocol", "auto")  # the setting of issue 11
-    if protocol == "auto":
-        return is_cluster(redis)
-    return bool(protocol == "profile")
+    return uses_profile_protocol(redis, settings)
 
 
 class Relay:
