@@ -64,7 +64,13 @@ canonical id's tag, every partition stream its own)::
     cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:suppressed                       set of identifiers of erased people (discarded)
     cdp:audit                            stream, erasures: who, when, which canonical id
-    cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days)
+    cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days): its
+                                         step, canonical id, counts; mergedFrom
+    cdp:job:{<id>}:identifiers           set, the erased identifiers, until the job is done
+                                         (its purge reads them)
+    cdp:job:{<id>}:lease                 string, who runs the job now (PX lease)
+    cdp:erasures:open                    zset, job id -> ms it started: erasure jobs not
+                                         done yet (the sweeper resumes them)
     cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
 
 Nothing outside this module builds a key with an f-string.
@@ -96,6 +102,7 @@ CLOCK = f"{PREFIX}:clock"
 SUPPRESSED = f"{PREFIX}:suppressed"
 MERGES_OPEN = f"{PREFIX}:merges:open"
 AUDIT = f"{PREFIX}:audit"
+ERASURES_OPEN = f"{PREFIX}:erasures:open"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
 # import this module); kept next to the functions that build the same names.
@@ -208,3 +215,12 @@ def webhook_state(subscription_id: str) -> str:
 
 def job(job_id: str) -> str:
     return f"{PREFIX}:job:{{{job_id}}}"
+
+
+def job_identifiers(job_id: str) -> str:
+    """The identifiers an erasure job suppressed (personal data: deleted when done)."""
+    return job(job_id) + ":identifiers"
+
+
+def job_lease(job_id: str) -> str:
+    return job(job_id) + ":lease"

@@ -5,7 +5,8 @@ number of workers, exactly one plays it, and a dead holder's role moves once its
 lease expires.
 
 - sweeper (``cdp.segments.sweeper``): the due-time sweep and definition backfills,
-  run at the end of every tick (``sweep``);
+  run at the end of every tick (``sweep``), then the erasure jobs whose runner died
+  (``cdp.erasure.resume_open``: each under its own lease);
 - webhook dispatcher (``cdp.segments.webhooks``): delivers segment events, in a loop
   of its own every ticker-interval (``run_webhooks``).
 """
@@ -17,6 +18,7 @@ import asyncio
 import aiohttp
 from redis.exceptions import RedisError
 
+from cdp import erasure
 from cdp.clock import Clock
 from cdp.connect import Client
 from cdp.scripts import Scripts
@@ -37,6 +39,8 @@ class Roles:
         clock: Clock,
         state: WorkerState,
     ) -> None:
+        self.redis = redis
+        self.scripts = scripts
         self.settings = settings
         self.state = state
         worker_id = state.worker_id
@@ -45,7 +49,10 @@ class Roles:
 
     async def sweep(self) -> int:
         """One sweep if this worker is the sweeper; returns transitions emitted."""
-        return await self.sweeper.run_once()
+        transitions = await self.sweeper.run_once()
+        if self.sweeper.lease.holding:
+            await erasure.resume_open(self.redis, self.scripts, self.settings, self.state.worker_id)
+        return transitions
 
     async def run_webhooks(self) -> None:
         interval = self.settings.ticker_interval_ms / 1000

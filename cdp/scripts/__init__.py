@@ -57,6 +57,7 @@ class Scripts:
         self.segment_transition = calls.segment_transition.bind(redis)
         self.segment_forget = calls.segment_forget.bind(redis)
         self.erase_profile = calls.erase_profile.bind(redis)
+        self.identifier_release = calls.identifier_release.bind(redis)
         self.replay_record = calls.replay_record.bind(redis)
 
 
