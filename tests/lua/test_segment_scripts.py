@@ -1,4 +1,5 @@
-"""lua/profile_view-0.lua, lua/segment_transition-0.lua and lua/erase_profile-0.lua on fakeredis.
+"""lua/profile_view-0.lua, lua/segment_transition-0.lua and the erasure job (cdp.erasure,
+lua/erase_profile-n.lua) on fakeredis.
 
 The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the typed calls
 ``cdp.segments.engine`` and ``cdp.api.erasure`` make, replies decoded); the profiles they
@@ -13,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from cdp import keys
+from cdp import erasure, keys
 from cdp.events import iso_ms
 from cdp.scripts import ProfileRow, TransitionRequest
 from cdp.segments.engine import Snapshot, parse_view
@@ -126,19 +127,26 @@ def transition(
 
 
 def erase(lua: LuaHarness, cid: str, *, at: int, job: str = "job-1") -> list[Any]:
-    """erase_profile as cdp.api.erasure calls it; the reply as [status, counts...]."""
-    reply = lua.run(
-        lua.scripts.erase_profile(
-            cid=cid,
-            now_iso=iso_ms(at),
-            job_id=job,
-            requested_by="admin",
-            events_maxlen=lua.settings.segment_events_maxlen,
-        )
-    )
-    return (
-        [reply.status] if reply.status == "GONE" else [reply.status, reply.identifiers, reply.exits]
-    )
+    """The erasure job (``cdp.erasure``) as cdp.api.erasure starts it, run to its end; the
+    outcome as ["OK", identifiers, exits] or ["GONE"] (then abandoned, as the API does)."""
+
+    async def run() -> list[Any]:
+        await erasure.start(lua.redis, lua.scripts, lua.settings, job, cid, at, "test")
+        result, done = await erasure.run(lua.redis, lua.scripts, lua.settings, job, "test")
+        if result == "gone":
+            await erasure.abandon(lua.redis, job, "gone")
+            return ["GONE"]
+        assert result == "done" and done is not None, result
+        return ["OK", done.identifiers, done.exits]
+
+    return lua.run(run())
+
+
+def without_jobs(dump: dict[str, Any]) -> dict[str, Any]:
+    """A dump without the erasure jobs' own keys."""
+    return {
+        k: v for k, v in dump.items() if not k.startswith("cdp:job:") and k != keys.ERASURES_OPEN
+    }
 
 
 def states(lua: LuaHarness, cid: str) -> dict[str, dict[str, Any]]:
@@ -746,20 +754,26 @@ def test_erasure_forgets_every_key_suppresses_every_identifier_and_exits(lua, no
         for typed in ids:
             assert typed.split(":", 1)[1] not in value
 
-    # Nobody else was touched.
+    # The job is done and holds no identifier any more; nobody else was touched.
+    assert lua.r.hget(keys.job("job-7"), "state") == "done"
+    assert not lua.r.exists(keys.job_identifiers("job-7"), keys.outbox("p1"))
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
     assert {k: v for k, v in lua.dump().items() if "{p3}" in k} == bystander
     assert lua.cid("user:u9") == "p3"
 
 
-def test_erasing_twice_or_a_merged_away_id_is_gone(lua, now_ms):
+def test_erasing_a_merged_away_id_erases_its_survivor_and_twice_is_gone(lua, now_ms):
     erasable(lua, now_ms)
-    assert erase(lua, "p2", at=now_ms) == ["GONE"]  # merged away: callers resolve first
-    assert lua.r.xlen(keys.AUDIT) == 0
-    assert erase(lua, "p1", at=now_ms) == ["OK", 4, 1]
-    snapshot = lua.dump()
-    assert erase(lua, "p1", at=now_ms + 1) == ["GONE"]
-    assert erase(lua, "p99", at=now_ms + 1) == ["GONE"]
-    assert lua.dump() == snapshot
+    assert erase(lua, "p2", at=now_ms, job="job-a") == ["OK", 4, 1]  # follows p2 -> p1
+    (audit,) = [fields for _, fields in lua.r.xrange(keys.AUDIT)]
+    assert audit["canonicalId"] == "p1"
+    assert profile_keys(lua, "p1") == profile_keys(lua, "p2") == set()
+    snapshot = without_jobs(lua.dump())
+    assert erase(lua, "p1", at=now_ms + 1, job="job-b") == ["GONE"]
+    assert erase(lua, "p99", at=now_ms + 1, job="job-c") == ["GONE"]
+    assert without_jobs(lua.dump()) == snapshot
+    assert lua.r.hget(keys.job("job-b"), "state") == "failed"
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
 
 
 def test_events_naming_a_suppressed_identifier_are_discarded_others_apply(lua, now_ms):
