@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import msgspec
+import pytest
 
 from cdp import erasure, keys
 from cdp.events import iso_ms
@@ -799,6 +800,82 @@ def test_events_naming_a_suppressed_identifier_are_discarded_others_apply(lua, n
         assert lua.cid(typed) is None
     assert profile_keys(lua, "p1") == set()
     assert lua.trait_values("p3") == {"plan": "team"}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "effect-only"])
+@pytest.mark.parametrize("crashed_after", erasure.STEPS[:-1])
+def test_an_erasure_interrupted_after_any_step_is_resumed_with_one_audit_and_one_exit(
+    lua, now_ms, crashed_after, recorded
+):
+    """The runner dies after a step (``recorded``: the job hash names it; effect-only:
+    the step's writes are in, the record of it is not, so the resumer runs it again);
+    once its lease is gone, the sweeper's resume finishes the job exactly as one run."""
+    ids = erasable(lua, now_ms)["ids"]
+    events_before = len(segment_events(lua))
+    at = now_ms + 5 * MINUTE
+    previous = (
+        erasure.STEPS[erasure.STEPS.index(crashed_after) - 1]
+        if crashed_after != "suppressed"
+        else ""
+    )
+
+    async def interrupted_then_resumed() -> int:
+        settings = lua.settings
+        await erasure.start(lua.redis, lua.scripts, settings, "job-1", "p1", at, "api-1")
+        result, _ = await erasure.run(
+            lua.redis, lua.scripts, settings, "job-1", "api-1", crashed_after
+        )
+        assert result == "audited"  # stopped where it was told to
+        if not recorded:
+            await lua.redis.hset(keys.job("job-1"), "step", previous)
+        # still held by the dead runner: nobody else runs it
+        assert await erasure.resume_open(lua.redis, lua.scripts, settings, "w2") == 0
+        await lua.redis.delete(keys.job_lease("job-1"))  # its lease expired
+        return await erasure.resume_open(lua.redis, lua.scripts, settings, "w2")
+
+    assert lua.run(interrupted_then_resumed()) == 1
+    job = lua.r.hgetall(keys.job("job-1"))
+    assert (job["state"], job["step"], job["identifiers"], job["exits"]) == (
+        "done",
+        "purged",
+        "4",
+        "1",
+    )
+    assert [parsed(f) for f in segment_events(lua)[events_before:]] == [
+        seg_event("vip", "p1", 2, "EXIT", at, {"userId": "u1"}, reason="erased")
+    ]
+    (audit,) = [fields for _, fields in lua.r.xrange(keys.AUDIT)]
+    assert (audit["job"], audit["canonicalId"], audit["exits"]) == ("job-1", "p1", "1")
+    assert profile_keys(lua, "p1") == profile_keys(lua, "p2") == set()
+    for typed in ids:
+        assert not lua.r.exists(keys.identifier(typed)), typed
+    assert lua.r.smembers(keys.SUPPRESSED) == ids
+    assert members(lua, "vip") == [("p3", 3.0)]
+    assert lua.r.zrange(keys.PROFILES, 0, -1) == ["p3"]
+    assert due(lua, "p1") is None
+    assert not lua.r.exists(keys.job_identifiers("job-1"), keys.job_lease("job-1"))
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
+
+
+def test_an_identifier_linked_during_the_erasure_is_suppressed_and_unindexed_too(lua, now_ms):
+    """Between the suppression and the profile's step, an apply links a new identifier
+    (its event was resolved before the suppression): the job suppresses it as well."""
+    ids = erasable(lua, now_ms)["ids"]
+
+    async def run() -> None:
+        settings = lua.settings
+        await erasure.start(lua.redis, lua.scripts, settings, "job-1", "p1", now_ms, "api")
+        await erasure.run(lua.redis, lua.scripts, settings, "job-1", "api", "unindexed")
+        await lua.redis.sadd(keys.identifiers("p1"), "anon:late")
+        await lua.redis.set(keys.identifier("anon:late"), "p1")
+        await lua.redis.set(keys.identifier("anon:other"), "p3")
+        result, job = await erasure.run(lua.redis, lua.scripts, settings, "job-1", "api")
+        assert result == "done" and job is not None and job.identifiers == 5
+
+    lua.run(run())
+    assert lua.r.smembers(keys.SUPPRESSED) == ids | {"anon:late"}
+    assert not lua.r.exists(keys.identifier("anon:late"))
+    assert lua.cid("anon:other") == "p3"  # compare-and-delete: another profile's entry stays
 
 
 def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms):
