@@ -15,7 +15,10 @@ canonical id's tag, every partition stream its own)::
     {cdp:events:dropped}:recorded        zset, "<partition>:<entry id>:<digest>" -> ms:
     {cdp:events:dead}:recorded           the records written (in their stream's slot),
                                          so a record is written once (kept dedup-ttl)
-    cdp:replayed:<dropped|dead>          zset, record id -> its ms: records replayed
+    cdp:replayed:<dropped|dead>:{p<N>}   zset, record id -> its ms: records replayed to
+                                         partition N (in its stream's slot)
+    cdp:replayed:<dropped|dead>          zset, the same before the marks were per
+                                         partition (read, never written)
     cdp:workers                          zset, worker id -> heartbeat expiry (ms)
     cdp:metrics:{p<N>}                   hash, counter name -> value, partition N's share
                                          (summed over the partitions on read)
@@ -139,8 +142,14 @@ def record_marks(record_stream: str) -> str:
     return f"{{{record_stream}}}:recorded"
 
 
-def replayed(source: str) -> str:
-    """Marks of the records of ``cdp:events:<source>`` already replayed (cdp.replay)."""
+def replayed(source: str, partition: int) -> str:
+    """Marks of the records of ``cdp:events:<source>`` already replayed to partition N
+    (cdp.replay): in the partition stream's slot, so one script marks and publishes."""
+    return f"{PREFIX}:replayed:{source}:{partition_tag(partition)}"
+
+
+def replayed_legacy(source: str) -> str:
+    """The marks of before they were per partition (read only, while they exist)."""
     return f"{PREFIX}:replayed:{source}"
 
 
