@@ -53,6 +53,7 @@ import structlog
 from cdp import faults, keys
 from cdp.clock import wall_ms
 from cdp.connect import Client
+from cdp.errors import ErasureStuck
 from cdp.events import iso_ms
 from cdp.identity import typed_identifiers
 from cdp.scripts import Scripts
@@ -184,7 +185,7 @@ async def run(
         if outcome == "restart":  # merged away: the job erases the survivor from step 1
             hops += 1
             if hops > MAX_HOPS:
-                raise RuntimeError(f"erasure job {job_id}: merge pointers do not end")
+                raise ErasureStuck(f"erasure job {job_id}: merge pointers do not end")
             await redis.hset(keys.job(job_id), mapping={"canonicalId": job.cid, "step": ""})
             job.step = ""
             continue
@@ -278,7 +279,7 @@ class _Steps:
                 keys.job(job.id), mapping={"identifiers": job.identifiers, "exits": job.exits}
             )
             return None
-        raise RuntimeError(f"erasure of {job.cid}: counters kept appearing")
+        raise ErasureStuck(f"erasure of {job.cid}: counters kept appearing")
 
     async def resuppressed(self) -> str | None:
         return await self.suppressed()
