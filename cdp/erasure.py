@@ -386,17 +386,7 @@ async def delete_profile_keys(redis: Client, cid: str) -> None:
     """Every key of profile ``cid`` (one slot, one DEL): a merged-away id's pointer and
     whatever a merge interrupted left of it."""
     names = [text(n) for n in await redis.hkeys(keys.counters(cid))]
-    await redis.delete(
-        keys.profile(cid),
-        keys.traits(cid),
-        keys.identifiers(cid),
-        keys.counters(cid),
-        keys.merged(cid),
-        keys.profile_segments(cid),
-        keys.seen(cid),
-        keys.outbox(cid),
-        *(keys.counter(cid, name) for name in names),
-    )
+    await redis.delete(*keys.profile_keys(cid, names))
 
 
 async def purge_records(

@@ -81,6 +81,8 @@ Nothing outside this module builds a key with an f-string.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 PREFIX = "cdp"
 
 GROUP = "cdp-workers"
@@ -204,6 +206,22 @@ def seen(cid: str) -> str:
 def outbox(cid: str) -> str:
     """Records profile ``cid``'s scripts owe to streams of other slots (cluster)."""
     return profile(cid) + ":outbox"
+
+
+def profile_keys(cid: str, counter_names: Iterable[str] = ()) -> list[str]:
+    """Every key of profile ``cid`` (one slot): the fixed ones, then the counter zsets of
+    ``counter_names`` (the names its counters hash holds)."""
+    return [
+        profile(cid),
+        traits(cid),
+        identifiers(cid),
+        counters(cid),
+        merged(cid),
+        profile_segments(cid),
+        seen(cid),
+        outbox(cid),
+        *(counter(cid, name) for name in counter_names),
+    ]
 
 
 # SCAN pattern of every profile's seen hash (the fault suite reads them back).

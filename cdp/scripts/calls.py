@@ -276,17 +276,7 @@ def erase_profile(
     """The erasure step in profile ``cid``'s slot (``cdp.erasure``): EXITs to its outbox,
     its state deleted, a marker left; ``counter_names``: the counters hash's names."""
     return Call(
-        [
-            keys.profile(cid),
-            keys.traits(cid),
-            keys.identifiers(cid),
-            keys.counters(cid),
-            keys.merged(cid),
-            keys.profile_segments(cid),
-            keys.seen(cid),
-            keys.outbox(cid),
-            *(keys.counter(cid, name) for name in sorted(counter_names)),
-        ],
+        keys.profile_keys(cid, sorted(counter_names)),
         [prefix, cid, at_iso, job_id, events_maxlen],
     )
 

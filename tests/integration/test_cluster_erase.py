@@ -21,16 +21,12 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis as redis_sync
-from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio.cluster import RedisCluster
 
 from cdp import erasure, keys
-from cdp.api.app import create_app
-from cdp.connect import connect
 from cdp.embedded import free_port
 from cdp.events import StreamEvent, stream_encoder
 from cdp.export import export_profiles
@@ -40,8 +36,9 @@ from cdp.profiles import read_profile, read_profiles
 from cdp.redis_nodes import scan_all
 from cdp.replay import replay
 from cdp.scripts import Scripts, load_scripts
-from cdp.settings import Settings, load_settings
+from cdp.settings import Settings
 from cdp.streams import text
+from tests.integration.test_cluster_slots import PARTITIONS, Api, run, settings_of
 from tests.lua.test_segment_scripts import erasable
 from tests.support.lua import LuaHarness
 from tests.support.stack import ROOT
@@ -50,14 +47,7 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 16
 PERSON = {"user:u1", "email:ann@example.com", "anon:a1", "anon:a2"}
-
-
-def settings_of(url: str) -> Settings:
-    return load_settings(
-        env={}, redis_url=url, partitions=PARTITIONS, admin_token=ADMIN_TOKEN, lease_ttl_ms=1000
-    )
 
 
 class RedisHarness(LuaHarness):
@@ -96,25 +86,6 @@ def built(redis_url: str, redis_cluster_url: str) -> Iterator[str]:
         source.close()
         target.close()
     yield redis_cluster_url
-
-
-Body = Callable[[RedisCluster, TestClient[Any, Any]], Awaitable[None]]
-
-
-def run(url: str, body: Body) -> None:
-    """``body(redis, api)``: a cluster client and the API app in this process."""
-
-    async def main() -> None:
-        redis = await connect(settings_of(url))
-        assert isinstance(redis, RedisCluster)
-        await redis.initialize()
-        try:
-            async with TestClient(TestServer(create_app(settings_of(url)))) as api:
-                await body(redis, api)
-        finally:
-            await redis.aclose()
-
-    asyncio.run(main())
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -163,7 +134,7 @@ async def assert_erased_once(redis: RedisCluster, job_id: str) -> None:
 
 
 def test_profile_reads_export_and_metrics_on_the_cluster(built: str, redis_url: str) -> None:
-    async def body(redis: RedisCluster, api: TestClient[Any, Any]) -> None:
+    async def body(redis: RedisCluster, api: Api) -> None:
         one = redis_sync.asyncio.Redis.from_url(redis_url)  # where the state was built
         try:
             expected = await read_profile(one, "user:u1")
@@ -199,7 +170,7 @@ def test_profile_reads_export_and_metrics_on_the_cluster(built: str, redis_url: 
 
 
 def test_an_erasure_on_the_cluster_leaves_one_audit_and_one_exit(built: str) -> None:
-    async def body(redis: RedisCluster, api: TestClient[Any, Any]) -> None:
+    async def body(redis: RedisCluster, api: Api) -> None:
         resp = await api.delete("/cdp/profiles/anon:a2", headers=ADMIN)  # the merged-away id
         assert resp.status == 202, await resp.text()
         job = await resp.json()
@@ -271,7 +242,7 @@ def test_an_api_killed_between_two_steps_leaves_a_job_the_sweeper_finishes(
         )
         client.close()
 
-        async def resume(redis: RedisCluster, api: TestClient[Any, Any]) -> None:
+        async def resume(redis: RedisCluster, api: Api) -> None:
             settings = settings_of(built)
             await load_scripts(redis)
             scripts = Scripts(redis)
@@ -287,7 +258,7 @@ def test_an_api_killed_between_two_steps_leaves_a_job_the_sweeper_finishes(
 
 
 def test_a_replay_on_the_cluster_publishes_each_record_once(redis_cluster_url: str) -> None:
-    async def body(redis: RedisCluster, api: TestClient[Any, Any]) -> None:
+    async def body(redis: RedisCluster, api: Api) -> None:
         settings = settings_of(redis_cluster_url)
         events = [
             StreamEvent(
