@@ -51,13 +51,13 @@ class Scripts:
 
     def __init__(self, redis: Client) -> None:
         self.apply_batch = calls.apply_batch.bind(redis)
+        self.identifier_release = calls.identifier_release.bind(redis)
         self.lease_acquire = calls.lease_acquire.bind(redis)
         self.lease_release = calls.lease_release.bind(redis)
         self.profile_view = calls.profile_view.bind(redis)
         self.segment_transition = calls.segment_transition.bind(redis)
         self.segment_forget = calls.segment_forget.bind(redis)
         self.erase_profile = calls.erase_profile.bind(redis)
-        self.identifier_release = calls.identifier_release.bind(redis)
         self.replay_record = calls.replay_record.bind(redis)
 
 

@@ -100,6 +100,12 @@ def apply_batch(
     )
 
 
+@script("identifier_release", keys=1, decode=_flag)
+def identifier_release(identifier: str, cid: str) -> Call:
+    """Delete the claim on typed ``identifier`` if it still names ``cid``; True if it did."""
+    return Call([keys.identifier(identifier)], [cid])
+
+
 # -- leases -------------------------------------------------------------------------
 
 
@@ -279,12 +285,6 @@ def erase_profile(
         keys.profile_keys(cid, sorted(counter_names)),
         [prefix, cid, at_iso, job_id, events_maxlen],
     )
-
-
-@script("identifier_release", keys=1, decode=_flag)
-def identifier_release(typed_id: str, cid: str) -> Call:
-    """Delete identifier ``typed_id`` from the index if it still names ``cid``."""
-    return Call([keys.identifier(typed_id)], [cid])
 
 
 # -- replay -------------------------------------------------------------------------
