@@ -194,8 +194,9 @@ async def run(
             job.state = "purging"
         await redis.hset(keys.job(job_id), mapping={"step": step, "state": job.state})
         faults.point(f"erase:{step}")
-    if job.step == "purged":
-        return "done", job
+    if job.state in ("done", "failed"):  # (again: a crash may have come before the ZREM)
+        await redis.zrem(keys.ERASURES_OPEN, job_id)
+        return ("done" if job.state == "done" else "gone"), job
     return "audited", job
 
 
@@ -209,7 +210,8 @@ async def abandon(redis: Client, job_id: str, reason: str) -> None:
 
 
 async def resume_open(redis: Client, scripts: Scripts, settings: Settings, runner: str) -> int:
-    """Run the open jobs nobody holds (their runner died); returns how many finished."""
+    """Run the open jobs nobody holds (their runner died); returns how many left the
+    open index (done, or nothing left to erase)."""
     open_ids: Any = await redis.zrange(keys.ERASURES_OPEN, 0, RESUME_CHUNK - 1)
     finished = 0
     for raw_id in open_ids:
@@ -217,8 +219,8 @@ async def resume_open(redis: Client, scripts: Scripts, settings: Settings, runne
         if not await scripts.lease_acquire(keys.job_lease(job_id), runner, settings.lease_ttl_ms):
             continue
         log.info("erasure resumed", job=job_id, runner=runner)
-        result, _ = await run(redis, scripts, settings, job_id, runner)
-        if result == "gone":
+        result, job = await run(redis, scripts, settings, job_id, runner)
+        if result == "gone" and job is not None and job.state != "failed":
             await abandon(redis, job_id, "the profile no longer exists (erased by another job)")
         finished += result in ("done", "gone")
     return finished

@@ -857,6 +857,22 @@ def test_an_erasure_interrupted_after_any_step_is_resumed_with_one_audit_and_one
     assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
 
 
+def test_a_finished_or_expired_job_left_in_the_open_index_is_dropped_from_it(lua, now_ms):
+    """A crash between a job's last write and its ZREM, or a job hash that expired:
+    the resume drops the entry and writes nothing else (no second audit, no job hash)."""
+    assert erase(lua, "p1", at=now_ms, job="job-1") == ["GONE"]  # nothing to erase
+    erasable(lua, now_ms)
+    assert erase(lua, "p1", at=now_ms, job="job-2") == ["OK", 4, 1]
+    lua.r.zadd(keys.ERASURES_OPEN, {"job-2": now_ms, "job-gone": now_ms})
+    snapshot = lua.dump()
+    assert lua.run(erasure.resume_open(lua.redis, lua.scripts, lua.settings, "w2")) == 2
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
+    after = lua.dump()
+    del snapshot[keys.ERASURES_OPEN]
+    assert {k: v for k, v in after.items() if not k.endswith(":lease")} == snapshot
+    assert lua.r.xlen(keys.AUDIT) == 1
+
+
 def test_an_identifier_linked_during_the_erasure_is_suppressed_and_unindexed_too(lua, now_ms):
     """Between the suppression and the profile's step, an apply links a new identifier
     (its event was resolved before the suppression): the job suppresses it as well."""
