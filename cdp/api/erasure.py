@@ -61,15 +61,16 @@ async def erase(request: web.Request) -> web.Response:
     assert job is not None
     state: dict[str, Any] = {
         "id": job_id,
-        "state": "purging",
+        "state": job.state,  # "purging"; "erasing" if another runner took the job over
         "canonicalId": job.cid,
         "createdAt": job.at_iso,
         "identifiers": job.identifiers,
         "exits": job.exits,
     }
-    task = asyncio.create_task(_finish(redis, scripts, settings, job_id, runner))
-    request.app[JOBS].add(task)
-    task.add_done_callback(request.app[JOBS].discard)
+    if result == "audited":
+        task = asyncio.create_task(_finish(redis, scripts, settings, job_id, runner))
+        request.app[JOBS].add(task)
+        task.add_done_callback(request.app[JOBS].discard)
     return web.json_response(state | {"href": f"/cdp/jobs/{job_id}"}, status=202)
 
 
