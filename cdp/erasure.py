@@ -44,6 +44,7 @@ too (same record ids, same marks: once).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -175,9 +176,15 @@ async def run(
     job = Job.of(job_id, raw)
     steps = _Steps(redis, scripts, settings, job, runner)
     hops = 0
+    renewed = -float("inf")
     while job.step != until and job.state not in ("done", "failed"):
-        if not await scripts.lease_acquire(keys.job_lease(job_id), runner, settings.lease_ttl_ms):
-            return "busy", job
+        # The lease, taken at the first step and renewed once a third of it has passed.
+        if time.monotonic() - renewed > settings.lease_ttl_ms / 3000:
+            if not await scripts.lease_acquire(
+                keys.job_lease(job_id), runner, settings.lease_ttl_ms
+            ):
+                return "busy", job
+            renewed = time.monotonic()
         step = STEPS[STEPS.index(job.step) + 1] if job.step else STEPS[0]
         outcome = await getattr(steps, step)()
         if outcome == "gone":
