@@ -248,9 +248,11 @@ class _Steps:
     async def suppressed(self) -> str | None:
         ids = await self.redis.smembers(keys.identifiers(self.job.cid))
         if ids:
-            await self.redis.sadd(keys.job_identifiers(self.job.id), *ids)
-            await self.redis.expire(keys.job_identifiers(self.job.id), JOB_TTL_S)
-            await self.redis.sadd(keys.SUPPRESSED, *ids)
+            async with self.redis.pipeline(transaction=False) as pipe:  # two slots
+                pipe.sadd(keys.job_identifiers(self.job.id), *ids)
+                pipe.expire(keys.job_identifiers(self.job.id), JOB_TTL_S)
+                pipe.sadd(keys.SUPPRESSED, *ids)
+                await pipe.execute()
         return None
 
     async def unindexed(self) -> str | None:
