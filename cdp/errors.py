@@ -26,6 +26,7 @@ CdpError
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
 ├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
 ├── ErasureStuck         an erasure step cannot settle (the sweeper tries it again)
+├── ProtocolBusy         an event not resolved in a few rounds (cdp.pipeline.profile_apply)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
 └── ChaosError           ``cdp chaos`` cannot run its own stack (the CLI exits 2)
 

@@ -8,6 +8,7 @@ every master instead (a plain Redis is its own only master): ``for_each_master``
 one command on each, ``info_sum`` adds up the numeric fields of their INFO sections,
 ``dbsize`` their key counts, ``scan_all`` iterates the keys of all of them (redis-py's
 cluster ``scan_iter`` already walks each primary; this names the intent),
+``scan_all_sync`` the same for a blocking client (the oracle's snapshots),
 ``disconnect`` closes every pooled connection (a memory figure leaves the query buffers
 out).
 """
@@ -15,12 +16,12 @@ out).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from cdp.connect import Client
+from cdp.connect import Client, SyncClient
 
 
 async def for_each_master(redis: Client, *command: Any) -> list[Any]:
@@ -67,6 +68,12 @@ async def scan_all(redis: Client, match: str, count: int = 1000) -> AsyncIterato
     """Every key matching ``match`` on every master (each once, unless it moves)."""
     async for key in redis.scan_iter(match=match, count=count):
         yield key
+
+
+def scan_all_sync(client: SyncClient, match: str, count: int = 1000) -> Iterator[bytes | str]:
+    """``scan_all`` for a blocking client: every key matching ``match`` on every master
+    (redis-py's cluster SCAN visits each primary)."""
+    yield from client.scan_iter(match=match, count=count)
 
 
 async def disconnect(redis: Client) -> None:

@@ -26,6 +26,7 @@ from cdp import keys
 from cdp.connect import SyncClient
 from cdp.events import StreamEvent, iso_ms
 from cdp.pipeline.apply import bucket_member
+from cdp.redis_nodes import scan_all_sync
 from cdp.settings import Settings
 from cdp.streams import text
 
@@ -206,9 +207,10 @@ def canonical(profiles: list[Profile]) -> dict[frozenset[str], dict[str, Any]]:
 
 
 def snapshot(client: SyncClient) -> list[Profile]:
-    """Every live profile in Redis, read back into the model's shape."""
+    """Every live profile in Redis (one Redis, or every master of a cluster), read back
+    into the model's shape."""
     out = []
-    for raw_key in client.scan_iter(match=keys.PROFILE_PREFIX + "{*}", count=1000):
+    for raw_key in scan_all_sync(client, keys.PROFILE_PREFIX + "{*}"):
         key = text(raw_key)
         meta = _str_dict(client.hgetall(key))
         if "mergedInto" in meta or "createdAt" not in meta:

@@ -23,6 +23,7 @@ import msgspec
 from cdp import keys
 from cdp.connect import SyncClient
 from cdp.events import StreamEvent, entry_events, stream_decoder
+from cdp.redis_nodes import scan_all_sync
 from cdp.streams import text
 
 Location = tuple[int, str]  # (partition, stream entry id)
@@ -92,7 +93,7 @@ def read_state(client: SyncClient, partitions: int) -> RedisState:
             if op is not None:
                 reason = text(fields.get(b"reason", b""))
                 state.parked[op] = f"{stream}: {reason[:160]}"
-    for key in client.scan_iter(match=keys.SEEN_PATTERN, count=1000):
+    for key in scan_all_sync(client, keys.SEEN_PATTERN):
         state.applied.update(text(k) for k in client.hkeys(key))
     return state
 

@@ -9,6 +9,33 @@ local function seq_of(cid) return tonumber(string.sub(cid, 2)) or 0 end
 local function id_type(id) return string.match(id, "^(%a+):") end
 local TYPE_FIELD = {user = "users", email = "emails", anon = "anons"}
 
+-- The identity counts of profile hash `pkey`, as the guard rails on links read them:
+-- {users, emails, anons, user}.
+local function identity_counts(pkey)
+  local row = rcall("HMGET", pkey, "users", "emails", "anons", "user")
+  local counts = {users = tonumber(row[1]), emails = tonumber(row[2]),
+    anons = tonumber(row[3]) or 0, user = row[4] or nil}
+  if not counts.users or not counts.emails then
+    error("ERR hash value is not an integer", 0)  -- as HINCRBY would answer
+  end
+  return counts
+end
+
+-- The guard rail refusing to link identifier `id` to a profile whose counts are
+-- `counts` ({users, emails}): "userId limit", "email limit", or nil when it may be
+-- linked (then its type's count in `counts` grows). `limits`: {maxUsers, maxEmails}.
+local function link_refused(id, counts, limits)
+  local t = id_type(id)
+  if t == "user" then
+    if counts.users >= limits.maxUsers then return "userId limit" end
+    counts.users = counts.users + 1
+  elseif t == "email" then
+    if counts.emails >= limits.maxEmails then return "email limit" end
+    counts.emails = counts.emails + 1
+  end
+  return nil
+end
+
 -- A stored trait cell {"v","ts","eventId"}; one the event's write cannot be compared
 -- with (not JSON, or without its stamp) refuses the event rather than the partition.
 local function decode_cell(json)

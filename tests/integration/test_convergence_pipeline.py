@@ -1,23 +1,28 @@
 """Convergence through the real pipeline: generated event sets POSTed to the API in a
 random order, applied by three worker processes of which one is SIGKILLed mid-run and
-restarted, must end in exactly the reference model's state."""
+restarted, must end in exactly the reference model's state. On one Redis (the workers
+apply with ``apply_batch``) and on the session's 3-master Redis Cluster (the profile
+protocol: per-profile scripts, claims and cross-slot merges)."""
 
 from __future__ import annotations
 
 import random
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis as redis_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdp.chaos.model import Model, canonical, snapshot
+from cdp.connect import SyncClient, sync_client
 from cdp.embedded import RedisServer
+from cdp.embedded_cluster import EmbeddedCluster
 from cdp.events import StreamEvent, iso_ms
 from cdp.settings import Settings
+from tests.support.cluster import flush_cluster
 from tests.support.events import event_sets
 from tests.support.stack import Stack
 from tests.support.values import T0_MS as T0
@@ -42,6 +47,21 @@ def body(ev: StreamEvent) -> dict[str, object]:
     return {"eventId": ev.eventId, "ts": iso_ms(ev.ts), "payload": payload}
 
 
+@pytest.fixture(params=["one-redis", "cluster"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, Callable[[], None]]:
+    """The URL of the session's Redis or cluster, and how to empty it."""
+    if request.param == "cluster":
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url, lambda: flush_cluster(cluster)
+    server: RedisServer = request.getfixturevalue("redis_server")
+
+    def flush() -> None:
+        with sync_client(server.url) as client:
+            client.flushall()
+
+    return server.url, flush
+
+
 @settings(
     max_examples=3,
     deadline=None,
@@ -49,12 +69,13 @@ def body(ev: StreamEvent) -> dict[str, object]:
 )
 @given(events=event_sets(max_events=40), rng=st.randoms(use_true_random=False))
 def test_pipeline_with_a_sigkill_converges_to_the_model(
-    redis_server: RedisServer, events: list[StreamEvent], rng: random.Random
+    backend: tuple[str, Callable[[], None]], events: list[StreamEvent], rng: random.Random
 ) -> None:
-    client = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
-    client.flushall()
+    url, flush = backend
+    flush()
+    client: SyncClient = sync_client(url, decode_responses=True)
     with tempfile.TemporaryDirectory() as logs:
-        stack = Stack(redis_server.url, client, Path(logs))
+        stack = Stack(url, client, Path(logs))
         try:
             run(stack, events, rng)
         except BaseException:

@@ -514,12 +514,16 @@ def test_events_refused_for_oom_are_applied_once_memory_is_back_not_parked(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("protocol", ["batch", "profile"])
 def test_only_the_event_at_fault_is_parked_and_a_broken_shared_key_parks_nothing(
-    redis_url: str,
+    redis_url: str, protocol: str
 ) -> None:
+    """With either apply protocol (``apply-protocol``): the profile protocol's scripts
+    refuse the same event, and the worker parks it the same way."""
+
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
-            s = settings(redis_url)
+            s = settings(redis_url, apply_protocol=protocol)
             now = T0 + 60_000
             await ensure_groups(redis, s.partitions)
             worker = Worker(redis, s, ManualClock(now), "w")

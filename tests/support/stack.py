@@ -1,6 +1,11 @@
 """The stack of an integration test: the API and worker *processes* (``cdp api``,
 ``cdp worker``) against the session's redis-server, driven through HTTP and the
 Redis-driven test clock. ``tests/conftest.py``'s ``stack`` fixture makes one per test.
+
+A stack may run against a Redis Cluster: give it the cluster's URL and a blocking
+cluster client (``cdp.connect.sync_client``); its processes then get
+``CDP_REDIS_CLUSTER=yes`` (and apply through the profile protocol: ``apply-protocol``
+auto), and every read of the stack goes through that client, key by key.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import redis as redis_sync
 
 from cdp import keys
+from cdp.connect import SyncClient
 from cdp.embedded import free_port
 from cdp.metrics import counters_sync
 from tests.support.values import PARTITIONS, ms
@@ -53,7 +59,7 @@ class Stack:
     def __init__(
         self,
         redis_url: str,
-        client: redis_sync.Redis,
+        client: SyncClient,
         log_dir: Path,
         partitions: int = PARTITIONS,
     ) -> None:
@@ -72,6 +78,8 @@ class Stack:
         env.update(self.TEST_ENV)
         env["CDP_REDIS_URL"] = self.redis_url
         env["CDP_PARTITIONS"] = str(self.partitions)
+        if isinstance(self.r, redis_sync.RedisCluster):
+            env["CDP_REDIS_CLUSTER"] = "yes"
         env.update({f"CDP_{k.upper()}": v for k, v in overrides.items()})
         return env
 

@@ -223,3 +223,12 @@ def test_event_loop_is_uvloop_when_installed_unless_asyncio_is_asked_for(
     assert loop_factory(load_settings(env={})) is None
     with pytest.raises(SettingsError, match="event-loop: uvloop is not installed"):
         loop_factory(load_settings(env={"CDP_EVENT_LOOP": "uvloop"}))
+
+
+def test_apply_protocol_is_auto_unless_batch_or_profile(tmp_path):
+    assert Settings().apply_protocol == "auto"
+    assert load_settings(env={"CDP_APPLY_PROTOCOL": "profile"}).apply_protocol == "profile"
+    path = write(tmp_path, 'apply-protocol = "batch"\n')
+    assert load_settings(path, env={}).apply_protocol == "batch"
+    with pytest.raises(SettingsError, match="apply-protocol"):
+        load_settings(env={"CDP_APPLY_PROTOCOL": "cluster"})
