@@ -19,6 +19,7 @@ CdpError
 │   └── Conflict              ... clashing with the current state (the API's own; HTTP 409)
 ├── RuleError            a segment rule or definition is not valid (cdp.segments.rules)
 ├── ScriptError          a Lua script disagrees with its -N name or header (cdp.scripts.loader)
+├── MergeError           a merge into itself, or merge pointers that do not end (cdp.merge)
 ├── ClientGone           the client closed the connection before its body was complete
 ├── OutcomeUnknown       Redis did not answer a round trip that was sent (HTTP 504)
 ├── NotReplicated        stored by the primary, not by ingest-min-replicas replicas (HTTP 503)
