@@ -35,6 +35,7 @@ from typing import Literal
 
 from cdp import faults, keys
 from cdp.connect import Client
+from cdp.errors import CdpError
 from cdp.events import iso_ms
 from cdp.pipeline.apply import script_limits
 from cdp.scripts import Frozen, Scripts
@@ -46,8 +47,8 @@ RECORDS_MAXLEN = 100_000  # cdp:merges, as apply_batch trims it
 RECORD_KEEP_MS = 86_400_000  # how long a merge's record is known written (add_once)
 
 
-class MergeError(RuntimeError):
-    """A merge's journal does not settle (pointers that do not end): a bug or a cycle."""
+class MergeError(CdpError):
+    """A merge that cannot be: into itself, or forward pointers that do not end (a bug)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ async def merge(
     now; when it is not ``survivor``, the caller decides what to merge next.
     """
     if loser == survivor:
-        raise ValueError(f"a profile cannot be merged into itself: {loser!r}")
+        raise MergeError(f"a profile cannot be merged into itself: {loser!r}")
     await redis.zadd(keys.MERGES_OPEN, {loser: now_ms}, nx=True)
     faults.point("merge:intent")
     m = _Merge(redis, scripts, settings, loser, now_ms, event_id, ts_iso)
@@ -146,14 +147,16 @@ async def _drive(m: _Merge, survivor: str, *, fresh: bool) -> MergeOutcome:
         await m.redis.zrem(keys.MERGES_OPEN, m.loser)
         return MergeOutcome("gone", survivor)
     if frozen.status == "FROZEN":
-        # Another merge holds the loser: finish it (its journal is its own), and say
-        # where the loser's state went.
-        if frozen.merge_state != "done":
-            await _drive(m, frozen.other, fresh=False)
+        # Another merge holds the loser: finish it from its own journal (its record
+        # too, if its process died before), and say where the loser's state went.
+        await resume(m.redis, m.scripts, m.settings, m.loser, m.now_ms)
         return MergeOutcome("merged", await final_survivor(m.redis, frozen.other))
     if fresh:
         faults.point("merge:frozen")
     state = frozen.merge_state
+    if state == "merged":  # merged by apply_batch (one Redis): recorded there
+        await m.redis.zrem(keys.MERGES_OPEN, m.loser)
+        return MergeOutcome("merged", await final_survivor(m.redis, survivor))
     if state == "frozen":
         absorbed = await _absorb(m, frozen, survivor)
         if isinstance(absorbed, MergeOutcome):
@@ -195,6 +198,9 @@ async def _absorb(m: _Merge, frozen: Frozen, survivor: str) -> str | MergeOutcom
         )
         if answer.status in ("OK", "ALREADY"):
             return target
+        if answer.status in ("FORWARDED", "GONE"):
+            # Not due after all: merged away (its own merge unmarks it too), or gone.
+            await m.redis.zrem(keys.SEGMENTS_DUE, target)
         if answer.status == "FORWARDED":
             moved = await m.scripts.merge_retarget(
                 loser=m.loser, survivor=target, new_survivor=answer.detail

@@ -127,6 +127,8 @@ local events = cjson.decode(ARGV[8])
 local limits = cjson.decode(ARGV[9])
 local unpack, tonumber, pcall = unpack, tonumber, pcall
 local EID, SID, TS, MS, BUCKET, TYPE, IDS, TRAITS, NAME, IMPORT, SHARD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+--@include chunked
+
 --@include bytes
 --@include poison
 --@include profile

@@ -46,6 +46,7 @@ local loser, limits, now_iso, events_stream = ARGV[1], cjson.decode(ARGV[3]), AR
 local survivor = ARGV[6]
 local unpack, tonumber = unpack, tonumber
 --@include chunked
+
 --@include merge
 --@include segments
 --@include outbox

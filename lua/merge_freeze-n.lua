@@ -8,7 +8,7 @@
   state answered here is what merge_absorb folds into S, however often it is asked.
 
   Idempotent: L already frozen towards S answers its state again (a resumed merge),
-  whatever step the journal is at. L merged or frozen towards another profile
+  whatever step the journal is at ("merged": merged by apply_batch, no journal). L merged or frozen towards another profile
   answers {"FROZEN", other, mergeState}; L not a profile (never created, erased)
   answers {"GONE"}.
 
@@ -38,15 +38,17 @@ local rcall = redis.call
 local pkey = KEYS[1]
 local survivor, event_id, merged_at = ARGV[1], ARGV[2], ARGV[3]
 
+-- A profile merged by apply_batch (one Redis) has a forward pointer and no journal:
+-- its state "merged" (finished, recorded there).
 local head = rcall("HMGET", pkey, "mergedInto", "mergeState", "createdAt")
-if head[1] and head[1] ~= survivor then return {"FROZEN", head[1], head[2] or "done"} end
+if head[1] and head[1] ~= survivor then return {"FROZEN", head[1], head[2] or "merged"} end
 if not head[1] then
   if not head[3] then return {"GONE"} end
   rcall("HSET", pkey, "mergedInto", survivor, "mergeState", "frozen", "mergeEventId", event_id,
     "mergedAt", merged_at)
   head[2] = "frozen"
 end
-local state = head[2] or "done"
+local state = head[2] or "merged"
 
 local counter_prefix = pkey .. ":counter:"
 local zsets = {}

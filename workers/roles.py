@@ -5,7 +5,9 @@ number of workers, exactly one plays it, and a dead holder's role moves once its
 lease expires.
 
 - sweeper (``cdp.segments.sweeper``): the due-time sweep and definition backfills,
-  run at the end of every tick (``sweep``), then the erasure jobs whose runner died
+  run at the end of every tick (``sweep``), then the cross-slot merges whose journal
+  is older than lease-ttl (their process presumably dead) are finished
+  (``cdp.merge.resume_open``), then the erasure jobs whose runner died
   (``cdp.erasure.resume_open``: each under its own lease);
 - webhook dispatcher (``cdp.segments.webhooks``): delivers segment events, in a loop
   of its own every ticker-interval (``run_webhooks``).
@@ -21,6 +23,7 @@ from redis.exceptions import RedisError
 from cdp import erasure
 from cdp.clock import Clock
 from cdp.connect import Client
+from cdp.merge import resume_open
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
@@ -42,17 +45,26 @@ class Roles:
         self.redis = redis
         self.scripts = scripts
         self.settings = settings
+        self.clock = clock
         self.state = state
         worker_id = state.worker_id
         self.sweeper = Sweeper(redis, scripts, engine, clock, worker_id, settings.lease_ttl_ms)
         self.dispatcher = Dispatcher(redis, scripts, settings, clock, worker_id)
 
     async def sweep(self) -> int:
-        """One sweep if this worker is the sweeper; returns transitions emitted."""
-        transitions = await self.sweeper.run_once()
+        """One sweep if this worker is the sweeper, the abandoned merges finished, then
+        the abandoned erasure jobs; returns transitions emitted."""
+        emitted = await self.sweeper.run_once()
         if self.sweeper.lease.holding:
-            await erasure.resume_open(self.redis, self.scripts, self.settings, self.state.worker_id)
-        return transitions
+            now = await self.clock.now_ms()
+            settings = self.settings
+            resumed = await resume_open(
+                self.redis, self.scripts, settings, now, settings.lease_ttl_ms
+            )
+            if resumed:
+                self.state.log.info("abandoned merges resumed", merges=resumed)
+            await erasure.resume_open(self.redis, self.scripts, settings, self.state.worker_id)
+        return emitted
 
     async def run_webhooks(self) -> None:
         interval = self.settings.ticker_interval_ms / 1000

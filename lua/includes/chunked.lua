@@ -1,7 +1,7 @@
--- includes/chunked.lua: one command over a long list of arguments, CHUNK at a time
--- (Lua's unpack has a stack limit). Expects the locals `rcall` and `unpack`.
+-- includes/chunked.lua: commands over long argument lists, CHUNK arguments at a time,
+-- well below Lua's stack limit for unpack. Expects `rcall` and `unpack`.
 
-local CHUNK = 1000  -- arguments per command, well below Lua's stack limit for unpack
+local CHUNK = 1000
 
 -- `command key arg...` over `list`, `step` at a time; the replies concatenated.
 local function chunked(command, key, list, step)

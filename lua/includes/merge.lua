@@ -2,8 +2,9 @@
 -- for the merge inside one script (includes/identity.lua, which reads the loser by
 -- name) and for the cross-slot merge (merge_absorb-n.lua, which gets the loser's state
 -- from merge_freeze-n.lua). Every function takes the loser's state as values and
--- writes only the survivor's keys (`skey`: its profile hash key). Expects `rcall`,
--- `chunked` and `CHUNK`, and includes/profile.lua.
+-- writes only the survivor's keys (`skey`: its profile hash key). Expects `rcall`
+-- and `unpack`.
+--@include chunked
 --@include profile
 
 -- Traits by Last-Write-Wins on (ts, eventId), tombstones included. `ltraits`: the

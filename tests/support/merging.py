@@ -169,9 +169,10 @@ def copy_keys(source: Any, target: Any, *, replace: bool = True) -> int:
     return copied
 
 
-# Keys only one side has: the merge's own bookkeeping, the stream and metrics of the
-# apply calls, the record marks of add_once.
-_SKIP = (keys.stream(0), keys.record_marks(keys.MERGES), keys.SEGMENT_EVENTS)
+# Keys only one side has: the record marks of add_once, the streams, leases, metrics,
+# clock and heartbeats of the apply calls or of a worker.
+_SKIP = (keys.record_marks(keys.MERGES), keys.SEGMENT_EVENTS, keys.WORKERS, keys.CLOCK)
+_SKIP_PREFIXES = ("cdp:events:", "cdp:lease:", keys.METRICS)
 
 
 def _value(r: redis_sync.Redis, raw: bytes, kind: str) -> Any:
@@ -198,7 +199,7 @@ def normalised(r: redis_sync.Redis) -> dict[str, Any]:
     events: list[dict[str, str]] = []
     for raw in r.scan_iter(count=1000):
         key = raw.decode()
-        if key in _SKIP or key.startswith(keys.METRICS):
+        if key in _SKIP or key.startswith(_SKIP_PREFIXES):
             continue
         kind = r.type(raw).decode()
         if key.endswith(":outbox"):
