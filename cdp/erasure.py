@@ -13,11 +13,13 @@ effect, so a step interrupted half-way is simply run again. The steps, in order:
    set (``cdp:job:{<id>}:identifiers``: the purge needs them after the profile is gone);
 2. ``unindexed``: each identifier key is deleted if it still names the profile
    (``identifier_release``, compare-and-delete, in the identifier's slot);
-3. ``erased``: ``erase_profile`` in the profile's slot: every membership the profile
-   is in ends with an EXIT (reason "erased") pushed to its outbox with the member
-   change, and its state is deleted, atomically; the hash becomes a marker of the
-   job with the counts. Merged away meanwhile: the job moves to the survivor and
-   starts again at step 1;
+3. ``erased``: the cross-slot merges into the profile still open are finished first
+   (``cdp.merge.resume``: the loser's state and identifiers land in the profile and
+   are erased with it); then ``erase_profile`` in the profile's slot: every
+   membership the profile is in ends with an EXIT (reason "erased") pushed to its
+   outbox with the member change, and its state is deleted, atomically; the hash
+   becomes a marker of the job with the counts. Merged away meanwhile: that merge is
+   finished, and the job moves to the survivor and starts again at step 1;
 4. ``resuppressed`` / ``reunindexed``: steps 1 and 2 again for identifiers linked to
    the profile between step 1 and step 3;
 5. ``relayed``: the outbox's records go to their stream once each
@@ -51,7 +53,7 @@ from typing import Any, Literal
 
 import structlog
 
-from cdp import faults, keys
+from cdp import faults, keys, merge
 from cdp.clock import wall_ms
 from cdp.connect import Client
 from cdp.errors import ErasureStuck
@@ -265,6 +267,7 @@ class _Steps:
 
     async def erased(self) -> str | None:
         job = self.job
+        await self._finish_merges_into(job.cid)
         names = {text(n) for n in await self.redis.hkeys(keys.counters(job.cid))}
         for _ in range(COUNTER_ROUNDS):
             reply = await self.scripts.erase_profile(
@@ -278,10 +281,14 @@ class _Steps:
                 names |= set(reply.names)
                 continue
             if reply.status == "FORWARDED":
-                log.info(
-                    "erasure follows a merge", job=job.id, loser=job.cid, survivor=reply.survivor
-                )
-                job.cid = reply.survivor
+                # A cross-slot merge not finished yet is finished first (its journal
+                # in the loser's hash), so its state is where the job goes.
+                state = await self.redis.hget(keys.profile(job.cid), "mergeState")
+                if state is not None and text(state) != "done":
+                    await merge.resume(self.redis, self.scripts, self.settings, job.cid, wall_ms())
+                survivor = await merge.final_survivor(self.redis, reply.survivor)
+                log.info("erasure follows a merge", job=job.id, loser=job.cid, survivor=survivor)
+                job.cid = survivor
                 return "restart"
             if reply.status == "GONE":
                 return "gone"
@@ -291,6 +298,16 @@ class _Steps:
             )
             return None
         raise ErasureStuck(f"erasure of {job.cid}: counters kept appearing")
+
+    async def _finish_merges_into(self, cid: str) -> None:
+        """The cross-slot merges into ``cid`` still open (their process died, or runs
+        now) are finished first: the loser's state and identifiers land in ``cid``,
+        and are erased with it, rather than a journal pointing at an erased profile."""
+        for raw in await self.redis.zrange(keys.MERGES_OPEN, 0, -1):
+            loser = text(raw)
+            into = await self.redis.hget(keys.profile(loser), "mergedInto")
+            if into is not None and await merge.final_survivor(self.redis, text(into)) == cid:
+                await merge.resume(self.redis, self.scripts, self.settings, loser, wall_ms())
 
     async def resuppressed(self) -> str | None:
         return await self.suppressed()

@@ -39,8 +39,10 @@ from cdp.scripts import Scripts, load_scripts
 from cdp.settings import Settings
 from cdp.streams import text
 from tests.integration.test_cluster_slots import PARTITIONS, Api, run, settings_of
+from tests.integration.test_merge_protocol import run_process, to_cluster
 from tests.lua.test_segment_scripts import erasable
 from tests.support.lua import LuaHarness
+from tests.support.merging import Scenario
 from tests.support.stack import ROOT
 from tests.support.values import ADMIN_TOKEN, NOW_MS
 from tests.support.wait import wait_until
@@ -290,5 +292,47 @@ def test_a_replay_on_the_cluster_publishes_each_record_once(redis_cluster_url: s
         assert published == 12
         counts = await read_metrics(redis, PARTITIONS)
         assert counts["replayed"] == 12
+
+    run(redis_cluster_url, body)
+
+
+@pytest.mark.parametrize("step", ["frozen", "absorbed"])
+def test_an_erasure_first_finishes_a_merge_into_the_profile_killed_mid_way(
+    redis_url: str, redis_cluster_url: str, step: str
+) -> None:
+    """p2 was being merged into p1 by a process killed after ``step`` (its journal
+    open); erasing p1 finishes that merge first, then erases all of it: p2's keys and
+    identifier too, p2's membership ended once (by the merge), one audit record."""
+    scenario = Scenario(2)
+    to_cluster(redis_url, redis_cluster_url, scenario)
+    killed = run_process(redis_cluster_url, "merge", f"merge:{step}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    async def body(redis: RedisCluster, api: Api) -> None:
+        assert await redis.zrange(keys.MERGES_OPEN, 0, -1) == [b"p2"]
+        resp = await api.delete("/cdp/profiles/user:u1", headers=ADMIN)
+        assert resp.status == 202, await resp.text()
+        job = await resp.json()
+        assert (job["canonicalId"], job["identifiers"]) == ("p1", 2)
+
+        async def done() -> bool:
+            got = await (await api.get(f"/cdp/jobs/{job['id']}", headers=ADMIN)).json()
+            return bool(got["state"] == "done")
+
+        await until(done, "the job to be done")
+        assert await redis.zcard(keys.MERGES_OPEN) == 0
+        for cid in ("p1", "p2"):
+            assert await keys_of(redis, cid) == [], cid
+        for typed in ("user:u1", "anon:a2"):
+            assert await redis.get(keys.identifier(typed)) is None, typed
+        assert {text(m) for m in await redis.smembers(keys.SUPPRESSED)} == {"user:u1", "anon:a2"}
+        assert [text(f[b"job"]) for _, f in await redis.xrange(keys.AUDIT)] == [job["id"]]
+        exits = [
+            (text(f[b"eventId"]), json.loads(f[b"e"])["payload"]["properties"].get("reason"))
+            for _, f in await redis.xrange(keys.SEGMENT_EVENTS)
+            if f[b"transition"] == b"EXIT"
+        ]
+        assert exits == [("seg:vip:p2:2", "merged")]
+        assert await redis.zcard(keys.segment_members("vip")) == 0
 
     run(redis_cluster_url, body)
