@@ -34,7 +34,9 @@ canonical id's tag, every partition stream its own)::
                                          evaluations (how many were accepted),
                                          seenFrom / seenTo (the oldest dedup bucket its
                                          seen hash may hold / the one its expiry is for);
-                                         for a merged-away id only mergedInto (+ when)
+                                         for a merged-away id only mergedInto (+ when);
+                                         while an erasure job runs, only erasedBy (the
+                                         job), erasedIdentifiers, erasedExits
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
     cdp:profile:{<cid>}:counters         hash, event name -> oldest bucket it holds
