@@ -26,6 +26,7 @@ CdpError
 ├── PartlyStored         a request spanning partitions, stored for some only (a cluster; HTTP 500)
 ├── ProfileNotFound      no profile answers to a well-formed identifier (HTTP 404, CLI exit 1)
 ├── RedisServerError     the embedded redis-server cannot start (the CLI exits 2)
+├── ErasureStuck         an erasure step cannot settle (the sweeper tries it again)
 ├── ProtocolBusy         an event not resolved in a few rounds (cdp.pipeline.profile_apply)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
 └── ChaosError           ``cdp chaos`` cannot run its own stack (the CLI exits 2)
@@ -116,6 +117,11 @@ class ProfileNotFound(CdpError):
 class RedisServerError(CdpError):
     """The embedded redis-server cannot start: no binary, its port taken, it exited or
     did not answer."""
+
+
+class ErasureStuck(CdpError):
+    """An erasure job's step could not settle (counters kept appearing, or survivors
+    kept changing): the job stays open, the sweeper tries it again later."""
 
 
 class BenchError(CdpError):

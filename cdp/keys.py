@@ -15,7 +15,10 @@ canonical id's tag, every partition stream its own)::
     {cdp:events:dropped}:recorded        zset, "<partition>:<entry id>:<digest>" -> ms:
     {cdp:events:dead}:recorded           the records written (in their stream's slot),
                                          so a record is written once (kept dedup-ttl)
-    cdp:replayed:<dropped|dead>          zset, record id -> its ms: records replayed
+    cdp:replayed:<dropped|dead>:{p<N>}   zset, record id -> its ms: records replayed to
+                                         partition N (in its stream's slot)
+    cdp:replayed:<dropped|dead>          zset, the same before the marks were per
+                                         partition (read, never written)
     cdp:workers                          zset, worker id -> heartbeat expiry (ms)
     cdp:metrics:{p<N>}                   hash, counter name -> value, partition N's share
                                          (summed over the partitions on read)
@@ -34,7 +37,9 @@ canonical id's tag, every partition stream its own)::
                                          for a merged-away id only mergedInto, mergedAt,
                                          mergeEventId (+ mergeState when merged across
                                          slots: its journal, frozen -> absorbed ->
-                                         repointed -> done; cdp/merge.py)
+                                         repointed -> done; cdp/merge.py);
+                                         while an erasure job runs, only erasedBy (the
+                                         job), erasedIdentifiers, erasedExits
     cdp:profile:{<cid>}:traits           hash, trait -> {"v":..,"ts":..,"eventId":..}
     cdp:profile:{<cid>}:identifiers      set of typed identifiers (user:, anon:, email:)
     cdp:profile:{<cid>}:counters         hash, event name -> oldest bucket it holds
@@ -71,13 +76,21 @@ canonical id's tag, every partition stream its own)::
     cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:suppressed                       set of identifiers of erased people (discarded)
     cdp:audit                            stream, erasures: who, when, which canonical id
-    cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days)
+    cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days): its
+                                         step, canonical id, counts; mergedFrom
+    cdp:job:{<id>}:identifiers           set, the erased identifiers, until the job is done
+                                         (its purge reads them)
+    cdp:job:{<id>}:lease                 string, who runs the job now (PX lease)
+    cdp:erasures:open                    zset, job id -> ms it started: erasure jobs not
+                                         done yet (the sweeper resumes them)
     cdp:clock                            string, the test clock (CDP_CLOCK=redis only)
 
 Nothing outside this module builds a key with an f-string.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 PREFIX = "cdp"
 
@@ -103,6 +116,7 @@ CLOCK = f"{PREFIX}:clock"
 SUPPRESSED = f"{PREFIX}:suppressed"
 MERGES_OPEN = f"{PREFIX}:merges:open"
 AUDIT = f"{PREFIX}:audit"
+ERASURES_OPEN = f"{PREFIX}:erasures:open"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
 # import this module); kept next to the functions that build the same names.
@@ -139,8 +153,14 @@ def record_marks(record_stream: str) -> str:
     return f"{{{record_stream}}}:recorded"
 
 
-def replayed(source: str) -> str:
-    """Marks of the records of ``cdp:events:<source>`` already replayed (cdp.replay)."""
+def replayed(source: str, partition: int) -> str:
+    """Marks of the records of ``cdp:events:<source>`` already replayed to partition N
+    (cdp.replay): in the partition stream's slot, so one script marks and publishes."""
+    return f"{PREFIX}:replayed:{source}:{partition_tag(partition)}"
+
+
+def replayed_legacy(source: str) -> str:
+    """The marks of before they were per partition (read only, while they exist)."""
     return f"{PREFIX}:replayed:{source}"
 
 
@@ -202,6 +222,22 @@ def outbox_relay(cid: str) -> str:
     return outbox(cid) + ":relay"
 
 
+def profile_keys(cid: str, counter_names: Iterable[str] = ()) -> list[str]:
+    """Every key of profile ``cid`` (one slot): the fixed ones, then the counter zsets of
+    ``counter_names`` (the names its counters hash holds)."""
+    return [
+        profile(cid),
+        traits(cid),
+        identifiers(cid),
+        counters(cid),
+        merged(cid),
+        profile_segments(cid),
+        seen(cid),
+        outbox(cid),
+        *(counter(cid, name) for name in counter_names),
+    ]
+
+
 # SCAN pattern of every profile's seen hash (the fault suite reads them back).
 SEEN_PATTERN = f"{PROFILE_PREFIX}*:seen"
 
@@ -220,3 +256,12 @@ def webhook_state(subscription_id: str) -> str:
 
 def job(job_id: str) -> str:
     return f"{PREFIX}:job:{{{job_id}}}"
+
+
+def job_identifiers(job_id: str) -> str:
+    """The identifiers an erasure job suppressed (personal data: deleted when done)."""
+    return job(job_id) + ":identifiers"
+
+
+def job_lease(job_id: str) -> str:
+    return job(job_id) + ":lease"

@@ -11,9 +11,12 @@ without segment ENTER/EXIT for the past (the profile catches up at its next live
 evaluation). The eventId is kept, so dedup makes the replay of something applied
 meanwhile harmless.
 
-Each record is published and marked replayed (``cdp:replayed:<source>``) by one script
-(``lua/replay_record-3.lua``): a crash leaves it either replayed and marked or neither,
-and a second run, or two at once, replay it at most once. A record whose ``e`` is not
+Each record is published and marked replayed by one script (``lua/replay_record-3.lua``)
+in the slot of the partition it is published to (the marks are per partition,
+``cdp:replayed:<source>:{pN}``, so the script runs on a Redis Cluster too): a crash
+leaves it either replayed and marked or neither, and a second run, or two at once,
+replay it at most once. The marks of before (``cdp:replayed:<source>``, one key) are
+still read while they exist, never written. A record whose ``e`` is not
 an event (undecodable bytes, or nothing) cannot be replayed: it is reported as skipped
 with the reason. Marks older than the source's oldest record are forgotten, so they
 never outgrow the capped stream they describe.
@@ -191,12 +194,12 @@ async def replay(
     """
     if not isinstance(source, str) or source not in SOURCES:
         raise ReplayRejected(f"`source` must be one of {', '.join(SOURCES)}, got {source!r}")
-    stream, marks = SOURCES[source], keys.replayed(source)
+    stream = SOURCES[source]
     report = Report(source, dry_run)
     wanted = set(event_ids)
     scripts = Scripts(redis)
     total = int(await redis.xlen(stream))
-    await _forget_old_marks(redis, stream, marks)
+    legacy = await _forget_old_marks(redis, stream, source, settings.partitions)
     start = f"{since}-0" if since else "-"
     # The walk ends at the newest record of now: an event replayed and parked again
     # is a new record, for the next replay, never a loop within this one.
@@ -214,10 +217,7 @@ async def replay(
                 continue
             chosen.append(record)
         report.selected += len(chosen)
-        async with redis.pipeline(transaction=False) as pipe:
-            for record in chosen:
-                pipe.zscore(marks, record.record_id)
-            marked = await pipe.execute()
+        marked = await _marks(redis, settings, source, chosen, legacy)
         to_publish = []
         for record, mark in zip(chosen, marked, strict=True):
             if record.event is None:
@@ -231,7 +231,7 @@ async def replay(
         if to_publish:
             async with redis.pipeline(transaction=False) as pipe:
                 for record in to_publish:
-                    await _queue_replay(pipe, scripts, settings, marks, record)
+                    await _queue_replay(pipe, scripts, settings, source, record)
                 replies = await pipe.execute()
             entry_ids = [scripts.replay_record.decode(reply) for reply in replies]
             for record, entry_id in zip(to_publish, entry_ids, strict=True):
@@ -290,31 +290,57 @@ def _note(
         on_outcome(outcome)
 
 
+async def _marks(
+    redis: Client, settings: Settings, source: str, chosen: list[_Record], legacy: bool
+) -> list[Any]:
+    """Per record, its mark (None: not replayed yet): in its partition's marks, or in the
+    marks of before (``legacy``: they exist)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for record in chosen:
+            partition = record.partition(settings) if record.event is not None else 0
+            pipe.zscore(keys.replayed(source, partition), record.record_id)
+            if legacy:
+                pipe.zscore(keys.replayed_legacy(source), record.record_id)
+        replies = await pipe.execute()
+    if not legacy:
+        return list(replies)
+    pairs = zip(replies[::2], replies[1::2], strict=True)
+    return [new if new is not None else old for new, old in pairs]
+
+
 async def _queue_replay(
-    pipe: Any, scripts: Scripts, settings: Settings, marks: str, record: _Record
+    pipe: Any, scripts: Scripts, settings: Settings, source: str, record: _Record
 ) -> None:
     """One ``replay_record`` call: the event as an import, to its partition's stream."""
     assert record.event is not None
     body = stream_encoder.encode(msgspec.structs.replace(record.event, mode="import"))
+    partition = record.partition(settings)
     await scripts.replay_record.queue(
         pipe,
-        stream=keys.stream(record.partition(settings)),
-        marks=marks,
-        metrics=keys.metrics(record.partition(settings)),
+        stream=keys.stream(partition),
+        marks=keys.replayed(source, partition),
+        metrics=keys.metrics(partition),
         record_id=record.record_id,
         record_ms=record.record_id.split("-")[0],
         event=body,
     )
 
 
-async def _forget_old_marks(redis: Client, stream: str, marks: str) -> None:
-    """Marks of records trimmed from the capped stream can never be needed again."""
+async def _forget_old_marks(redis: Client, stream: str, source: str, partitions: int) -> bool:
+    """Marks of records trimmed from the capped stream can never be needed again (each
+    partition's, one command each). Returns whether the marks of before still exist."""
     oldest: Any = await redis.xrange(stream, "-", "+", count=1)
-    if not oldest:
-        await redis.delete(marks)
-        return
-    first_ms = int(text(oldest[0][0]).split("-")[0])
-    await redis.zremrangebyscore(marks, "-inf", f"({first_ms}")
+    first_ms = int(text(oldest[0][0]).split("-")[0]) if oldest else None
+    marks = [keys.replayed_legacy(source), *(keys.replayed(source, p) for p in range(partitions))]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in marks:
+            if first_ms is None:
+                pipe.delete(key)
+            else:
+                pipe.zremrangebyscore(key, "-inf", f"({first_ms}")
+        pipe.exists(keys.replayed_legacy(source))
+        *_, legacy = await pipe.execute()
+    return bool(legacy)
 
 
 def main_replay(

@@ -4,7 +4,7 @@
   whatever crashes or concurrent replays happen around the call.
 
   KEYS[1]  partition stream            cdp:events:{pN}
-  KEYS[2]  replayed marks of the source cdp:replayed:dropped | cdp:replayed:dead
+  KEYS[2]  replayed marks of the source cdp:replayed:<dropped|dead>:{pN}
   KEYS[3]  its partition's metrics hash cdp:metrics:{pN}
 
   ARGV[1]  record id (in cdp:events:dropped or cdp:events:dead)

@@ -7,7 +7,8 @@ lease expires.
 - sweeper (``cdp.segments.sweeper``): the due-time sweep and definition backfills,
   run at the end of every tick (``sweep``), then the cross-slot merges whose journal
   is older than lease-ttl (their process presumably dead) are finished
-  (``cdp.merge.resume_open``);
+  (``cdp.merge.resume_open``), then the erasure jobs whose runner died
+  (``cdp.erasure.resume_open``: each under its own lease);
 - webhook dispatcher (``cdp.segments.webhooks``): delivers segment events, in a loop
   of its own every ticker-interval (``run_webhooks``).
 """
@@ -19,6 +20,7 @@ import asyncio
 import aiohttp
 from redis.exceptions import RedisError
 
+from cdp import erasure
 from cdp.clock import Clock
 from cdp.connect import Client
 from cdp.merge import resume_open
@@ -50,8 +52,8 @@ class Roles:
         self.dispatcher = Dispatcher(redis, scripts, settings, clock, worker_id)
 
     async def sweep(self) -> int:
-        """One sweep if this worker is the sweeper, and the abandoned merges finished;
-        returns transitions emitted."""
+        """One sweep if this worker is the sweeper, the abandoned merges finished, then
+        the abandoned erasure jobs; returns transitions emitted."""
         emitted = await self.sweeper.run_once()
         if self.sweeper.lease.holding:
             now = await self.clock.now_ms()
@@ -61,6 +63,7 @@ class Roles:
             )
             if resumed:
                 self.state.log.info("abandoned merges resumed", merges=resumed)
+            await erasure.resume_open(self.redis, self.scripts, settings, self.state.worker_id)
         return emitted
 
     async def run_webhooks(self) -> None:

@@ -395,31 +395,43 @@ def outbox_pop(cid: str, owner: str, entries: Sequence[bytes]) -> Call:
 
 
 class Erased(msgspec.Struct, frozen=True):
-    """The reply of ``erase_profile``: OK (identifiers removed, EXIT events) or GONE."""
+    """The reply of ``erase_profile``: ERASED (identifiers, EXIT events), FORWARDED
+    (``survivor``), GONE, or COUNTERS (``names`` the call did not declare)."""
 
     status: str
     identifiers: int = 0
     exits: int = 0
+    survivor: str = ""
+    names: tuple[str, ...] = ()
 
     @classmethod
     def decode(cls, reply: Any) -> Erased:
-        if text(reply[0]) != "OK":
-            return cls(text(reply[0]))
-        return cls("OK", int(reply[1]), int(reply[2]))
+        status = text(reply[0])
+        if status == "ERASED":
+            return cls(status, int(reply[1]), int(reply[2]))
+        if status == "FORWARDED":
+            return cls(status, survivor=text(reply[1]))
+        if status == "COUNTERS":
+            return cls(status, names=tuple(text(n) for n in reply[1:]))
+        return cls(status)
 
 
-@script("erase_profile", keys=0, decode=Erased.decode)
+@script("erase_profile", keys=None, decode=Erased.decode)
 def erase_profile(
     *,
     cid: str,
-    now_iso: str,
+    counter_names: Collection[str],
+    at_iso: str,
     job_id: str,
-    requested_by: str,
     events_maxlen: int,
     prefix: str = keys.PREFIX,
 ) -> Call:
-    """Erase live profile ``cid`` (suppress, delete, EXIT every membership, audit)."""
-    return Call([], [prefix, cid, now_iso, job_id, requested_by, events_maxlen])
+    """The erasure step in profile ``cid``'s slot (``cdp.erasure``): EXITs to its outbox,
+    its state deleted, a marker left; ``counter_names``: the counters hash's names."""
+    return Call(
+        keys.profile_keys(cid, sorted(counter_names)),
+        [prefix, cid, at_iso, job_id, events_maxlen],
+    )
 
 
 # -- the cross-slot merge (cdp.merge) -----------------------------------------------

@@ -7,6 +7,7 @@ discarded until the suppression is lifted; a merged-away id erases its survivor.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -301,3 +302,37 @@ def test_erasure_leaves_no_identifier_in_the_merge_records(stack: Stack) -> None
     records = json.dumps(stack.r.xrange(keys.MERGES)).lower()
     for value in (USER, EMAIL.lower(), "first@example.com"):
         assert value not in records, (value, records)
+
+
+def test_an_api_killed_mid_erasure_leaves_a_job_the_sweeper_finishes(stack: Stack) -> None:
+    """The API process dies (SIGKILL) after the EXIT went to the profile's outbox and
+    before it was relayed; the worker's sweeper resumes the job once its lease has
+    expired: one EXIT, one audit record, every trace gone."""
+    stack.set_clock(T0)
+    stack.start_api(admin_token=TOKEN, write_keys="wk1=web", fault_point="erase:erased")
+    stack.start_worker()
+    cid = seed_person(stack)
+    api = stack.processes[0]
+    with pytest.raises(OSError):  # the connection dies with the process
+        admin(stack, "DELETE", f"/cdp/profiles/user:{USER}")
+    assert api.wait(timeout=15) == -signal.SIGKILL
+    (job_id,) = stack.r.zrange(keys.ERASURES_OPEN, 0, -1)
+
+    wait_until(
+        lambda: stack.r.hget(keys.job(job_id), "state") == "done",
+        message="the sweeper to finish the job",
+    )
+    job = stack.r.hgetall(keys.job(job_id))
+    assert (job["canonicalId"], job["identifiers"], job["exits"]) == (cid, "3", "1")
+    assert [f["job"] for _, f in stack.r.xrange(keys.AUDIT)] == [job_id]
+    exits = [
+        f["eventId"]
+        for _, f in stack.r.xrange(keys.SEGMENT_EVENTS)
+        if f["canonicalId"] == cid and f["transition"] == "EXIT"
+    ]
+    assert exits == [f"seg:pro_plan:{cid}:2"]
+    assert profile_keys(stack, cid) == []
+    for identifier in IDENTIFIERS:
+        assert cid_of(stack, identifier) is None, identifier
+    assert stack.r.zscore(keys.segment_members("pro_plan"), cid) is None
+    assert stack.r.zrange(keys.ERASURES_OPEN, 0, -1) == []

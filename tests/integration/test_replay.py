@@ -114,6 +114,20 @@ def test_a_dropped_event_is_replayed_once_and_applied(live: Stack) -> None:
     assert live.metric("replayed") == 1
 
 
+def test_marks_of_before_the_per_partition_keys_still_count(live: Stack) -> None:
+    """An upgrade: a record marked in the single marks key of before is not replayed
+    again; the others are, and their marks go to their partition's key."""
+    drop(live, "old-1", "u-old-1", "pro")
+    drop(live, "old-2", "u-old-2", "pro")
+    (first_id, _), _ = live.r.xrange(keys.DROPPED)
+    live.r.zadd(keys.replayed_legacy("dropped"), {first_id: int(first_id.split("-")[0])})
+    done = cdp(live, "replay", "dropped")
+    assert "replayed 1 of 2 records" in done.stderr and "1 already replayed" in done.stderr
+    assert (imports_of(live, "old-1"), imports_of(live, "old-2")) == (0, 1)
+    assert sum(live.r.zcard(keys.replayed("dropped", p)) for p in range(PARTITIONS)) == 1
+    assert live.r.zcard(keys.replayed_legacy("dropped")) == 1  # read, never written
+
+
 def test_a_dry_run_lists_and_changes_nothing(live: Stack) -> None:
     drop(live, "late-2", "u2", "pro")
     # What was ever added to each partition (trimming shortens them, not this).
@@ -127,7 +141,7 @@ def test_a_dry_run_lists_and_changes_nothing(live: Stack) -> None:
     assert "would replay 1 of 1" in done.stderr
     assert {p: last_generated_id(live, p) for p in range(16)} == streams
     assert imports_of(live, "late-2") == 0
-    assert not live.r.exists(keys.replayed("dropped"))
+    assert not any(live.r.exists(keys.replayed("dropped", p)) for p in range(PARTITIONS))
     assert live.metric("replayed") == 0
     # ... so the real run still has it to replay.
     assert "replayed 1 of 1" in cdp(live, "replay", "dropped").stderr
@@ -238,7 +252,7 @@ def test_a_replay_killed_midway_then_run_again_replays_each_record_once(live: St
     done = cdp(live, "replay", "dropped")
     assert f"replayed {6000 - killed_at} of 6000" in done.stderr, done.stderr
     assert imports_per_event(live) == {i: 1 for i in ids}
-    assert live.r.zcard(keys.replayed("dropped")) == 6000
+    assert sum(live.r.zcard(keys.replayed("dropped", p)) for p in range(PARTITIONS)) == 6000
 
 
 def test_a_terminal_gets_a_progress_bar(live: Stack) -> None:

@@ -1,4 +1,5 @@
-"""lua/profile_view-n.lua, lua/segment_transition-n.lua and lua/erase_profile-0.lua on fakeredis.
+"""lua/profile_view-n.lua, lua/segment_transition-n.lua and the erasure job (cdp.erasure,
+lua/erase_profile-n.lua) on fakeredis.
 
 The scripts are called through ``cdp.scripts.Scripts`` (EVALSHA, the typed calls
 ``cdp.segments.engine`` and ``cdp.api.erasure`` make, replies decoded); the profiles they
@@ -12,8 +13,9 @@ import json
 from typing import Any
 
 import msgspec
+import pytest
 
-from cdp import keys
+from cdp import erasure, keys
 from cdp.events import iso_ms
 from cdp.scripts import ProfileRow, TransitionRequest
 from cdp.segments.engine import Snapshot, parse_view
@@ -127,19 +129,26 @@ def transition(
 
 
 def erase(lua: LuaHarness, cid: str, *, at: int, job: str = "job-1") -> list[Any]:
-    """erase_profile as cdp.api.erasure calls it; the reply as [status, counts...]."""
-    reply = lua.run(
-        lua.scripts.erase_profile(
-            cid=cid,
-            now_iso=iso_ms(at),
-            job_id=job,
-            requested_by="admin",
-            events_maxlen=lua.settings.segment_events_maxlen,
-        )
-    )
-    return (
-        [reply.status] if reply.status == "GONE" else [reply.status, reply.identifiers, reply.exits]
-    )
+    """The erasure job (``cdp.erasure``) as cdp.api.erasure starts it, run to its end; the
+    outcome as ["OK", identifiers, exits] or ["GONE"] (then abandoned, as the API does)."""
+
+    async def run() -> list[Any]:
+        await erasure.start(lua.redis, lua.scripts, lua.settings, job, cid, at, "test")
+        result, done = await erasure.run(lua.redis, lua.scripts, lua.settings, job, "test")
+        if result == "gone":
+            await erasure.abandon(lua.redis, job, "gone")
+            return ["GONE"]
+        assert result == "done" and done is not None, result
+        return ["OK", done.identifiers, done.exits]
+
+    return lua.run(run())
+
+
+def without_jobs(dump: dict[str, Any]) -> dict[str, Any]:
+    """A dump without the erasure jobs' own keys."""
+    return {
+        k: v for k, v in dump.items() if not k.startswith("cdp:job:") and k != keys.ERASURES_OPEN
+    }
 
 
 def states(lua: LuaHarness, cid: str) -> dict[str, dict[str, Any]]:
@@ -748,20 +757,26 @@ def test_erasure_forgets_every_key_suppresses_every_identifier_and_exits(lua, no
         for typed in ids:
             assert typed.split(":", 1)[1] not in value
 
-    # Nobody else was touched.
+    # The job is done and holds no identifier any more; nobody else was touched.
+    assert lua.r.hget(keys.job("job-7"), "state") == "done"
+    assert not lua.r.exists(keys.job_identifiers("job-7"), keys.outbox("p1"))
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
     assert {k: v for k, v in lua.dump().items() if "{p3}" in k} == bystander
     assert lua.cid("user:u9") == "p3"
 
 
-def test_erasing_twice_or_a_merged_away_id_is_gone(lua, now_ms):
+def test_erasing_a_merged_away_id_erases_its_survivor_and_twice_is_gone(lua, now_ms):
     erasable(lua, now_ms)
-    assert erase(lua, "p2", at=now_ms) == ["GONE"]  # merged away: callers resolve first
-    assert lua.r.xlen(keys.AUDIT) == 0
-    assert erase(lua, "p1", at=now_ms) == ["OK", 4, 1]
-    snapshot = lua.dump()
-    assert erase(lua, "p1", at=now_ms + 1) == ["GONE"]
-    assert erase(lua, "p99", at=now_ms + 1) == ["GONE"]
-    assert lua.dump() == snapshot
+    assert erase(lua, "p2", at=now_ms, job="job-a") == ["OK", 4, 1]  # follows p2 -> p1
+    (audit,) = [fields for _, fields in lua.r.xrange(keys.AUDIT)]
+    assert audit["canonicalId"] == "p1"
+    assert profile_keys(lua, "p1") == profile_keys(lua, "p2") == set()
+    snapshot = without_jobs(lua.dump())
+    assert erase(lua, "p1", at=now_ms + 1, job="job-b") == ["GONE"]
+    assert erase(lua, "p99", at=now_ms + 1, job="job-c") == ["GONE"]
+    assert without_jobs(lua.dump()) == snapshot
+    assert lua.r.hget(keys.job("job-b"), "state") == "failed"
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
 
 
 def test_events_naming_a_suppressed_identifier_are_discarded_others_apply(lua, now_ms):
@@ -787,6 +802,98 @@ def test_events_naming_a_suppressed_identifier_are_discarded_others_apply(lua, n
         assert lua.cid(typed) is None
     assert profile_keys(lua, "p1") == set()
     assert lua.trait_values("p3") == {"plan": "team"}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "effect-only"])
+@pytest.mark.parametrize("crashed_after", erasure.STEPS[:-1])
+def test_an_erasure_interrupted_after_any_step_is_resumed_with_one_audit_and_one_exit(
+    lua, now_ms, crashed_after, recorded
+):
+    """The runner dies after a step (``recorded``: the job hash names it; effect-only:
+    the step's writes are in, the record of it is not, so the resumer runs it again);
+    once its lease is gone, the sweeper's resume finishes the job exactly as one run."""
+    ids = erasable(lua, now_ms)["ids"]
+    events_before = len(segment_events(lua))
+    at = now_ms + 5 * MINUTE
+    previous = (
+        erasure.STEPS[erasure.STEPS.index(crashed_after) - 1]
+        if crashed_after != "suppressed"
+        else ""
+    )
+
+    async def interrupted_then_resumed() -> int:
+        settings = lua.settings
+        await erasure.start(lua.redis, lua.scripts, settings, "job-1", "p1", at, "api-1")
+        result, _ = await erasure.run(
+            lua.redis, lua.scripts, settings, "job-1", "api-1", crashed_after
+        )
+        assert result == "audited"  # stopped where it was told to
+        if not recorded:
+            await lua.redis.hset(keys.job("job-1"), "step", previous)
+        # still held by the dead runner: nobody else runs it
+        assert await erasure.resume_open(lua.redis, lua.scripts, settings, "w2") == 0
+        await lua.redis.delete(keys.job_lease("job-1"))  # its lease expired
+        return await erasure.resume_open(lua.redis, lua.scripts, settings, "w2")
+
+    assert lua.run(interrupted_then_resumed()) == 1
+    job = lua.r.hgetall(keys.job("job-1"))
+    assert (job["state"], job["step"], job["identifiers"], job["exits"]) == (
+        "done",
+        "purged",
+        "4",
+        "1",
+    )
+    assert [parsed(f) for f in segment_events(lua)[events_before:]] == [
+        seg_event("vip", "p1", 2, "EXIT", at, {"userId": "u1"}, reason="erased")
+    ]
+    (audit,) = [fields for _, fields in lua.r.xrange(keys.AUDIT)]
+    assert (audit["job"], audit["canonicalId"], audit["exits"]) == ("job-1", "p1", "1")
+    assert profile_keys(lua, "p1") == profile_keys(lua, "p2") == set()
+    for typed in ids:
+        assert not lua.r.exists(keys.identifier(typed)), typed
+    assert lua.r.smembers(keys.SUPPRESSED) == ids
+    assert members(lua, "vip") == [("p3", 3.0)]
+    assert lua.r.zrange(keys.PROFILES, 0, -1) == ["p3"]
+    assert due(lua, "p1") is None
+    assert not lua.r.exists(keys.job_identifiers("job-1"), keys.job_lease("job-1"))
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
+
+
+def test_a_finished_or_expired_job_left_in_the_open_index_is_dropped_from_it(lua, now_ms):
+    """A crash between a job's last write and its ZREM, or a job hash that expired:
+    the resume drops the entry and writes nothing else (no second audit, no job hash)."""
+    assert erase(lua, "p1", at=now_ms, job="job-1") == ["GONE"]  # nothing to erase
+    erasable(lua, now_ms)
+    assert erase(lua, "p1", at=now_ms, job="job-2") == ["OK", 4, 1]
+    lua.r.zadd(keys.ERASURES_OPEN, {"job-2": now_ms, "job-gone": now_ms})
+    snapshot = lua.dump()
+    assert lua.run(erasure.resume_open(lua.redis, lua.scripts, lua.settings, "w2")) == 2
+    assert lua.r.zrange(keys.ERASURES_OPEN, 0, -1) == []
+    after = lua.dump()
+    del snapshot[keys.ERASURES_OPEN]
+    assert {k: v for k, v in after.items() if not k.endswith(":lease")} == snapshot
+    assert lua.r.xlen(keys.AUDIT) == 1
+
+
+def test_an_identifier_linked_during_the_erasure_is_suppressed_and_unindexed_too(lua, now_ms):
+    """Between the suppression and the profile's step, an apply links a new identifier
+    (its event was resolved before the suppression): the job suppresses it as well."""
+    ids = erasable(lua, now_ms)["ids"]
+
+    async def run() -> None:
+        settings = lua.settings
+        await erasure.start(lua.redis, lua.scripts, settings, "job-1", "p1", now_ms, "api")
+        await erasure.run(lua.redis, lua.scripts, settings, "job-1", "api", "unindexed")
+        await lua.redis.sadd(keys.identifiers("p1"), "anon:late")
+        await lua.redis.set(keys.identifier("anon:late"), "p1")
+        await lua.redis.set(keys.identifier("anon:other"), "p3")
+        result, job = await erasure.run(lua.redis, lua.scripts, settings, "job-1", "api")
+        assert result == "done" and job is not None and job.identifiers == 5
+
+    lua.run(run())
+    assert lua.r.smembers(keys.SUPPRESSED) == ids | {"anon:late"}
+    assert not lua.r.exists(keys.identifier("anon:late"))
+    assert lua.cid("anon:other") == "p3"  # compare-and-delete: another profile's entry stays
 
 
 def test_erasure_exit_of_an_anonymous_member_names_its_anonymous_id(lua, now_ms):
