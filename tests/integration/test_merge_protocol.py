@@ -403,9 +403,12 @@ WORKER_FIELDS = ("evaluatedMs", "evaluations", "mergeState")  # the worker's own
 
 def profiles_state(r: redis_sync.Redis) -> dict[str, Any]:
     """``normalised`` of the profiles, identifiers and records only (no due set, no
-    worker bookkeeping)."""
+    worker bookkeeping, no segment memberships or outboxes: the oracle evaluates no
+    segment; tests/integration/test_segments_cluster.py compares those)."""
     out = {}
     for key, row in merging.normalised(r).items():
+        if key.endswith((":segments", ":outbox", ":outbox:relay")):
+            continue
         if key.startswith((keys.PROFILE_PREFIX, keys.IDENTIFIER_PREFIX, keys.MERGES)):
             kind, value, ttl = row
             if kind == "hash":
