@@ -1,6 +1,8 @@
 """``run_bench``: the rows ``--only`` asks for (all of issue 10's by default), in order,
 then the report. ``mixed`` (not in the default set) is the earlier ``cdp bench``: the
-mixed workload end to end, the apply_batch micro-benchmarks and the merge cost."""
+mixed workload end to end, the apply_batch micro-benchmarks and the merge cost.
+``merges`` (not in the default set either) is the merge cost through the whole stack,
+one Redis or a cluster (issue 11)."""
 
 from __future__ import annotations
 
@@ -23,11 +25,11 @@ from cdp.bench.workload import plan
 from cdp.clock import wall_ms
 from cdp.connect import Client, connect
 from cdp.errors import BenchError
-from cdp.redis_nodes import info_sum
+from cdp.redis_nodes import for_each_master, info_sum
 from cdp.settings import Settings, format_duration
 
 ISSUE_ROWS = ("ingest", "batch", "drain", "sustained", "freshness", "memory")
-ALL_ROWS = (*ISSUE_ROWS, "mixed")
+ALL_ROWS = (*ISSUE_ROWS, "mixed", "merges")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Options:
     events: int = 20_000
     users: int = 2_000
     merge_ratio: float = 0.0
+    merges: int = 1_000  # pairs of profiles of the merges row
 
 
 def check(o: Options) -> list[str]:
@@ -60,9 +63,10 @@ def check(o: Options) -> list[str]:
     bad = [r for r in rows if r not in ALL_ROWS]
     if bad:
         raise BenchError(f"--only: unknown row {bad[0]!r} (one of {', '.join(ALL_ROWS)})")
-    if min(o.events, o.concurrency, o.users, o.calls, o.drain, o.profiles) < 1:
+    if min(o.events, o.concurrency, o.users, o.calls, o.drain, o.profiles, o.merges) < 1:
         raise BenchError(
-            "--events, --concurrency, --users, --calls, --drain and --profiles must be at least 1"
+            "--events, --concurrency, --users, --calls, --drain, --profiles and --merges must be "
+            "at least 1"
         )
     if not 0 <= o.merge_ratio <= 1:
         raise BenchError("--merge-ratio must be between 0 and 1")
@@ -99,6 +103,7 @@ async def run_bench(settings: Settings, o: Options) -> None:
         await check_api(url)
         result["workers"] = await redis.zcount(keys.WORKERS, wall_ms(), "+inf")
         result |= {"redis": info["redis_version"], "aof": bool(info.get("aof_enabled"))}
+        result["masters"] = len(await for_each_master(redis, "PING"))
         result |= await measure.bare_redis(redis, run, 20_000)
         await cleanup(redis, run)
         await _rows(redis, settings, o, run, write_key, rows, result)
@@ -126,7 +131,7 @@ async def _rows(
     notes = result["notes"]
     for row in rows:
         got: dict[str, Any]
-        if row in ("drain", "sustained", "freshness", "memory"):  # a quiet stack first
+        if row in ("drain", "sustained", "freshness", "memory", "merges"):  # a quiet stack first
             await measure.wait_drained(redis, s)
         if row == "ingest":
             got = await measure.ingest(redis, replace(base, run=f"{base.run}-i"))
@@ -147,6 +152,8 @@ async def _rows(
             got = await measure.freshness(redis, s, load, rate, o.admin_token or s.admin_token, 2.0)
         elif row == "memory":
             got = await measure.memory_row(redis, s, run, o.profiles)
+        elif row == "merges":
+            got = await measure.merges(redis, s, run, o.url.rstrip("/"), o.merges, o.concurrency)
         else:
             got = await _mixed(redis, s, o, run, result)
         notes += got.pop("notes", [])

@@ -200,4 +200,3 @@ def test_failover_under_load(cluster_stack: tuple[EmbeddedCluster, Stack, int]) 
     assert check.duplicated <= history.retried(), "an eventId in two entries was sent once"
     if min_replicas:
         assert check.lost == set()
-
