@@ -57,6 +57,11 @@ class Settings:
     # "auto" (ask the server once at connect: INFO cluster), "yes" (redis-url names a
     # node of a Redis Cluster) or "no"; a redis-cluster:// URL means yes (cdp/connect.py).
     redis_cluster: str = "auto"
+    # How workers apply events (docs/cluster.md): "batch" (apply_batch, one script per
+    # partition batch: one Redis only), "profile" (the profile protocol: one-slot
+    # scripts per profile, claims and merges driven by the worker: runs anywhere) or
+    # "auto" (batch on one Redis, profile on a cluster).
+    apply_protocol: str = "auto"
     # Windowing (DESIGN.md "Windowing").
     window_size_ms: int = 5_000
     grace_period_ms: int = 120_000
@@ -200,6 +205,7 @@ _CHOICES = {
     "log_format": ("auto", "json", "console"),
     "event_loop": ("auto", "uvloop", "asyncio"),
     "redis_cluster": ("auto", "yes", "no"),
+    "apply_protocol": ("auto", "batch", "profile"),
 }
 _NOT_NEGATIVE = {"api_processes", "ingest_min_replicas"}
 

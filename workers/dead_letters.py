@@ -12,7 +12,9 @@ have theirs in their slot, ``keys.record_marks``): see ``DeadLetters.record``.
 
 ``retry_alone`` is how an event is found guilty: a batch the script refused as
 CDP_POISON (or that could not be encoded) is applied again event by event, and only
-the event that fails on its own, for a reason of its own, is parked.
+the event that fails on its own, for a reason of its own, is parked. With the profile
+protocol (``apply-protocol``), each event alone goes through
+``cdp.pipeline.profile_apply.apply_partition``, whose CDP_POISON is the same refusal.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from cdp import keys
 from cdp.connect import Client
 from cdp.events import StreamEvent
 from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.pipeline.profile_apply import apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.settings import Settings
 from cdp.streams import add_once
@@ -57,6 +60,8 @@ class DeadLetters:
         self.scripts = scripts
         self.settings = settings
         self.state = state
+        # The profile protocol (workers.ticking decides): events alone through it.
+        self.profile_protocol = False
 
     async def record(self, partition: int, dropped: list[Dropped]) -> None:
         """Record each dropped entry in cdp:events:dropped (or dead), then acknowledge it.
@@ -133,16 +138,7 @@ class DeadLetters:
             reply: Any = None
             reason: str | None = None
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    await queue_apply(
-                        pipe,
-                        self.scripts,
-                        self.settings,
-                        ctx,
-                        partition,
-                        state.script_chunk(partition, [item]),
-                    )
-                    (reply,) = await pipe.execute(raise_on_error=False)
+                reply = await self._apply_alone(partition, item, ctx)
             except (ValueError, TypeError, OverflowError) as exc:
                 reason = f"cannot encode the event: {exc}"
             except RedisError:
@@ -185,10 +181,31 @@ class DeadLetters:
                     state.requeue([(partition, chunk[index:])])
                     raise
                 continue
-            result = self.scripts.apply_batch.decode(reply)
+            result = (
+                reply if isinstance(reply, BatchResult) else self.scripts.apply_batch.decode(reply)
+            )
             if result.lease_lost:
                 state.forget(partition)
                 return applied
             state.settle(partition, item[0])
             applied += count(result)
         return applied
+
+    async def _apply_alone(
+        self, partition: int, item: tuple[str, StreamEvent], ctx: ApplyContext
+    ) -> Any:
+        """One event applied alone: the reply of its ``apply_batch`` call (an exception
+        when refused), or with the profile protocol its BatchResult (the ResponseError
+        when refused). A ``ProtocolBusy`` is raised (its batch is retried)."""
+        sent = self.state.script_chunk(partition, [item])
+        if self.profile_protocol:
+            try:
+                return await apply_partition(
+                    self.redis, self.scripts, self.settings, ctx, partition, sent
+                )
+            except ResponseError as exc:  # not ProtocolBusy (a RedisError): raised
+                return exc
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await queue_apply(pipe, self.scripts, self.settings, ctx, partition, sent)
+            (reply,) = await pipe.execute(raise_on_error=False)
+        return reply

@@ -28,12 +28,13 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from cdp import keys
 from cdp.clock import Clock
-from cdp.connect import Client
+from cdp.connect import Client, is_cluster
 from cdp.pipeline.apply import ApplyContext, queue_apply
+from cdp.pipeline.profile_apply import ProtocolBusy, apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison
 from cdp.segments.engine import SegmentEngine
 from cdp.settings import Settings
@@ -82,6 +83,9 @@ class Ticker:
         self._left_behind = False  # the last tick left ready events in a buffer
         self._turn = 0
         self._touched_since = 0.0  # when the first profile of ``_touched`` was applied
+        protocol = settings.apply_protocol
+        self.profile_protocol = protocol == "profile" or (protocol == "auto" and is_cluster(redis))
+        dead_letters.profile_protocol = self.profile_protocol
 
     async def run(self) -> None:
         state = self.state
@@ -196,6 +200,8 @@ class Ticker:
 
     async def _apply_ready(self, ready: dict[int, Chunk], ctx: ApplyContext) -> int:
         """One pipelined round trip of ``apply_batch`` calls, then the failures sorted out."""
+        if self.profile_protocol:
+            return await self._apply_profiles(ready, ctx)
         state = self.state
         calls: list[tuple[int, Chunk]] = []
         suspects: list[tuple[int, Chunk, str]] = []  # retried event by event
@@ -245,6 +251,73 @@ class Ticker:
                 raise
         await self._acknowledge_completed()
         return applied
+
+    async def _apply_profiles(self, ready: dict[int, Chunk], ctx: ApplyContext) -> int:
+        """The profile protocol (``cdp.pipeline.profile_apply``): each batch-size slice
+        of a partition's ready events through ``apply_partition``, one after the other;
+        a slice refused as CDP_POISON (or that cannot be encoded) is applied again event
+        by event, a ``ProtocolBusy`` one goes back to the buffer for the next tick."""
+        state = self.state
+        calls = [
+            (p, batch[start : start + self.settings.batch_size])
+            for p, batch in ready.items()
+            for start in range(0, len(batch), self.settings.batch_size)
+        ]
+        try:
+            await self._flush_metrics()
+        except RedisError:
+            state.requeue(calls)
+            raise
+        applied = 0
+        for index, (p, chunk) in enumerate(calls):
+            error = ""
+            try:
+                result = await apply_partition(
+                    self.redis, self.scripts, self.settings, ctx, p, state.script_chunk(p, chunk)
+                )
+            except (ValueError, TypeError, OverflowError) as exc:
+                error = f"cannot encode the batch: {exc}"
+            except ProtocolBusy as exc:
+                state.log.warning("apply not resolved; retried next tick", error=str(exc))
+                state.requeue([(p, chunk)])
+                continue
+            except ResponseError as exc:
+                if not is_poison(exc):
+                    state.log.warning("apply refused by redis; retried next tick", error=str(exc))
+                    state.requeue([(p, chunk)])
+                    continue
+                error = str(exc)
+            except BaseException:
+                state.requeue(calls[index:])
+                raise
+            try:
+                if error:
+                    applied += await self.dead_letters.retry_alone(
+                        p, chunk, ctx, error, self._count
+                    )
+                elif result.lease_lost:
+                    state.forget(p)
+                else:
+                    for entry_id, _ in chunk:
+                        state.settle(p, entry_id)
+                    applied += self._count(result)
+            except BaseException:
+                state.requeue(calls[index + 1 :])
+                raise
+        await self._acknowledge_completed()
+        return applied
+
+    async def _flush_metrics(self) -> None:
+        """The worker's unflushed counters and its buffered gauge, one round trip."""
+        state = self.state
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (p, name), value in state.unflushed.items():
+                pipe.hincrby(keys.metrics(p), name, value)
+            pipe.hset(keys.METRICS_BUFFERED, state.worker_id, state.buffered)
+            await pipe.execute()
+        for (_, name), value in state.unflushed.items():
+            state.stats[name] += value
+        state.unflushed.clear()
 
     async def _acknowledge_completed(self) -> None:
         """XACK the entries of several events whose events are all settled now. If this

@@ -6,7 +6,7 @@
   in a pipeline; ``is_poison`` recognises a script's refusal of one event (error code
   ``CDP_POISON``, ``lua/includes/poison.lua``);
 - ``calls``: one declaration per script, keys and arguments as named parameters, the
-  reply decoded to a Struct (``BatchResult``, ``ProfileRow``, ``Transition``,
+  reply decoded to a Struct (``BatchResult``, ``ProfileReply``, ``ProfileRow``, ``Transition``,
   ``Erased``) or a plain value; ``TransitionRequest`` is one profile of a
   ``segment_transition`` call.
 
@@ -21,16 +21,28 @@ from __future__ import annotations
 from cdp.connect import Client
 from cdp.redis_nodes import for_each_master
 from cdp.scripts import calls
-from cdp.scripts.calls import BatchResult, Erased, ProfileRow, Transition, TransitionRequest
+from cdp.scripts.calls import (
+    Absorbed,
+    BatchResult,
+    Erased,
+    Frozen,
+    ProfileReply,
+    ProfileRow,
+    Transition,
+    TransitionRequest,
+)
 from cdp.scripts.loader import ScriptError, lua_dir, script_names, source
 from cdp.scripts.typed import POISON, Bound, Call, ScriptSpec, is_poison
 
 __all__ = [
     "POISON",
+    "Absorbed",
     "BatchResult",
     "Bound",
     "Call",
     "Erased",
+    "Frozen",
+    "ProfileReply",
     "ProfileRow",
     "ScriptError",
     "ScriptSpec",
@@ -51,6 +63,8 @@ class Scripts:
 
     def __init__(self, redis: Client) -> None:
         self.apply_batch = calls.apply_batch.bind(redis)
+        self.apply_profile = calls.apply_profile.bind(redis)
+        self.identifier_release = calls.identifier_release.bind(redis)
         self.lease_acquire = calls.lease_acquire.bind(redis)
         self.lease_release = calls.lease_release.bind(redis)
         self.profile_view = calls.profile_view.bind(redis)
@@ -58,6 +72,13 @@ class Scripts:
         self.segment_forget = calls.segment_forget.bind(redis)
         self.erase_profile = calls.erase_profile.bind(redis)
         self.replay_record = calls.replay_record.bind(redis)
+        self.merge_freeze = calls.merge_freeze.bind(redis)
+        self.merge_absorb = calls.merge_absorb.bind(redis)
+        self.merge_retarget = calls.merge_retarget.bind(redis)
+        self.merge_unfreeze = calls.merge_unfreeze.bind(redis)
+        self.merge_advance = calls.merge_advance.bind(redis)
+        self.identifier_repoint = calls.identifier_repoint.bind(redis)
+        self.merge_finish = calls.merge_finish.bind(redis)
 
 
 async def load_scripts(redis: Client) -> None:

@@ -100,6 +100,80 @@ def apply_batch(
     )
 
 
+class ProfileReply(msgspec.Struct, frozen=True):
+    """The reply of ``apply_profile``: OK with one answer per event, FORWARDED (the
+    profile was merged into ``survivor``; ``merge_state`` of its journal) or GONE."""
+
+    status: str
+    # Per event: applied (True) or duplicate, and the identifiers handed back to the
+    # caller to release, each with the guard rail that refused it ("" after a duplicate).
+    events: tuple[tuple[bool, tuple[tuple[str, str], ...]], ...] = ()
+    survivor: str = ""
+    merge_state: str = ""
+
+    @classmethod
+    def decode(cls, reply: Any) -> ProfileReply:
+        status = text(reply[0])
+        if status == "FORWARDED":
+            return cls(status, survivor=text(reply[1]), merge_state=text(reply[2]))
+        if status != "OK":
+            return cls(status)
+        events = []
+        for row in reply[1]:
+            back = tuple((text(row[i]), text(row[i + 1])) for i in range(1, len(row), 2))
+            events.append((int(row[0]) == 1, back))
+        return cls(status, tuple(events))
+
+
+@script("apply_profile", keys=None, decode=ProfileReply.decode)
+def apply_profile(
+    *,
+    cid: str,
+    counter_names: Sequence[str],
+    dedup_bucket: int,
+    seen_expire_ms: int,
+    counter_cutoff: str,
+    now_iso: str,
+    create: bool,
+    events: bytes,
+    links: bytes,
+    limits: bytes,
+) -> Call:
+    """Apply ordered events to profile ``cid`` alone, every key of its slot declared
+    (the profile protocol: ``cdp.pipeline.profile_apply`` encodes ``events``, ``links``
+    and ``limits``); ``counter_names``: every counter the events touch; ``create``:
+    make the profile hash if it does not exist (else GONE)."""
+    return Call(
+        [
+            keys.profile(cid),
+            keys.traits(cid),
+            keys.identifiers(cid),
+            keys.counters(cid),
+            keys.seen(cid),
+            keys.profile_segments(cid),
+            keys.outbox(cid),
+            keys.merged(cid),
+            *(keys.counter(cid, name) for name in counter_names),
+        ],
+        [
+            dedup_bucket,
+            seen_expire_ms,
+            counter_cutoff,
+            now_iso,
+            "1" if create else "0",
+            events,
+            links,
+            limits,
+        ],
+    )
+
+
+@script("identifier_release", keys=1, decode=_flag)
+def identifier_release(identifier: str, cid: str) -> Call:
+    """Delete the claim on typed ``identifier`` if it still names ``cid``; True if it did."""
+    return Call([keys.identifier(identifier)], [cid])
+
+
 # -- leases -------------------------------------------------------------------------
 
 
@@ -267,6 +341,149 @@ def erase_profile(
 ) -> Call:
     """Erase live profile ``cid`` (suppress, delete, EXIT every membership, audit)."""
     return Call([], [prefix, cid, now_iso, job_id, requested_by, events_maxlen])
+
+
+# -- the cross-slot merge (cdp.merge) -----------------------------------------------
+
+
+def _texts(reply: Any) -> tuple[str, ...]:
+    return tuple(text(x) for x in reply)
+
+
+class Frozen(msgspec.Struct, frozen=True):
+    """The reply of ``merge_freeze``: the loser's state (STATE), or FROZEN towards
+    ``other``, or GONE. ``state`` is passed as is to ``merge_absorb``."""
+
+    status: str
+    merge_state: str = ""
+    state: Bulk = None
+    counter_names: tuple[str, ...] = ()
+    identifiers: tuple[str, ...] = ()
+    merged: tuple[str, ...] = ()
+    other: str = ""
+
+    @classmethod
+    def decode(cls, reply: Any) -> Frozen:
+        status = text(reply[0])
+        if status == "STATE":
+            return cls(
+                status,
+                merge_state=text(reply[1]),
+                state=reply[2],
+                counter_names=_texts(reply[3]),
+                identifiers=_texts(reply[4]),
+                merged=_texts(reply[5]),
+            )
+        if status == "FROZEN":
+            return cls(status, merge_state=text(reply[2]), other=text(reply[1]))
+        return cls(status)
+
+
+def _profile_keys(cid: str) -> list[str]:
+    """KEYS[1..7] of merge_freeze and merge_finish: the loser's keys but its counters."""
+    return [
+        keys.profile(cid),
+        keys.traits(cid),
+        keys.identifiers(cid),
+        keys.counters(cid),
+        keys.seen(cid),
+        keys.profile_segments(cid),
+        keys.merged(cid),
+    ]
+
+
+@script("merge_freeze", keys=None, decode=Frozen.decode)
+def merge_freeze(
+    *, loser: str, survivor: str, counter_names: Sequence[str], event_id: str, merged_at: str
+) -> Call:
+    """Freeze ``loser`` towards ``survivor`` (or find it so) and read its whole state,
+    with the counter zsets of ``counter_names``."""
+    zsets = [keys.counter(loser, name) for name in counter_names]
+    return Call([*_profile_keys(loser), *zsets], [survivor, event_id, merged_at])
+
+
+class Absorbed(msgspec.Struct, frozen=True):
+    """The reply of ``merge_absorb``: OK, ALREADY, FORWARDED (``detail``: the survivor's
+    own survivor), REFUSED (``detail``: the guard rail), GONE."""
+
+    status: str
+    detail: str = ""
+
+    @classmethod
+    def decode(cls, reply: Any) -> Absorbed:
+        return cls(text(reply[0]), text(reply[1]) if len(reply) > 1 else "")
+
+
+@script("merge_absorb", keys=None, decode=Absorbed.decode)
+def merge_absorb(
+    *,
+    survivor: str,
+    loser: str,
+    counter_names: Sequence[str],
+    state: Bulk,
+    limits: bytes,
+    now_iso: str,
+) -> Call:
+    """Fold the loser's ``state`` (``merge_freeze``'s) into ``survivor``, once."""
+    return Call(
+        [
+            keys.profile(survivor),
+            keys.traits(survivor),
+            keys.identifiers(survivor),
+            keys.counters(survivor),
+            keys.seen(survivor),
+            keys.merged(survivor),
+            keys.outbox(survivor),
+            *(keys.counter(survivor, name) for name in counter_names),
+        ],
+        [loser, state or "", limits, now_iso, keys.SEGMENT_EVENTS, survivor],
+    )
+
+
+class Retargeted(msgspec.Struct, frozen=True):
+    """The reply of ``merge_retarget``: ``ok``, else where the journal is."""
+
+    ok: bool
+    merged_into: str = ""
+    merge_state: str = ""
+
+    @classmethod
+    def decode(cls, reply: Any) -> Retargeted:
+        if text(reply[0]) == "OK":
+            return cls(True)
+        return cls(False, text(reply[1]), text(reply[2]))
+
+
+@script("merge_retarget", keys=1, decode=Retargeted.decode)
+def merge_retarget(*, loser: str, survivor: str, new_survivor: str) -> Call:
+    """Move ``loser``'s frozen merge from ``survivor`` to ``new_survivor``."""
+    return Call([keys.profile(loser)], [survivor, new_survivor])
+
+
+@script("merge_unfreeze", keys=1, decode=_flag)
+def merge_unfreeze(*, loser: str, survivor: str) -> Call:
+    """Undo ``loser``'s freeze towards ``survivor`` if nothing went further; True if so."""
+    return Call([keys.profile(loser)], [survivor])
+
+
+@script("merge_advance", keys=1, decode=text)
+def merge_advance(*, loser: str, survivor: str, done: str, to: str) -> Call:
+    """The journal of ``loser`` moves from state ``done`` to ``to``; its state now."""
+    return Call([keys.profile(loser)], [survivor, done, to])
+
+
+@script("identifier_repoint", keys=1, decode=_flag)
+def identifier_repoint(typed_id: str, survivor: str, old: Sequence[str]) -> Call:
+    """Point ``typed_id`` at ``survivor`` if it names one of ``old``; True if changed."""
+    return Call([keys.identifier(typed_id)], [survivor, *old])
+
+
+@script("merge_finish", keys=None, decode=_texts)
+def merge_finish(*, loser: str, counter_names: Sequence[str]) -> Call:
+    """Delete ``loser``'s keys but its forward pointer (journal at repointed or done):
+    ("DONE",), ("COUNTERS", name...) or ("STATE", state)."""
+    zsets = [keys.counter(loser, name) for name in counter_names]
+    return Call([*_profile_keys(loser), *zsets], [])
 
 
 # -- replay -------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 -- before a merge) and `seen_by_owner(ev, cids)` (apply_batch: true when a profile the
 -- identifiers name already applied the event).
 --@include segments
+--@include merge
 
 local function record(ev, fields)
   local args = {prefix .. ":merges", "MAXLEN", "~", "100000", "*"}
@@ -24,25 +25,18 @@ local function new_profile()
   return cid
 end
 
--- The loser's memberships end with an EXIT each, as erase_profile's do: numbered after
--- its last transition, stamped no earlier than it, naming the profile as its ENTER did
--- (its userId, else its first identifier), with reason "merged" and the survivor. The
--- merge runs once (afterwards every identifier of the loser resolves to the survivor,
--- and its memberships are deleted with it), so each EXIT is emitted exactly once.
+-- The loser's memberships end with an EXIT each, as erase_profile's do
+-- (includes/segments.lua merged_exits), XADDed here with the loser's ZREM from the
+-- members. The merge runs once (afterwards every identifier of the loser resolves to
+-- the survivor, and its memberships are deleted with it), so each EXIT is emitted
+-- exactly once.
 local function exit_merged(loser, survivor, user, ids)
   local memberships = rcall("HGETALL", profile_key(loser) .. ":segments")
-  if #memberships == 0 then return end
-  local who_field, who_value = who_of(user, ids)
-  for i = 1, #memberships, 2 do
-    local name, state = memberships[i], cjson.decode(memberships[i + 1])
-    if state["in"] then
-      rcall("ZREM", members_key(name), loser)
-      local at = now_iso
-      if type(state.since) == "string" and bytes_lt(at, state.since) then at = state.since end
-      emit_transition(name, loser, state.n + 1, "EXIT", at, who_field, who_value,
-        limits.segmentEventsMaxlen, "merged", survivor)
-    end
-  end
+  merged_exits(memberships, loser, survivor, user, ids, now_iso, function(name, _, fields)
+    rcall("ZREM", members_key(name), loser)
+    rcall("XADD", prefix .. ":segment-events", "MAXLEN", "~", limits.segmentEventsMaxlen, "*",
+      unpack(fields))
+  end)
 end
 
 -- Link identifiers `ids` to profile `cid`, whose counts and userId are `meta`
@@ -77,39 +71,6 @@ local function link_all(cid, ids, meta)
   rcall("HSET", pkey, unpack(fields))
 end
 
--- The survivor absorbs the loser's seen ids (union; per id the later bucket), its
--- seenFrom (the older) and seenTo (the later), and its time to live when longer: an
--- event applied to the loser and redelivered after the merge (its identifiers now
--- name the survivor) is still a duplicate. `lmeta[8]`, `lmeta[9]`: the loser's
--- seenFrom and seenTo.
-local function absorb_seen(lkey, skey, lmeta)
-  local lseen_key, sseen_key = lkey .. ":seen", skey .. ":seen"
-  local lseen = rcall("HGETALL", lseen_key)
-  if #lseen == 0 then return end
-  local ids = {}
-  for i = 1, #lseen, 2 do ids[#ids + 1] = lseen[i] end
-  local mine = chunked("HMGET", sseen_key, ids, CHUNK)
-  local writes = {}
-  for j, id in ipairs(ids) do
-    local theirs = lseen[2 * j]
-    if not mine[j] or (tonumber(mine[j]) or 0) < (tonumber(theirs) or 0) then
-      writes[#writes + 1] = id
-      writes[#writes + 1] = theirs
-    end
-  end
-  local s_ttl, l_ttl = rcall("PTTL", sseen_key), rcall("PTTL", lseen_key)
-  chunked("HSET", sseen_key, writes, CHUNK)
-  if l_ttl > 0 and (s_ttl == -2 or (s_ttl > 0 and l_ttl > s_ttl)) then
-    rcall("PEXPIRE", sseen_key, l_ttl)
-  end
-  local smeta = rcall("HMGET", skey, "seenFrom", "seenTo")
-  local from, to = tonumber(smeta[1]), tonumber(smeta[2])
-  local l_from, l_to = tonumber(lmeta[8]), tonumber(lmeta[9])
-  if l_from and (not from or l_from < from) then from = l_from end
-  if l_to and (not to or l_to > to) then to = l_to end
-  if from and to then rcall("HSET", skey, "seenFrom", from, "seenTo", to) end
-end
-
 -- Fold profile `loser` into `survivor`: traits by LWW (tombstones included), identifiers
 -- by union, counters by sum per bucket, first/lastSeen by min/max, seen ids by union
 -- (absorb_seen); the loser's segment memberships end with EXIT events (exit_merged).
@@ -118,13 +79,7 @@ end
 local function merge(loser, survivor, ev)
   flush()  -- the call's folded writes first: the merge reads both profiles by name
   local lkey, skey = profile_key(loser), profile_key(survivor)
-  local ltraits = rcall("HGETALL", lkey .. ":traits")
-  for i = 1, #ltraits, 2 do
-    local cell = decode_cell(ltraits[i + 1])
-    if cell_newer(cell.ts, cell.eventId, rcall("HGET", skey .. ":traits", ltraits[i])) then
-      rcall("HSET", skey .. ":traits", ltraits[i], ltraits[i + 1])
-    end
-  end
+  absorb_traits(skey, rcall("HGETALL", lkey .. ":traits"))
   local lids = rcall("SMEMBERS", lkey .. ":identifiers")
   for _, id in ipairs(lids) do
     rcall("SET", identifier_key(id), survivor)
@@ -132,29 +87,19 @@ local function merge(loser, survivor, ev)
   end
   local lcounters = rcall("HGETALL", lkey .. ":counters")
   for i = 1, #lcounters, 2 do
-    local name, l_oldest = lcounters[i], lcounters[i + 1]
-    local s_counter, l_counter = skey .. ":counter:" .. name, lkey .. ":counter:" .. name
-    rcall("ZUNIONSTORE", s_counter, 2, s_counter, l_counter, "AGGREGATE", "SUM")
-    local s_oldest = rcall("HGET", skey .. ":counters", name)
-    if not s_oldest or tonumber(l_oldest) < tonumber(s_oldest) then rcall("HSET", skey .. ":counters", name, l_oldest) end
+    local l_counter = lkey .. ":counter:" .. lcounters[i]
+    absorb_counter(skey, lcounters[i], lcounters[i + 1],
+      rcall("ZRANGE", l_counter, 0, -1, "WITHSCORES"))
     rcall("DEL", l_counter)
   end
-  local lmeta = rcall("HMGET", lkey, "firstSeen", "lastSeen", "users", "emails", "anons", "merges",
-    "user", "seenFrom", "seenTo")
-  widen_seen(skey, lmeta[1], lmeta[2])
-  absorb_seen(lkey, skey, lmeta)
-  rcall("HINCRBY", skey, "users", tonumber(lmeta[3]) or 0)
-  rcall("HINCRBY", skey, "emails", tonumber(lmeta[4]) or 0)
-  rcall("HINCRBY", skey, "anons", tonumber(lmeta[5]) or 0)
-  rcall("HINCRBY", skey, "merges", (tonumber(lmeta[6]) or 0) + 1)
-  if lmeta[7] and not rcall("HGET", skey, "user") then rcall("HSET", skey, "user", lmeta[7]) end
-  local l_last, s_last = rcall("HGET", lkey, "lastSeenMs"), rcall("HGET", skey, "lastSeenMs")
-  if l_last and (not s_last or tonumber(l_last) > tonumber(s_last)) then rcall("HSET", skey, "lastSeenMs", l_last) end
+  local lmeta = rcall("HMGET", lkey, unpack(MERGE_META_FIELDS))
+  local lseen_key = lkey .. ":seen"
+  absorb_seen(skey, rcall("HGETALL", lseen_key), rcall("PTTL", lseen_key), lmeta[8], lmeta[9])
+  absorb_meta(skey, lmeta)
   -- The survivor is re-evaluated after this apply, with the merged state.
   exit_merged(loser, survivor, lmeta[7], lids)
   rcall("ZREM", prefix .. ":segments:due", loser)
   rcall("ZREM", prefix .. ":profiles", loser)
-  rcall("HINCRBY", skey, "version", 1)
   local absorbed = rcall("SMEMBERS", lkey .. ":merged")
   absorbed[#absorbed + 1] = loser
   for _, old in ipairs(absorbed) do

@@ -195,31 +195,7 @@ def apply_in_order(
     """
     settings = Settings()
     server = fakeredis.FakeServer()
-    order = events[:]
-    if shuffle:
-        rng.shuffle(order)
-    else:
-        order.sort(key=lambda e: (e.ts, e.eventId))
-    if split:  # per partition, interleaved at random, as several workers would
-        by_partition: dict[int, list[StreamEvent]] = {}
-        for ev in order:
-            p = partition_of(routing_id(ev.userId, ev.anonymousId, ev.email), settings.partitions)
-            by_partition.setdefault(p, []).append(ev)
-        calls = []
-        queues = {p: evs[:] for p, evs in by_partition.items()}
-        while queues:
-            p = rng.choice(sorted(queues))
-            size = rng.randint(1, 4)
-            calls.append((p, queues[p][:size]))
-            queues[p] = queues[p][size:]
-            if not queues[p]:
-                del queues[p]
-    else:
-        calls = []
-        while order:
-            size = rng.randint(1, 6)
-            calls.append((0, order[:size]))
-            order = order[size:]
+    calls = plan_calls(events, rng, split, shuffle, settings.partitions)
 
     async def run() -> None:
         redis = fakeredis.FakeAsyncRedis(server=server)
@@ -234,3 +210,35 @@ def apply_in_order(
 
     asyncio.run(run())
     return fakeredis.FakeRedis(server=server, decode_responses=True)
+
+
+def plan_calls(
+    events: list[StreamEvent], rng: random.Random, split: bool, shuffle: bool, partitions: int
+) -> list[tuple[int, list[StreamEvent]]]:
+    """``events`` cut into calls (partition, events): in a random order (``shuffle``)
+    or in (ts, eventId) order; ``split``: per partition, the partitions interleaved at
+    random as several workers would, 1-4 events a call; else one stream, 1-6 a call."""
+    order = events[:]
+    if shuffle:
+        rng.shuffle(order)
+    else:
+        order.sort(key=lambda e: (e.ts, e.eventId))
+    calls: list[tuple[int, list[StreamEvent]]] = []
+    if split:
+        queues: dict[int, list[StreamEvent]] = {}
+        for ev in order:
+            p = partition_of(routing_id(ev.userId, ev.anonymousId, ev.email), partitions)
+            queues.setdefault(p, []).append(ev)
+        while queues:
+            p = rng.choice(sorted(queues))
+            size = rng.randint(1, 4)
+            calls.append((p, queues[p][:size]))
+            queues[p] = queues[p][size:]
+            if not queues[p]:
+                del queues[p]
+    else:
+        while order:
+            size = rng.randint(1, 6)
+            calls.append((0, order[:size]))
+            order = order[size:]
+    return calls
