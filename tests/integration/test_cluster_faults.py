@@ -28,7 +28,7 @@ cluster on this branch (docs/cluster.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +37,15 @@ from redis.crc import key_slot
 from cdp import keys
 from cdp.connect import sync_client
 from cdp.embedded_cluster import EmbeddedCluster
+from cdp.metrics import counters_sync
 from tests.support.cluster import (
+    AppliedCheck,
     ClusterFactory,
     History,
     LoadDriver,
     NodeRow,
+    StreamCheck,
+    check_applied,
     check_streams,
     cluster_skip_reason,
     fail_over,
@@ -51,7 +55,8 @@ from tests.support.cluster import (
     rejoin,
 )
 from tests.support.stack import Stack
-from tests.support.values import ADMIN_TOKEN, PARTITIONS, T0, WRITE_KEY
+from tests.support.tracking import read_doc, total
+from tests.support.values import ADMIN_TOKEN, PARTITIONS, WRITE_KEY
 from tests.support.wait import wait_until
 
 pytestmark = [
@@ -60,6 +65,8 @@ pytestmark = [
 ]
 
 RATE = 120  # events per second offered by the driver
+USERS = 40  # the driver's users (its default)
+WORKERS = 2  # worker processes
 
 
 def stream_slots() -> dict[int, int]:
@@ -67,12 +74,51 @@ def stream_slots() -> dict[int, int]:
     return {p: key_slot(keys.stream(p).encode()) for p in range(PARTITIONS)}
 
 
-def slots_by_master(cluster: EmbeddedCluster) -> dict[str, list[int]]:
-    """Master node id -> the slots of the partition streams it serves."""
+def slots_by_master(cluster: EmbeddedCluster, slots: Iterable[int] = ()) -> dict[str, list[int]]:
+    """Master node id -> the slots it serves, of ``slots`` (default: the partition
+    streams')."""
     held: dict[str, list[int]] = {}
-    for slot in stream_slots().values():
+    for slot in sorted(set(slots) or set(stream_slots().values())):
         held.setdefault(owner_of(cluster, slot).node_id, []).append(slot)
     return held
+
+
+def profile_slots(stack: Stack) -> set[int]:
+    """The slots of the driver's users' profiles and identifier keys (once applied)."""
+    found: set[int] = set()
+    for n in range(USERS):
+        identifier = keys.identifier(f"user:u{n}")
+        cid = stack.r.get(identifier)
+        if cid is not None:
+            found |= {key_slot(identifier.encode()), key_slot(keys.profile(cid).encode())}
+    return found
+
+
+def assert_applied_once(stack: Stack, streams: StreamCheck) -> AppliedCheck:
+    """Every event the streams hold is applied exactly once (``check_applied``)."""
+    events = sum(streams.entries.values())
+
+    def done() -> bool:
+        got = counters_sync(stack.r, PARTITIONS, ["processed", "dedup_hits"])
+        return got["processed"] + got["dedup_hits"] >= events
+
+    wait_until(done, timeout=60, message=f"the workers to apply the {events} events stored")
+    stack.wait_idle(timeout=30)
+    check = check_applied(
+        stack.r, streams, PARTITIONS, lambda user: total(read_doc(stack, f"user:{user}"), "Bought")
+    )
+    print(
+        f"applied: processed={check.processed} dedup_hits={check.dedup_hits} "
+        f"distinct={check.distinct} events={check.events}"
+    )
+    assert check.missing == {}, "stored events not in their profile's seen"
+    assert check.wrong_totals == {}, "(Bought total, distinct events stored) per user"
+    # Each event stored is counted once, processed or dedup hit: an event of a batch
+    # retried after a Redis error (a connection closed while its slot moved, a
+    # failover) was applied by the first attempt and is a dedup hit of the second.
+    assert check.processed <= check.distinct
+    assert check.processed + check.dedup_hits == check.events
+    return check
 
 
 @pytest.fixture
@@ -85,12 +131,16 @@ def cluster_stack(
     client = sync_client(cluster.url, "yes", decode_responses=True, socket_timeout=10)
     stack = Stack(cluster.url, client, tmp_path)  # type: ignore[arg-type]
     try:
-        stack.set_clock(T0)
-        settings = {"write_keys": WRITE_KEY, "admin_token": ADMIN_TOKEN}
+        # The system clock: the driver's events carry now, the workers apply them while
+        # the slots move or the master fails over.
+        settings = {"write_keys": WRITE_KEY, "admin_token": ADMIN_TOKEN, "clock": "system"}
         if min_replicas:
             settings |= {"ingest_min_replicas": str(min_replicas)}
             settings |= {"ingest_replica_timeout": "500ms"}
         stack.start_api(**settings)
+        for n in range(WORKERS):
+            # stream-retention: the streams keep every entry, for the checker to read.
+            stack.start_worker(f"w{n}", clock="system", window_size="1s", stream_retention="1h")
         yield cluster, stack, min_replicas
     finally:
         stack.close()
@@ -101,7 +151,7 @@ def cluster_stack(
 
 
 def drive(stack: Stack, prefix: str) -> LoadDriver:
-    driver = LoadDriver(f"http://127.0.0.1:{stack.api_port}", T0, rate=RATE, prefix=prefix)
+    driver = LoadDriver(f"http://127.0.0.1:{stack.api_port}", None, rate=RATE, prefix=prefix)
     driver.start()
     return driver
 
@@ -131,10 +181,16 @@ def test_live_resharding_under_load_keeps_every_acknowledged_event_once(
     driver = drive(stack, "reshard")
     try:
         wait_acked(driver, 200, "events before the resharding")
+        wait_until(
+            lambda: len(profile_slots(stack)) >= USERS, timeout=30, message="the users' profiles"
+        )
+        profiles = slots_by_master(cluster, profile_slots(stack))
         moved = 0
-        # Each master's stream slots (all but one) to the next master, while events flow.
+        # Each master's stream slots (all but one), and the slots of its profiles and
+        # identifiers, to the next master, while events flow and are applied.
         for i, master in enumerate(masters):
             slots = before[master.node_id][1:] or before[master.node_id]
+            slots += profiles.get(master.node_id, [])
             moved += move_slots(cluster, slots, masters[(i + 1) % len(masters)])
             wait_acked(driver, 50, "events after moving slots")
         assert moved >= 2 * len(masters)  # streams and their metrics hashes moved
@@ -153,6 +209,7 @@ def test_live_resharding_under_load_keeps_every_acknowledged_event_once(
     # Everything the streams hold was sent, and nothing acknowledged is missing.
     assert set(history.acked) <= set(check.entries)
     assert set(check.entries) <= {a.event_id for a in history.attempts}
+    assert_applied_once(stack, check)
 
 
 def victim_of(cluster: EmbeddedCluster) -> NodeRow:
@@ -200,3 +257,4 @@ def test_failover_under_load(cluster_stack: tuple[EmbeddedCluster, Stack, int]) 
     assert check.duplicated <= history.retried(), "an eventId in two entries was sent once"
     if min_replicas:
         assert check.lost == set()
+    assert_applied_once(stack, check)

@@ -21,7 +21,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from cdp import keys
 from cdp.embedded import find_redis_server
 from cdp.embedded_cluster import CLUSTER_SLOTS, EmbeddedCluster
 from cdp.errors import RedisServerError
+from cdp.metrics import counters_sync
 from tests.support.wait import wait_until
 
 # Short, so that a killed master is failed over in a few seconds; long enough that a
@@ -307,7 +310,8 @@ class History:
 
 class LoadDriver(threading.Thread):
     """POSTs ``/cdp/ingest`` events at a steady ``rate`` (per second) from a thread,
-    each a new eventId for one of ``users`` users (TRACK ``Bought``, ts ``ts``), and
+    each a new eventId for one of ``users`` users (TRACK ``Bought``, ts ``ts``, or the
+    wall clock's now when ``ts`` is None: for a stack on the system clock), and
     records the history. An event not answered 2xx (503/504 while the cluster moves,
     fails over, or is not replicated) is retried with the same eventId, after the
     next new event, until ``stop()``; it is then in ``given_up``. Thread-safe reads of
@@ -316,7 +320,7 @@ class LoadDriver(threading.Thread):
     def __init__(
         self,
         api_url: str,
-        ts: str,
+        ts: str | None,
         *,
         rate: float = 100.0,
         users: int = 40,
@@ -366,10 +370,11 @@ class LoadDriver(threading.Thread):
             self.history.given_up = {event_id for event_id, _ in pending}
 
     def _post(self, event_id: str, user: str) -> bool:
+        ts = self.ts or datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         body = json.dumps(
             {
                 "eventId": event_id,
-                "ts": self.ts,
+                "ts": ts,
                 "payload": {"type": "TRACK", "userId": user, "name": "Bought"},
             }
         ).encode()
@@ -399,18 +404,19 @@ class StreamCheck:
     """The partition streams held by every master, against a history."""
 
     entries: Counter[str]  # eventId -> how many stream entries hold it
+    users: dict[str, str]  # eventId -> its userId, for every event the streams hold
     lost: set[str]  # acknowledged, in no stream
     duplicated: set[str]  # in more than one entry
     strays: list[str]  # partition stream keys found on a master not serving their slot
 
 
-def stream_events(client: redis.Redis, key: str) -> list[str]:
-    """The eventIds of every entry of stream ``key`` (an entry holds one event, ``e``,
-    or several, ``b``)."""
-    found: list[str] = []
+def stream_events(client: redis.Redis, key: str) -> list[tuple[str, str]]:
+    """(eventId, userId) of every event of every entry of stream ``key`` (an entry
+    holds one event, ``e``, or several, ``b``)."""
+    found: list[tuple[str, str]] = []
     for _, entry in client.xrange(key):
         events = [json.loads(entry["e"])] if "e" in entry else json.loads(entry["b"])
-        found += [str(event["eventId"]) for event in events]
+        found += [(str(event["eventId"]), str(event.get("userId"))) for event in events]
     return found
 
 
@@ -419,6 +425,7 @@ def check_streams(cluster: EmbeddedCluster, history: History) -> StreamCheck:
     a master that no longer serves the slot would be counted and reported too) and
     compare with ``history``."""
     counts: Counter[str] = Counter()
+    users: dict[str, str] = {}
     strays: list[str] = []
     for master in masters_of(cluster):
         client = _node_client(master.port)
@@ -428,9 +435,55 @@ def check_streams(cluster: EmbeddedCluster, history: History) -> StreamCheck:
                 if owner_of(cluster, slot).node_id != master.node_id:
                     strays.append(f"{key} on {master.port}")
                     continue
-                counts.update(stream_events(client, key))
+                for event_id, user in stream_events(client, key):
+                    counts[event_id] += 1
+                    users[event_id] = user
         finally:
             client.close()
     lost = {event_id for event_id in history.acked if counts[event_id] == 0}
     duplicated = {event_id for event_id, n in counts.items() if n > 1}
-    return StreamCheck(counts, lost, duplicated, strays)
+    return StreamCheck(counts, users, lost, duplicated, strays)
+
+
+@dataclass(frozen=True)
+class AppliedCheck:
+    """What the workers applied, against what the streams hold (``StreamCheck``)."""
+
+    missing: dict[str, set[str]]  # user -> stored eventIds not in its profile's ``seen``
+    wrong_totals: dict[str, tuple[int, int]]  # user -> (Bought total, distinct stored)
+    processed: int  # the partitions' processed counters, summed
+    dedup_hits: int
+    distinct: int  # distinct eventIds the streams hold
+    events: int  # events the streams hold (an eventId in two entries counts twice)
+
+
+def check_applied(
+    client: Any, streams: StreamCheck, partitions: int, bought_total: Callable[[str], int]
+) -> AppliedCheck:
+    """Every event the streams hold applied exactly once: its eventId in the ``seen``
+    of its user's profile (the identifier key names the profile), the profile's
+    ``Bought`` total (``bought_total(user)``, e.g. from the profile API) equal to the
+    number of distinct eventIds stored for that user, ``processed`` equal to the
+    distinct eventIds and ``processed + dedup_hits`` to the events stored."""
+    per_user: dict[str, set[str]] = {}
+    for event_id, user in streams.users.items():
+        per_user.setdefault(user, set()).add(event_id)
+    missing: dict[str, set[str]] = {}
+    wrong: dict[str, tuple[int, int]] = {}
+    for user, event_ids in sorted(per_user.items()):
+        cid = client.get(keys.identifier(f"user:{user}"))
+        seen = set(client.hkeys(keys.seen(cid))) if cid else set()
+        if event_ids - seen:
+            missing[user] = event_ids - seen
+        total = bought_total(user)
+        if total != len(event_ids):
+            wrong[user] = (total, len(event_ids))
+    counters = counters_sync(client, partitions, ["processed", "dedup_hits"])
+    return AppliedCheck(
+        missing,
+        wrong,
+        counters["processed"],
+        counters["dedup_hits"],
+        len(streams.entries),
+        sum(streams.entries.values()),
+    )
