@@ -230,16 +230,24 @@ def move_slots(
     return moved
 
 
-def fail_over(cluster: EmbeddedCluster, master: NodeRow, timeout: float = 40.0) -> NodeRow:
+def fail_over(
+    cluster: EmbeddedCluster,
+    master: NodeRow,
+    timeout: float = 40.0,
+    meanwhile: Callable[[], object] | None = None,
+) -> NodeRow:
     """SIGKILL ``master`` (a node of a cluster with replicas) and wait until one of
     its replicas was promoted, serves its slots, and every live node answers
-    ``cluster_state:ok``; returns the promoted replica's row."""
+    ``cluster_state:ok``; returns the promoted replica's row. ``meanwhile`` is called
+    right after the kill (e.g. to start a process while the master is gone)."""
     (victim,) = [n for n in cluster.nodes if n.port == master.port]
     replicas = [r.node_id for r in cluster_nodes(master.port) if r.master_id == master.node_id]
     assert replicas, f"master {master.port} has no replica to take over"
     assert victim.process is not None
     victim.process.kill()
     victim.process.wait()
+    if meanwhile is not None:
+        meanwhile()
     alive = [n.port for n in cluster.nodes if n.process is not None and n.process.poll() is None]
 
     def promoted() -> NodeRow | None:
@@ -447,43 +455,59 @@ def check_streams(cluster: EmbeddedCluster, history: History) -> StreamCheck:
 
 @dataclass(frozen=True)
 class AppliedCheck:
-    """What the workers applied, against what the streams hold (``StreamCheck``)."""
+    """What the workers applied (each profile's ``seen``: the eventIds applied to it),
+    against what the streams hold (``StreamCheck``) and what was acknowledged."""
 
-    missing: dict[str, set[str]]  # user -> stored eventIds not in its profile's ``seen``
-    wrong_totals: dict[str, tuple[int, int]]  # user -> (Bought total, distinct stored)
+    unapplied: dict[str, set[str]]  # user -> stored eventIds not in its profile's seen
+    wrong_totals: dict[str, tuple[int, int]]  # user -> (Bought total, eventIds in seen)
+    strangers: set[str]  # eventIds in a seen that the driver never sent
+    lost: set[str]  # acknowledged, in no stream and applied to no profile
+    applied: int  # eventIds in the seen hashes
     processed: int  # the partitions' processed counters, summed
     dedup_hits: int
-    distinct: int  # distinct eventIds the streams hold
     events: int  # events the streams hold (an eventId in two entries counts twice)
 
 
 def check_applied(
-    client: Any, streams: StreamCheck, partitions: int, bought_total: Callable[[str], int]
+    client: Any,
+    history: History,
+    streams: StreamCheck,
+    partitions: int,
+    bought_total: Callable[[str], int],
 ) -> AppliedCheck:
     """Every event the streams hold applied exactly once: its eventId in the ``seen``
-    of its user's profile (the identifier key names the profile), the profile's
+    of its user's profile (the identifier key names the profile), and the profile's
     ``Bought`` total (``bought_total(user)``, e.g. from the profile API) equal to the
-    number of distinct eventIds stored for that user, ``processed`` equal to the
-    distinct eventIds and ``processed + dedup_hits`` to the events stored."""
+    eventIds in its ``seen`` (the driver sends nothing else: one count per id applied).
+    An acknowledged event missing from the streams (a write lost with a master) may
+    still have been applied from a worker's buffer: it is lost only when no ``seen``
+    holds it either."""
     per_user: dict[str, set[str]] = {}
     for event_id, user in streams.users.items():
         per_user.setdefault(user, set()).add(event_id)
-    missing: dict[str, set[str]] = {}
+    for user in history.acked.values():
+        per_user.setdefault(user, set())
+    unapplied: dict[str, set[str]] = {}
     wrong: dict[str, tuple[int, int]] = {}
+    applied: set[str] = set()
     for user, event_ids in sorted(per_user.items()):
         cid = client.get(keys.identifier(f"user:{user}"))
         seen = set(client.hkeys(keys.seen(cid))) if cid else set()
+        applied |= seen
         if event_ids - seen:
-            missing[user] = event_ids - seen
+            unapplied[user] = event_ids - seen
         total = bought_total(user)
-        if total != len(event_ids):
-            wrong[user] = (total, len(event_ids))
+        if total != len(seen):
+            wrong[user] = (total, len(seen))
+    sent = {attempt.event_id for attempt in history.attempts}
     counters = counters_sync(client, partitions, ["processed", "dedup_hits"])
     return AppliedCheck(
-        missing,
+        unapplied,
         wrong,
+        applied - sent,
+        set(history.acked) - set(streams.entries) - applied,
+        len(applied),
         counters["processed"],
         counters["dedup_hits"],
-        len(streams.entries),
         sum(streams.entries.values()),
     )
