@@ -1,29 +1,35 @@
 """Faults of a Redis Cluster under load: live resharding and a master's failover while
-a real API process is taking events (issue 11, "What it must show").
+a real API process takes events and worker processes apply them (issue 11, "What it
+must show"). About 1 minute 40 s for the three.
 
-A load driver (``tests.support.cluster.LoadDriver``) POSTs new events at a steady rate
-and retries every event not answered 2xx with the same eventId; the history records
-every 2xx-acknowledged eventId. The checker reads every partition stream on every
-master (a SCAN of each, so a copy left behind on a master that no longer serves the
-slot would show) and compares:
+A load driver (``tests.support.cluster.LoadDriver``) POSTs new events (TRACK, the
+wall clock's ts, 40 users) at a steady rate and retries every event not answered 2xx
+with the same eventId; the history records every 2xx-acknowledged eventId. The
+checkers read every partition stream on every master (a SCAN of each, so a copy left
+behind on a master that no longer serves the slot would show: ``check_streams``) and
+every user's profile (``check_applied``: its ``seen`` ids, its ``Bought`` total from
+the profile API, the processed and dedup_hits counters):
 
 - resharding (``move_slots``: CLUSTER SETSLOT + MIGRATE of slots holding partition
-  streams, from each master to the next, while events flow): every acknowledged event
-  is in its partition stream; an eventId in two entries is one the driver retried
-  (the API stored the first attempt and did not answer 2xx, e.g. a 504): the apply
-  deduplicates it (the profile's ``seen``); no answer is a 500;
+  streams, profiles and identifier keys, from each master to the next, while events
+  flow and are applied): every acknowledged event is in its partition stream; an
+  eventId in two entries is one the driver retried (the API stored the first
+  attempt and did not answer 2xx); every stored event is applied exactly once (in
+  its profile's ``seen``, the profile's total equal to its ``seen`` ids) and counted
+  once (processed + dedup_hits = events stored); no answer is a 500;
 - failover (3 masters + 3 replicas, ``fail_over``: SIGKILL a master holding
-  partition streams, its replica promoted): with ``ingest-min-replicas=1`` no
-  acknowledged event is lost; the promoted master has no replica until the killed
-  node comes back as one (``rejoin``), so meanwhile its partitions are answered 503
-  (stored, not replicated) and the retries with the same eventId are acknowledged
-  after it. Without it (``ingest-min-replicas=0``) an event acknowledged by the
-  master in the last moments before the kill may be lost: the test prints how many
-  were (``lost=``), and asserts nothing about it (it is often 0: the replica streams
-  each write within a millisecond). Either way no answer is a 500.
-
-Events are checked in the streams (the ingest level): the workers do not apply on a
-cluster on this branch (docs/cluster.md).
+  partition streams, its replica promoted; a third worker started meanwhile): with
+  ``ingest-min-replicas=1`` no acknowledged event is lost; the promoted master has no
+  replica until the killed node comes back as one (``rejoin``), so meanwhile its
+  partitions are answered 503 (stored, not replicated) and the retries with the same
+  eventId are acknowledged after it, and applied once. Without it
+  (``ingest-min-replicas=0``) an event acknowledged by the master in the last moments
+  before the kill may be lost: the test prints how many were (``lost=``: in the
+  streams, and applied to no profile), and asserts nothing about it. Measured:
+  0 lost in each of our runs (about 450 acknowledged, 120 events/s, on one machine
+  where a replica receives each write well within a millisecond). The workers'
+  writes are replicated asynchronously either way: a failover may deliver entries
+  again (dedup hits), never apply one twice. No answer is a 500.
 """
 
 from __future__ import annotations
