@@ -8,6 +8,16 @@ stops every cluster it started (a frozen node is continued first), whatever the 
 did. Start skips the test when the redis-server binary has no cluster mode.
 ``tests/conftest.py`` makes the fixtures (``redis_cluster``, ``redis_cluster_url``,
 ``cluster_factory``).
+
+Faults under load (``tests/integration/test_cluster_faults.py``): ``move_slots``
+(live resharding of chosen slots: CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE in
+batches, SETSLOT NODE everywhere), ``fail_over`` (SIGKILL a master, wait for its
+replica's promotion and ``cluster_state:ok``), ``rejoin`` (the killed node back as a
+replica); ``LoadDriver`` (a thread POSTing events at a steady rate, retrying with the
+same eventId, recording the ``History`` of what was acknowledged) and its checkers:
+``check_streams`` (every partition stream on every master against the history) and
+``check_applied`` (the profiles' ``seen`` ids, totals and counters against what the
+streams hold).
 """
 
 from __future__ import annotations
