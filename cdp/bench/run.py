@@ -63,11 +63,12 @@ def check(o: Options) -> list[str]:
     bad = [r for r in rows if r not in ALL_ROWS]
     if bad:
         raise BenchError(f"--only: unknown row {bad[0]!r} (one of {', '.join(ALL_ROWS)})")
-    if min(o.events, o.concurrency, o.users, o.calls, o.drain, o.profiles, o.merges) < 1:
+    if min(o.events, o.concurrency, o.users, o.calls, o.drain, o.profiles) < 1:
         raise BenchError(
-            "--events, --concurrency, --users, --calls, --drain, --profiles and --merges must be "
-            "at least 1"
+            "--events, --concurrency, --users, --calls, --drain and --profiles must be at least 1"
         )
+    if o.merges < 1:
+        raise BenchError("--merges must be at least 1")
     if not 0 <= o.merge_ratio <= 1:
         raise BenchError("--merge-ratio must be between 0 and 1")
     if o.client == "wrk" and shutil.which("wrk") is None:
