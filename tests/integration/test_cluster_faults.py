@@ -282,7 +282,6 @@ def test_failover_under_load(cluster_stack: tuple[EmbeddedCluster, Stack, int]) 
     statuses = history.statuses()
     assert 500 not in statuses
     assert set(statuses) <= {200, 202, 503, 504, 0}, statuses
-    assert statuses[503] + statuses[504] + statuses[0] > 0  # the kill was felt
     assert check.strays == []
     assert check.duplicated <= history.retried(), "an eventId in two entries was sent once"
     applied = assert_applied_once(stack, history, check, exact_counts=False)
