@@ -19,6 +19,11 @@ redis-py runs them: no script is queued in one.
 
 ``load_scripts`` (``cdp.scripts``) loads every script on every master at start, so a
 NOSCRIPT is the exception (a failover, a new node), not the first call of each script.
+
+``ScriptingCluster`` also routes XREADGROUP and XREAD itself (their keys follow
+``STREAMS``): redis-py asks a node ``COMMAND GETKEYS`` for every such call, a round
+trip per read, and during a failover that question, sent on a connection half made,
+failed inside redis-py with an AttributeError, which stopped a worker's read loop.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class ScriptingCluster(RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.script_texts: dict[str, ScriptTextT] = {}
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """The slot of a command; XREADGROUP/XREAD's from their stream keys, here."""
+        streams = _stream_keys(command, args)
+        if streams:
+            slots = {self.keyslot(key) for key in streams}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
 
     # redis-py's stubs give the sync ScriptCommands' return type; the async client's is this.
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
@@ -61,6 +75,21 @@ class ScriptingCluster(RedisCluster):
     def plain_pipeline(self) -> ClusterPipeline:
         """redis-py's own pipeline (a retry that must not retry again)."""
         return super().pipeline()
+
+
+def _stream_keys(command: Any, args: tuple[Any, ...]) -> list[str]:
+    """The keys of XREADGROUP (``GROUP g c [options] STREAMS k... id...``) or XREAD
+    (``[options] STREAMS k... id...``); [] for another command."""
+    name = (command.decode() if isinstance(command, bytes) else str(command)).upper()
+    first = {"XREADGROUP": 3, "XREAD": 0}.get(name)
+    if first is None:
+        return []
+    words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+    upper = [w.upper() for w in words]
+    if "STREAMS" not in upper[first:]:
+        return []
+    rest = words[upper.index("STREAMS", first) + 1 :]
+    return rest[: len(rest) // 2]
 
 
 class ScriptingClusterPipeline(ClusterPipeline):
