@@ -24,6 +24,11 @@ NOSCRIPT is the exception (a failover, a new node), not the first call of each s
 ``STREAMS``): redis-py asks a node ``COMMAND GETKEYS`` for every such call, a round
 trip per read, and during a failover that question, sent on a connection half made,
 failed inside redis-py with an AttributeError, which stopped a worker's read loop.
+That AttributeError (redis-py 8.1: a connection torn down while a command was being
+sent on it, ``'NoneType' object has no attribute 'writelines'``) reaches other
+commands too during a failover (a lease script of the webhooks loop, found by
+``tests/integration/test_cluster_faults.py``): ``execute_command`` and the pipeline
+raise it as the ``ConnectionError`` it is, which every loop retries.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.typing import ScriptTextT
 
@@ -42,6 +48,12 @@ class ScriptingCluster(RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.script_texts: dict[str, ScriptTextT] = {}
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise _lost(exc) from exc
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         """The slot of a command; XREADGROUP/XREAD's from their stream keys, here."""
@@ -75,6 +87,14 @@ class ScriptingCluster(RedisCluster):
     def plain_pipeline(self) -> ClusterPipeline:
         """redis-py's own pipeline (a retry that must not retry again)."""
         return super().pipeline()
+
+
+def _lost(exc: AttributeError) -> Exception:
+    """redis-py's AttributeError on a connection torn down under a sender, as the
+    ConnectionError it is; any other AttributeError as it was (a bug)."""
+    if "'NoneType' object has no attribute" in str(exc):
+        return RedisConnectionError(f"connection lost while sending: {exc}")
+    return exc
 
 
 def _stream_keys(command: Any, args: tuple[Any, ...]) -> list[str]:
@@ -114,7 +134,10 @@ class ScriptingClusterPipeline(ClusterPipeline):
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
         sent, self._sent = self._sent, []
-        replies = await super().execute(False, allow_redirections)
+        try:
+            replies = await super().execute(False, allow_redirections)
+        except AttributeError as exc:
+            raise _lost(exc) from exc
         forgotten = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         client = self.cluster_client
         if forgotten and isinstance(client, ScriptingCluster) and len(sent) == len(replies):
