@@ -137,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ROW",
-        help="ingest, batch, drain, sustained, freshness, memory, mixed (repeatable;"
-        " default: all but mixed)",
+        help="ingest, batch, drain, sustained, freshness, memory, mixed, merges (repeatable;"
+        " default: all but mixed and merges)",
     )
     bench.add_argument(
         "--client",
@@ -169,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="mixed row: share of ALIAS merging two existing profiles (after a warm-up)",
+    )
+    bench.add_argument(
+        "--merges", type=int, default=1_000, help="merges row: pairs of profiles merged"
     )
 
     chaos = sub.add_parser(
@@ -303,7 +306,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> None:
         sustain_start=args.sustain_start, sustain_steps=args.sustain_steps,
         fresh_rate=args.fresh_rate, fresh_seconds=args.fresh_seconds,
         profiles=args.profiles, events=args.events, users=args.users,
-        merge_ratio=args.merge_ratio,
+        merge_ratio=args.merge_ratio, merges=args.merges,
     )  # fmt: skip
     asyncio.run(run_bench(settings, options))
 

@@ -19,6 +19,16 @@ redis-py runs them: no script is queued in one.
 
 ``load_scripts`` (``cdp.scripts``) loads every script on every master at start, so a
 NOSCRIPT is the exception (a failover, a new node), not the first call of each script.
+
+``ScriptingCluster`` also routes XREADGROUP and XREAD itself (their keys follow
+``STREAMS``): redis-py asks a node ``COMMAND GETKEYS`` for every such call, a round
+trip per read, and during a failover that question, sent on a connection half made,
+failed inside redis-py with an AttributeError, which stopped a worker's read loop.
+That AttributeError (redis-py 8.1: a connection torn down while a command was being
+sent on it, ``'NoneType' object has no attribute 'writelines'``) reaches other
+commands too during a failover (a lease script of the webhooks loop, found by
+``tests/integration/test_cluster_faults.py``): ``execute_command`` and the pipeline
+raise it as the ``ConnectionError`` it is, which every loop retries.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.typing import ScriptTextT
 
@@ -37,6 +48,21 @@ class ScriptingCluster(RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.script_texts: dict[str, ScriptTextT] = {}
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise _lost(exc) from exc
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """The slot of a command; XREADGROUP/XREAD's from their stream keys, here."""
+        streams = _stream_keys(command, args)
+        if streams:
+            slots = {self.keyslot(key) for key in streams}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
 
     # redis-py's stubs give the sync ScriptCommands' return type; the async client's is this.
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
@@ -63,6 +89,29 @@ class ScriptingCluster(RedisCluster):
         return super().pipeline()
 
 
+def _lost(exc: AttributeError) -> Exception:
+    """redis-py's AttributeError on a connection torn down under a sender, as the
+    ConnectionError it is; any other AttributeError as it was (a bug)."""
+    if "'NoneType' object has no attribute" in str(exc):
+        return RedisConnectionError(f"connection lost while sending: {exc}")
+    return exc
+
+
+def _stream_keys(command: Any, args: tuple[Any, ...]) -> list[str]:
+    """The keys of XREADGROUP (``GROUP g c [options] STREAMS k... id...``) or XREAD
+    (``[options] STREAMS k... id...``); [] for another command."""
+    name = (command.decode() if isinstance(command, bytes) else str(command)).upper()
+    first = {"XREADGROUP": 3, "XREAD": 0}.get(name)
+    if first is None:
+        return []
+    words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+    upper = [w.upper() for w in words]
+    if "STREAMS" not in upper[first:]:
+        return []
+    rest = words[upper.index("STREAMS", first) + 1 :]
+    return rest[: len(rest) // 2]
+
+
 class ScriptingClusterPipeline(ClusterPipeline):
     """A (non-transactional) cluster pipeline whose NOSCRIPT replies are retried once
     after loading the scripts."""
@@ -85,7 +134,10 @@ class ScriptingClusterPipeline(ClusterPipeline):
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
         sent, self._sent = self._sent, []
-        replies = await super().execute(False, allow_redirections)
+        try:
+            replies = await super().execute(False, allow_redirections)
+        except AttributeError as exc:
+            raise _lost(exc) from exc
         forgotten = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         client = self.cluster_client
         if forgotten and isinstance(client, ScriptingCluster) and len(sent) == len(replies):

@@ -13,6 +13,10 @@ Four loops share one process, one event loop and one ``WorkerState``
 
 Dropped and guilty events go to their streams through ``workers.dead_letters``.
 
+Starting (``prepare``: the consumer groups, the scripts on every master) retries a
+Redis error with backoff: a worker started while a cluster fails a master over waits
+for the promotion instead of exiting.
+
 Stopping (SIGTERM/SIGINT) ends the loops in a stated order (``Loops.stop``: the
 webhooks, then reading at once, then the leases loop), lets the tick loop finish
 the tick in hand, hands the leases back and logs one summary line; whatever was
@@ -45,6 +49,8 @@ from workers.reading import Reader
 from workers.roles import Roles
 from workers.state import WorkerState
 from workers.ticking import Ticker
+
+START_RETRY_FIRST_S, START_RETRY_MAX_S = 0.1, 5.0  # the start's retries on a Redis error
 
 Task = asyncio.Task[None]
 
@@ -116,9 +122,27 @@ class Worker:
     def stop(self) -> None:
         self.state.stop()
 
+    async def prepare(self) -> bool:
+        """The consumer groups, and the scripts on every master (no NOSCRIPT on first
+        calls), retried with backoff on a Redis error until done (True) or stopped: a
+        worker starting while a cluster fails a master over, or while a slot moves,
+        waits for it instead of exiting."""
+        delay = START_RETRY_FIRST_S
+        while not self.state.stopping.is_set():
+            try:
+                await ensure_groups(self.redis, self.settings.partitions)
+                await load_scripts(self.redis)
+                return True
+            except RedisError as exc:
+                self.state.log.warning("start: redis error", error=str(exc), retry_in_s=delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.state.stopping.wait(), delay)
+            delay = min(delay * 2, START_RETRY_MAX_S)
+        return False
+
     async def run(self) -> None:
-        await ensure_groups(self.redis, self.settings.partitions)
-        await load_scripts(self.redis)  # on every master: no NOSCRIPT on first calls
+        if not await self.prepare():
+            return
         log = self.state.log
         log.info("worker started", partitions=self.settings.partitions)
         started = time.monotonic()

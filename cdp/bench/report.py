@@ -44,6 +44,12 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("mixed_apply_eps_batch_100", "apply_batch, 100 events/call: events/s"),
         ("mixed_merge_us", "redis: usec per merge"),
     ],
+    "merges": [  # issue 11: through the stack, every command summed over the masters
+        ("merge_e2e_cpu_us", "merge via the stack: Redis CPU us per merge"),
+        ("merge_e2e_script_us", "merge via the stack: script usec per merge"),
+        ("merge_e2e_calls", "merging ALIAS: Redis commands per event"),
+        ("link_e2e_calls", "linking ALIAS: Redis commands per event"),
+    ],
 }
 
 
@@ -55,6 +61,8 @@ def beside(row: str, r: dict[str, Any]) -> str:
         return f"window-size {r['window_size']}, {r.get('fresh_samples', 0)} samples"
     if row == "memory":
         return "keys under bench:<run> on this Redis"
+    if row == "merges":
+        return f"{r.get('merges_pairs', 0):,} pairs, merging minus linking ALIAS"
     if "xadd_eps" in r:
         return f"bare Redis: XADD {r['xadd_eps']:,}/s, EVALSHA {r['evalsha_cps']:,}/s"
     return ""
@@ -70,10 +78,11 @@ def shown(value: Any) -> str:
 
 def report(result: dict[str, Any]) -> None:
     r = result
+    masters = f", a cluster of {r['masters']} masters" if r.get("masters", 1) > 1 else ""
     print(
         f"\ncdp bench, run {r['run']}: {r['url']}; window-size {r['window_size']}"
         f" (as set for this command), {r['partitions']} partitions, {r['workers']} live"
-        f" workers; Redis {r['redis']} (AOF {'on' if r['aof'] else 'off'});"
+        f" workers; Redis {r['redis']}{masters} (AOF {'on' if r['aof'] else 'off'});"
         f" load generator: {r['client']}\n"
     )
     print(f"{'':52} {'measured':>12}   beside it (same run)")

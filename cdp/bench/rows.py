@@ -17,7 +17,10 @@ Redis). Each returns a dict of figures (the keys of ``report.ROWS``).
   trait of their own, each polled with ``GET /cdp/profiles/user:<id>/traits`` until the
   trait is there: visible time - ts;
 - ``memory``: ``micro.memory`` (keys under ``bench:<run>`` on the same Redis), plus the
-  encodings of the profile keys it wrote.
+  encodings of the profile keys it wrote;
+- ``merges`` (issue 11, not in the default set): the merge cost through the whole stack,
+  one Redis or a cluster alike: Redis usec (every command, summed over the masters) per
+  ALIAS that merges two small profiles, minus per ALIAS that links.
 
 The workers' pids: ``--worker-pids``, else a scan of /proc for ``cdp worker`` command
 lines whose ``CDP_REDIS_URL`` names this Redis's port (the workers set no client name,
@@ -41,10 +44,12 @@ from urllib.parse import urlparse
 import aiohttp
 import msgspec
 
+from cdp import keys
 from cdp.api.publisher import Publisher
+from cdp.bench.http import last_merge_record, merge_records, send_all
 from cdp.bench.loadgen import Load, generate
 from cdp.bench.micro import TRIVIAL_LUA, memory, timed
-from cdp.bench.workload import stream_event, workload
+from cdp.bench.workload import small_profiles, stream_event, workload
 from cdp.clock import wall_ms
 from cdp.connect import Client, connect
 from cdp.errors import BenchError
@@ -381,3 +386,87 @@ async def memory_row(redis: Client, s: Settings, run: str, profiles: int) -> dic
         "traits_encoding": ",".join(sorted(traits)) or "-",
         "profile_key_encodings": encodings,
     }
+
+
+# -- merges: the end-to-end merge cost, one Redis or a cluster ---------------------------
+
+
+async def _redis_usec(redis: Client) -> tuple[float, int, int, float]:
+    """(now, usec of the scripts, commands, Redis CPU seconds) summed over the masters.
+    INFO commandstats counts a command a script calls in its own row as well as in the
+    script's: the scripts' usec (EVALSHA, EVAL) hold their commands' time, and the
+    command count holds those the scripts ran."""
+    stats = await commandstats(redis)
+    usec = sum(u for name, (_, u) in stats.items() if name in ("evalsha", "eval"))
+    calls = sum(c for c, _ in stats.values())
+    return time.perf_counter(), usec, calls, await redis_cpu(redis)
+
+
+async def _applied(redis: Client, s: Settings, done0: int, n: int) -> int:
+    """Wait (polling 4 times a second: the polls count in commandstats) until ``n``
+    more events are done; how many were."""
+    deadline = time.perf_counter() + 120 + s.window_size_ms / 1000
+    while (now := await done(redis, s.partitions) - done0) < n:
+        if time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(2 * s.ticker_interval_ms / 1000)  # the counts are flushed per tick
+    return now
+
+
+async def merges(
+    redis: Client, s: Settings, run: str, url: str, n: int, concurrency: int
+) -> dict[str, Any]:
+    """Redis time per merge through the whole stack (API, workers, whatever protocol
+    they apply with): ``micro.small_profiles``' n pairs of small profiles are sent
+    and applied first; then n ALIAS that each merge a pair, then n that each link a new
+    anonymousId to a survivor, each phase sent and waited for until applied. Per ALIAS:
+    the Redis CPU (the whole cost: scripts, plain commands, network), the scripts'
+    usec and the commands run (INFO commandstats; on a cluster a merge is several
+    scripts and plain commands on several nodes, not one script), all summed over the
+    masters, less what the idle stack (workers' polling, this row's own polls) costs
+    over as long, measured first. ``merge_e2e_*`` is merging minus linking (the ingest,
+    the read, the ack and the segment evaluation cancel out). Needs live workers."""
+    setup, merging, linking = small_profiles(run, n, s.counter_bucket_ms)
+    workers = await redis.zcount(keys.WORKERS, wall_ms(), "+inf")
+    if not workers:
+        return {"notes": ["merges: no live worker: not measured"]}
+    notes: list[str] = []
+    await send_all(url + "/cdp/ingest", setup, concurrency)
+    await wait_drained(redis, s)
+    idle0 = await _redis_usec(redis)
+    await asyncio.sleep(s.window_size_ms / 1000)
+    idle1 = await _redis_usec(redis)
+    idle = [(b - a) / (idle1[0] - idle0[0]) for a, b in zip(idle0[1:], idle1[1:], strict=True)]
+    out: dict[str, Any] = {"merges_pairs": n}
+    before = await last_merge_record(redis)
+    for kind, specs in (("merge", merging), ("link", linking)):
+        done0, stats0 = await done(redis, s.partitions), await commandstats(redis)
+        t0, usec0, calls0, cpu0 = await _redis_usec(redis)
+        got = await send_all(url + "/cdp/ingest", specs, concurrency)
+        applied = await _applied(redis, s, done0, got["accepted"])
+        t1, usec1, calls1, cpu1 = await _redis_usec(redis)
+        stats1 = await commandstats(redis)
+        top = sorted(
+            ((k, c - stats0.get(k, (0, 0))[0], u - stats0.get(k, (0, 0))[1])
+             for k, (c, u) in stats1.items()),
+            key=lambda row: -row[2],
+        )[:8]  # fmt: skip
+        out[f"{kind}_e2e_commands"] = {k: [round(c / n, 2), round(u / n, 1)] for k, c, u in top}
+        if applied < n:
+            notes.append(f"merges: {kind}: {applied} of {n} applied")
+        spent = t1 - t0
+        out[f"{kind}_e2e_script_us"] = round((usec1 - usec0 - idle[0] * spent) / n, 1)
+        out[f"{kind}_e2e_calls"] = round((calls1 - calls0 - idle[1] * spent) / n, 1)
+        out[f"{kind}_e2e_cpu_us"] = round((cpu1 - cpu0 - idle[2] * spent) * 1e6 / n, 1)
+    records = await merge_records(redis, before, run)
+    if records["merges"] != n:
+        notes.append(f"merges: warning: {records['merges']} merge records for {n} merging ALIAS")
+    out["merge_e2e_script_us"] = round(out["merge_e2e_script_us"] - out["link_e2e_script_us"], 1)
+    out["merge_e2e_cpu_us"] = round(out["merge_e2e_cpu_us"] - out["link_e2e_cpu_us"], 1)
+    notes.append(
+        f"merges: the idle stack costs {idle[0]:,.0f} usec of scripts, {idle[1]:,.0f} commands and"
+        f" {idle[2] * 1e6:,.0f} us of Redis CPU per second (deducted)"
+    )
+    out["notes"] = notes
+    return out

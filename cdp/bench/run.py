@@ -1,6 +1,8 @@
 """``run_bench``: the rows ``--only`` asks for (all of issue 10's by default), in order,
 then the report. ``mixed`` (not in the default set) is the earlier ``cdp bench``: the
-mixed workload end to end, the apply_batch micro-benchmarks and the merge cost."""
+mixed workload end to end, the apply_batch micro-benchmarks and the merge cost.
+``merges`` (not in the default set either) is the merge cost through the whole stack,
+one Redis or a cluster (issue 11)."""
 
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ from cdp.bench.workload import plan
 from cdp.clock import wall_ms
 from cdp.connect import Client, connect
 from cdp.errors import BenchError
-from cdp.redis_nodes import info_sum
+from cdp.redis_nodes import for_each_master, info_sum
 from cdp.settings import Settings, format_duration
 
 ISSUE_ROWS = ("ingest", "batch", "drain", "sustained", "freshness", "memory")
-ALL_ROWS = (*ISSUE_ROWS, "mixed")
+ALL_ROWS = (*ISSUE_ROWS, "mixed", "merges")
+# Rows that apply events with apply_batch under bench:<run> keys: one Redis only.
+ONE_REDIS_ROWS = ("memory", "mixed")
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Options:
     events: int = 20_000
     users: int = 2_000
     merge_ratio: float = 0.0
+    merges: int = 1_000  # pairs of profiles of the merges row
 
 
 def check(o: Options) -> list[str]:
@@ -64,6 +69,8 @@ def check(o: Options) -> list[str]:
         raise BenchError(
             "--events, --concurrency, --users, --calls, --drain and --profiles must be at least 1"
         )
+    if o.merges < 1:
+        raise BenchError("--merges must be at least 1")
     if not 0 <= o.merge_ratio <= 1:
         raise BenchError("--merge-ratio must be between 0 and 1")
     if o.client == "wrk" and shutil.which("wrk") is None:
@@ -99,6 +106,7 @@ async def run_bench(settings: Settings, o: Options) -> None:
         await check_api(url)
         result["workers"] = await redis.zcount(keys.WORKERS, wall_ms(), "+inf")
         result |= {"redis": info["redis_version"], "aof": bool(info.get("aof_enabled"))}
+        result["masters"] = len(await for_each_master(redis, "PING"))
         result |= await measure.bare_redis(redis, run, 20_000)
         await cleanup(redis, run)
         await _rows(redis, settings, o, run, write_key, rows, result)
@@ -126,7 +134,13 @@ async def _rows(
     notes = result["notes"]
     for row in rows:
         got: dict[str, Any]
-        if row in ("drain", "sustained", "freshness", "memory"):  # a quiet stack first
+        if row in ONE_REDIS_ROWS and result.get("masters", 1) > 1:
+            notes.append(
+                f"{row}: not measured on a cluster (it runs apply_batch on keys under"
+                " bench:<run>, which span slots); see the merges row"
+            )
+            continue
+        if row in ("drain", "sustained", "freshness", "memory", "merges"):  # a quiet stack first
             await measure.wait_drained(redis, s)
         if row == "ingest":
             got = await measure.ingest(redis, replace(base, run=f"{base.run}-i"))
@@ -147,6 +161,8 @@ async def _rows(
             got = await measure.freshness(redis, s, load, rate, o.admin_token or s.admin_token, 2.0)
         elif row == "memory":
             got = await measure.memory_row(redis, s, run, o.profiles)
+        elif row == "merges":
+            got = await measure.merges(redis, s, run, o.url.rstrip("/"), o.merges, o.concurrency)
         else:
             got = await _mixed(redis, s, o, run, result)
         notes += got.pop("notes", [])

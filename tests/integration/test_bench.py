@@ -145,3 +145,53 @@ def test_bench_refuses_bad_flags_and_an_unreachable_api(redis_url: str) -> None:
     done = bench(redis_url, "--url", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 2
     assert "cdp: cannot reach the API at http://127.0.0.1:" in done.stderr
+
+
+def test_merges_row_prints_the_merge_cost_through_the_stack(stack: Stack) -> None:
+    live_stack(stack, workers=1)
+    done = bench(
+        stack.redis_url,
+        *("--url", f"http://127.0.0.1:{stack.api_port}", "--only", "merges", "--merges", "30"),
+        *("--concurrency", "8"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rows"] == ["merges"] and result["merges_pairs"] == 30
+    assert result["masters"] == 1
+    # Each merging ALIAS ran more commands than a linking one (the merge's writes).
+    assert result["merge_e2e_calls"] > result["link_e2e_calls"] > 0
+    numbers(done.stdout, ["merges"])
+    assert "warning" not in done.stdout and "applied" not in done.stdout, done.stdout
+    merged = [f for _, f in stack.r.xrange(keys.MERGES) if f["status"] == "merged"]
+    assert len(merged) == 30
+
+
+def test_bench_against_a_cluster_sums_every_master(redis_cluster_url: str, tmp_path: Any) -> None:
+    """The ingest row and the bare-Redis figures on the 3-master cluster: the header
+    names the masters, the run's ``bench:<run>`` keys (on every master) are deleted;
+    the memory row (one Redis only) is skipped with a note."""
+    from cdp.connect import sync_client
+
+    client = sync_client(redis_cluster_url, "yes", decode_responses=True)
+    stack = Stack(redis_cluster_url, client, tmp_path)  # type: ignore[arg-type]
+    try:
+        stack.start_api(**LIVE)
+        done = bench(
+            redis_cluster_url,
+            *("--url", f"http://127.0.0.1:{stack.api_port}", "--only", "ingest"),
+            *("--only", "memory", "--duration", "1", "--concurrency", "4", "--processes", "1"),
+            *("--client", "python"),
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["masters"] == 3 and "a cluster of 3 masters" in done.stdout
+        assert int(numbers(done.stdout, ["ingest"])["ingest_rps"].replace(",", "")) > 0
+        assert result["xadd_eps"] > 0 and result["evalsha_cps"] > 0
+        assert list(client.scan_iter(match=f"bench:{result['run']}:*")) == []
+        assert result["ingest_not_ok"] == 0
+        # apply_batch under bench:<run> keys cannot run on a cluster: said, not attempted.
+        assert "memory: not measured on a cluster" in done.stdout
+        assert "profile_bytes" not in result
+    finally:
+        stack.close()
+        client.close()

@@ -27,7 +27,7 @@ from cdp.connect import Client, connect
 from cdp.identity import partition_of, routing_id
 from cdp.metrics import read_metrics
 from cdp.pipeline.buffer import PartitionBuffer
-from cdp.redis_nodes import for_each_master
+from cdp.redis_nodes import for_each_master, info_sum
 from cdp.scripts import Scripts, load_scripts, script_names, source
 from cdp.settings import Settings, load_settings
 from cdp.streams import text
@@ -194,6 +194,12 @@ def test_a_batch_refused_by_one_partition_is_a_500_naming_what_was_stored(
 # -- reading, dead letters ----------------------------------------------------------
 
 
+async def getkeys_calls(redis: RedisCluster) -> int:
+    """COMMAND calls (GETKEYS among them) over the masters, as commandstats counts them."""
+    stats = await info_sum(redis, "commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_command"))
+
+
 async def read_until(worker: Worker, partitions: list[int], wanted: int) -> None:
     deadline = asyncio.get_running_loop().time() + 20
     while worker.state.buffered < wanted:
@@ -220,6 +226,13 @@ def test_the_reader_reads_partitions_held_by_different_masters(
         # Nothing new for the group: a read now buffers nothing more.
         await worker.reader.read_once(partitions, 100)
         assert worker.state.buffered == len(users)
+        # The client routes XREADGROUP by its stream keys itself: no COMMAND GETKEYS
+        # round trip per read (redis-py's way, which failed inside redis-py while a
+        # master was failing over and stopped a worker's read loop).
+        before = await getkeys_calls(redis)
+        await worker.reader.read_once(partitions, 100)
+        await redis.xreadgroup(keys.GROUP, "w1", {keys.stream(0): ">"}, count=1)
+        assert await getkeys_calls(redis) == before
 
     run(redis_cluster_url, body)
 

@@ -388,6 +388,38 @@ def test_a_tick_whose_round_trip_failed_requeues_every_chunk_it_popped(
     asyncio.run(scenario())
 
 
+def test_a_worker_starting_while_redis_does_not_answer_waits_for_it(
+    own_redis: RedisServer,
+) -> None:
+    """The start (consumer groups, scripts) retries a Redis error: a worker started
+    while a cluster fails a master over waited for nothing before and exited (code 2)."""
+    assert own_redis.process is not None
+
+    async def scenario() -> None:
+        client = Redis.from_url(own_redis.url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+        async with client as redis:
+            worker = Worker(redis, settings(own_redis.url), ManualClock(T0), "w")
+            os.kill(own_redis.process.pid, signal.SIGSTOP)
+            with structlog.testing.capture_logs() as logs:
+                try:
+                    start = asyncio.create_task(worker.prepare())
+                    await wait_for(
+                        lambda: _true(any(e["event"] == "start: redis error" for e in logs))
+                    )
+                    assert not start.done()
+                finally:
+                    os.kill(own_redis.process.pid, signal.SIGCONT)
+                assert await asyncio.wait_for(start, 15) is True
+            groups = await redis.xinfo_groups(keys.stream(0))
+            assert [g["name"] for g in groups] == [keys.GROUP.encode()]
+
+    asyncio.run(scenario())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 # -- 2. OOM and READONLY are not poison -----------------------------------------------
 
 
