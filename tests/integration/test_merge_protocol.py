@@ -10,7 +10,6 @@ counters, seen ids, merged sets, memberships, records and EXIT events.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -397,7 +396,6 @@ def test_a_profile_merged_by_apply_batch_is_not_merged_or_recorded_again(redis_u
     assert_state(oracle_url, expected)
 
 
-PROFILE_PROTOCOL = importlib.util.find_spec("cdp.pipeline.profile_apply") is not None
 WORKER_FIELDS = ("evaluatedMs", "evaluations", "mergeState")  # the worker's own bookkeeping
 
 
@@ -417,14 +415,20 @@ def profiles_state(r: redis_sync.Redis) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.skipif(not PROFILE_PROTOCOL, reason="the profile protocol (branch i11-apply)")
+@pytest.mark.parametrize("step", ["intent", "frozen", "absorbed", "repointed", "finished"])
 def test_a_worker_killed_mid_merge_is_finished_by_another_worker(
-    redis_url: str, redis_cluster: EmbeddedCluster, redis_cluster_url: str, tmp_path: Path
+    redis_url: str,
+    redis_cluster: EmbeddedCluster,
+    redis_cluster_url: str,
+    tmp_path: Path,
+    step: str,
 ) -> None:
     """Workers on the cluster (profile protocol): the one applying the ALIAS that merges
-    p2 into p1 dies right after the absorb (SIGKILL); another worker takes the
-    partitions over, meets p2 forwarded with its journal open, finishes the merge and
-    applies the ALIAS: the state apply_batch leaves on one Redis."""
+    p2 into p1 dies (SIGKILL) right after the given step of the merge; another worker
+    takes the partitions over, meets p2 forwarded with its journal open (or, killed
+    before the freeze, the journal never frozen, which it drops) and the ALIAS
+    redelivered, finishes the merge and applies the ALIAS: the state apply_batch
+    leaves on one Redis."""
     built_events = [
         event("b1", T0_MS, user="u1", traits={"plan": "free", "country": "FR"}),
         event("b3", T0_MS + 1_000, anon="a2", traits={"plan": "pro", "age": 3}),
@@ -445,7 +449,7 @@ def test_a_worker_killed_mid_merge_is_finished_by_another_worker(
     try:
         stack.set_clock(T0_MS)
         stack.start_api()
-        first = stack.start_worker("w1", fault_point="merge:absorbed")
+        first = stack.start_worker("w1", fault_point=f"merge:{step}")
         for ev in built_events:
             kind = {"type": ev.type, "name": ev.name} if ev.name else {"type": ev.type}
             ids = {"userId": ev.userId, "anonymousId": ev.anonymousId}
@@ -457,8 +461,12 @@ def test_a_worker_killed_mid_merge_is_finished_by_another_worker(
         stack.set_clock(alias_at)
         wait_until(lambda: first.poll() is not None, timeout=30, message="w1 to die")
         assert first.returncode == -signal.SIGKILL
-        assert cluster.hget(keys.profile("p2"), "mergeState") == "absorbed"
+        assert cluster.zrange(keys.MERGES_OPEN, 0, -1) == ["p2"]  # the journal is open
+        assert cluster.hget(keys.profile("p2"), "mergeState") == JOURNAL_AT[step]
         stack.start_worker("w2")
+        # Time passes (within the dedup bucket): killed after the repoint, no event
+        # meets p2 any more; the sweeper finishes journals older than lease-ttl (1 s).
+        stack.set_clock(alias_at + 2_000)
         stack.wait_metric("processed", 4, timeout=30)
         wait_until(lambda: cluster.zcard(keys.MERGES_OPEN) == 0, message="the journal closed")
         stack.wait_idle()
