@@ -23,9 +23,11 @@ README = (ROOT / "README.md").read_text()
 OPENAPI_PATH = ROOT / "cdp" / "api" / "openapi.json"
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"}
 # Read by load_settings but not a setting itself (it names the TOML file).
-# CDP_CONFIG names the settings file; the CDP_SCHEMATHESIS* ones size the conformance run.
+# CDP_CONFIG names the settings file; the CDP_SCHEMATHESIS* ones size the conformance run;
+# CDP_TEST_WORKERS is how many processes ./dev test runs the suite in.
 ENV_NOT_IN_DESCRIBE = {
     "CDP_CONFIG",
+    "CDP_TEST_WORKERS",
     "CDP_SCHEMATHESIS",
     "CDP_SCHEMATHESIS_SEED",
     "CDP_SCHEMATHESIS_EXAMPLES",
