@@ -238,37 +238,30 @@ class _Run:
     async def _queue(
         self, pipe: Any, cid: str, events: Sequence[_Event], links: list[list[str]], create: bool
     ) -> None:
-        names = list(dict.fromkeys(n for ev in events for n in ev.counters))
-        await self.scripts.apply_profile.queue(
-            pipe,
-            cid=cid,
-            counter_names=names,
-            dedup_bucket=self.bucket,
-            seen_expire_ms=self.expire_in,
-            counter_cutoff=self.cutoff,
-            now_iso=self.now_iso,
-            create=create,
-            events=_encoder.encode([ev.row for ev in events]),
-            links=_encoder.encode(links),
-            limits=self.limits,
-        )
+        await self.scripts.apply_profile.queue(pipe, **self._arguments(cid, events, links, create))
 
     async def _call(
         self, cid: str, events: Sequence[_Event], links: list[list[str]], *, create: bool
     ) -> ProfileReply:
         """One ``apply_profile`` on its own (EVALSHA, no pipeline: no SCRIPT EXISTS)."""
-        return await self.scripts.apply_profile(
-            cid=cid,
-            counter_names=list(dict.fromkeys(n for ev in events for n in ev.counters)),
-            dedup_bucket=self.bucket,
-            seen_expire_ms=self.expire_in,
-            counter_cutoff=self.cutoff,
-            now_iso=self.now_iso,
-            create=create,
-            events=_encoder.encode([ev.row for ev in events]),
-            links=_encoder.encode(links),
-            limits=self.limits,
-        )
+        return await self.scripts.apply_profile(**self._arguments(cid, events, links, create))
+
+    def _arguments(
+        self, cid: str, events: Sequence[_Event], links: list[list[str]], create: bool
+    ) -> dict[str, Any]:
+        """The named arguments of one ``apply_profile`` call."""
+        return {
+            "cid": cid,
+            "counter_names": list(dict.fromkeys(n for ev in events for n in ev.counters)),
+            "dedup_bucket": self.bucket,
+            "seen_expire_ms": self.expire_in,
+            "counter_cutoff": self.cutoff,
+            "now_iso": self.now_iso,
+            "create": create,
+            "events": _encoder.encode([ev.row for ev in events]),
+            "links": _encoder.encode(links),
+            "limits": self.limits,
+        }
 
     async def _mark_due(self, cids: Iterable[str]) -> None:
         due = {cid: self.dirty_due for cid in cids}
