@@ -4,11 +4,20 @@ A subscription (``cdp:webhooks``, created over the admin API) names a URL, a sec
 and optionally the segments it wants. The dispatcher runs in exactly one worker (the
 holder of ``cdp:lease:webhooks``) and, per subscription, walks ``cdp:segment-events``
 from the subscription's cursor, one event at a time, so each subscription sees its
-events in order. A delivery is a POST of the event's JSON with
+events in order. A delivery is a POST of the event's JSON signed as the Standard
+Webhooks specification says (https://www.standardwebhooks.com), so its libraries verify it:
+
+    webhook-id:        <eventId>                              (stable across retries)
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "<eventId>.<timestamp>.<body>")>
+
+The key of a secret ``whsec_<base64>`` is the bytes its base64 decodes to (what new
+secrets look like); the key of any other secret (made before, or given so) is its UTF-8
+bytes. The legacy headers, kept for the receivers written before them:
 
     X-CDP-Delivery:  <subscription id>:<eventId>          (stable across retries)
-    X-CDP-Timestamp: <unix seconds>
-    X-CDP-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+    X-CDP-Timestamp: <unix seconds>                       (the same as webhook-timestamp)
+    X-CDP-Signature: v1=<hex HMAC-SHA256(secret's UTF-8 bytes, "<timestamp>.<body>")>
 
 A 2xx moves the cursor past the event. Anything else (or no answer within
 webhook-timeout) is retried after webhook-backoff, doubling up to 10 minutes, until
@@ -20,6 +29,8 @@ live in ``cdp:webhook:{id}``, so a restarted dispatcher resumes where it stopped
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -56,6 +67,11 @@ URL = (
 )
 MAX_URL_LENGTH = 2048
 MIN_SECRET_LENGTH = 16
+# Standard Webhooks secrets: "whsec_" then the base64 of 24 to 64 key bytes.
+SECRET_PREFIX = "whsec_"
+MIN_KEY_BYTES = 24
+MAX_KEY_BYTES = 64
+NEW_KEY_BYTES = 32
 _URL = re.compile(URL)
 
 
@@ -106,16 +122,53 @@ def parse_subscription(body: Any, new_id: str, now_ms: int = 0) -> Subscription:
         raise InvalidSubscription(
             "invalid webhook: `segments` must be a list of segment names, or absent for all"
         )
-    secret = body.get("secret", secrets.token_hex(16))
+    secret = body.get("secret", new_secret())
     if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
         raise InvalidSubscription(
             f"invalid webhook: `secret` must be a string of at least {MIN_SECRET_LENGTH} "
             "characters, or absent to have one generated"
         )
+    if secret.startswith(SECRET_PREFIX):
+        key = _whsec_key(secret)
+        if key is None or not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+            raise InvalidSubscription(
+                f"invalid webhook: a `secret` starting with {SECRET_PREFIX!r} must go on with "
+                f"the base64 of {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes (Standard Webhooks)"
+            )
     return Subscription(new_id, url, secret, segments, iso_ms(now_ms) if now_ms else "")
 
 
+def new_secret() -> str:
+    """A generated secret, in the Standard Webhooks format ``whsec_<base64 of 32 bytes>``."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(NEW_KEY_BYTES)).decode()
+
+
+def _whsec_key(secret: str) -> bytes | None:
+    encoded = secret[len(SECRET_PREFIX) :]
+    try:  # padding may be left out, as the Standard Webhooks libraries accept
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: ``whsec_<base64>`` -> the decoded bytes, else its UTF-8."""
+    if secret.startswith(SECRET_PREFIX):
+        key = _whsec_key(secret)
+        if key:
+            return key
+    return secret.encode()
+
+
+def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header (Standard Webhooks, v1)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    mac = hmac.new(signing_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
 def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """The legacy ``X-CDP-Signature`` header, keyed with the secret's UTF-8 bytes as is."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "v1=" + mac.hexdigest()
 
@@ -204,6 +257,9 @@ class Dispatcher:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "cdp-webhooks/0.1",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": standard_signature(sub.secret, event_id, timestamp, body),
             "X-CDP-Delivery": f"{sub.id}:{event_id}",
             "X-CDP-Timestamp": str(timestamp),
             "X-CDP-Signature": signature(sub.secret, timestamp, body),

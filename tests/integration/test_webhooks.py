@@ -11,12 +11,14 @@ import hmac
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from cdp import keys
 from tests.support.stack import Response, Stack
@@ -26,7 +28,7 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-SECRET = "0123456789abcdef0123456789abcdef"  # 32 characters
+SECRET = "0123456789abcdef0123456789abcdef"  # 32 characters, a plain (pre-whsec_) secret
 
 
 # -- the receiver ----------------------------------------------------------------------
@@ -196,6 +198,12 @@ def assert_in_order_and_once(
             assert all(later.delivery_id != d.delivery_id for later in deliveries[n + 1 :])
         assert d.body == bodies[d.delivery_id].encode()
         verify(d)
+
+
+def standard_verify(delivery: Delivery, secret: str | bytes) -> Any:
+    """What a receiver using the ``standardwebhooks`` library does (it checks the
+    timestamp against the real time: these deliveries must be stamped now)."""
+    return Webhook(secret).verify(delivery.body, delivery.headers)
 
 
 # -- tests -----------------------------------------------------------------------------
@@ -417,3 +425,52 @@ def test_a_killed_dispatcher_resumes_from_its_cursor(stack: Stack, receiver: Rec
     drive(stack, [sub], lambda: acknowledged(receiver, "/hook") == expected, "the sentinel")
     assert_in_order_and_once(receiver.received("/hook"), sub, entries)
     assert stack.r.get(keys.WEBHOOKS_LEASE) == "w2"
+
+
+def test_deliveries_verify_with_the_standard_webhooks_library(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # The library refuses a timestamp more than 5 minutes from the real time: the test
+    # clock starts at the real time (it moves a few seconds on, no more).
+    now = int(time.time() * 1000)
+    stack.set_clock(now)
+    stack.start_api(admin_token=TOKEN)
+    stack.start_worker("w1", webhook_backoff="1s")
+    receiver.policy = lambda path, n: 500 if path == "/new" and n == 0 else 200
+    resp = admin(stack, "POST", "/cdp/webhooks", {"url": receiver.url("/new")})
+    assert resp.status == 201, resp.body
+    new, new_secret = resp.json()["id"], resp.json()["secret"]
+    assert new_secret.startswith("whsec_")  # the library takes it as it is
+    old = subscribe(stack, receiver.url("/old"))  # a plain secret: passed as its bytes
+
+    identify(stack, now, {"u1": "pro", "u2": "pro"})
+    entries = wait_stream(stack, 2)
+    drive(
+        stack,
+        [new, old],
+        lambda: (
+            acknowledged(receiver, "/new") == [f"{new}:{e}" for _, e, _ in entries]
+            and acknowledged(receiver, "/old") == [f"{old}:{e}" for _, e, _ in entries]
+        ),
+        "both subscriptions acknowledged every event",
+    )
+
+    for path, secret in (("/new", new_secret), ("/old", SECRET.encode())):
+        deliveries = receiver.received(path)
+        for d in deliveries:
+            event_id = d.delivery_id.split(":", 1)[1]
+            assert d.headers["webhook-id"] == event_id  # the same on the retry
+            assert d.headers["webhook-timestamp"] == d.headers["x-cdp-timestamp"]
+            assert standard_verify(d, secret) == json.loads(d.body)
+            verify(d, secret if isinstance(secret, str) else secret.decode())  # legacy
+            tampered = Delivery(d.path, d.headers, d.body.replace(b'"u', b'"x', 1), d.status)
+            assert tampered.body != d.body
+            with pytest.raises(WebhookVerificationError):
+                standard_verify(tampered, secret)
+            with pytest.raises(WebhookVerificationError):  # another subscription's secret
+                standard_verify(d, SECRET.encode() if path == "/new" else new_secret)
+    retried = receiver.received("/new")
+    assert [d.status for d in retried] == [500, 200, 200]
+    assert retried[0].headers["webhook-id"] == retried[1].headers["webhook-id"]
+    times = [int(d.headers["webhook-timestamp"]) for d in retried[:2]]
+    assert times[0] < times[1], times  # each attempt stamped anew
