@@ -5,14 +5,28 @@ and apply scripts and the workers, each in the partition's slot, so on a Redis C
 no key is written by every call), summed on read with the legacy ``cdp:metrics`` (the
 counts of before per-partition keys); the ``buffered`` gauge is in
 ``cdp:metrics:buffered`` (one field per worker, summed over the live ones). ``GET
-/metrics`` renders them in Prometheus text format: ``cdp.events.processed`` becomes
-``cdp_events_processed_total``.
+/metrics`` renders them in Prometheus text format with prometheus_client:
+``cdp.events.processed`` becomes ``cdp_events_processed_total``.
+
+Read from Redis at scrape time (``read_snapshot``, one pipelined round trip plus one
+XRANGE per partition whose lag Redis cannot tell), so a scrape of any API process shows
+the Redis-wide values: the counters above, per partition the consumer group's lag
+(XINFO GROUPS ``lag``, Redis >= 7; else the entries after its last-delivered-id, counted
+up to ``LAG_SCAN_CAP``) and pending entries (XINFO GROUPS ``pending``), per live worker
+its buffered events (``cdp:metrics:buffered``) and the partitions it holds
+(``cdp:lease:{pN}``). ``SnapshotCollector`` turns a snapshot into metric families.
+Per API process (not summed): the request latency histogram (``cdp.api.app``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from cdp import keys
 from cdp.clock import wall_ms
@@ -77,20 +91,122 @@ async def read_metrics(redis: Client, partitions: int) -> dict[str, int]:
     return values
 
 
-def render_prometheus(values: dict[str, int]) -> str:
-    lines = [
-        "# HELP cdp_events_buffered Events waiting in the workers' window buffers.",
-        "# TYPE cdp_events_buffered gauge",
-        f"cdp_events_buffered {values['buffered']}",
-        "# HELP cdp_workers Worker processes with a live heartbeat.",
-        "# TYPE cdp_workers gauge",
-        f"cdp_workers {values['workers']}",
-    ]
-    for name, help_text in COUNTERS.items():
-        metric = f"cdp_events_{name}_total"
-        lines += [
-            f"# HELP {metric} {help_text}",
-            f"# TYPE {metric} counter",
-            f"{metric} {values[name]}",
-        ]
-    return "\n".join(lines) + "\n"
+LAG_SCAN_CAP = 100_000  # entries counted at most per partition when XINFO has no lag
+
+
+@dataclass
+class Snapshot:
+    """What ``/metrics`` reads from Redis at scrape time."""
+
+    values: dict[str, int]
+    lag: dict[int, int] = field(default_factory=dict)  # partition -> undelivered entries
+    pending: dict[int, int] = field(default_factory=dict)  # partition -> unacked entries
+    buffered: dict[str, int] = field(default_factory=dict)  # live worker -> its buffer
+    partitions: dict[str, int] = field(default_factory=dict)  # live worker -> leases held
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _group(groups: Any) -> dict[str, Any] | None:
+    if not isinstance(groups, list):  # an error: the stream does not exist yet
+        return None
+    return next((g for g in groups if _text(g.get("name")) == keys.GROUP), None)
+
+
+async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
+    """Counters, gauges and per-partition consumer state, summed across processes."""
+    now = wall_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.METRICS_BUFFERED)
+        pipe.zrangebyscore(keys.WORKERS, now, "+inf")
+        for key in counter_keys(partitions):
+            pipe.hgetall(key)
+        for p in range(partitions):
+            pipe.xinfo_groups(keys.stream(p))
+            pipe.get(keys.lease(p))
+        replies = await pipe.execute(raise_on_error=False)
+    buffered, live = replies[0], replies[1]
+    shares = replies[2 : 3 + partitions]
+    per_partition = replies[3 + partitions :]
+    values = _sum(shares, COUNTERS)
+    alive = {_text(w) for w in live}
+    worker_buffers = {_text(w): int(v) for w, v in buffered.items() if _text(w) in alive}
+    values["buffered"] = sum(worker_buffers.values())
+    values["workers"] = len(alive)
+    snap = Snapshot(values, buffered=worker_buffers)
+    holders: Counter[str] = Counter()
+    unknown: dict[int, str] = {}
+    for p in range(partitions):
+        group, holder = _group(per_partition[2 * p]), per_partition[2 * p + 1]
+        if isinstance(holder, bytes | str) and _text(holder) in alive:
+            holders[_text(holder)] += 1
+        if group is None:
+            snap.lag[p] = snap.pending[p] = 0
+            continue
+        snap.pending[p] = int(group.get("pending") or 0)
+        if group.get("lag") is not None:
+            snap.lag[p] = int(group["lag"])
+        else:
+            unknown[p] = _text(group["last-delivered-id"])
+    snap.partitions = {w: holders.get(w, 0) for w in alive}
+    if unknown:  # Redis < 7, or a lag it cannot tell (entries deleted mid-stream)
+        async with redis.pipeline(transaction=False) as pipe:
+            for p, last in unknown.items():
+                pipe.xrange(keys.stream(p), f"({last}", "+", count=LAG_SCAN_CAP)
+            entries = await pipe.execute(raise_on_error=False)
+        for p, rows in zip(unknown, entries, strict=True):
+            snap.lag[p] = len(rows) if isinstance(rows, list) else 0
+    return snap
+
+
+class SnapshotCollector:
+    """A prometheus_client collector of one ``Snapshot`` (registered per scrape)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        yield GaugeMetricFamily(
+            "cdp_events_buffered",
+            "Events waiting in the workers' window buffers.",
+            value=snap.values["buffered"],
+        )
+        yield GaugeMetricFamily(
+            "cdp_workers", "Worker processes with a live heartbeat.", value=snap.values["workers"]
+        )
+        for name, help_text in COUNTERS.items():
+            yield CounterMetricFamily(f"cdp_events_{name}", help_text, value=snap.values[name])
+        yield _labelled(
+            "cdp_consumer_lag_entries",
+            "Entries of the partition's stream not yet delivered to the workers' group.",
+            "partition",
+            {str(p): v for p, v in snap.lag.items()},
+        )
+        yield _labelled(
+            "cdp_consumer_pending_entries",
+            "Entries delivered to a worker and not yet acknowledged (XPENDING).",
+            "partition",
+            {str(p): v for p, v in snap.pending.items()},
+        )
+        yield _labelled(
+            "cdp_worker_buffered_events",
+            "Events waiting in one live worker's window buffer.",
+            "worker",
+            snap.buffered,
+        )
+        yield _labelled(
+            "cdp_worker_partitions",
+            "Partitions whose lease a live worker holds.",
+            "worker",
+            snap.partitions,
+        )
+
+
+def _labelled(name: str, help_text: str, label: str, values: dict[str, int]) -> Metric:
+    family = GaugeMetricFamily(name, help_text, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family

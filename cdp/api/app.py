@@ -6,7 +6,9 @@ client, the publisher and the clock live in the app (``cleanup_ctx``);
 ``cdp/api/server.py`` serves it (bodies are read through ``cdp/api/body.py``, so it
 must be served with aiohttp's decompression off). Every request passes through
 ``errors_middleware`` (here), the only middleware, which first makes ``admin_auth``'s
-check (``cdp.api.auth``: the admin token for handlers marked ``@admin``).
+check (``cdp.api.auth``: the admin token for handlers marked ``@admin``) and times the
+request into this process's ``cdp_http_request_duration_seconds`` histogram (labelled
+by the route's pattern, method and status; per process, not summed across processes).
 
 A request is answered 202 only after its events are stored; a client mistake is a
 4xx whose message names the field and the rule; Redis being unreachable is a 503 with
@@ -20,15 +22,17 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from redis.exceptions import RedisError
 
-from cdp.api.appkeys import CLOCK, PUBLISHER, REDIS, SETTINGS, TROUBLE
+from cdp.api.appkeys import CLOCK, LATENCY, PROCESS_METRICS, PUBLISHER, REDIS, SETTINGS, TROUBLE
 from cdp.api.auth import check_admin_token, is_admin
 from cdp.api.erasure import add_erasure_routes
 from cdp.api.ingest import add_ingest_routes
@@ -51,7 +55,7 @@ from cdp.errors import (
     PartlyStored,
 )
 from cdp.logs import TroubleLog
-from cdp.metrics import read_metrics, render_prometheus
+from cdp.metrics import SnapshotCollector, read_snapshot
 from cdp.redis_nodes import ping_all
 from cdp.scripts import load_scripts
 from cdp.settings import Settings
@@ -68,10 +72,45 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     )
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Request latency buckets (seconds): ingest answers in ms, exports and backfills longer.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _latency_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "cdp_http_request_duration_seconds",
+        "Time to answer a request in this API process, by route pattern, method, status.",
+        ["route", "method", "status"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+
+
 @web.middleware
-async def errors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as a JSON answer, timed into the app's latency histogram."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await _answer(request, handler)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        histogram = request.app.get(LATENCY)
+        if histogram is not None:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            histogram.labels(route, request.method, str(status)).observe(
+                time.perf_counter() - start
+            )
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as a JSON answer: ours ``{status, message}``, Segment's on /v1."""
     shape = segment_error if request.path.startswith("/v1/") else _error_for
     try:
@@ -154,9 +193,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    values = await read_metrics(request.app[REDIS], request.app[SETTINGS].partitions)
+    """This process's own metrics, then what every process shares through Redis."""
+    snapshot = await read_snapshot(request.app[REDIS], request.app[SETTINGS].partitions)
+    shared = CollectorRegistry(auto_describe=False)
+    shared.register(SnapshotCollector(snapshot))
+    body = generate_latest(request.app[PROCESS_METRICS]) + generate_latest(shared)
     return web.Response(
-        text=render_prometheus(values),
+        body=body,
         content_type="text/plain",
         charset="utf-8",
         headers={"X-Prometheus-Format": "0.0.4"},
@@ -197,6 +240,8 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
     )
     app[SETTINGS] = settings
     app[TROUBLE] = TroubleLog("cdp.api")
+    app[PROCESS_METRICS] = CollectorRegistry(auto_describe=True)
+    app[LATENCY] = _latency_histogram(app[PROCESS_METRICS])
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         cluster = is_cluster(redis) if redis else await guess_cluster(settings, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
 
 from cdp.api.publisher import Publisher
 from cdp.clock import Clock
@@ -15,3 +16,5 @@ REDIS: web.AppKey[Client] = web.AppKey("redis")
 PUBLISHER = web.AppKey("publisher", Publisher)
 CLOCK = web.AppKey("clock", Clock)
 TROUBLE = web.AppKey("trouble", TroubleLog)
+PROCESS_METRICS = web.AppKey("process_metrics", CollectorRegistry)  # this process's own
+LATENCY = web.AppKey("latency", Histogram)  # cdp_http_request_duration_seconds
