@@ -119,7 +119,7 @@ def prometheus(stack: Stack, name: str) -> int:
     assert resp.status == 200
     for line in resp.body.decode().splitlines():
         if line.startswith(name + " "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))  # prometheus_client writes floats
     raise AssertionError(f"{name} not in /metrics")
 
 
