@@ -4,8 +4,10 @@
 ``api-processes``) forks N children; each binds its own listening sockets with
 ``SO_REUSEPORT``, so the kernel spreads new connections over them, and serves the whole
 app (``cdp.api.server.serve``) with its own Redis connections and publisher. Nothing
-is shared between them but Redis: the counters of ``/metrics`` are kept there
-(``cdp:metrics``, counted by the publish script), so every process reports the sum.
+is shared between them but Redis: the counters and gauges of ``/metrics`` are read
+there (``cdp.metrics.read_snapshot``), so every process reports the Redis-wide sums;
+the request latency histogram is each process's own (a scrape shows the process the
+kernel gave that connection).
 
 - SIGINT or SIGTERM to the parent: each child gets SIGTERM and finishes the requests
   in flight (aiohttp's shutdown, up to 5 s), SIGKILL 15 s later if still alive. A
