@@ -14,7 +14,9 @@ the Redis-wide values: the counters above, per partition the consumer group's la
 (XINFO GROUPS ``lag``, Redis >= 7; else the entries after its last-delivered-id, counted
 up to ``LAG_SCAN_CAP``) and pending entries (XINFO GROUPS ``pending``), per live worker
 its buffered events (``cdp:metrics:buffered``) and the partitions it holds
-(``cdp:lease:{pN}``). ``SnapshotCollector`` turns a snapshot into metric families.
+(``cdp:lease:{pN}``), per webhook subscription its delivered, retried and dead counts
+(its state hash ``cdp:webhook:{<id>}``, counted by the dispatcher).
+``SnapshotCollector`` turns a snapshot into metric families.
 Per API process (not summed): the request latency histogram (``cdp.api.app``).
 """
 
@@ -103,6 +105,8 @@ class Snapshot:
     pending: dict[int, int] = field(default_factory=dict)  # partition -> unacked entries
     buffered: dict[str, int] = field(default_factory=dict)  # live worker -> its buffer
     partitions: dict[str, int] = field(default_factory=dict)  # live worker -> leases held
+    # subscription id -> its state hash's delivered, retries, dead (cdp:webhook:{<id>})
+    webhooks: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str:
@@ -158,7 +162,26 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
             entries = await pipe.execute(raise_on_error=False)
         for p, rows in zip(unknown, entries, strict=True):
             snap.lag[p] = len(rows) if isinstance(rows, list) else 0
+    snap.webhooks = await _read_webhooks(redis)
     return snap
+
+
+WEBHOOK_COUNTS = ("delivered", "retries", "dead")
+
+
+async def _read_webhooks(redis: Client) -> dict[str, tuple[int, int, int]]:
+    """Each subscription's delivery counts, kept in its state hash by the dispatcher."""
+    ids = [_text(i) for i in await redis.hkeys(keys.WEBHOOKS)]
+    if not ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for sub in ids:
+            pipe.hmget(keys.webhook_state(sub), WEBHOOK_COUNTS)
+        rows = await pipe.execute()
+    return {
+        sub: (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+        for sub, row in zip(ids, rows, strict=True)
+    }
 
 
 class SnapshotCollector:
@@ -203,6 +226,21 @@ class SnapshotCollector:
             "worker",
             snap.partitions,
         )
+        for n, (name, help_text) in enumerate(WEBHOOK_METRICS):
+            family = CounterMetricFamily(name, help_text, labels=["subscription"])
+            for sub, counts in sorted(snap.webhooks.items()):
+                family.add_metric([sub], counts[n])
+            yield family
+
+
+WEBHOOK_METRICS = (
+    ("cdp_webhook_deliveries", "Segment events a subscription's endpoint accepted (2xx)."),
+    ("cdp_webhook_retries", "Failed deliveries scheduled again with backoff."),
+    (
+        "cdp_webhook_dead_letters",
+        "Deliveries given up after webhook-retry-for (cdp:webhooks:dead).",
+    ),
+)
 
 
 def _labelled(name: str, help_text: str, label: str, values: dict[str, int]) -> Metric:

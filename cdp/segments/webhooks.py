@@ -239,6 +239,7 @@ class Dispatcher:
                     "lastError": error,
                 },
             )
+            await self.redis.hincrby(state_key, "retries", 1)  # /metrics: retries scheduled
             return delivered
         if entries:
             await self.redis.hset(state_key, "cursor", cursor)

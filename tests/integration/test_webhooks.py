@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from cdp import keys
@@ -382,6 +383,24 @@ def test_an_event_failing_for_retry_for_is_dead_lettered_and_the_next_one_delive
     wait_until(lambda: stack.r.hget(state_key, "cursor") == entries[1][0])
     state = stack.r.hgetall(state_key)
     assert (state["dead"], state["delivered"], state["attempts"]) == ("1", "1", "0")
+    # GET /metrics reads the same counts (every failure but the given-up one retried)
+    failures = sum(d.status == 500 for d in deliveries)
+    assert webhook_metrics(stack, sub) == {
+        "cdp_webhook_deliveries": 1,
+        "cdp_webhook_retries": failures - 1,
+        "cdp_webhook_dead_letters": 1,
+    }
+
+
+def webhook_metrics(stack: Stack, sub: str) -> dict[str, float]:
+    text = stack.get("/metrics").body.decode()
+    return {
+        family.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("cdp_webhook_") and family.type == "counter"
+        for sample in family.samples
+        if sample.labels == {"subscription": sub}
+    }
 
 
 def test_a_killed_dispatcher_resumes_from_its_cursor(stack: Stack, receiver: Receiver) -> None:
