@@ -67,6 +67,7 @@ canonical id's tag, every partition stream its own)::
     cdp:lease:sweeper                    string, worker id running the due-time sweeper
     cdp:webhooks                         hash, subscription id -> {url, secret, segments}
     cdp:webhook:{<id>}                   hash, delivery state: cursor, attempts, nextAt...
+                                             and the counts of /metrics: delivered, retries, dead
     cdp:webhooks:dead                    stream, deliveries given up after retry-for
     {cdp:webhooks:dead}:recorded         zset, "<subscription id>:<entry id>" -> ms, the
                                          give-ups recorded (kept a day)
