@@ -36,7 +36,7 @@ from cdp.embedded import free_port
 from cdp.events import StreamEvent, stream_encoder
 from cdp.export import export_profiles
 from cdp.identity import partition_of, routing_id
-from cdp.metrics import read_metrics
+from cdp.metrics import read_snapshot
 from cdp.profiles import read_profile, read_profiles
 from cdp.redis_nodes import scan_all
 from cdp.replay import replay
@@ -170,7 +170,7 @@ def test_profile_reads_export_and_metrics_on_the_cluster(built: str, redis_url: 
             assert await export_profiles(redis, file) == 2
         out.unlink()
         # /metrics: the per-partition counters, summed over the masters
-        assert (await read_metrics(redis, PARTITIONS))["processed"] == 5
+        assert ((await read_snapshot(redis, PARTITIONS)).values)["processed"] == 5
         metrics = await (await api.get("/metrics")).text()
         assert "cdp_events_processed_total 5" in metrics
 
@@ -291,7 +291,7 @@ def test_a_replay_on_the_cluster_publishes_each_record_once(redis_cluster_url: s
             published += len(await redis.xrange(keys.stream(p)))
             assert await redis.zcard(keys.replayed("dropped", p)) >= 1
         assert published == 12
-        counts = await read_metrics(redis, PARTITIONS)
+        counts = (await read_snapshot(redis, PARTITIONS)).values
         assert counts["replayed"] == 12
 
     run(redis_cluster_url, body)

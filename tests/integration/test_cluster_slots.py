@@ -25,7 +25,7 @@ from cdp.api.app import create_app
 from cdp.clock import SystemClock
 from cdp.connect import Client, connect
 from cdp.identity import partition_of, routing_id
-from cdp.metrics import read_metrics
+from cdp.metrics import read_snapshot
 from cdp.pipeline.buffer import PartitionBuffer
 from cdp.redis_nodes import for_each_master, info_sum
 from cdp.scripts import Scripts, load_scripts, script_names, source
@@ -160,7 +160,7 @@ def test_a_batch_spanning_partitions_is_stored_on_several_masters(
         # One entry per partition the request touched, none elsewhere.
         assert per_stream == {p: int(p in touched) for p in range(PARTITIONS)}
         assert len({master_of(redis, keys.stream(p)) for p in touched}) == 3
-        assert (await read_metrics(redis, PARTITIONS))["accepted"] == len(users)
+        assert ((await read_snapshot(redis, PARTITIONS)).values)["accepted"] == len(users)
 
     run(redis_cluster_url, body)
 
@@ -179,7 +179,7 @@ def test_a_batch_refused_by_one_partition_is_a_500_naming_what_was_stored(
         assert answer["code"] == "partly_stored"
         expected = [i for i, u in enumerate(users) if partition_of_user(u) != refused]
         assert answer["stored"] == expected
-        assert (await read_metrics(redis, PARTITIONS))["accepted"] == len(expected)
+        assert ((await read_snapshot(redis, PARTITIONS)).values)["accepted"] == len(expected)
 
         # The partition is writable again: the retry stores it (the workers find the
         # rest duplicates by their messageIds).
