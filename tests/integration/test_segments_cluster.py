@@ -44,6 +44,7 @@ from cdp.segments.outbox import Relay
 from cdp.segments.sweeper import Sweeper, start_backfill
 from cdp.settings import Settings, load_settings
 from cdp.streams import text
+from tests.support.events import event, track
 from tests.support.values import T0_MS
 from tests.support.wait import wait_until
 
@@ -85,30 +86,12 @@ def events(seed: int) -> list[StreamEvent]:
     for u in range(PROFILES):
         t0 = NOW - rng.randrange(20 * HOUR)
         plan = rng.choice(["free", "pro", "team"])
-        out.append(
-            StreamEvent(
-                eventId=f"i{u}",
-                ts=t0,
-                receivedAt=t0,
-                type="IDENTIFY",
-                userId=f"u{u}",
-                traits={"plan": plan},
-            )
-        )
+        out.append(event(f"i{u}", t0, user=f"u{u}", traits={"plan": plan}))
         ts = t0
         for k in range(rng.randrange(1, 6)):
             ts = min(NOW - 1, ts + rng.choice([60_000, 30 * 60_000, 3 * HOUR]))
             name = rng.choice(["Viewed", "Purchase"])
-            out.append(
-                StreamEvent(
-                    eventId=f"t{u}-{k}",
-                    ts=ts,
-                    receivedAt=ts,
-                    type="TRACK",
-                    userId=f"u{u}",
-                    name=name,
-                )
-            )
+            out.append(track(f"t{u}-{k}", ts, name, user=f"u{u}"))
     out.sort(key=lambda e: (e.ts, e.eventId))
     return out
 
