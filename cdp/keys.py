@@ -25,6 +25,16 @@ canonical id's tag, every partition stream its own)::
     cdp:metrics                          hash, the same counters before they were per
                                          partition (read, added to the sum, never written)
     cdp:metrics:buffered                 hash, worker id -> events in its buffer
+    cdp:metrics:hist:<name>              hash, a worker-observed histogram summed over the
+                                         workers (apply-batch, freshness): bucket upper
+                                         bound ("0.005", "+Inf") -> observations in it
+                                         (not cumulative), sum, count
+    cdp:metrics:tail                     hash, the tail counter (cdp.metrics_tail): the
+                                         cursor of each stream it counts (cursor:<stream>)
+                                         and its counts: enter:<segment>, exit:<segment>,
+                                         merged, refused:<reason>
+    cdp:metrics:history                  stream, field s: one Sample (JSON) of the totals
+                                         every metrics-sample-interval (MAXLEN ~ 400)
     cdp:seq:profile                      string, last canonical profile number issued
     cdp:identifier:{<type>:<value>}      string, identifier -> canonical id
     cdp:profile:{<cid>}                  hash, firstSeen, lastSeen, createdAt (ISO-8601),
@@ -101,6 +111,8 @@ DEAD = f"{PREFIX}:events:dead"
 WORKERS = f"{PREFIX}:workers"
 METRICS = f"{PREFIX}:metrics"  # legacy: counters before per-partition keys (read only)
 METRICS_BUFFERED = f"{PREFIX}:metrics:buffered"
+METRICS_TAIL = f"{PREFIX}:metrics:tail"
+METRICS_HISTORY = f"{PREFIX}:metrics:history"
 PROFILE_SEQ = f"{PREFIX}:seq:profile"
 MERGES = f"{PREFIX}:merges"
 SEGMENT_EVENTS = f"{PREFIX}:segment-events"
@@ -141,6 +153,11 @@ def stream(partition: int) -> str:
 def metrics(partition: int) -> str:
     """Partition N's share of the counters, in its slot: no key is written by every call."""
     return f"{PREFIX}:metrics:{partition_tag(partition)}"
+
+
+def histogram(name: str) -> str:
+    """A histogram the workers observe (``apply-batch``, ``freshness``), summed over them."""
+    return f"{PREFIX}:metrics:hist:{name}"
 
 
 def lease(partition: int) -> str:

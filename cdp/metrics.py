@@ -22,12 +22,14 @@ Per API process (not summed): the request latency histogram (``cdp.api.app``).
 
 from __future__ import annotations
 
+import json
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from cdp import keys
@@ -78,6 +80,97 @@ def counters_sync(
         return _sum(pipe.execute(), names)
 
 
+@dataclass(frozen=True)
+class HistogramSpec:
+    """A histogram observed in the worker processes and summed in ``keys.histogram(key)``."""
+
+    key: str  # the name in keys.histogram
+    name: str  # the metric family (``_bucket``, ``_sum``, ``_count`` are added)
+    help: str
+    bounds: tuple[float, ...]  # bucket upper bounds, ascending (+Inf is added)
+
+    @property
+    def fields(self) -> list[str]:
+        """The hash fields of the buckets (their upper bounds), ``+Inf`` last."""
+        return [*(_bound(b) for b in self.bounds), "+Inf"]
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+APPLY_BATCH = HistogramSpec(
+    "apply-batch",
+    "cdp_apply_batch_duration_seconds",
+    "Time to apply one batch-size slice of a partition's events (script(s) and ack).",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+FRESHNESS = HistogramSpec(
+    "freshness",
+    "cdp_event_freshness_seconds",
+    "Applied time minus event ts, per applied event (mode=import events, historical, "
+    "are left out).",
+    (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+HISTOGRAMS = (APPLY_BATCH, FRESHNESS)
+
+
+class Observed:
+    """A worker's observations of one histogram not yet added to Redis.
+
+    ``queue`` adds them to the shared hash (HINCRBY per bucket, HINCRBYFLOAT of the
+    sum) in the caller's pipeline; ``clear`` once that pipeline succeeded (a failed
+    flush keeps them for the next). A SIGKILLed worker loses what it observed since
+    its last flush (at most about a ticker-interval).
+    """
+
+    def __init__(self, spec: HistogramSpec) -> None:
+        self.spec = spec
+        self.buckets = [0] * (len(spec.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self.spec.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def queue(self, pipe: Any) -> None:
+        if not self.count:
+            return
+        key = keys.histogram(self.spec.key)
+        for name, n in zip(self.spec.fields, self.buckets, strict=True):
+            if n:
+                pipe.hincrby(key, name, n)
+        pipe.hincrbyfloat(key, "sum", self.sum)
+        pipe.hincrby(key, "count", self.count)
+
+    def clear(self) -> None:
+        self.buckets = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.count = 0
+
+
+@dataclass
+class Histogram:
+    """A histogram as read from Redis: per-bucket counts (not cumulative), sum, count."""
+
+    buckets: list[int]
+    sum: float = 0.0
+    count: int = 0
+
+
+def _histogram(spec: HistogramSpec, raw: Any) -> Histogram:
+    if not isinstance(raw, dict):
+        raw = {}
+    values = {_text(k): _text(v) for k, v in raw.items()}
+    return Histogram(
+        [int(values.get(f, 0)) for f in spec.fields],
+        float(values.get("sum", 0.0)),
+        int(values.get("count", 0)),
+    )
+
+
 # Entries counted at most per partition when XINFO has no lag (Redis < 7): the count
 # is an XRANGE read at scrape time, so a long backlog reads as "at least" this many.
 LAG_SCAN_CAP = 1_000
@@ -94,6 +187,37 @@ class Snapshot:
     partitions: dict[str, int] = field(default_factory=dict)  # live worker -> leases held
     # subscription id -> its state hash's delivered, retries, dead (cdp:webhook:{<id>})
     webhooks: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # HistogramSpec.key -> the workers' observations, summed (cdp:metrics:hist:<key>)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    tail: Tail = field(default_factory=lambda: Tail())  # the tail counter's counts
+
+
+@dataclass
+class Tail:
+    """The counts of the tail counter (``cdp.metrics_tail``, hash ``cdp:metrics:tail``):
+    of the entries of cdp:segment-events and cdp:merges it has read."""
+
+    transitions: dict[str, dict[str, int]] = field(default_factory=dict)  # segment -> kind -> n
+    merges: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)  # reason -> n
+    cursors: dict[str, str] = field(default_factory=dict)  # stream -> last entry counted
+
+    @classmethod
+    def parse(cls, raw: Any) -> Tail:
+        tail = cls()
+        if not isinstance(raw, dict):
+            return tail
+        for k, v in raw.items():
+            kind, _, rest = _text(k).partition(":")
+            if kind == "cursor":
+                tail.cursors[rest] = _text(v)
+            elif kind in ("enter", "exit"):
+                tail.transitions.setdefault(rest, {"enter": 0, "exit": 0})[kind] = int(v)
+            elif kind == "merged":
+                tail.merges = int(v)
+            elif kind == "refused":
+                tail.refusals[rest] = int(v)
+        return tail
 
 
 def _text(value: Any) -> str:
@@ -117,16 +241,23 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
         for p in range(partitions):
             pipe.xinfo_groups(keys.stream(p))
             pipe.get(keys.lease(p))
+        for spec in HISTOGRAMS:
+            pipe.hgetall(keys.histogram(spec.key))
+        pipe.hgetall(keys.METRICS_TAIL)
         replies = await pipe.execute(raise_on_error=False)
     buffered, live = replies[0], replies[1]
     shares = replies[2 : 3 + partitions]
-    per_partition = replies[3 + partitions :]
+    per_partition = replies[3 + partitions : 3 + 3 * partitions]
+    rest = replies[3 + 3 * partitions :]
     values = _sum(shares, COUNTERS)
     alive = {_text(w) for w in live}
     worker_buffers = {_text(w): int(v) for w, v in buffered.items() if _text(w) in alive}
     values["buffered"] = sum(worker_buffers.values())
     values["workers"] = len(alive)
-    snap = Snapshot(values, buffered=worker_buffers)
+    snap = Snapshot(values, buffered=worker_buffers, tail=Tail.parse(rest[-1]))
+    snap.histograms = {
+        spec.key: _histogram(spec, raw) for spec, raw in zip(HISTOGRAMS, rest, strict=False)
+    }
     holders: Counter[str] = Counter()
     unknown: dict[int, str] = {}
     for p in range(partitions):
@@ -218,6 +349,46 @@ class SnapshotCollector:
             for sub, counts in sorted(snap.webhooks.items()):
                 family.add_metric([sub], counts[n])
             yield family
+        for spec in HISTOGRAMS:
+            yield _histogram_family(spec, snap.histograms.get(spec.key))
+        yield from _tail_families(snap.tail)
+
+
+def _histogram_family(spec: HistogramSpec, seen: Histogram | None) -> Metric:
+    seen = seen or Histogram([0] * len(spec.fields))
+    cumulative, buckets = 0, []
+    for bound, n in zip(spec.fields, seen.buckets, strict=True):
+        cumulative += n
+        buckets.append((bound, cumulative))
+    # _count is the +Inf bucket: the sum of the buckets (the count field, added by the
+    # same flush, is equal to it once every flush is whole).
+    return HistogramMetricFamily(spec.name, spec.help, buckets=buckets, sum_value=seen.sum)
+
+
+def _tail_families(tail: Tail) -> Iterator[Metric]:
+    transitions = CounterMetricFamily(
+        "cdp_segment_transitions",
+        "Segment ENTER / EXIT events written to cdp:segment-events, per segment "
+        "(counted from the first entry still in the stream when counting began).",
+        labels=["segment", "kind"],
+    )
+    for segment, kinds in sorted(tail.transitions.items()):
+        for kind in ("enter", "exit"):
+            transitions.add_metric([segment, kind], kinds.get(kind, 0))
+    yield transitions
+    yield CounterMetricFamily(
+        "cdp_identity_merges",
+        "Profiles merged into another (cdp:merges records of status merged).",
+        value=tail.merges,
+    )
+    refusals = CounterMetricFamily(
+        "cdp_identity_link_refusals",
+        "Links and merges refused by a guard rail, per reason (cdp:merges, status refused).",
+        labels=["reason"],
+    )
+    for reason, n in sorted(tail.refusals.items()):
+        refusals.add_metric([reason], n)
+    yield refusals
 
 
 WEBHOOK_METRICS = (
@@ -235,3 +406,21 @@ def _labelled(name: str, help_text: str, label: str, values: dict[str, int]) -> 
     for key, value in sorted(values.items()):
         family.add_metric([key], value)
     return family
+
+
+async def read_history(redis: Client, since_ms: int) -> list[dict[str, Any]]:
+    """The samples of ``cdp:metrics:history`` written at or after ``since_ms`` (its entry
+    ids' time), oldest first: each ``{"at", "counters", "segments"}`` (cdp.metrics_tail)."""
+    rows: Any = await redis.xrange(keys.METRICS_HISTORY, min=max(0, since_ms), max="+")
+    samples = []
+    for _, fields in rows:
+        raw = fields.get(b"s", fields.get("s"))
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            samples.append(value)
+    return samples

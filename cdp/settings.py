@@ -132,6 +132,9 @@ class Settings:
     redis_timeout_ms: int = 5_000
     # The live stream sends an SSE comment after this long without an event.
     stream_heartbeat_ms: int = 15_000
+    # The sweeper's worker writes one sample of the metrics' totals to
+    # cdp:metrics:history this often (the console's health page).
+    metrics_sample_interval_ms: int = 10_000
     # AOF fsync of the redis-server ``cdp up`` embeds: "everysec" (a crash of the
     # machine can lose about the last second of acknowledged events; a kill -9 of Redis
     # alone only what a slow disk made it postpone) or "always" (fsync before every
@@ -197,6 +200,7 @@ _POSITIVE = {
     "redis_timeout_ms",
     "stream_heartbeat_ms",
     "ingest_replica_timeout_ms",
+    "metrics_sample_interval_ms",
 }
 _CHOICES = {
     "clock": ("system", "redis"),

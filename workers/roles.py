@@ -8,7 +8,8 @@ lease expires.
   run at the end of every tick (``sweep``), then the cross-slot merges whose journal
   is older than lease-ttl (their process presumably dead) are finished
   (``cdp.merge.resume_open``), then the erasure jobs whose runner died
-  (``cdp.erasure.resume_open``: each under its own lease);
+  (``cdp.erasure.resume_open``: each under its own lease), then the metrics' tail
+  counter and history sampler (``cdp.metrics_tail``);
 - webhook dispatcher (``cdp.segments.webhooks``): delivers segment events, in a loop
   of its own every ticker-interval (``run_webhooks``).
 """
@@ -24,6 +25,7 @@ from cdp import erasure
 from cdp.clock import Clock
 from cdp.connect import Client
 from cdp.merge import resume_open
+from cdp.metrics_tail import MetricsRole
 from cdp.scripts import Scripts
 from cdp.segments.engine import SegmentEngine
 from cdp.segments.sweeper import Sweeper
@@ -50,6 +52,7 @@ class Roles:
         worker_id = state.worker_id
         self.sweeper = Sweeper(redis, scripts, engine, clock, worker_id, settings.lease_ttl_ms)
         self.dispatcher = Dispatcher(redis, scripts, settings, clock, worker_id)
+        self.metrics = MetricsRole(redis, scripts, settings, state.log)
 
     async def sweep(self) -> int:
         """One sweep if this worker is the sweeper, the abandoned merges finished, then
@@ -64,6 +67,7 @@ class Roles:
             if resumed:
                 self.state.log.info("abandoned merges resumed", merges=resumed)
             await erasure.resume_open(self.redis, self.scripts, settings, self.state.worker_id)
+            await self.metrics.run()
         return emitted
 
     async def run_webhooks(self) -> None:

@@ -11,7 +11,10 @@ guilty event parked (``workers.dead_letters``). The profiles the ticks touched a
 evaluated against the segments (once each) ticker-interval after the first of them was
 applied (half lease-ttl while a backlog is applied: ``_evaluation_due``; and at the
 last tick, when stopping); once per ticker-interval, if this worker is the sweeper,
-the due-time sweep and backfills run (``workers.roles``).
+the due-time sweep and backfills run (``workers.roles``), and the histograms observed
+since the last time (``cdp_apply_batch_duration_seconds``: each batch-size slice's
+apply call, its round trip; ``cdp_event_freshness_seconds``: now - ts per applied live
+event) are added to their Redis hashes (``cdp.metrics.Observed``), one round trip.
 
 When: the next tick comes when the watermark passes the earliest buffered event
 (its ts + window-size, estimated from the clock read at the last tick and the
@@ -33,6 +36,8 @@ from redis.exceptions import RedisError, ResponseError
 from cdp import keys
 from cdp.clock import Clock
 from cdp.connect import Client, uses_profile_protocol
+from cdp.events import StreamEvent
+from cdp.metrics import APPLY_BATCH, FRESHNESS, Observed
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.profile_apply import ProtocolBusy, apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison
@@ -85,6 +90,8 @@ class Ticker:
         self._touched_since = 0.0  # when the first profile of ``_touched`` was applied
         self.profile_protocol = uses_profile_protocol(redis, settings)
         dead_letters.profile_protocol = self.profile_protocol
+        self.apply_seconds = Observed(APPLY_BATCH)
+        self.freshness = Observed(FRESHNESS)
 
     async def run(self) -> None:
         state = self.state
@@ -99,6 +106,10 @@ class Ticker:
                 state.log.exception("tick failed")
             await self._wait_next(started, interval)
         await self._evaluate_left()
+        try:
+            await self.flush_histograms()
+        except RedisError as exc:
+            state.log.warning("last histogram flush: redis error", error=str(exc))
 
     async def _evaluate_left(self) -> None:
         """Stopping: evaluate the profiles applied since the last evaluation (else the
@@ -177,7 +188,21 @@ class Ticker:
         if periodic:
             self._last_periodic = time.monotonic()
             state.stats["transitions"] += await self.roles.sweep()
+            await self.flush_histograms()
         return applied
+
+    async def flush_histograms(self) -> None:
+        """Add the histograms observed since the last flush to Redis (one round trip);
+        kept for the next flush if it fails."""
+        observed = (self.apply_seconds, self.freshness)
+        if not any(h.count for h in observed):
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for histogram in observed:
+                histogram.queue(pipe)
+            await pipe.execute()
+        for histogram in observed:
+            histogram.clear()
 
     def _evaluation_due(self) -> bool:
         """Evaluate the profiles touched since the last evaluation now?
@@ -219,11 +244,13 @@ class Ticker:
             for (p, name), value in state.unflushed.items():
                 pipe.hincrby(keys.metrics(p), name, value)
             pipe.hset(keys.METRICS_BUFFERED, state.worker_id, state.buffered)
+            sent_at = time.monotonic()
             try:
                 replies = await pipe.execute(raise_on_error=False)
             except RedisError:
                 state.requeue(calls + [(p, chunk) for p, chunk, _ in suspects])
                 raise
+            elapsed = time.monotonic() - sent_at
         for (_, name), value in state.unflushed.items():
             state.stats[name] += value
         state.unflushed.clear()
@@ -235,7 +262,9 @@ class Ticker:
                 state.log.warning("apply refused by redis; retried next tick", error=str(reply))
                 state.requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
             else:
-                applied += self._settled(p, chunk, self.scripts.apply_batch.decode(reply))
+                self.apply_seconds.observe(elapsed)
+                result = self.scripts.apply_batch.decode(reply)
+                applied += self._settled(p, chunk, result, ctx.now_ms)
         for index, (p, chunk, error) in enumerate(suspects):
             try:
                 applied += await self.dead_letters.retry_alone(p, chunk, ctx, error, self._count)
@@ -264,6 +293,7 @@ class Ticker:
         applied = 0
         for index, (p, chunk) in enumerate(calls):
             error = ""
+            sent_at = time.monotonic()
             try:
                 result = await apply_partition(
                     self.redis, self.scripts, self.settings, ctx, p, state.script_chunk(p, chunk)
@@ -289,7 +319,8 @@ class Ticker:
                         p, chunk, ctx, error, self._count
                     )
                 else:
-                    applied += self._settled(p, chunk, result)
+                    self.apply_seconds.observe(time.monotonic() - sent_at)
+                    applied += self._settled(p, chunk, result, ctx.now_ms)
             except BaseException:
                 state.requeue(calls[index + 1 :])
                 raise
@@ -324,7 +355,7 @@ class Ticker:
                 pipe.xack(keys.stream(p), keys.GROUP, *ids)
             await pipe.execute()
 
-    def _settled(self, partition: int, chunk: Chunk, result: BatchResult) -> int:
+    def _settled(self, partition: int, chunk: Chunk, result: BatchResult, now_ms: int) -> int:
         """A slice's result: its entries settled (or the partition forgotten when its
         lease was lost); returns events applied."""
         if result.lease_lost:
@@ -332,6 +363,8 @@ class Ticker:
             return 0
         for entry_id, _ in chunk:
             self.state.settle(partition, entry_id)
+        for ts in fresh_ts([event for _, event in chunk], result):
+            self.freshness.observe(max(0, now_ms - ts) / 1000)
         return self._count(result)
 
     def _count(self, result: BatchResult) -> int:
@@ -341,3 +374,13 @@ class Ticker:
         self.state.stats["applied"] += result.applied
         self.state.stats["duplicates"] += result.duplicates
         return result.applied
+
+
+def fresh_ts(events: list[StreamEvent], result: BatchResult) -> list[int]:
+    """The ts of each event of a slice its apply applied live (not mode=import), for
+    the freshness histogram. The reply names one profile per such event, in order, but
+    not which event: when it names as many as the slice has live events (the usual
+    case), every one was applied; otherwise (some were duplicates, discarded as
+    erased, or named no identifier) the slice is left out rather than guessed at."""
+    live = [event.ts for event in events if event.mode != "import"]
+    return live if len(live) == len(result.profiles) else []

@@ -11,7 +11,7 @@ without the SCRIPT EXISTS round trip redis-py adds to a pipeline of registered s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -181,6 +181,18 @@ def lease_acquire(lease: str, worker_id: str, ttl_ms: int) -> Call:
 def lease_release(lease: str, worker_id: str) -> Call:
     """Give ``lease`` back if the caller holds it; True when released."""
     return Call([lease], [worker_id])
+
+
+@script("metrics_tail", keys=1, decode=_flag)
+def metrics_tail(
+    tail: str, cursor_field: str, expected: str, cursor: str, counts: Mapping[str, int]
+) -> Call:
+    """Add ``counts`` to ``tail`` and move its ``cursor_field`` to ``cursor``, only if it
+    still holds ``expected`` ("" for none); True when written."""
+    pairs: list[str | int] = []
+    for name, n in counts.items():
+        pairs += [name, n]
+    return Call([tail], [cursor_field, expected, cursor, *pairs])
 
 
 # -- segments -----------------------------------------------------------------------
