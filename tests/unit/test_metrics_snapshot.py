@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 
 import fakeredis
+import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdp import keys
 from cdp.clock import wall_ms
-from cdp.metrics import SnapshotCollector, read_snapshot
+from cdp.metrics import APPLY_BATCH, Observed, SnapshotCollector, read_snapshot
+from cdp.scripts import BatchResult
+from tests.support.events import track
+from workers.ticking import fresh_ts
 
 
 async def _fill(r: fakeredis.FakeAsyncRedis) -> None:
@@ -47,3 +51,44 @@ def test_snapshot_reads_lag_pending_buffers_and_leases() -> None:
         assert 'cdp_consumer_lag_entries{partition="0"} 3.0' in text
 
     asyncio.run(run())
+
+
+def test_worker_histograms_are_summed_and_exposed_cumulatively() -> None:
+    async def run() -> None:
+        r = fakeredis.FakeAsyncRedis()
+        for values in ([0.003, 0.003, 0.2], [0.003, 20.0]):  # two workers' flushes
+            seen = Observed(APPLY_BATCH)
+            for v in values:
+                seen.observe(v)
+            async with r.pipeline(transaction=False) as pipe:
+                seen.queue(pipe)
+                await pipe.execute()
+        snap = await read_snapshot(r, 1)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(snap))
+        text = generate_latest(registry).decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        family = families["cdp_apply_batch_duration_seconds"]
+        assert family.type == "histogram"
+        buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+        assert buckets["0.0025"] == 0 and buckets["0.005"] == 3 and buckets["0.25"] == 4
+        assert buckets["10.0"] == 4 and buckets["+Inf"] == 5
+        samples = {s.name: s.value for s in family.samples if "le" not in s.labels}
+        assert samples["cdp_apply_batch_duration_seconds_count"] == 5
+        assert abs(samples["cdp_apply_batch_duration_seconds_sum"] - 20.209) < 1e-9
+        assert (await r.hgetall(keys.histogram("apply-batch")))[b"count"] == b"5"
+        # Nothing observed yet: the family is there, empty.
+        fresh = families["cdp_event_freshness_seconds"]
+        assert fresh.type == "histogram"
+        assert {s.value for s in fresh.samples} == {0}
+
+    asyncio.run(run())
+
+
+def test_freshness_is_observed_only_when_every_live_event_of_a_slice_was_applied() -> None:
+    live = [track(f"e{n}", 1_000 + n, "Opened", user="u") for n in range(3)]
+    imported = msgspec.structs.replace(track("i", 5, "Opened", user="u"), mode="import")
+    applied_all = BatchResult(applied=4, profiles=("p1", "p1", "p1"))
+    assert fresh_ts([*live, imported], applied_all) == [1_000, 1_001, 1_002]
+    one_duplicate = BatchResult(applied=3, duplicates=1, profiles=("p1", "p1"))
+    assert fresh_ts([*live, imported], one_duplicate) == []
