@@ -28,6 +28,7 @@ from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
 from cdp.api.auth import admin
 from cdp.api.profiles import PROFILE_ID
 from cdp.api.requests import Conflict, NotFound, int_param, json_body
+from cdp.clock import wall_ms
 from cdp.debugger import EventFilter, decode_cursor, recent_events
 from cdp.errors import EventRejected, ProfileNotFound
 from cdp.explorer import explore, record
@@ -149,7 +150,8 @@ async def console_webhooks(request: web.Request) -> web.Response:
 
 @admin
 async def console_health(request: web.Request) -> web.Response:
-    now = await request.app[CLOCK].now_ms()
+    """Operational time (the wall clock, as stream entry ids), not the events' clock."""
+    now = wall_ms()
     partitions = request.app[SETTINGS].partitions
     return _json(await read_health(request.app[REDIS], partitions, now))
 
