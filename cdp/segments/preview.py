@@ -76,6 +76,8 @@ async def preview(
         segment = parse_preview(body)
     except RuleError as exc:
         return PreviewInvalid(False, field_errors(exc))
+    except RecursionError:
+        return PreviewInvalid(False, [FieldError("rule", "the rule is nested too deeply")])
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.PROFILES)
         pipe.zrange(keys.PROFILES, 0, PREVIEW_CAP - 1)
