@@ -6,36 +6,19 @@ counters summed over the partitions, each partition's consumer lag and pending
 entries, each live worker's buffered events) plus, per partition, the live worker
 holding its lease (``cdp:lease:{pN}``), the lengths of ``cdp:events:dropped``,
 ``cdp:events:dead``, ``cdp:webhooks:dead`` and ``cdp:rejections``, and the samples of
-``cdp:metrics:history`` since an hour ago, oldest first (``read_history``: field ``s``
-of each entry, the sampler's JSON; entries that are not JSON objects are skipped).
+``cdp:metrics:history`` since an hour ago, oldest first (``cdp.metrics.read_history``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cdp import keys
 from cdp.connect import Client
-from cdp.metrics import COUNTERS, read_snapshot
+from cdp.metrics import COUNTERS, read_history, read_snapshot
 from cdp.streams import text
 
 HISTORY_MS = 3_600_000  # the history shown: the last hour
-HISTORY_CAP = 1_000  # samples read at most (the sampler keeps about 400)
-
-
-async def read_history(redis: Client, since_ms: int) -> list[dict[str, Any]]:
-    """The samples of ``cdp:metrics:history`` written since ``since_ms``, oldest first."""
-    rows: Any = await redis.xrange(keys.METRICS_HISTORY, since_ms, "+", count=HISTORY_CAP)
-    samples = []
-    for _, fields in rows:
-        try:
-            sample = json.loads(fields.get(b"s", b""))
-        except ValueError:
-            continue
-        if isinstance(sample, dict):
-            samples.append(sample)
-    return samples
 
 
 async def read_health(redis: Client, partitions: int, now_ms: int) -> dict[str, Any]:

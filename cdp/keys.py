@@ -134,7 +134,6 @@ SUPPRESSED = f"{PREFIX}:suppressed"
 MERGES_OPEN = f"{PREFIX}:merges:open"
 AUDIT = f"{PREFIX}:audit"
 REJECTIONS = f"{PREFIX}:rejections"
-METRICS_HISTORY = f"{PREFIX}:metrics:history"
 ERASURES_OPEN = f"{PREFIX}:erasures:open"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot
