@@ -4,6 +4,9 @@
 raw bytes into a validated ``StreamEvent``: the normalised form that goes on a partition
 stream and that the workers read back (JSON, so ``XRANGE`` in redis-cli is readable).
 Every rejection raises ``EventRejected`` whose message names the field and the rule.
+``IngestEvent`` and ``Payload`` are also the OpenAPI document's schemas of that body
+(cdp/api/openapi.py): their docstrings, fields' Meta and ``json_schema_extra`` say there
+what ``validate_rules`` checks; Meta that only documents leaves decoding unchanged.
 """
 
 from __future__ import annotations
