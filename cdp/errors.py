@@ -29,6 +29,7 @@ CdpError
 ├── ErasureStuck         an erasure step cannot settle (the sweeper tries it again)
 ├── ProtocolBusy         an event not resolved in a few rounds (cdp.pipeline.profile_apply)
 ├── BenchError           ``cdp bench`` cannot measure (the CLI exits 2)
+├── SchemaError          the models cannot make the OpenAPI document (cdp.api.openapi)
 └── ChaosError           ``cdp chaos`` cannot run its own stack (the CLI exits 2)
 
 Errors of Redis (``redis.exceptions``), of the HTTP client and of the operating system

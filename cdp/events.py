@@ -4,6 +4,9 @@
 raw bytes into a validated ``StreamEvent``: the normalised form that goes on a partition
 stream and that the workers read back (JSON, so ``XRANGE`` in redis-cli is readable).
 Every rejection raises ``EventRejected`` whose message names the field and the rule.
+``IngestEvent`` and ``Payload`` are also the OpenAPI document's schemas of that body
+(cdp/api/openapi.py): their docstrings, fields' Meta and ``json_schema_extra`` say there
+what ``validate_rules`` checks; Meta that only documents leaves decoding unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -21,20 +24,135 @@ from cdp.identity import BLOCKED_VALUES, typed_identifiers
 EventType = Literal["IDENTIFY", "TRACK", "ALIAS"]
 Identifier = Annotated[str, msgspec.Meta(max_length=512)]
 
+MAX_TRAITS = 1000
+
+# Event times are kept as epoch milliseconds and fixed-width ISO strings: 1970 to 9999.
+MIN_TS_MS = 0
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+# The grammar the OpenAPI document states, written once: each pattern below is also a
+# ``pattern`` of cdp/api/openapi.json (tests/unit/test_contract.py keeps them equal).
+# Only constructs that mean the same in Python and in ECMA-262 (JSON Schema's regex
+# dialect): explicit classes, never \d, \s or \w, which differ; matched in full here.
+#
+# Python's whitespace (str.strip, str.isspace): "blank" means only these characters.
+WHITESPACE = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# A string holding something else than whitespace (searched, like JSON Schema does).
+NOT_BLANK = "[^" + WHITESPACE[1:]
+_CLOCK = (
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_MONTH_DAY = r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+# RFC 3339 with a zone, years 0001 to 9999 (sentAt, originalTimestamp).
+DATE_TIME = r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-" + _MONTH_DAY + _CLOCK
+# The same from 1970-01-02 to 9999-12-30, so that every zone offset stays inside the
+# range event times are kept in (ts, timestamp).
+EVENT_TIME = (
+    r"^(1970-01-(0[2-9]|[12][0-9]|3[01])|1970-(0[2-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"|(197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-"
+    + _MONTH_DAY
+    + r"|9999-(0[1-9]|1[01])-(0[1-9]|[12][0-9]|3[01])|9999-12-(0[1-9]|[12][0-9]|30))"
+    + _CLOCK
+)
+
+
+def _described(description: str, **schema: Any) -> msgspec.Meta:
+    """Meta that only documents (the OpenAPI schema): decoding is unchanged."""
+    return msgspec.Meta(description=description, extra_json_schema=schema or None)
+
+
+_USABLE = {"$ref": "#/components/schemas/Usable"}
+
+
+def _present(*fields: str) -> dict[str, Any]:
+    return {name: {"type": "string", "pattern": NOT_BLANK} for name in fields}
+
 
 class Payload(msgspec.Struct, forbid_unknown_fields=False):
+    """At least one of userId, anonymousId and email must be usable (see Usable); TRACK
+    needs a name, ALIAS both anonymousId and userId (not blank)."""
+
+    # The rules across fields (validate_rules), for the OpenAPI schema (cdp/api/openapi.py).
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "allOf": [
+            {
+                "anyOf": [
+                    {"required": [name], "properties": {name: _USABLE}}
+                    for name in ("userId", "anonymousId", "email")
+                ]
+            },
+            {
+                "anyOf": [
+                    {"properties": {"type": {"enum": ["IDENTIFY"]}}},
+                    {
+                        "required": ["name"],
+                        "properties": {"type": {"enum": ["TRACK"]}, **_present("name")},
+                    },
+                    {
+                        "required": ["anonymousId", "userId"],
+                        "properties": {
+                            "type": {"enum": ["ALIAS"]},
+                            **_present("anonymousId", "userId"),
+                        },
+                    },
+                ]
+            },
+        ]
+    }
+
     type: EventType
-    userId: Identifier | None = None
-    anonymousId: Identifier | None = None
-    email: Identifier | None = None
-    traits: dict[str, Any] | None = None
-    name: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    properties: dict[str, Any] | None = None
+    userId: Annotated[Identifier, _described("Identifier user:<userId>.")] | None = None
+    anonymousId: Annotated[Identifier, _described("Identifier anon:<anonymousId>.")] | None = None
+    email: (
+        Annotated[Identifier, _described("Identifier email:<trimmed, lower-cased email>.")] | None
+    ) = None
+    traits: (
+        Annotated[
+            dict[str, Any],
+            _described(
+                "Trait name -> any JSON value, merged per trait by Last-Write-Wins on"
+                " (ts, eventId); null deletes the trait (a tombstone that keeps its ts).",
+                maxProperties=MAX_TRAITS,
+            ),
+        ]
+        | None
+    ) = None
+    name: (
+        Annotated[
+            str,
+            msgspec.Meta(max_length=256),
+            _described(
+                "The event name; required (not blank) for TRACK. Names starting with $ are"
+                " reserved.",
+                pattern="^([^$]|$)",
+            ),
+        ]
+        | None
+    ) = None
+    properties: (
+        Annotated[
+            dict[str, Any], _described("Free-form TRACK properties; kept in the stream entry.")
+        ]
+        | None
+    ) = None
 
 
 class IngestEvent(msgspec.Struct):
-    eventId: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    ts: str  # EVENT_TIME, checked by parse_time (msgspec's own parser accepts more)
+    """One event, in the seed's format."""
+
+    eventId: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=128),
+        _described(
+            "Unique per event, not only whitespace; a repeat within dedup-ttl changes nothing"
+            " (deduplicated per partition).",
+            example="evt-B",
+            pattern=NOT_BLANK,
+        ),
+    ]
+    # EVENT_TIME, checked by parse_time (msgspec's own parser accepts more)
+    ts: Annotated[str, msgspec.Meta(extra_json_schema={"$ref": "#/components/schemas/EventTime"})]
     payload: Payload
 
 
@@ -109,37 +227,6 @@ def rejection_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str
     return f"body is not valid JSON: {text}"
 
 
-MAX_TRAITS = 1000
-
-# Event times are kept as epoch milliseconds and fixed-width ISO strings: 1970 to 9999.
-MIN_TS_MS = 0
-MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-
-# The grammar the OpenAPI document states, written once: each pattern below is also a
-# ``pattern`` of cdp/api/openapi.json (tests/unit/test_contract.py keeps them equal).
-# Only constructs that mean the same in Python and in ECMA-262 (JSON Schema's regex
-# dialect): explicit classes, never \d, \s or \w, which differ; matched in full here.
-#
-# Python's whitespace (str.strip, str.isspace): "blank" means only these characters.
-WHITESPACE = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-# A string holding something else than whitespace (searched, like JSON Schema does).
-NOT_BLANK = "[^" + WHITESPACE[1:]
-_CLOCK = (
-    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
-    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
-)
-_MONTH_DAY = r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-# RFC 3339 with a zone, years 0001 to 9999 (sentAt, originalTimestamp).
-DATE_TIME = r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-" + _MONTH_DAY + _CLOCK
-# The same from 1970-01-02 to 9999-12-30, so that every zone offset stays inside the
-# range event times are kept in (ts, timestamp).
-EVENT_TIME = (
-    r"^(1970-01-(0[2-9]|[12][0-9]|3[01])|1970-(0[2-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"|(197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-"
-    + _MONTH_DAY
-    + r"|9999-(0[1-9]|1[01])-(0[1-9]|[12][0-9]|3[01])|9999-12-(0[1-9]|[12][0-9]|30))"
-    + _CLOCK
-)
 _NOT_BLANK = re.compile(NOT_BLANK)
 _DATE_TIME = re.compile(DATE_TIME)
 _EVENT_TIME = re.compile(EVENT_TIME)
