@@ -22,11 +22,8 @@ import zlib
 
 from aiohttp import web
 
-from cdp.api.appkeys import SETTINGS
+from cdp.api.appkeys import BODY, SETTINGS
 from cdp.errors import BodyTimeout, ClientGone, EventRejected, EventTooLarge, UnsupportedEncoding
-
-# The request key of the body read (cdp.api.rejected records a refused request's).
-BODY = "cdp.body"
 
 _ALIASES = {
     "": "identity",

@@ -25,9 +25,8 @@ import msgspec
 from aiohttp import web
 
 from cdp import keys
-from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
+from cdp.api.appkeys import BODY, CLOCK, REDIS, SETTINGS
 from cdp.api.auth import admin
-from cdp.api.body import BODY
 from cdp.api.profiles import PROFILE_ID
 from cdp.api.requests import Conflict, NotFound, int_param, json_body
 from cdp.clock import wall_ms

@@ -19,12 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from cdp.api.appkeys import REDIS, SETTINGS, TROUBLE
-from cdp.api.body import BODY
+from cdp.api.appkeys import BODY, REDIS, SETTINGS, SOURCE, TROUBLE
 from cdp.clock import wall_ms
 from cdp.rejections import record_rejection, rejection_fields
-
-SOURCE = "cdp.source"  # request key: the source of the request's write key
 
 
 class RejectionRecorder:

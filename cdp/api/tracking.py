@@ -24,8 +24,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
-from cdp.api.rejected import SOURCE
+from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS, SOURCE
 from cdp.api.requests import RETRY_AFTER_S, json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
 from cdp.errors import PartlyStored
