@@ -77,6 +77,10 @@ canonical id's tag, every partition stream its own)::
     cdp:segment-events                   stream, segment ENTER/EXIT events
     cdp:suppressed                       set of identifiers of erased people (discarded)
     cdp:audit                            stream, erasures: who, when, which canonical id
+    cdp:rejections                       stream, 4xx answers of the ingest routes: at,
+                                         method, route, status, reason, source, body
+                                         (cut at 2 KiB), truncated (MAXLEN ~
+                                         rejections-maxlen; the console reads it)
     cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days): its
                                          step, canonical id, counts; mergedFrom
     cdp:job:{<id>}:identifiers           set, the erased identifiers, until the job is done
@@ -117,6 +121,8 @@ CLOCK = f"{PREFIX}:clock"
 SUPPRESSED = f"{PREFIX}:suppressed"
 MERGES_OPEN = f"{PREFIX}:merges:open"
 AUDIT = f"{PREFIX}:audit"
+REJECTIONS = f"{PREFIX}:rejections"
+METRICS_HISTORY = f"{PREFIX}:metrics:history"
 ERASURES_OPEN = f"{PREFIX}:erasures:open"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot

@@ -98,6 +98,8 @@ class Settings:
     blocked_identifiers: str = ""
     # Segments: cdp:segment-events is capped near this many entries (MAXLEN ~).
     segment_events_maxlen: int = 1_000_000
+    # The console: cdp:rejections (the ingest routes' 4xx answers) is capped near this.
+    rejections_maxlen: int = 1_000
     # Webhooks: first retry after webhook-backoff, doubling up to 10 min; a delivery
     # is given up (cdp:webhooks:dead) once it has failed for webhook-retry-for.
     webhook_backoff_ms: int = 1_000
@@ -188,6 +190,7 @@ _POSITIVE = {
     "max_anonymous_ids",
     "max_merges",
     "segment_events_maxlen",
+    "rejections_maxlen",
     "webhook_backoff_ms",
     "webhook_retry_for_ms",
     "webhook_timeout_ms",

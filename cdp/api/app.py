@@ -1,7 +1,7 @@
 """The aiohttp application: its route table, its middlewares, health, metrics, OpenAPI.
 
 ``create_app(settings)`` builds it from the route modules of ``cdp.api`` (ingest,
-tracking, segments, webhooks, segment_stream, replay, profiles, erasure, and
+tracking, segments, webhooks, segment_stream, replay, profiles, erasure, console, and
 console_site: the console's page and assets); the Redis
 client, the publisher and the clock live in the app (``cleanup_ctx``);
 ``cdp/api/server.py`` serves it (bodies are read through ``cdp/api/body.py``, so it
@@ -9,7 +9,8 @@ must be served with aiohttp's decompression off). Every request passes through
 ``errors_middleware`` (here), the only middleware, which first makes ``admin_auth``'s
 check (``cdp.api.auth``: the admin token for handlers marked ``@admin``) and times the
 request into this process's ``cdp_http_request_duration_seconds`` histogram (labelled
-by the route's pattern, method and status; per process, not summed across processes).
+by the route's pattern, method and status; per process, not summed across processes);
+a 4xx of an ingest route is recorded in ``cdp:rejections`` (``cdp.api.rejected``).
 
 A request is answered 202 only after its events are stored; a client mistake is a
 4xx whose message names the field and the rule; Redis being unreachable is a 503 with
@@ -35,11 +36,13 @@ from redis.exceptions import RedisError
 
 from cdp.api.appkeys import CLOCK, LATENCY, PROCESS_METRICS, PUBLISHER, REDIS, SETTINGS, TROUBLE
 from cdp.api.auth import check_admin_token, is_admin
+from cdp.api.console import add_console_routes
 from cdp.api.console_site import add_console_site_routes
 from cdp.api.erasure import add_erasure_routes
 from cdp.api.ingest import add_ingest_routes
 from cdp.api.profiles import add_profile_routes
 from cdp.api.publisher import Publisher
+from cdp.api.rejected import RECORDER, RejectionRecorder
 from cdp.api.replay import add_replay_routes
 from cdp.api.requests import RETRY_AFTER_S
 from cdp.api.segment_stream import add_segment_stream_routes
@@ -98,6 +101,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await _answer(request, handler)
         status = response.status
+        if 400 <= status < 500 and RECORDER in request.app:
+            request.app[RECORDER].note(request, response)  # ingest routes' only
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -244,6 +249,7 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
     app[TROUBLE] = TroubleLog("cdp.api")
     app[PROCESS_METRICS] = CollectorRegistry(auto_describe=True)
     app[LATENCY] = _latency_histogram(app[PROCESS_METRICS])
+    app[RECORDER] = RejectionRecorder()
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         cluster = is_cluster(redis) if redis else await guess_cluster(settings, log)
@@ -280,5 +286,6 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
     add_replay_routes(app)
     add_profile_routes(app)
     add_erasure_routes(app)
+    add_console_routes(app)
     add_console_site_routes(app)  # the console's page and assets (no token, no data)
     return app

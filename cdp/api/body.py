@@ -9,6 +9,8 @@ every handler reads its body through ``read_body``, which
   ``limit``-sized body costs. The body as sent is held to ``limit`` too;
 - answers any other encoding (``br``, ``zstd``...) with 415, and a body that is not
   the gzip or deflate it claims with 400;
+- keeps what it read on the request (``request[BODY]``: ``cdp.api.rejected`` records
+  it when the request is refused);
 - answers 408 when the whole body has not arrived within ``body-timeout`` (a
   slow-loris client), and raises ClientGone when the client hung up mid-body.
 """
@@ -22,6 +24,9 @@ from aiohttp import web
 
 from cdp.api.appkeys import SETTINGS
 from cdp.errors import BodyTimeout, ClientGone, EventRejected, EventTooLarge, UnsupportedEncoding
+
+# The request key of the body read (cdp.api.rejected records a refused request's).
+BODY = "cdp.body"
 
 _ALIASES = {
     "": "identity",
@@ -109,6 +114,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         except ConnectionError:
             raise ClientGone("the client closed the connection mid-body") from None
         inflater.finish()
+        request[BODY] = body  # for cdp:rejections, should the request be refused
         return body
     timeout_ms = request.app[SETTINGS].body_timeout_ms
     parts = []
@@ -121,4 +127,5 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     except ConnectionError:  # aiohttp's "Connection lost" when the client hangs up
         raise ClientGone("the client closed the connection mid-body") from None
     inflater.finish()
-    return b"".join(parts)
+    request[BODY] = body = b"".join(parts)
+    return body

@@ -1,7 +1,8 @@
 """Admin routes of segment definitions: list, read, create or change, delete, members.
 
 Definitions are validated before anything is stored (400 with the JSON path of the
-offending node, ``cdp.segments.rules``); built-ins are read-only (409). A new or
+offending node, ``cdp.segments.rules``, and ``errors``: ``[{field, message}]`` as the
+console's preview lists them); built-ins are read-only (409). A new or
 changed definition starts a backfill that the sweeper runs; each definition is
 answered with its member count and its backfill's progress.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from cdp import keys
@@ -17,7 +19,6 @@ from cdp.api.appkeys import REDIS, SETTINGS
 from cdp.api.auth import admin
 from cdp.api.requests import PAGE_MAX, Conflict, NotFound, int_param, json_body
 from cdp.connect import Client
-from cdp.errors import EventRejected
 from cdp.segments.definitions import (
     builtins,
     delete_definition,
@@ -25,6 +26,7 @@ from cdp.segments.definitions import (
     parse_definition,
     store_definition,
 )
+from cdp.segments.preview import field_errors
 from cdp.segments.rules import RuleError
 from cdp.segments.sweeper import start_backfill
 from cdp.streams import text
@@ -73,8 +75,15 @@ async def put_segment(request: web.Request) -> web.Response:
         raise Conflict(f"{name!r} is built in; its thresholds are settings (README)")
     try:
         segment = parse_definition(name, await json_body(request))
-    except RuleError as exc:
-        raise EventRejected(f"invalid segment definition: {exc}") from None
+    except RuleError as exc:  # the message, and the offending node as the console shows it
+        return web.json_response(
+            {
+                "status": "error",
+                "message": f"invalid segment definition: {exc}",
+                "errors": msgspec.to_builtins(field_errors(exc)),
+            },
+            status=400,
+        )
     redis = request.app[REDIS]
     created = not await redis.hexists(keys.SEGMENTS, name)
     await store_definition(redis, segment)

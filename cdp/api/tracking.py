@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS
+from cdp.api.rejected import SOURCE
 from cdp.api.requests import RETRY_AFTER_S, json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
 from cdp.errors import PartlyStored
@@ -138,6 +139,7 @@ async def single(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body: dict[str, Any] = await json_body(request, settings.max_event_bytes, strict=True)
     source = _source(request, body.get("writeKey"))
+    request[SOURCE] = source  # for cdp:rejections, should the call be refused
     now = await request.app[CLOCK].now_ms()
     event = _convert(body, kind, now, _time(body.get("sentAt"), "sentAt"), source, None, settings)
     await request.app[PUBLISHER].publish(event)
@@ -179,6 +181,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
     settings = request.app[SETTINGS]
     body: dict[str, Any] = await json_body(request, MAX_BATCH_BYTES, strict=True)
     source = _source(request, body.get("writeKey"))
+    request[SOURCE] = source  # for cdp:rejections, should the call be refused
     calls = body.get("batch")
     if not isinstance(calls, list) or not calls:
         raise CallRejected("`batch` must be a non-empty list of calls")

@@ -89,7 +89,7 @@ def builtins(settings: Settings) -> dict[str, Segment]:
 def parse_definition(name: str, body: Any) -> Segment:
     """A PUT body -> Segment; RuleError (with the JSON path) when it is not valid."""
     if not NAME.fullmatch(name):
-        raise RuleError(f"name {name!r}: use 1 to 64 letters, digits, '_', '-' or '.'")
+        raise RuleError(f"name {name!r}: use 1 to 64 letters, digits, '_', '-' or '.'", path="name")
     if not isinstance(body, dict) or "rule" not in body:
         raise RuleError('$: expected {"rule": {...}, "description": "..."}')
     unknown = set(body) - {"rule", "description"}

@@ -53,7 +53,15 @@ _DATE_TIME = re.compile(DATE_TIME)
 
 
 class RuleError(CdpError):
-    """An invalid rule; the message starts with the path of the offending node."""
+    """An invalid rule; the message starts with the path of the offending node, which
+    ``path`` holds (``$.rule.all[1].count.within``; given when the message does not
+    start with it, as ``name`` for a definition's name)."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        if path is None:
+            path = message.partition(": ")[0] if message.startswith("$") else "$"
+        self.path = path
 
 
 @dataclass(frozen=True, slots=True)

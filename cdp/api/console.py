@@ -1,0 +1,163 @@
+"""The console's JSON routes, ``/cdp/console/*``: admin routes (``@admin``) that read.
+
+- ``GET /cdp/console/events``: the live event debugger (``cdp.debugger``: the newest
+  events the partition streams hold, filtered; at most ``SCAN_CAP`` entries read per
+  partition per request; ``after`` polls for newer ones);
+- ``GET /cdp/console/rejections``: the ingest routes' 4xx answers (``cdp.rejections``);
+- ``GET /cdp/console/profiles/{id}``: the profile explorer (``cdp.explorer``);
+- ``POST /cdp/console/segments:preview``: a definition tried on the live profiles
+  (``cdp.segments.preview``);
+- ``GET /cdp/console/webhooks``: subscriptions with their delivery state, no secrets,
+  and the newest dead letters;
+- ``GET /cdp/console/health``: counters, workers, partitions, streams, the last hour
+  of samples (``cdp.health``).
+
+Bad input is a 400 naming the parameter, an unknown profile a 404; Redis being down
+is the errors middleware's 503 (``cdp.api.app``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cdp import keys
+from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
+from cdp.api.auth import admin
+from cdp.api.profiles import PROFILE_ID
+from cdp.api.requests import Conflict, NotFound, int_param, json_body
+from cdp.debugger import EventFilter, decode_cursor, recent_events
+from cdp.errors import EventRejected, ProfileNotFound
+from cdp.explorer import explore, record
+from cdp.health import read_health
+from cdp.profiles import normalise
+from cdp.rejections import read_rejections
+from cdp.segments.preview import preview
+from cdp.segments.webhooks import Subscription
+from cdp.streams import text
+
+LIMIT_MAX = 200  # events or rejections per page
+DEAD_SHOWN = 50  # newest cdp:webhooks:dead records shown
+TYPES = ("identify", "track", "alias")
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=_encoder.encode(value), content_type="application/json")
+
+
+def _text_param(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    return value if value else None
+
+
+def _filter(request: web.Request) -> EventFilter:
+    kind = _text_param(request, "type")
+    if kind is not None and kind.lower() not in TYPES:
+        raise EventRejected(f"query parameter 'type' must be one of {', '.join(TYPES)}")
+    identifier = _text_param(request, "identifier")
+    if identifier is not None:
+        if ":" not in identifier:
+            raise EventRejected(
+                "query parameter 'identifier' must be user:<userId>, anon:<anonymousId> "
+                "or email:<address>"
+            )
+        try:
+            identifier = normalise(identifier)
+        except ProfileNotFound:  # a blocked placeholder: no event carries it
+            identifier = "\x00blocked"
+    return EventFilter(
+        type=kind.lower() if kind is not None else None,
+        name=_text_param(request, "name"),
+        source=_text_param(request, "source"),
+        identifier=identifier,
+        blocked=request.app[SETTINGS].blocked_values,
+    )
+
+
+@admin
+async def console_events(request: web.Request) -> web.Response:
+    """The newest matching events; at most SCAN_CAP (500) entries read per partition."""
+    limit = int_param(request, "limit", 50, 1, LIMIT_MAX)
+    wanted = _filter(request)
+    partitions = request.app[SETTINGS].partitions
+    after = request.query.get("after")
+    last = None if after is None else decode_cursor(after, partitions)
+    return _json(await recent_events(request.app[REDIS], partitions, limit, wanted, last))
+
+
+@admin
+async def console_rejections(request: web.Request) -> web.Response:
+    limit = int_param(request, "limit", 50, 1, LIMIT_MAX)
+    after = request.query.get("after")
+    return _json(await read_rejections(request.app[REDIS], limit, after))
+
+
+@admin
+async def console_profile(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    if not PROFILE_ID.fullmatch(raw):
+        normalise(raw)  # raises InvalidIdentifier (400) with the usual message
+    try:
+        found = await explore(request.app[REDIS], raw)
+    except ProfileNotFound as exc:
+        raise NotFound(str(exc)) from None
+    if found is None:
+        raise Conflict(f"the profile of {raw!r} is being merged; retry")
+    return _json(found)
+
+
+@admin
+async def console_preview(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    now = await request.app[CLOCK].now_ms()
+    return _json(await preview(request.app[REDIS], request.app[SETTINGS], body, now))
+
+
+_STATE_INTS = ("attempts", "nextAt", "delivered", "retries", "dead")
+
+
+def _delivery(raw: dict[Any, Any]) -> dict[str, Any]:
+    fields = {text(k): text(v) for k, v in raw.items()}
+    state: dict[str, Any] = {"cursor": fields.get("cursor")}
+    for name in _STATE_INTS:
+        state[name] = int(fields.get(name) or 0)
+    state["lastError"] = fields.get("lastError") or None
+    return state
+
+
+@admin
+async def console_webhooks(request: web.Request) -> web.Response:
+    redis = request.app[REDIS]
+    subs = sorted(
+        (Subscription.decode(v) for v in (await redis.hgetall(keys.WEBHOOKS)).values()),
+        key=lambda s: s.id,
+    )
+    async with redis.pipeline(transaction=False) as pipe:
+        for sub in subs:
+            pipe.hgetall(keys.webhook_state(sub.id))
+        pipe.xrevrange(keys.WEBHOOKS_DEAD, count=DEAD_SHOWN)
+        *states, dead = await pipe.execute()
+    webhooks = [
+        {"id": sub.id, "url": sub.url, "segments": sub.segments, "state": _delivery(state)}
+        for sub, state in zip(subs, states, strict=True)
+    ]
+    return _json({"webhooks": webhooks, "dead": [record(i, f) for i, f in dead]})
+
+
+@admin
+async def console_health(request: web.Request) -> web.Response:
+    now = await request.app[CLOCK].now_ms()
+    partitions = request.app[SETTINGS].partitions
+    return _json(await read_health(request.app[REDIS], partitions, now))
+
+
+def add_console_routes(app: web.Application) -> None:
+    app.router.add_get("/cdp/console/events", console_events)
+    app.router.add_get("/cdp/console/rejections", console_rejections)
+    app.router.add_get("/cdp/console/profiles/{id}", console_profile)
+    app.router.add_post("/cdp/console/segments:preview", console_preview)
+    app.router.add_get("/cdp/console/webhooks", console_webhooks)
+    app.router.add_get("/cdp/console/health", console_health)
