@@ -7,8 +7,8 @@ Playwright for Python, against a real stack (``tests.support.stack``: redis-serv
   browser downloads are never used). Every test of the module is skipped, saying
   why, when Playwright is not importable or no Chromium binary exists (.ci/run
   installs Debian's ``chromium`` when it runs as root).
-- ``console``: the stack (the system clock, a short window, the admin token, two write
-  keys) with one API process and one worker.
+- ``console``: the stack (the system clock, a short window, an hour of stream
+  retention, the admin token, two write keys) with one API process and one worker.
 - ``page``: a fresh browser context (its own sessionStorage) on the console's page;
   ``logged_in``: the same, past the login form.
 - ``shoot(page, name)``: a screenshot into ``$CDP_SCREENSHOT_DIR`` (default
@@ -42,7 +42,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-FAST = {"clock": "system", "window_size": "200ms"}
+# The system clock (the Segment library stamps events with it) and a short window; the
+# partition streams keep acknowledged entries an hour (stream-retention), since the
+# debugger shows what the streams still hold (with 0 they go within seconds).
+FAST = {"clock": "system", "window_size": "200ms", "stream_retention": "1h"}
 # Playwright's own deadline for every expect() of these tests (ms).
 EXPECT_TIMEOUT_MS = 20_000
 
@@ -86,15 +89,25 @@ def console_url(stack: Stack) -> str:
     return f"http://127.0.0.1:{stack.api_port}/console"
 
 
+def screenshot_dir() -> Path:
+    directory = Path(os.environ.get("CDP_SCREENSHOT_DIR") or ROOT / "build" / "screenshots")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 @pytest.fixture
-def page(chromium: Any, console: Stack) -> Iterator[Any]:
+def page(chromium: Any, console: Stack, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = chromium.new_context(viewport={"width": 1360, "height": 900})
     context.set_default_timeout(EXPECT_TIMEOUT_MS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: print(f"[browser {msg.type}] {msg.text}"))
     page.goto(console_url(console))
     yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:  # what the page showed when it failed
+        page.screenshot(path=str(screenshot_dir() / f"failed-{request.node.name}.png"))
     context.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
 
@@ -115,8 +128,7 @@ def logged_in(page: Any) -> Any:
 
 @pytest.fixture
 def shoot() -> Callable[[Any, str], Path]:
-    directory = Path(os.environ.get("CDP_SCREENSHOT_DIR") or ROOT / "build" / "screenshots")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = screenshot_dir()
     readme = os.environ.get("CDP_README_IMAGES") == "1"
 
     def take(page: Any, name: str) -> Path:
@@ -127,3 +139,26 @@ def shoot() -> Callable[[Any, str], Path]:
         return path
 
     return take
+
+
+@pytest.fixture
+def analytics(console: Stack) -> Iterator[tuple[Any, list[Any]]]:
+    """The official Segment library's module-level client aimed at the console's API
+    (write key wk1, source ``web``), reset afterwards, with the errors it reported."""
+    from segment import analytics as lib
+
+    saved = {
+        name: getattr(lib, name)
+        for name in ("write_key", "host", "on_error", "max_retries", "default_client")
+    }
+    errors: list[Any] = []
+    lib.write_key = "wk1"
+    lib.host = f"http://127.0.0.1:{console.api_port}"
+    lib.on_error = lambda error, items: errors.append((error, items))
+    lib.max_retries = 1
+    lib.default_client = None
+    yield lib, errors
+    if lib.default_client is not None:
+        lib.shutdown()
+    for name, value in saved.items():
+        setattr(lib, name, value)

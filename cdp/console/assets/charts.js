@@ -32,14 +32,17 @@ export function bars(buckets, { width = 220, height = 44, label = "" } = {}) {
     return svg;
   }
   const max = Math.max(...buckets.map((b) => b[1]), 1);
-  const step = width / buckets.length;
-  const bw = Math.max(1, step - 1);
+  // at most 14px a bar, the newest bucket at the right edge
+  const step = Math.min(14, width / buckets.length);
+  const bw = Math.max(1, step - 2);
+  const left = width - step * buckets.length;
+  svg.appendChild(s("line", { x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5, class: "axis" }));
   buckets.forEach(([start, count], i) => {
     const bh = Math.max(1, (count / max) * (height - 4));
     svg.appendChild(
       s(
         "rect",
-        { x: (i * step).toFixed(1), y: (height - bh).toFixed(1), width: bw.toFixed(1), height: bh.toFixed(1), class: "bar" },
+        { x: (left + i * step + 1).toFixed(1), y: (height - bh).toFixed(1), width: bw.toFixed(1), height: bh.toFixed(1), class: "bar" },
         s("title", {}, `${iso(start)}: ${count}`),
       ),
     );

@@ -103,8 +103,9 @@ function segmentsView(segments) {
     ["segment", "entered"],
     names.map((name) => {
       const at = segments[name];
-      const n = Number(at);
-      return h("tr", {}, h("td", {}, name), h("td", {}, Number.isFinite(n) && String(at).match(/^\d+$/) ? iso(n) : show(at)));
+      const since = at && typeof at === "object" ? at.since ?? at.enteredAt ?? at : at;
+      const shown = /^\d+$/.test(String(since)) ? iso(Number(since)) : show(since);
+      return h("tr", {}, h("td", {}, name), h("td", {}, shown));
     }),
     { class: "memberships" },
   );
