@@ -10,16 +10,15 @@ the streams (acknowledged, past ``stream-retention``) are gone: the debugger sho
 what the streams still hold.
 
 The cursor says where each partition's scan stopped: the newest entry id it saw,
-per partition, as base64url of a compact JSON list. Given back as ``after``, only
-entries newer than those are read (a poll); a cursor this module did not write is
-``EventRejected`` (400).
+per partition, joined by dots (``CURSOR``, also the OpenAPI document's pattern).
+Given back as ``after``, only entries newer than those are read (a poll); a partition
+it does not name (the partition count grew) is read as without a cursor; a string of
+another shape is ``EventRejected`` (400).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +28,11 @@ from cdp import keys
 from cdp.connect import Client
 from cdp.errors import EventRejected
 from cdp.events import StreamEvent, entry_events
-from cdp.rejections import ENTRY_ID
 from cdp.streams import text
 
 SCAN_CAP = 500  # entries read per partition per call
+_ID = r"[0-9]{1,19}-[0-9]{1,19}"  # a stream entry id (19 digits: below 2**64)
+CURSOR = re.compile(rf"^{_ID}(\.{_ID})*$")
 
 
 class DebuggerItem(msgspec.Struct):
@@ -76,22 +76,15 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 def encode_cursor(last: list[str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(last, separators=(",", ":")).encode()).decode()
+    return ".".join(last)
 
 
-def decode_cursor(cursor: str, partitions: int) -> list[str]:
+def decode_cursor(cursor: str, partitions: int) -> list[str | None]:
     """The per-partition entry ids of a cursor ``encode_cursor`` wrote, or a 400."""
-    try:
-        last = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
-        last = None
-    if (
-        not isinstance(last, list)
-        or len(last) != partitions
-        or not all(isinstance(i, str) and ENTRY_ID.fullmatch(i) for i in last)
-    ):
-        raise EventRejected("`after` is not a cursor this route gave (or partitions changed)")
-    return last
+    if not CURSOR.fullmatch(cursor):
+        raise EventRejected("query parameter 'after' is not a cursor this route gave")
+    given = cursor.split(".")
+    return [given[p] if p < len(given) else None for p in range(partitions)]
 
 
 async def recent_events(
@@ -99,17 +92,18 @@ async def recent_events(
     partitions: int,
     limit: int,
     wanted: EventFilter,
-    after: list[str] | None = None,
+    after: list[str | None] | None = None,
 ) -> DebuggerPage:
     """The newest ``limit`` events ``wanted`` accepts (newer than ``after``, per
     partition, when given), newest first, and the cursor of what was read."""
     async with redis.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            low = "-" if after is None else f"({after[p]}"
+            since = None if after is None else after[p]
+            low = "-" if since is None else f"({since}"
             pipe.xrevrange(keys.stream(p), "+", low, count=SCAN_CAP)
         replies: list[Any] = await pipe.execute()
     found: list[tuple[tuple[int, int], int, int, DebuggerItem]] = []
-    last = list(after) if after is not None else ["0-0"] * partitions
+    last = [("0-0" if after is None else after[p]) or "0-0" for p in range(partitions)]
     for p, rows in enumerate(replies):
         if rows:
             last[p] = text(rows[0][0])

@@ -23,7 +23,7 @@ from cdp.errors import EventRejected
 from cdp.streams import text
 
 BODY_LIMIT = 2048  # bytes of the body kept
-ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+ENTRY_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")  # below 2**64: what Redis parses
 
 
 class Rejection(msgspec.Struct):
@@ -83,7 +83,7 @@ def _rejection(entry_id: Any, raw: dict[Any, Any]) -> Rejection:
 def check_entry_id(cursor: str) -> str:
     """A stream entry id given back as a cursor, or EventRejected (400)."""
     if not ENTRY_ID.fullmatch(cursor):
-        raise EventRejected("`after` is not a cursor this route gave")
+        raise EventRejected("query parameter 'after' is not a cursor this route gave")
     return cursor
 
 

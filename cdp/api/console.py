@@ -18,6 +18,7 @@ is the errors middleware's 503 (``cdp.api.app``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
 from cdp.api.auth import admin
 from cdp.api.profiles import PROFILE_ID
 from cdp.api.requests import Conflict, NotFound, int_param, json_body
+from cdp.clock import wall_ms
 from cdp.debugger import EventFilter, decode_cursor, recent_events
 from cdp.errors import EventRejected, ProfileNotFound
 from cdp.explorer import explore, record
@@ -41,6 +43,9 @@ from cdp.streams import text
 LIMIT_MAX = 200  # events or rejections per page
 DEAD_SHOWN = 50  # newest cdp:webhooks:dead records shown
 TYPES = ("identify", "track", "alias")
+# A typed identifier (also the OpenAPI document's pattern of the parameter).
+IDENTIFIER = re.compile(r"^(user|anon|email):[\s\S]*\S[\s\S]*$")
+NO_IDENTIFIER = "\x00"  # what an identifier no event carries is normalised to
 _encoder = msgspec.json.Encoder()
 
 
@@ -59,15 +64,15 @@ def _filter(request: web.Request) -> EventFilter:
         raise EventRejected(f"query parameter 'type' must be one of {', '.join(TYPES)}")
     identifier = _text_param(request, "identifier")
     if identifier is not None:
-        if ":" not in identifier:
+        if not IDENTIFIER.fullmatch(identifier):
             raise EventRejected(
                 "query parameter 'identifier' must be user:<userId>, anon:<anonymousId> "
                 "or email:<address>"
             )
         try:
             identifier = normalise(identifier)
-        except ProfileNotFound:  # a blocked placeholder: no event carries it
-            identifier = "\x00blocked"
+        except (ProfileNotFound, EventRejected):  # a blocked placeholder: on no event
+            identifier = NO_IDENTIFIER
     return EventFilter(
         type=kind.lower() if kind is not None else None,
         name=_text_param(request, "name"),
@@ -149,7 +154,8 @@ async def console_webhooks(request: web.Request) -> web.Response:
 
 @admin
 async def console_health(request: web.Request) -> web.Response:
-    now = await request.app[CLOCK].now_ms()
+    """Operational time (the wall clock, as stream entry ids), not the events' clock."""
+    now = wall_ms()
     partitions = request.app[SETTINGS].partitions
     return _json(await read_health(request.app[REDIS], partitions, now))
 

@@ -35,11 +35,13 @@ class FieldError(msgspec.Struct):
     message: str
 
 
-class PreviewInvalid(msgspec.Struct, tag_field="valid", tag=False):
+class PreviewInvalid(msgspec.Struct):
+    valid: bool  # False
     errors: list[FieldError]
 
 
-class PreviewCount(msgspec.Struct, tag_field="valid", tag=True):
+class PreviewCount(msgspec.Struct):
+    valid: bool  # True
     matches: int
     scanned: int
     total: int
@@ -73,7 +75,9 @@ async def preview(
     try:
         segment = parse_preview(body)
     except RuleError as exc:
-        return PreviewInvalid(field_errors(exc))
+        return PreviewInvalid(False, field_errors(exc))
+    except RecursionError:
+        return PreviewInvalid(False, [FieldError("rule", "the rule is nested too deeply")])
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.PROFILES)
         pipe.zrange(keys.PROFILES, 0, PREVIEW_CAP - 1)
@@ -98,4 +102,4 @@ async def preview(
                 continue
             scanned += 1
             matches += segment.check(snap.view, snap.evaluation_ms(now_ms))[0]
-    return PreviewCount(matches, scanned, int(total), len(cids) < int(total))
+    return PreviewCount(True, matches, scanned, int(total), len(cids) < int(total))

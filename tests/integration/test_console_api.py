@@ -105,7 +105,14 @@ def test_the_debugger_lists_newest_first_filters_and_polls(live: Stack) -> None:
     newer = ok(live, f"/cdp/console/events?after={cursor}")
     assert event_ids(newer) == ["e4"]
     assert event_ids(ok(live, f"/cdp/console/events?after={newer['cursor']}")) == []
-    for bad in ("after=nope", "after=W10=", "type=page", "identifier=u1", "limit=0"):
+    for bad in (
+        "after=nope",
+        "after=1-2.x",
+        "after=99999999999999999999-0",
+        "type=page",
+        "identifier=u1",
+        "limit=0",
+    ):
         resp = call(live, "GET", f"/cdp/console/events?{bad}")
         assert resp.status == 400, (bad, resp.body)
         assert resp.json()["status"] == "error"
@@ -153,3 +160,152 @@ def test_a_refused_call_is_in_the_rejections_with_its_body_cut(live: Stack) -> N
         newest["id"]
     ]
     assert call(live, "GET", "/cdp/console/rejections?after=x").status == 400
+
+
+def apply(stack: Stack, clock: str, processed: int) -> None:
+    """Move the clock past what was sent and wait until it is all applied."""
+    stack.set_clock(clock)
+    stack.wait_metric("processed", processed)
+    stack.wait_idle()
+
+
+def test_the_explorer_shows_merges_cells_buckets_and_segment_events(live: Stack) -> None:
+    live.send("e1", "2025-10-04T10:00:01Z", type="TRACK", anonymousId="a1", name="Viewed")
+    live.send("e2", "2025-10-04T10:00:02Z", type="IDENTIFY", userId="u1", traits={"plan": "pro"})
+    apply(live, "2025-10-04T10:00:10Z", 2)
+    wait_until(lambda: live.r.xlen(keys.SEGMENT_EVENTS) == 1, message="the pro_plan ENTER")
+    live.send(
+        "e3",
+        "2025-10-04T10:01:03Z",
+        type="IDENTIFY",
+        userId="u1",
+        anonymousId="a1",
+        email="Ann@X.io",
+        traits={"age": 41, "plan": None},
+    )
+    apply(live, "2025-10-04T10:01:10Z", 3)
+    wait_until(lambda: live.r.xlen(keys.SEGMENT_EVENTS) == 2, message="the EXIT of the merge")
+    view = ok(live, "/cdp/console/profiles/email:%20ANN@x.io")
+    assert view["profile"] == ok(live, "/cdp/profiles/user:u1")
+    survivor = view["profile"]["canonicalId"]
+    (loser,) = view["profile"]["mergedFrom"]
+    assert view["profile"]["identifiers"] == ["anon:a1", "email:ann@x.io", "user:u1"]
+    assert view["traits"] == {"age": {"value": 41, "ts": 1_759_572_063_000, "eventId": "e3"}}
+    assert view["tombstones"] == {"plan": {"ts": 1_759_572_063_000, "eventId": "e3"}}
+    assert view["counters"]["Viewed"] == [[1_759_572_000_000, 1]]
+    assert view["counters"]["$seen"] == [[1_759_572_000_000, 2], [1_759_572_060_000, 1]]
+    (merge,) = view["merges"]
+    assert (merge["status"], merge["survivor"], merge["merged"]) == ("merged", survivor, loser)
+    assert merge["eventId"] == "e3" and merge["entryId"]
+    transitions = [(e["segment"], e["transition"]) for e in view["segmentEvents"]]
+    assert transitions == [("pro_plan", "EXIT"), ("pro_plan", "ENTER")]
+    enter = view["segmentEvents"][1]
+    assert enter["e"]["payload"]["name"] == "pro_plan ENTER"  # the JSON field decoded
+    # Any identifier, and the merged-away id, show the same profile.
+    assert ok(live, f"/cdp/console/profiles/{loser}")["profile"]["canonicalId"] == survivor
+    assert call(live, "GET", "/cdp/console/profiles/user:nobody").status == 404
+    assert call(live, "GET", "/cdp/console/profiles/phone:1").status == 400
+
+
+SENIORS = {
+    "all": [{"trait": "age", "op": "gte", "value": 30}, {"count": {"within": "1d", "gte": 1}}]
+}
+
+
+def test_a_preview_counts_what_a_backfill_takes(live: Stack) -> None:
+    for n, age in enumerate([20, 30, 45, 60, 12]):
+        live.send(
+            f"i{n}", "2025-10-04T10:00:01Z", type="IDENTIFY", userId=f"u{n}", traits={"age": age}
+        )
+    live.send("t1", "2025-10-04T10:00:02Z", type="TRACK", userId="u2", name="Clicked")
+    live.send("t2", "2025-10-04T10:00:02Z", type="TRACK", userId="u3", name="Clicked")
+    live.send("t3", "2025-10-04T10:00:02Z", type="TRACK", userId="u0", name="Clicked")
+    apply(live, "2025-10-04T10:00:10Z", 8)
+    body = {"name": "seniors", "rule": SENIORS, "description": "active, 30 and over"}
+    counted = ok(live, "/cdp/console/segments:preview", body)
+    assert counted == {"valid": True, "matches": 2, "scanned": 5, "total": 5, "capped": False}
+    put = call(live, "PUT", "/cdp/segments/seniors", {"rule": SENIORS})
+    assert put.status == 201, put.body
+    wait_until(
+        lambda: ok(live, "/cdp/segments/seniors").get("backfill", {}).get("state") == "done",
+        message="the backfill to finish",
+    )
+    assert ok(live, "/cdp/segments/seniors")["members"] == counted["matches"]
+    # Invalid: the field of the offending node, as PUT's 400 lists it too.
+    broken = {
+        "all": [{"trait": "age", "op": "gte", "value": 30}, {"count": {"within": "7q", "gte": 1}}]
+    }
+    invalid = ok(live, "/cdp/console/segments:preview", {"name": "x", "rule": broken})
+    assert invalid["valid"] is False
+    (error,) = invalid["errors"]
+    assert (
+        error["field"] == "rule.all[1].count.within"
+        and "'7q' is not a duration" in error["message"]
+    )
+    refused = call(live, "PUT", "/cdp/segments/x", {"rule": broken})
+    assert refused.status == 400
+    assert refused.json()["errors"] == invalid["errors"]
+    assert refused.json()["message"].startswith("invalid segment definition: $.rule.all[1]")
+    for payload, field in (
+        ({"name": "bad name!", "rule": SENIORS}, "name"),
+        ({"rule": SENIORS}, "name"),
+        ({"name": "x", "rule": SENIORS, "description": 3}, "description"),
+        ({"name": "x"}, ""),
+    ):
+        answer = ok(live, "/cdp/console/segments:preview", payload)
+        assert answer["valid"] is False and answer["errors"][0]["field"] == field, payload
+
+
+def test_webhooks_show_their_state_and_dead_letters_without_secrets(live: Stack) -> None:
+    created = call(live, "POST", "/cdp/webhooks", {"url": "http://127.0.0.1:9/hook"})
+    assert created.status == 201, created.body
+    secret = created.json()["secret"]
+    sub = created.json()["id"]
+    live.r.hset(keys.webhook_state(sub), mapping={"delivered": 3, "lastError": "timeout"})
+    live.r.xadd(keys.WEBHOOKS_DEAD, {"subscription": sub, "e": '{"eventId": "s1"}', "attempts": 9})
+    page = ok(live, "/cdp/console/webhooks")
+    (hook,) = page["webhooks"]
+    assert (hook["id"], hook["url"], hook["segments"]) == (sub, "http://127.0.0.1:9/hook", None)
+    assert hook["state"]["delivered"] == 3 and hook["state"]["lastError"] == "timeout"
+    assert hook["state"]["attempts"] == 0 and hook["state"]["dead"] == 0
+    (dead,) = page["dead"]
+    assert dead["e"] == {"eventId": "s1"} and dead["subscription"] == sub
+    assert secret not in json.dumps(page)
+
+
+def test_health_shows_workers_partitions_lag_and_history(live: Stack) -> None:
+    wait_until(lambda: len(ok(live, "/cdp/console/health")["workers"]) == 1, message="the worker")
+    wait_until(
+        lambda: (
+            sum(len(w["partitions"]) for w in ok(live, "/cdp/console/health")["workers"])
+            == live.partitions
+        ),
+        message="every lease held",
+    )
+    live.send("e1", "2025-10-04T10:00:01Z", type="TRACK", userId="u1", name="Clicked")
+    apply(live, "2025-10-04T10:00:10Z", 1)
+    now = int(live.r.time()[0]) * 1000
+    old = {"at": now - 2 * 3_600_000, "counters": {"accepted": 0}, "segments": {}}
+    sample = {
+        "at": now,
+        "counters": {"accepted": 1},
+        "segments": {"pro_plan": {"enter": 0, "exit": 0}},
+    }
+    live.r.xadd(keys.METRICS_HISTORY, {"s": json.dumps(old)}, id=f"{now - 2 * 3_600_000}-0")
+    live.r.xadd(keys.METRICS_HISTORY, {"s": json.dumps(sample)}, id=f"{now}-0")
+    health = ok(live, "/cdp/console/health")
+    (worker,) = health["workers"]
+    assert sorted(worker["partitions"]) == list(range(live.partitions))
+    assert [p["partition"] for p in health["partitions"]] == list(range(live.partitions))
+    assert {p["holder"] for p in health["partitions"]} == {worker["id"]}
+    assert all(p["lag"] == 0 and p["pending"] == 0 for p in health["partitions"])
+    assert health["counters"]["accepted"] == 1 and health["counters"]["processed"] == 1
+    assert health["streams"] == {"dropped": 0, "dead": 0, "webhooksDead": 0, "rejections": 0}
+    assert health["history"] == [sample]
+    # A partition whose worker is gone shows its lag.
+    live.kill(live.processes[1])
+    live.send("e2", "2025-10-04T10:00:11Z", type="TRACK", userId="u1", name="Clicked")
+    wait_until(
+        lambda: sum(p["lag"] for p in ok(live, "/cdp/console/health")["partitions"]) == 1,
+        message="the lag of the unread event",
+    )
