@@ -17,16 +17,16 @@ function entryTime(record) {
 }
 
 function flat(record) {
-  // The fields of a stream record (nested JSON opened one level), for a summary.
-  const out = { ...record };
-  for (const value of Object.values(record)) {
-    if (value && typeof value === "object" && !Array.isArray(value)) {
-      for (const [k, v] of Object.entries(value)) if (!(k in out)) out[k] = v;
-      if (value.payload && typeof value.payload === "object") {
-        for (const [k, v] of Object.entries(value.payload)) if (!(k in out)) out[k] = v;
-      }
+  // The fields of a stream record with its nested JSON opened (payload, properties),
+  // for the summary columns; the record itself is shown whole beside them.
+  const out = {};
+  const walk = (node, depth) => {
+    for (const [k, v] of Object.entries(node)) {
+      if (v && typeof v === "object" && !Array.isArray(v) && depth < 3) walk(v, depth + 1);
+      else if (!(k in out)) out[k] = v;
     }
-  }
+  };
+  walk(record, 0);
   return out;
 }
 
@@ -178,7 +178,7 @@ function showProfile(out, data) {
     section(
       "Recent ENTER / EXIT",
       (data.segmentEvents || []).length
-        ? table(["at", "type", "segment", ""], recordRows(data.segmentEvents, ["type", "segment"]), { class: "segment-events" })
+        ? table(["at", "transition", "segment", "profile", "reason", ""], recordRows(data.segmentEvents, ["transition", "segment", "canonicalId", "reason"]), { class: "segment-events" })
         : message("info", "No recent segment events."),
     ),
     section(

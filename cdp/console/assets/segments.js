@@ -15,7 +15,7 @@ function perMinute(history, name, kind) {
 function rateCell(history, name, kind) {
   const series = perMinute(history, name, kind);
   const last = series.length ? series[series.length - 1][1] : 0;
-  return h("div", { class: "rate" }, sparkline(series, { label: `${kind} per minute` }), h("span", {}, `${fmt(last)}/min`));
+  return h("div", { class: "rate" }, sparkline(series, { width: 120, height: 30, label: `${kind} per minute` }), h("span", {}, `${fmt(last)}/min`));
 }
 
 function backfillCell(backfill) {
@@ -221,8 +221,8 @@ export function render(root) {
   };
   root.append(
     h("div", { class: "toolbar" }, h("h2", {}, "Segments")),
-    h("div", { class: "columns" }, h("section", { class: "card grow" }, list), ed.form),
-    h("section", { class: "card" }, h("h3", {}, "Webhooks"), hooks),
+    h("section", { class: "card" }, list),
+    h("div", { class: "columns" }, ed.form, h("section", { class: "card grow" }, h("h3", {}, "Webhooks"), hooks)),
   );
   refresh();
   return () => {
