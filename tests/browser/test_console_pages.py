@@ -11,7 +11,9 @@ page (``shoot``, see conftest):
   saves, and its members arrive in the list;
 - a trait holding HTML is shown as text and runs nothing;
 - the health page shows the counters, workers and partitions, and replays a dropped
-  event after a confirmation.
+  event after a confirmation;
+- the rates of the health and segments pages are drawn from the sampled history
+  (``cdp:metrics:history``, written here in the sampler's shape).
 """
 
 from __future__ import annotations
@@ -199,6 +201,7 @@ def test_a_custom_segment_shows_its_error_at_the_field_then_fills(
         message="the three profiles",
     )
 
+    _write_history(console, int(page.evaluate("() => Date.now()")))  # rates to draw
     page.get_by_role("link", name="Segments").click()
     page.get_by_label("Name", exact=True).fill("pros")
     page.get_by_label("Description").fill("Paying customers")
@@ -277,9 +280,50 @@ def test_the_health_page_replays_a_dropped_event_after_a_confirmation(
     expect(page.locator("table.partitions tbody tr")).to_have_count(console.partitions)
     replay = page.locator("button[data-replay=dropped]")
     expect(replay).to_have_text("Replay dropped (1)")
-    shoot(page, "health")
     replay.click()
     page.locator("dialog.confirm").get_by_role("button", name="Replay").click()
     expect(page.locator(".action-status")).to_contain_text("Replayed 1 of 1")
     console.wait_metric("replayed", 1)
     wait_until(lambda: read_doc(console, "user:late-1"), message="the replayed event's profile")
+
+
+def _write_history(console: Stack, now_ms: int) -> None:
+    """Samples of cdp:metrics:history as the sampler writes them (the contract's shape):
+    one every 10 minutes over the last hour, the last interval at 2 events/s accepted
+    and applied, 6 ENTER/min and 3 EXIT/min in pro_plan."""
+    accepted, enter, exit_ = 0, 0, 0
+    steps = zip(
+        (0, 900, 1500, 600, 2100, 1200),
+        (0, 30, 90, 15, 60, 60),
+        (0, 10, 40, 5, 30, 30),
+        strict=True,
+    )
+    for n, (d_accepted, d_enter, d_exit) in enumerate(steps):
+        accepted, enter, exit_ = accepted + d_accepted, enter + d_enter, exit_ + d_exit
+        at = now_ms - (5 - n) * 600_000
+        sample = {
+            "at": at,
+            "counters": {"accepted": accepted, "processed": accepted, "dropped": 0},
+            "segments": {"pro_plan": {"enter": enter, "exit": exit_}},
+        }
+        console.r.xadd("cdp:metrics:history", {"s": json.dumps(sample)}, id=f"{at}-0")
+
+
+def test_rates_over_the_last_hour_are_drawn_from_the_history(
+    logged_in: Any, console: Stack, shoot: Shoot
+) -> None:
+    expect, page = _expect(), logged_in
+    _write_history(console, int(page.evaluate("() => Date.now()")))
+    page.get_by_role("link", name="Health").click()
+    accepted = page.locator("[data-rate=accepted]")
+    expect(accepted).to_contain_text("2/s")
+    expect(accepted.locator("svg polyline")).to_have_count(1)
+    expect(page.locator("[data-rate=applied]")).to_contain_text("2/s")
+    expect(page.locator("[data-rate=dropped]")).to_contain_text("0/s")
+    shoot(page, "health")
+
+    page.get_by_role("link", name="Segments").click()
+    row = page.locator("tr[data-segment=pro_plan]")
+    expect(row.locator("td").nth(2)).to_contain_text("6/min")
+    expect(row.locator("td").nth(3)).to_contain_text("3/min")
+    expect(row.locator("svg polyline")).to_have_count(2)
