@@ -135,6 +135,7 @@ def shoot() -> Callable[[Any, str], Path]:
         path = directory / f"console-{name}.png"
         page.screenshot(path=str(path), full_page=True)
         if readme:
+            (ROOT / "docs" / "img").mkdir(exist_ok=True)
             shutil.copyfile(path, ROOT / "docs" / "img" / f"console-{name}.png")
         return path
 

@@ -320,6 +320,7 @@ def test_rates_over_the_last_hour_are_drawn_from_the_history(
     expect(accepted.locator("svg polyline")).to_have_count(1)
     expect(page.locator("[data-rate=applied]")).to_contain_text("2/s")
     expect(page.locator("[data-rate=dropped]")).to_contain_text("0/s")
+    expect(page.locator("table.workers tbody tr")).to_have_count(1)  # the worker is up
     shoot(page, "health")
 
     page.get_by_role("link", name="Segments").click()
