@@ -27,6 +27,7 @@ from aiohttp import web
 from cdp import keys
 from cdp.api.appkeys import CLOCK, REDIS, SETTINGS
 from cdp.api.auth import admin
+from cdp.api.body import BODY
 from cdp.api.profiles import PROFILE_ID
 from cdp.api.requests import Conflict, NotFound, int_param, json_body
 from cdp.clock import wall_ms
@@ -117,6 +118,8 @@ async def console_profile(request: web.Request) -> web.Response:
 @admin
 async def console_preview(request: web.Request) -> web.Response:
     body = await json_body(request)
+    if not request.get(BODY):  # empty: json_body's null, but no definition was sent
+        raise EventRejected("a JSON body is required: the definition and its name")
     now = await request.app[CLOCK].now_ms()
     return _json(await preview(request.app[REDIS], request.app[SETTINGS], body, now))
 
