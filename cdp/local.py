@@ -90,6 +90,8 @@ def run_local(
                 f"processes, {workers} workers{', ' + detail if detail else ''})",
                 flush=True,
             )
+        if not redis_only:
+            print(f"  console: http://{host}:{port}/console (the admin token)", flush=True)
         print(f"  try: {_redis_cli(embedded, redis_url)}", flush=True)
         print("  Ctrl-C stops everything.", flush=True)
         dead: set[int] = set()

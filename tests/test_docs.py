@@ -24,10 +24,14 @@ OPENAPI_PATH = ROOT / "cdp" / "api" / "openapi.json"
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"}
 # Read by load_settings but not a setting itself (it names the TOML file).
 # CDP_CONFIG names the settings file; the CDP_SCHEMATHESIS* ones size the conformance run;
-# CDP_TEST_WORKERS is how many processes ./dev test runs the suite in.
+# CDP_TEST_WORKERS is how many processes ./dev test runs the suite in; CDP_CHROMIUM,
+# CDP_SCREENSHOT_DIR and CDP_README_IMAGES steer the browser tests (tests/browser).
 ENV_NOT_IN_DESCRIBE = {
     "CDP_CONFIG",
     "CDP_TEST_WORKERS",
+    "CDP_CHROMIUM",
+    "CDP_SCREENSHOT_DIR",
+    "CDP_README_IMAGES",
     "CDP_SCHEMATHESIS",
     "CDP_SCHEMATHESIS_SEED",
     "CDP_SCHEMATHESIS_EXAMPLES",

@@ -1,7 +1,8 @@
 """The aiohttp application: its route table, its middlewares, health, metrics, OpenAPI.
 
 ``create_app(settings)`` builds it from the route modules of ``cdp.api`` (ingest,
-tracking, segments, webhooks, segment_stream, replay, profiles, erasure, console); the Redis
+tracking, segments, webhooks, segment_stream, replay, profiles, erasure, console, and
+console_site: the console's page and assets); the Redis
 client, the publisher and the clock live in the app (``cleanup_ctx``);
 ``cdp/api/server.py`` serves it (bodies are read through ``cdp/api/body.py``, so it
 must be served with aiohttp's decompression off). Every request passes through
@@ -36,6 +37,7 @@ from redis.exceptions import RedisError
 from cdp.api.appkeys import CLOCK, LATENCY, PROCESS_METRICS, PUBLISHER, REDIS, SETTINGS, TROUBLE
 from cdp.api.auth import check_admin_token, is_admin
 from cdp.api.console import add_console_routes
+from cdp.api.console_site import add_console_site_routes
 from cdp.api.erasure import add_erasure_routes
 from cdp.api.ingest import add_ingest_routes
 from cdp.api.profiles import add_profile_routes
@@ -285,4 +287,5 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
     add_profile_routes(app)
     add_erasure_routes(app)
     add_console_routes(app)
+    add_console_site_routes(app)  # the console's page and assets (no token, no data)
     return app

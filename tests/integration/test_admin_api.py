@@ -26,8 +26,12 @@ BUILTINS = {"power_user", "pro_plan", "reengage"}
 
 # Routes anyone may call; every other route of the app is an admin route. A new route
 # is therefore an admin route for this test until someone adds it here on purpose.
-PUBLIC_PATHS = {"/cdp/ingest", "/healthz", "/readyz", "/metrics", "/openapi.json"}
-PUBLIC_PREFIXES = ("/v1/",)  # Segment-compatible ingest, HTTP Basic with a write key
+# /console and its files hold no data: the page asks for the admin token itself.
+PUBLIC_PATHS = {"/cdp/ingest", "/healthz", "/readyz", "/metrics", "/openapi.json", "/console"}
+PUBLIC_PREFIXES = (
+    "/v1/",  # Segment-compatible ingest, HTTP Basic with a write key
+    "/console/",
+)
 
 KNOWN_ADMIN_ROUTES = {
     ("GET", "/cdp/segments"),
