@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from cdp import keys
 from tests.support.stack import Stack
 from tests.support.tracking import basic, read_doc, wait_doc
 from tests.support.values import ADMIN_TOKEN
@@ -290,7 +291,10 @@ def test_the_health_page_replays_a_dropped_event_after_a_confirmation(
 def _write_history(console: Stack, now_ms: int) -> None:
     """Samples of cdp:metrics:history as the sampler writes them (the contract's shape):
     one every 10 minutes over the last hour, the last interval at 2 events/s accepted
-    and applied, 6 ENTER/min and 3 EXIT/min in pro_plan."""
+    and applied, 6 ENTER/min and 3 EXIT/min in pro_plan. They replace the worker's one
+    sample (its next is an hour away)."""
+    wait_until(lambda: console.r.xlen(keys.METRICS_HISTORY) > 0, message="the first sample")
+    console.r.delete(keys.METRICS_HISTORY)
     accepted, enter, exit_ = 0, 0, 0
     steps = zip(
         (0, 900, 1500, 600, 2100, 1200),
@@ -306,7 +310,7 @@ def _write_history(console: Stack, now_ms: int) -> None:
             "counters": {"accepted": accepted, "processed": accepted, "dropped": 0},
             "segments": {"pro_plan": {"enter": enter, "exit": exit_}},
         }
-        console.r.xadd("cdp:metrics:history", {"s": json.dumps(sample)}, id=f"{at}-0")
+        console.r.xadd(keys.METRICS_HISTORY, {"s": json.dumps(sample)}, id=f"{at}-0")
 
 
 def test_rates_over_the_last_hour_are_drawn_from_the_history(

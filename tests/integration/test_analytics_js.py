@@ -528,4 +528,6 @@ def test_an_import_from_before_year_one_does_not_stop_the_worker(live: Stack) ->
     assert resp.status in (200, 400), resp.body  # refused, or accepted and parked
     batch(live, "/v1/batch", identify("after-y0", t0, "pro", "after-y0"))
     live.set_clock(t0 + 10_000)
-    wait_until(lambda: read_doc(live, "user:after-y0"), timeout=10, message="the next event applied")
+    wait_until(
+        lambda: read_doc(live, "user:after-y0"), timeout=10, message="the next event applied"
+    )
