@@ -1,19 +1,25 @@
-"""The live event debugger: the newest accepted events, read back from the partitions.
+"""The live event debugger: the events accepted while someone watches, and before.
 
-``recent_events`` reads the partition streams ``cdp:events:{pN}`` newest first (one
-XREVRANGE per partition, pipelined, at most ``SCAN_CAP`` entries per partition per
-call), decodes their entries (field ``e``: one event, ``b``: several;
-``cdp.events.entry_events``), keeps the events every ``EventFilter`` condition
-accepts, merges the partitions by entry id (time, then sequence; within an entry the
-later events first) and returns the newest ``limit``. Events already trimmed from
-the streams (acknowledged, past ``stream-retention``) are gone: the debugger shows
-what the streams still hold.
+Two sources. The partition streams ``cdp:events:{pN}`` hold what the workers have not
+trimmed yet (with ``stream-retention`` 0, acknowledged entries leave within seconds).
+The tap stream ``cdp:debugger`` holds a copy of every event the API processes stored
+while the watch flag ``cdp:debugger:watch`` was set (``cdp.api.tap`` writes it; every
+call of the route sets the flag): one entry per flush of an API process, field ``t`` =
+a JSON array of ``TapItem`` (the partition, the partition-stream entry id, the index
+in that entry, the event), oldest first.
 
-The cursor says where each partition's scan stopped: the newest entry id it saw,
-per partition, joined by dots (``CURSOR``, also the OpenAPI document's pattern).
-Given back as ``after``, only entries newer than those are read (a poll); a partition
-it does not name (the partition count grew) is read as without a cursor; a string of
-another shape is ``EventRejected`` (400).
+``recent_events`` (no cursor) answers the newest ``limit`` matching events of both,
+merged (an event in both is the same item: its ``id`` is ``<partition>/<entry id>/
+<index>`` either way), newest first by partition entry id (time, sequence), partition,
+index; at most ``SCAN_CAP`` entries read per partition and ``TAP_SCAN_CAP`` tap items.
+Its cursor is the tap's newest entry id (``0-0`` when the tap is empty).
+
+``tap_events`` (``after`` = a cursor) reads the tap forward from the cursor: the
+oldest ``limit`` matching events after it (at most ``TAP_SCAN_CAP`` items scanned),
+answered newest first, and a cursor where the read stopped: an entry id, or
+``<entry id>.<n>`` when it stopped after the first n items of an entry (``CURSOR``,
+also the OpenAPI document's pattern). Polling with each answer's cursor so yields
+every tapped event exactly once. A string of another shape is ``EventRejected`` (400).
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ from cdp.events import StreamEvent, entry_events
 from cdp.streams import text
 
 SCAN_CAP = 500  # entries read per partition per call
+TAP_SCAN_CAP = 10_000  # tap items decoded per call
+TAP_READ = 200  # tap entries read per call
+TAP_FIELD = "t"
 _ID = r"[0-9]{1,19}-[0-9]{1,19}"  # a stream entry id (19 digits: below 2**64)
-CURSOR = re.compile(rf"^{_ID}(\.{_ID})*$")
+CURSOR = re.compile(rf"^({_ID})(?:\.([0-9]{{1,9}}))?$")
 
 
 class DebuggerItem(msgspec.Struct):
@@ -48,6 +57,28 @@ class DebuggerItem(msgspec.Struct):
 class DebuggerPage(msgspec.Struct):
     events: list[DebuggerItem]
     cursor: str
+
+
+class TapItem(msgspec.Struct, array_like=True):
+    """One tapped event: [partition, partition-stream entry id, index, event]."""
+
+    partition: int
+    entry_id: str
+    index: int
+    event: StreamEvent
+
+
+_tap_decoder = msgspec.json.Decoder(list[TapItem])
+
+
+def tap_item(partition: int, entry_id: str, index: int, event_json: bytes) -> bytes:
+    """A ``TapItem`` as JSON, from the event's JSON as the publisher encoded it."""
+    return b'[%d,"%s",%d,%s]' % (partition, entry_id.encode(), index, event_json)
+
+
+def tap_entry(items: list[bytes]) -> bytes:
+    """The field ``t`` of one tap entry: its items as a JSON array."""
+    return b"[" + b",".join(items) + b"]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,49 +106,97 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def encode_cursor(last: list[str]) -> str:
-    return ".".join(last)
+def _order(item: DebuggerItem) -> tuple[int, int, int, int]:
+    """Newest last: partition entry id (time, sequence), partition, index in the entry."""
+    ms, seq = _id_key(item.entryId)
+    return ms, seq, item.partition, int(item.id.rpartition("/")[2])
 
 
-def decode_cursor(cursor: str, partitions: int) -> list[str | None]:
-    """The per-partition entry ids of a cursor ``encode_cursor`` wrote, or a 400."""
-    if not CURSOR.fullmatch(cursor):
+def _item(partition: int, entry_id: str, index: int, event: StreamEvent) -> DebuggerItem:
+    return DebuggerItem(
+        f"{partition}/{entry_id}/{index}", partition, entry_id, event.receivedAt, event
+    )
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    """The tap entry id of a cursor and how many of its items were given, or a 400."""
+    match = CURSOR.fullmatch(cursor)
+    if match is None:
         raise EventRejected("query parameter 'after' is not a cursor this route gave")
-    given = cursor.split(".")
-    return [given[p] if p < len(given) else None for p in range(partitions)]
+    return match.group(1), int(match.group(2) or 0)
 
 
-async def recent_events(
-    redis: Client,
-    partitions: int,
-    limit: int,
-    wanted: EventFilter,
-    after: list[str | None] | None = None,
-) -> DebuggerPage:
-    """The newest ``limit`` events ``wanted`` accepts (newer than ``after``, per
-    partition, when given), newest first, and the cursor of what was read."""
+def _tap_items(fields: dict[Any, Any]) -> list[TapItem]:
+    raw = fields.get(TAP_FIELD.encode(), fields.get(TAP_FIELD))
+    try:
+        return _tap_decoder.decode(raw) if raw is not None else []
+    except msgspec.DecodeError:
+        return []  # not an entry this version wrote: nothing to show
+
+
+async def _stream_events(redis: Client, partitions: int, wanted: EventFilter) -> list[DebuggerItem]:
+    """The matching events the partition streams still hold (their newest entries)."""
     async with redis.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            since = None if after is None else after[p]
-            low = "-" if since is None else f"({since}"
-            pipe.xrevrange(keys.stream(p), "+", low, count=SCAN_CAP)
+            pipe.xrevrange(keys.stream(p), "+", "-", count=SCAN_CAP)
         replies: list[Any] = await pipe.execute()
-    found: list[tuple[tuple[int, int], int, int, DebuggerItem]] = []
-    last = [("0-0" if after is None else after[p]) or "0-0" for p in range(partitions)]
+    found = []
     for p, rows in enumerate(replies):
-        if rows:
-            last[p] = text(rows[0][0])
         for raw_id, fields in rows:
             entry_id = text(raw_id)
             try:
                 events = entry_events(fields) or []
             except msgspec.DecodeError:
-                continue  # not an entry this version wrote: nothing to show
-            for index, event in enumerate(events):
-                if wanted.accepts(event):
-                    item = DebuggerItem(
-                        f"{p}/{entry_id}/{index}", p, entry_id, event.receivedAt, event
-                    )
-                    found.append((_id_key(entry_id), p, index, item))
-    found.sort(key=lambda row: row[:3], reverse=True)
-    return DebuggerPage([row[3] for row in found[:limit]], encode_cursor(last))
+                continue
+            found += [
+                _item(p, entry_id, i, event)
+                for i, event in enumerate(events)
+                if wanted.accepts(event)
+            ]
+    return found
+
+
+async def recent_events(
+    redis: Client, partitions: int, limit: int, wanted: EventFilter
+) -> DebuggerPage:
+    """The newest ``limit`` events ``wanted`` accepts, of the tap and the partition
+    streams, newest first; the cursor is the tap's newest entry id."""
+    rows: Any = await redis.xrevrange(keys.DEBUGGER, "+", "-", count=TAP_READ)
+    cursor = text(rows[0][0]) if rows else "0-0"
+    found = {item.id: item for item in await _stream_events(redis, partitions, wanted)}
+    scanned = 0
+    for _, fields in rows:
+        if scanned >= TAP_SCAN_CAP:
+            break
+        items = _tap_items(fields)
+        scanned += len(items)
+        for t in items:
+            if wanted.accepts(t.event):
+                item = _item(t.partition, t.entry_id, t.index, t.event)
+                found.setdefault(item.id, item)
+    newest = sorted(found.values(), key=_order, reverse=True)
+    return DebuggerPage(newest[:limit], cursor)
+
+
+async def tap_events(redis: Client, limit: int, wanted: EventFilter, after: str) -> DebuggerPage:
+    """The oldest ``limit`` tapped events ``wanted`` accepts after the cursor ``after``,
+    newest first, and the cursor of where the read stopped."""
+    entry_id, given = decode_cursor(after)
+    low = entry_id if given else f"({entry_id}"
+    rows: Any = await redis.xrange(keys.DEBUGGER, low, "+", count=TAP_READ)
+    found: list[DebuggerItem] = []
+    cursor, scanned = after, 0
+    for raw_id, fields in rows:
+        tap_id = text(raw_id)
+        items = _tap_items(fields)
+        first = given if tap_id == entry_id else 0
+        for n in range(first, len(items)):
+            t = items[n]
+            scanned += 1
+            if wanted.accepts(t.event):
+                found.append(_item(t.partition, t.entry_id, t.index, t.event))
+            if len(found) >= limit or scanned >= TAP_SCAN_CAP:
+                cursor = tap_id if n + 1 == len(items) else f"{tap_id}.{n + 1}"
+                return DebuggerPage(sorted(found, key=_order, reverse=True), cursor)
+        cursor = tap_id
+    return DebuggerPage(sorted(found, key=_order, reverse=True), cursor)

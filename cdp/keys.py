@@ -91,6 +91,13 @@ canonical id's tag, every partition stream its own)::
                                          method, route, status, reason, source, body
                                          (cut at 2 KiB), truncated (MAXLEN ~
                                          rejections-maxlen; the console reads it)
+    cdp:debugger                         stream, field t: a JSON array of the events an
+                                         API process stored while the flag below was
+                                         set, one entry per flush: [partition, entry id,
+                                         index in the entry, event] (MAXLEN ~ about
+                                         debugger-maxlen events; cdp.debugger)
+    cdp:debugger:watch                   string, "1" while the console's debugger is open
+                                         (PX 30 s, set by each of its calls)
     cdp:job:{<id>}                       hash, state of an erasure job (kept 7 days): its
                                          step, canonical id, counts; mergedFrom
     cdp:job:{<id>}:identifiers           set, the erased identifiers, until the job is done
@@ -134,6 +141,8 @@ SUPPRESSED = f"{PREFIX}:suppressed"
 MERGES_OPEN = f"{PREFIX}:merges:open"
 AUDIT = f"{PREFIX}:audit"
 REJECTIONS = f"{PREFIX}:rejections"
+DEBUGGER = f"{PREFIX}:debugger"
+DEBUGGER_WATCH = f"{PREFIX}:debugger:watch"
 ERASURES_OPEN = f"{PREFIX}:erasures:open"
 
 # Prefixes the Lua scripts complete with a canonical id or identifier (they cannot

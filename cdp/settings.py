@@ -100,6 +100,10 @@ class Settings:
     segment_events_maxlen: int = 1_000_000
     # The console: cdp:rejections (the ingest routes' 4xx answers) is capped near this.
     rejections_maxlen: int = 1_000
+    # The console's debugger: cdp:debugger (the events stored while it is open) is
+    # capped near this many events; an API process buffers at most as many between
+    # flushes (the oldest dropped when Redis is slow).
+    debugger_maxlen: int = 10_000
     # Webhooks: first retry after webhook-backoff, doubling up to 10 min; a delivery
     # is given up (cdp:webhooks:dead) once it has failed for webhook-retry-for.
     webhook_backoff_ms: int = 1_000
@@ -194,6 +198,7 @@ _POSITIVE = {
     "max_merges",
     "segment_events_maxlen",
     "rejections_maxlen",
+    "debugger_maxlen",
     "webhook_backoff_ms",
     "webhook_retry_for_ms",
     "webhook_timeout_ms",

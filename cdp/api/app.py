@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds it from the route modules of ``cdp.api`` (ingest,
 tracking, segments, webhooks, segment_stream, replay, profiles, erasure, console, and
 console_site: the console's page and assets); the Redis
-client, the publisher and the clock live in the app (``cleanup_ctx``);
+client, the publisher, the clock and the debugger's tap (``cdp.api.tap``, its task reads the
+watch flag and flushes) live in the app (``cleanup_ctx``);
 ``cdp/api/server.py`` serves it (bodies are read through ``cdp/api/body.py``, so it
 must be served with aiohttp's decompression off). Every request passes through
 ``errors_middleware`` (here), the only middleware, which first makes ``admin_auth``'s
@@ -34,7 +35,16 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from redis.exceptions import RedisError
 
-from cdp.api.appkeys import CLOCK, LATENCY, PROCESS_METRICS, PUBLISHER, REDIS, SETTINGS, TROUBLE
+from cdp.api.appkeys import (
+    CLOCK,
+    LATENCY,
+    PROCESS_METRICS,
+    PUBLISHER,
+    REDIS,
+    SETTINGS,
+    TAP,
+    TROUBLE,
+)
 from cdp.api.auth import check_admin_token, is_admin
 from cdp.api.console import add_console_routes
 from cdp.api.console_site import add_console_site_routes
@@ -47,6 +57,7 @@ from cdp.api.replay import add_replay_routes
 from cdp.api.requests import RETRY_AFTER_S
 from cdp.api.segment_stream import add_segment_stream_routes
 from cdp.api.segments import add_segment_routes
+from cdp.api.tap import DebuggerTap
 from cdp.api.tracking import add_tracking_routes, segment_error
 from cdp.api.webhooks import add_webhook_routes
 from cdp.clock import make_clock
@@ -262,6 +273,10 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
             min_replicas=settings.ingest_min_replicas,
             replica_timeout_ms=settings.ingest_replica_timeout_ms,
         )
+        tap = app[PUBLISHER].tap = app[TAP] = DebuggerTap(
+            client, settings.debugger_maxlen, app[TROUBLE]
+        )
+        tapping = asyncio.create_task(tap.run())
         # Serving starts at once (/healthz answers); this only says when Redis does.
         waiting = None if redis else asyncio.create_task(_found(settings, client, cluster))
         yield
@@ -270,6 +285,7 @@ def create_app(settings: Settings, redis: Client | None = None) -> web.Applicati
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
         await app[PUBLISHER].close()
+        await tap.close(tapping)  # after the publisher: its last requests are copied
         if redis is None:
             await client.aclose()
 

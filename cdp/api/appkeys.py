@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
 from cdp.api.publisher import Publisher
+from cdp.api.tap import DebuggerTap
 from cdp.clock import Clock
 from cdp.connect import Client
 from cdp.logs import TroubleLog
@@ -18,6 +19,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS: web.AppKey[Client] = web.AppKey("redis")
 PUBLISHER = web.AppKey("publisher", Publisher)
 CLOCK = web.AppKey("clock", Clock)
+TAP = web.AppKey("tap", DebuggerTap)  # the console's debugger's copies
 TROUBLE = web.AppKey("trouble", TroubleLog)
 PROCESS_METRICS = web.AppKey("process_metrics", CollectorRegistry)  # this process's own
 LATENCY = web.AppKey("latency", Histogram)  # cdp_http_request_duration_seconds

@@ -1,8 +1,10 @@
 """The console's JSON routes, ``/cdp/console/*``: admin routes (``@admin``) that read.
 
-- ``GET /cdp/console/events``: the live event debugger (``cdp.debugger``: the newest
-  events the partition streams hold, filtered; at most ``SCAN_CAP`` entries read per
-  partition per request; ``after`` polls for newer ones);
+- ``GET /cdp/console/events``: the live event debugger (``cdp.debugger``): each call
+  sets the watch flag, so the API processes copy what they store to the tap stream
+  (``cdp.api.tap``); the newest events of the tap and the partition streams, filtered
+  (at most ``SCAN_CAP`` entries read per partition, ``TAP_SCAN_CAP`` tap items);
+  ``after`` polls the tap for newer ones;
 - ``GET /cdp/console/rejections``: the ingest routes' 4xx answers (``cdp.rejections``);
 - ``GET /cdp/console/profiles/{id}``: the profile explorer (``cdp.explorer``);
 - ``POST /cdp/console/segments:preview``: a definition tried on the live profiles
@@ -25,12 +27,12 @@ import msgspec
 from aiohttp import web
 
 from cdp import keys
-from cdp.api.appkeys import BODY, CLOCK, REDIS, SETTINGS
+from cdp.api.appkeys import BODY, CLOCK, REDIS, SETTINGS, TAP
 from cdp.api.auth import admin
 from cdp.api.profiles import PROFILE_ID
 from cdp.api.requests import Conflict, NotFound, int_param, json_body
 from cdp.clock import wall_ms
-from cdp.debugger import EventFilter, decode_cursor, recent_events
+from cdp.debugger import EventFilter, recent_events, tap_events
 from cdp.errors import EventRejected, ProfileNotFound
 from cdp.explorer import explore, record
 from cdp.health import read_health
@@ -84,13 +86,22 @@ def _filter(request: web.Request) -> EventFilter:
 
 @admin
 async def console_events(request: web.Request) -> web.Response:
-    """The newest matching events; at most SCAN_CAP (500) entries read per partition."""
+    """The newest matching events, or (``after``) the tapped ones after the cursor.
+
+    Every call sets the watch flag first, so every event accepted from then on (by
+    any API process, within a second for the others) is in the tap until the flag
+    expires, 30 s after the last call. Events accepted before the debugger was open
+    are shown only while the partition streams still hold them (``stream-retention``).
+    """
     limit = int_param(request, "limit", 50, 1, LIMIT_MAX)
     wanted = _filter(request)
-    partitions = request.app[SETTINGS].partitions
     after = request.query.get("after")
-    last = None if after is None else decode_cursor(after, partitions)
-    return _json(await recent_events(request.app[REDIS], partitions, limit, wanted, last))
+    redis = request.app[REDIS]
+    await request.app[TAP].watch()
+    if after is not None:
+        return _json(await tap_events(redis, limit, wanted, after))
+    partitions = request.app[SETTINGS].partitions
+    return _json(await recent_events(redis, partitions, limit, wanted))
 
 
 @admin

@@ -31,6 +31,9 @@ that pipeline is unknown: its requests fail with ``OutcomeUnknown`` (the API ans
 503, nothing stored). Redis is not answering, so the requests queued behind it fail at
 once, unsent, with the Redis error (503), instead of each waiting out the same timeout
 in turn. So while Redis hangs every request is answered within about ``redis-timeout``.
+
+While the console's debugger is open (``tap.watching``), a stored request's events
+are also handed to the debugger's tap (``cdp.api.tap``), which copies them later.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cdp import keys
+from cdp.api.tap import DebuggerTap
 from cdp.connect import Client, Pipe
 from cdp.errors import EventRejected, NotReplicated, OutcomeUnknown, PartlyStored
 from cdp.events import StreamEvent, stream_encoder
@@ -187,6 +191,7 @@ class Publisher:
         self._sha = redis.register_script(self._script).sha
         self._queue: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
+        self.tap: DebuggerTap | None = None  # the console's debugger (cdp.api.tap)
 
     def partition(self, event: StreamEvent) -> int:
         return partition_of(
@@ -211,7 +216,11 @@ class Publisher:
         self._queue.append(request)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
-        return await request.answer
+        ids = await request.answer
+        tap = self.tap
+        if tap is not None and tap.watching:
+            tap.copy(grouped.partitions, grouped.of_event, ids, bodies)
+        return ids
 
     def _next_batch(self) -> list[_Request]:
         batch: list[_Request] = []

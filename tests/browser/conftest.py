@@ -7,8 +7,8 @@ Playwright for Python, against a real stack (``tests.support.stack``: redis-serv
   browser downloads are never used). Every test of the module is skipped, saying
   why, when Playwright is not importable or no Chromium binary exists (.ci/run
   installs Debian's ``chromium`` when it runs as root).
-- ``console``: the stack (the system clock, a short window, an hour of stream
-  retention, the admin token, two write keys) with one API process and one worker.
+- ``console``: the stack (the system clock, a short window, the default
+  stream-retention (0), the admin token, two write keys), one API process, one worker.
 - ``page``: a fresh browser context (its own sessionStorage) on the console's page;
   ``logged_in``: the same, past the login form.
 - ``shoot(page, name)``: a screenshot into ``$CDP_SCREENSHOT_DIR`` (default
@@ -42,10 +42,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# The system clock (the Segment library stamps events with it) and a short window; the
-# partition streams keep acknowledged entries an hour (stream-retention), since the
-# debugger shows what the streams still hold (with 0 they go within seconds).
-FAST = {"clock": "system", "window_size": "200ms", "stream_retention": "1h"}
+# The system clock (the Segment library stamps events with it) and a short window, at
+# the default stream-retention (0): the debugger shows what arrives while it is open
+# from its tap (cdp:debugger), though the workers trim the streams within seconds.
+FAST = {"clock": "system", "window_size": "200ms"}
 # Playwright's own deadline for every expect() of these tests (ms).
 EXPECT_TIMEOUT_MS = 20_000
 

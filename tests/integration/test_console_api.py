@@ -39,8 +39,8 @@ BASIC = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
 def live(stack: Stack) -> Stack:
     stack.set_clock(T0)
     stack.start_api(admin_token=TOKEN, write_keys=f"{WRITE_KEY}=web")
-    # The debugger reads what the streams keep; the health page samples every second.
-    stack.start_worker(stream_retention="1h", metrics_sample_interval="1s")
+    # The default stream-retention (0): the debugger's tap keeps what the streams trim.
+    stack.start_worker(metrics_sample_interval="1s")
     return stack
 
 
@@ -103,12 +103,16 @@ def test_the_debugger_lists_newest_first_filters_and_polls(live: Stack) -> None:
     cursor = page["cursor"]
     assert ok(live, f"/cdp/console/events?after={cursor}") == {"events": [], "cursor": cursor}
     live.send("e4", "2025-10-04T10:00:04Z", type="TRACK", userId="u1", name="Clicked")
-    newer = ok(live, f"/cdp/console/events?after={cursor}")
+    newer = wait_until(
+        lambda: (p := ok(live, f"/cdp/console/events?after={cursor}"))["events"] and p,
+        message="e4 in the debugger's tap",
+    )
     assert event_ids(newer) == ["e4"]
     assert event_ids(ok(live, f"/cdp/console/events?after={newer['cursor']}")) == []
     for bad in (
         "after=nope",
         "after=1-2.x",
+        "after=1-2.3-4",
         "after=99999999999999999999-0",
         "type=page",
         "identifier=u1",
@@ -117,6 +121,103 @@ def test_the_debugger_lists_newest_first_filters_and_polls(live: Stack) -> None:
         resp = call(live, "GET", f"/cdp/console/events?{bad}")
         assert resp.status == 400, (bad, resp.body)
         assert resp.json()["status"] == "error"
+
+
+def _order(item: dict[str, Any]) -> tuple[int, int, int, int]:
+    ms, seq = item["entryId"].split("-")
+    return int(ms), int(seq), item["partition"], int(item["id"].rsplit("/", 1)[1])
+
+
+def poll_all(stack: Stack, cursor: str, query: str, expected: int) -> list[dict[str, Any]]:
+    """Every item the ``after`` polls give from ``cursor`` (5 at most per answer), each
+    answer checked newest first, until ``expected`` came and one more poll brings none."""
+    seen: list[dict[str, Any]] = []
+
+    def more() -> bool:
+        nonlocal cursor
+        page = ok(stack, f"/cdp/console/events?limit=5&after={cursor}{query}")
+        assert len(page["events"]) <= 5
+        assert page["events"] == sorted(page["events"], key=_order, reverse=True)
+        seen.extend(page["events"])
+        cursor = page["cursor"]
+        return len(seen) >= expected and not page["events"]
+
+    wait_until(more, message=f"{expected} events polled")
+    return seen
+
+
+def trimmed(stack: Stack) -> bool:
+    return all(stack.r.xlen(keys.stream(p)) == 0 for p in range(stack.partitions))
+
+
+def test_the_debugger_shows_every_event_accepted_while_open_at_stream_retention_0(
+    live: Stack,
+) -> None:
+    cursor = ok(live, "/cdp/console/events")["cursor"]  # opening the debugger
+    sent: list[str] = []
+    for n in range(8):
+        kind = {"type": "IDENTIFY"} if n % 3 == 0 else {"type": "TRACK", "name": f"N{n % 2}"}
+        live.send(f"i{n}", f"2025-10-04T10:00:0{n}Z", userId=f"u{n}", **kind)
+        sent.append(f"i{n}")
+    for b in range(2):
+        batch = [
+            {"type": "track", "userId": f"u{n}", "event": "Batched", "messageId": f"b{b}-{n}"}
+            for n in range(5)
+        ] + [{"type": "identify", "userId": "u0", "messageId": f"b{b}-id"}]
+        assert track(live, {"batch": batch}, "/v1/batch").status == 200
+        sent += [call["messageId"] for call in batch]
+    apply(live, "2025-10-04T10:05:00Z", len(sent))
+    wait_until(lambda: trimmed(live), message="the workers to trim the partition streams")
+
+    items = poll_all(live, cursor, "", len(sent))
+    ids = [item["event"]["eventId"] for item in items]
+    assert sorted(ids) == sorted(sent) and len(ids) == len(sent)  # each exactly once
+    assert len({item["partition"] for item in items}) > 1
+    assert {item["id"] for item in items} == {
+        f"{i['partition']}/{i['entryId']}/{int(i['id'].rsplit('/', 1)[1])}" for i in items
+    }
+    batched = [i for i in items if i["event"]["eventId"].startswith("b1-")]
+    assert {i["event"]["source"] for i in batched} == {"web"}
+    # Filters apply to the polls too.
+    identifies = poll_all(live, cursor, "&type=identify", 5)
+    assert sorted(i["event"]["eventId"] for i in identifies) == ["b0-id", "b1-id", "i0", "i3", "i6"]
+    of_u0 = poll_all(live, cursor, "&identifier=user:u0", 5)
+    assert sorted(i["event"]["eventId"] for i in of_u0) == ["b0-0", "b0-id", "b1-0", "b1-id", "i0"]
+    assert poll_all(live, cursor, "&name=N1&source=web", 0) == []
+    # Without a cursor: the newest of the tap, the streams being empty.
+    newest = ok(live, "/cdp/console/events?limit=200")["events"]
+    assert newest == sorted(items, key=_order, reverse=True)
+
+
+def tapped_ids(stack: Stack) -> list[str]:
+    found = []
+    for _, fields in stack.r.xrange(keys.DEBUGGER):
+        found += [item[3]["eventId"] for item in json.loads(fields["t"])]
+    return found
+
+
+def test_the_tap_stops_once_the_watch_flag_is_gone(live: Stack) -> None:
+    ok(live, "/cdp/console/events")
+    assert live.r.pttl(keys.DEBUGGER_WATCH) > 0
+    live.send("w1", "2025-10-04T10:00:01Z", type="TRACK", userId="u1", name="Seen")
+    wait_until(lambda: "w1" in tapped_ids(live), message="w1 tapped")
+    live.r.delete(keys.DEBUGGER_WATCH)  # as if it expired: nobody called for 30 s
+    probes = iter(range(1000))
+    counts: list[int] = []
+
+    def stopped() -> bool:
+        live.send(
+            f"probe{next(probes)}", "2025-10-04T10:00:02Z", type="TRACK", userId="u2", name="P"
+        )
+        counts.append(len(tapped_ids(live)))
+        return len(counts) >= 3 and counts[-1] == counts[-3]
+
+    wait_until(stopped, interval=0.3, message="the tap to stop growing")
+    for n in range(5):
+        live.send(f"late{n}", "2025-10-04T10:00:03Z", type="TRACK", userId=f"u{n}", name="Late")
+    apply(live, "2025-10-04T10:05:00Z", 1 + next(probes) + 5)
+    assert not [i for i in tapped_ids(live) if i.startswith("late")]
+    assert not live.r.exists(keys.DEBUGGER_WATCH)
 
 
 def test_a_refused_call_is_in_the_rejections_with_its_body_cut(live: Stack) -> None:

@@ -59,6 +59,7 @@ class Feed {
     Object.assign(this, { path, key, row, detail, filters });
     this.cursor = null;
     this.count = 0;
+    this.shown = new Set(); // ids listed: the first answer and the tap may share events
     this.generation = 0;
     this.inflight = false;
     this.timer = null;
@@ -82,6 +83,7 @@ class Feed {
     this.generation += 1;
     this.cursor = null;
     this.count = 0;
+    this.shown.clear();
     replace(this.body);
     await this.poll();
   }
@@ -115,6 +117,8 @@ class Feed {
     // items are newest first: insert them in order above the current first row.
     const anchor = this.body.firstChild;
     for (const item of items) {
+      if (this.shown.has(item.id)) continue;
+      this.shown.add(item.id);
       const cells = this.row(item).map((c) => h("td", {}, c));
       const summary = h("tr", { class: "summary", tabindex: "0", "data-id": item.id, "aria-expanded": "false" }, cells);
       const detail = h("tr", { class: "detail", hidden: true }, h("td", { colspan: cells.length }));
@@ -136,6 +140,7 @@ class Feed {
       this.count += 1;
     }
     while (this.count > KEEP) {
+      this.shown.delete(this.body.lastChild.previousSibling.dataset.id);
       this.body.lastChild.remove();
       this.body.lastChild.remove();
       this.count -= 1;
