@@ -35,6 +35,10 @@ from prometheus_client.metrics_core import Metric
 from cdp import keys
 from cdp.clock import wall_ms
 from cdp.connect import Client, SyncClient
+from cdp.segments.definitions import builtins
+from cdp.settings import Settings
+
+BUILTIN_SEGMENTS = frozenset(builtins(Settings()))  # their names, whatever the settings
 
 COUNTERS = {
     "processed": "Events applied to profiles.",
@@ -202,6 +206,14 @@ class Tail:
     refusals: dict[str, int] = field(default_factory=dict)  # reason -> n
     cursors: dict[str, str] = field(default_factory=dict)  # stream -> last entry counted
 
+    def defined_only(self, custom: Iterable[Any]) -> Tail:
+        """Itself without the transitions of segments deleted since (neither built in
+        nor in ``custom``, the names of ``cdp:segments``): their counts stay in the hash,
+        so a segment created again under that name goes on counting."""
+        defined = BUILTIN_SEGMENTS | {_text(name) for name in custom}
+        self.transitions = {s: n for s, n in self.transitions.items() if s in defined}
+        return self
+
     @classmethod
     def parse(cls, raw: Any) -> Tail:
         tail = cls()
@@ -244,6 +256,7 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
         for spec in HISTOGRAMS:
             pipe.hgetall(keys.histogram(spec.key))
         pipe.hgetall(keys.METRICS_TAIL)
+        pipe.hkeys(keys.SEGMENTS)
         replies = await pipe.execute(raise_on_error=False)
     buffered, live = replies[0], replies[1]
     shares = replies[2 : 3 + partitions]
@@ -254,7 +267,9 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
     worker_buffers = {_text(w): int(v) for w, v in buffered.items() if _text(w) in alive}
     values["buffered"] = sum(worker_buffers.values())
     values["workers"] = len(alive)
-    snap = Snapshot(values, buffered=worker_buffers, tail=Tail.parse(rest[-1]))
+    custom = rest[-1] if isinstance(rest[-1], list) else []
+    tail = Tail.parse(rest[-2]).defined_only(custom)
+    snap = Snapshot(values, buffered=worker_buffers, tail=tail)
     snap.histograms = {
         spec.key: _histogram(spec, raw) for spec, raw in zip(HISTOGRAMS, rest, strict=False)
     }
