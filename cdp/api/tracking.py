@@ -237,9 +237,14 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
             return _partly_stored(exc, [positions[i] for i in exc.stored])
     if not rejected:
         return _success()
-    if RECORDER in request.app:  # for cdp:rejections, as a refused request is
-        request.app[RECORDER].note_calls(request, refused)
+    _record_refused(request, refused)
     return _answer({"success": True, "rejected": rejected})
+
+
+def _record_refused(request: web.Request, refused: list[tuple[int, str, Any]]) -> None:
+    """A batch's calls refused one by one go to cdp:rejections, as a refused request."""
+    if RECORDER in request.app:
+        request.app[RECORDER].note_calls(request, refused)
 
 
 async def preflight(request: web.Request) -> web.Response:

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from cdp import keys
 from cdp.metrics import COUNTERS, Tail, read_history
 from cdp.metrics_tail import PASS_CAP, MetricsRole, count_all, count_pass, write_sample
-from cdp.settings import Settings
 from cdp.scripts import Scripts, load_scripts
+from cdp.settings import Settings
 
 
 def run(make: Callable[[Redis], Awaitable[Any]], url: str) -> Any:
@@ -161,7 +161,9 @@ def test_one_run_catches_up_with_a_backlog_larger_than_a_pass(redis_url: str) ->
             for i in range(n):
                 pipe.xadd(keys.SEGMENT_EVENTS, {"segment": "pro_plan", "transition": "ENTER"})
                 if i % 10 == 0:
-                    pipe.xadd(keys.MERGES, {"status": "merged", "survivor": "p1", "merged": f"m{i}"})
+                    pipe.xadd(
+                        keys.MERGES, {"status": "merged", "survivor": "p1", "merged": f"m{i}"}
+                    )
             await pipe.execute()
         role = MetricsRole(redis, Scripts(redis), Settings(), log=None)
         await role.run()
