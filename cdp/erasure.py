@@ -31,8 +31,9 @@ effect, so a step interrupted half-way is simply run again. The steps, in order:
 9. ``cleared``: the marker, the identifiers set, the merged set, the outbox (empty
    by now) and its relay lease;
 10. ``purged``: the person's events leave ``cdp:events:dropped`` and
-    ``cdp:events:dead``, and the merge records about its profiles leave
-    ``cdp:merges``; the job is done.
+    ``cdp:events:dead``, the merge records about its profiles leave ``cdp:merges``,
+    and the refused requests whose body holds one of its identifiers' values leave
+    ``cdp:rejections``; the job is done.
 
 Why the EXITs go through the outbox rather than straight to ``cdp:segment-events``
 with ``add_once`` from Python: pushing them in the script that deletes the
@@ -416,15 +417,20 @@ async def purge_records(
     cids: set[str],
     renew: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Delete the erased person's events (dropped, dead) and merge records; how many."""
+    """Delete the erased person's events (dropped, dead), merge records and refused
+    requests (``cdp:rejections``); how many."""
+    needles = _needles(identifiers)
     removed = 0
-    for stream in (keys.DROPPED, keys.DEAD, keys.MERGES):
+    for stream in (keys.DROPPED, keys.DEAD, keys.MERGES, keys.REJECTIONS):
         cursor = "-"
         while True:
             entries: Any = await redis.xrange(stream, cursor, "+", count=PURGE_CHUNK)
             if not entries:
                 break
-            doomed = [eid for eid, fields in entries if _names(fields, identifiers, cids)]
+            if stream == keys.REJECTIONS:
+                doomed = [eid for eid, fields in entries if _quotes(fields, needles)]
+            else:
+                doomed = [eid for eid, fields in entries if _names(fields, identifiers, cids)]
             if doomed:
                 removed += await redis.xdel(stream, *doomed)
             if renew is not None:
@@ -433,6 +439,25 @@ async def purge_records(
                 break
             cursor = "(" + text(entries[-1][0])
     return removed
+
+
+def _needles(identifiers: set[str]) -> set[str]:
+    """What a refused request's body holds when it names one of ``identifiers``: each
+    one's value (without its ``user:``/``email:``/``anon:`` type), lower-cased (an
+    email is stored lower-cased, its body as sent), raw and as JSON escapes it."""
+    out = set()
+    for identifier in identifiers:
+        value = identifier.partition(":")[2].lower()
+        if value:
+            out |= {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    return out
+
+
+def _quotes(fields: dict[bytes, bytes], needles: set[str]) -> bool:
+    """Does a refused request's body (text, maybe cut) hold any of ``needles``? A short
+    value may match a body about someone else: that record goes too (the safe side)."""
+    body = text(fields.get(b"body", b"")).lower()
+    return any(needle in body for needle in needles)
 
 
 def _names(fields: dict[bytes, bytes], identifiers: set[str], cids: set[str]) -> bool:

@@ -35,7 +35,7 @@ from cdp.streams import text
 MERGES_SCAN = 5_000  # newest cdp:merges records read per request
 SEGMENT_EVENTS_SCAN = 5_000  # newest cdp:segment-events records read per request
 READ_ATTEMPTS = 3  # a profile merged away between resolve and read is resolved again
-_MERGE_FIELDS = ("survivor", "merged", "profile")
+_MERGE_FIELDS = (b"survivor", b"merged", b"profile")
 
 
 def record(entry_id: Any, raw: dict[Any, Any]) -> dict[str, Any]:
@@ -103,11 +103,12 @@ async def explore(redis: Client, identifier: str) -> dict[str, Any] | None:
         pipe.xrevrange(keys.MERGES, count=MERGES_SCAN)
         pipe.xrevrange(keys.SEGMENT_EVENTS, count=SEGMENT_EVENTS_SCAN)
         merges_raw, segment_raw = await pipe.execute()
-    merges = []
-    for entry_id, fields in merges_raw:
-        rec = record(entry_id, fields)
-        if any(rec.get(f) in ids for f in _MERGE_FIELDS):
-            merges.append(rec)
+    raw_ids = {i.encode() for i in ids}  # filtered on the raw fields: decoded if kept
+    merges = [
+        record(entry_id, fields)
+        for entry_id, fields in merges_raw
+        if any(fields.get(f) in raw_ids for f in _MERGE_FIELDS)
+    ]
     segment_events = [
         record(entry_id, fields)
         for entry_id, fields in segment_raw

@@ -26,7 +26,8 @@ canonical id's tag, every partition stream its own)::
                                          partition (read, added to the sum, never written)
     cdp:metrics:buffered                 hash, worker id -> events in its buffer
     cdp:metrics:hist:<name>              hash, a worker-observed histogram summed over the
-                                         workers (apply-batch, freshness): bucket upper
+                                         workers (apply-batch, freshness, pipeline-
+                                         latency; lua/histogram_add-1.lua): bucket upper
                                          bound ("0.005", "+Inf") -> observations in it
                                          (not cumulative), sum, count
     cdp:metrics:tail                     hash, the tail counter (cdp.metrics_tail): the
@@ -170,7 +171,8 @@ def metrics(partition: int) -> str:
 
 
 def histogram(name: str) -> str:
-    """A histogram the workers observe (``apply-batch``, ``freshness``), summed over them."""
+    """A histogram the workers observe (``apply-batch``, ``freshness``,
+    ``pipeline-latency``), summed over them."""
     return f"{PREFIX}:metrics:hist:{name}"
 
 

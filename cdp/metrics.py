@@ -35,6 +35,10 @@ from prometheus_client.metrics_core import Metric
 from cdp import keys
 from cdp.clock import wall_ms
 from cdp.connect import Client, SyncClient
+from cdp.segments.definitions import builtins
+from cdp.settings import Settings
+
+BUILTIN_SEGMENTS = frozenset(builtins(Settings()))  # their names, whatever the settings
 
 COUNTERS = {
     "processed": "Events applied to profiles.",
@@ -102,26 +106,41 @@ def _bound(value: float) -> str:
 APPLY_BATCH = HistogramSpec(
     "apply-batch",
     "cdp_apply_batch_duration_seconds",
-    "Time to apply one batch-size slice of a partition's events (script(s) and ack).",
+    "Duration of one apply round trip, per round trip: with apply-protocol batch, the "
+    "pipeline carrying a tick's apply_batch calls (up to 20 batch-size slices, all "
+    "partitions) and the worker's counters; with the profile protocol, one "
+    "batch-size slice of a partition through apply_partition.",
     (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+_LATENCY_BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 FRESHNESS = HistogramSpec(
     "freshness",
     "cdp_event_freshness_seconds",
-    "Applied time minus event ts, per applied event (mode=import events, historical, "
-    "are left out).",
-    (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+    "Applied time (the worker's clock once the apply answered) minus the event's ts, per "
+    "event applied live (mode=import left out). ts is the client's: this includes its "
+    "clock skew and any offline delay before sending.",
+    (*_LATENCY_BOUNDS, 3600.0),
 )
-HISTOGRAMS = (APPLY_BATCH, FRESHNESS)
+PIPELINE_LATENCY = HistogramSpec(
+    "pipeline-latency",
+    "cdp_event_pipeline_latency_seconds",
+    "Applied time (the worker's clock once the apply answered) minus receivedAt (the "
+    "API's clock on acceptance), per event applied live: the pipeline's own part of "
+    "the freshness (window-size included).",
+    _LATENCY_BOUNDS,
+)
+HISTOGRAMS = (APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY)
 
 
 class Observed:
     """A worker's observations of one histogram not yet added to Redis.
 
-    ``queue`` adds them to the shared hash (HINCRBY per bucket, HINCRBYFLOAT of the
-    sum) in the caller's pipeline; ``clear`` once that pipeline succeeded (a failed
-    flush keeps them for the next). A SIGKILLed worker loses what it observed since
-    its last flush (at most about a ticker-interval).
+    ``increments`` are what a flush adds to the shared hash with the sum
+    (``lua/histogram_add-1.lua``, one atomic script per histogram, in
+    ``workers/ticking.py``); ``clear`` once it answered, and when its answer was lost
+    too (it may have landed: never sent twice). An error reply keeps them for the next
+    flush. A SIGKILLed worker loses what it observed since its last flush (at most
+    about a ticker-interval).
     """
 
     def __init__(self, spec: HistogramSpec) -> None:
@@ -135,15 +154,11 @@ class Observed:
         self.sum += value
         self.count += 1
 
-    def queue(self, pipe: Any) -> None:
-        if not self.count:
-            return
-        key = keys.histogram(self.spec.key)
-        for name, n in zip(self.spec.fields, self.buckets, strict=True):
-            if n:
-                pipe.hincrby(key, name, n)
-        pipe.hincrbyfloat(key, "sum", self.sum)
-        pipe.hincrby(key, "count", self.count)
+    def increments(self) -> dict[str, int]:
+        """The fields a flush adds to (the buckets observed into, and ``count``)."""
+        out = {name: n for name, n in zip(self.spec.fields, self.buckets, strict=True) if n}
+        out["count"] = self.count
+        return out
 
     def clear(self) -> None:
         self.buckets = [0] * len(self.buckets)
@@ -202,6 +217,14 @@ class Tail:
     refusals: dict[str, int] = field(default_factory=dict)  # reason -> n
     cursors: dict[str, str] = field(default_factory=dict)  # stream -> last entry counted
 
+    def defined_only(self, custom: Iterable[Any]) -> Tail:
+        """Itself without the transitions of segments deleted since (neither built in
+        nor in ``custom``, the names of ``cdp:segments``): their counts stay in the hash,
+        so a segment created again under that name goes on counting."""
+        defined = BUILTIN_SEGMENTS | {_text(name) for name in custom}
+        self.transitions = {s: n for s, n in self.transitions.items() if s in defined}
+        return self
+
     @classmethod
     def parse(cls, raw: Any) -> Tail:
         tail = cls()
@@ -244,6 +267,7 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
         for spec in HISTOGRAMS:
             pipe.hgetall(keys.histogram(spec.key))
         pipe.hgetall(keys.METRICS_TAIL)
+        pipe.hkeys(keys.SEGMENTS)
         replies = await pipe.execute(raise_on_error=False)
     buffered, live = replies[0], replies[1]
     shares = replies[2 : 3 + partitions]
@@ -254,7 +278,9 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
     worker_buffers = {_text(w): int(v) for w, v in buffered.items() if _text(w) in alive}
     values["buffered"] = sum(worker_buffers.values())
     values["workers"] = len(alive)
-    snap = Snapshot(values, buffered=worker_buffers, tail=Tail.parse(rest[-1]))
+    custom = rest[-1] if isinstance(rest[-1], list) else []
+    tail = Tail.parse(rest[-2]).defined_only(custom)
+    snap = Snapshot(values, buffered=worker_buffers, tail=tail)
     snap.histograms = {
         spec.key: _histogram(spec, raw) for spec, raw in zip(HISTOGRAMS, rest, strict=False)
     }

@@ -4,7 +4,8 @@
 per reason are counted from the records themselves, whatever wrote them (the apply, the
 sweeper, a backfill, an erasure, the cluster relay): a pass reads ``cdp:segment-events``
 and ``cdp:merges`` after the cursor saved in ``cdp:metrics:tail`` (XRANGE, at most
-``PASS_CAP`` entries per stream), then adds its counts and the new cursor with one
+``PASS_CAP`` entries per stream; a run makes passes until each stream is caught up or
+``PASS_BUDGET_S`` is spent), then adds its counts and the new cursor with one
 script on that one key (``lua/metrics_tail-1.lua``), only if the cursor has not moved
 since the pass read it: two runners (a sweeper lease changing hands) never count an
 entry twice, the loser's pass is dropped and read again from the new cursor. The counts
@@ -15,7 +16,9 @@ stream capped faster than passes run) are not counted either.
 **History.** Every ``metrics-sample-interval`` a sample of the totals is added to
 ``cdp:metrics:history`` (XADD MAXLEN ~ ``HISTORY_MAXLEN``), field ``s``: ``{"at": ms
 (wall clock), "counters": {name: total} (cdp.metrics.COUNTERS), "segments": {segment:
-{"enter": n, "exit": n}}}``; ``cdp.metrics.read_history`` reads them back.
+{"enter": n, "exit": n}}}`` (the segments defined now: a deleted one's counts stay in
+the hash, left out of samples and ``/metrics``, and go on if it is created again);
+``cdp.metrics.read_history`` reads them back.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from cdp.settings import Settings
 from cdp.streams import text
 
 PASS_CAP = 1_000  # entries read per stream per pass
-TAIL_INTERVAL_S = 2.0  # the least time between two passes (the sampler runs one too)
+TAIL_INTERVAL_S = 2.0  # the least time between two runs (the sampler runs one too)
+PASS_BUDGET_S = 0.5  # a run's passes stop once this is spent (the sweeper waits on them)
 HISTORY_MAXLEN = 400
 
 # Stream name in the cursor's field -> the stream counted.
@@ -80,15 +84,32 @@ async def count_pass(redis: Client, scripts: Scripts, stream: str, cap: int = PA
     return len(rows) if written else 0
 
 
-async def count_all(redis: Client, scripts: Scripts, cap: int = PASS_CAP) -> int:
-    """One pass over each stream."""
-    return sum([await count_pass(redis, scripts, stream, cap) for stream in STREAMS])
+async def count_all(
+    redis: Client, scripts: Scripts, cap: int = PASS_CAP, budget_s: float = PASS_BUDGET_S
+) -> int:
+    """Passes over each stream, again over those whose pass was full, until every stream
+    is caught up (a pass counted fewer than ``cap``: none left, or another runner moved
+    the cursor) or ``budget_s`` is spent (the sweeper's other duties wait meanwhile);
+    returns the entries counted."""
+    deadline = time.monotonic() + budget_s
+    total, behind = 0, list(STREAMS)
+    while behind:
+        counted = {stream: await count_pass(redis, scripts, stream, cap) for stream in behind}
+        total += sum(counted.values())
+        behind = [stream for stream, n in counted.items() if n >= cap]
+        if time.monotonic() >= deadline:
+            break
+    return total
 
 
 async def sample(redis: Client, partitions: int) -> dict[str, Any]:
     """The totals now, as a history Sample."""
     totals = await counters(redis, partitions)
-    tail = Tail.parse(await redis.hgetall(keys.METRICS_TAIL))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.METRICS_TAIL)
+        pipe.hkeys(keys.SEGMENTS)
+        raw, custom = await pipe.execute()
+    tail = Tail.parse(raw).defined_only(custom)
     return {"at": wall_ms(), "counters": totals, "segments": tail.transitions}
 
 

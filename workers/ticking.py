@@ -12,9 +12,12 @@ evaluated against the segments (once each) ticker-interval after the first of th
 applied (half lease-ttl while a backlog is applied: ``_evaluation_due``; and at the
 last tick, when stopping); once per ticker-interval, if this worker is the sweeper,
 the due-time sweep and backfills run (``workers.roles``), and the histograms observed
-since the last time (``cdp_apply_batch_duration_seconds``: each batch-size slice's
-apply call, its round trip; ``cdp_event_freshness_seconds``: now - ts per applied live
-event) are added to their Redis hashes (``cdp.metrics.Observed``), one round trip.
+since the last time (``cdp_apply_batch_duration_seconds``: each apply round trip, the
+tick's pipeline with the batch protocol, each slice's ``apply_partition`` with the
+profile protocol; ``cdp_event_freshness_seconds`` and
+``cdp_event_pipeline_latency_seconds``: the clock once the apply answered minus the
+event's ts, and minus its receivedAt, per applied live event) are added to their Redis
+hashes (``cdp.metrics.Observed``), one round trip of one atomic script per histogram.
 
 When: the next tick comes when the watermark passes the earliest buffered event
 (its ts + window-size, estimated from the clock read at the last tick and the
@@ -37,7 +40,7 @@ from cdp import keys
 from cdp.clock import Clock
 from cdp.connect import Client, uses_profile_protocol
 from cdp.events import StreamEvent
-from cdp.metrics import APPLY_BATCH, FRESHNESS, Observed
+from cdp.metrics import APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY, Observed
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.profile_apply import ProtocolBusy, apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison
@@ -92,6 +95,7 @@ class Ticker:
         dead_letters.profile_protocol = self.profile_protocol
         self.apply_seconds = Observed(APPLY_BATCH)
         self.freshness = Observed(FRESHNESS)
+        self.pipeline_latency = Observed(PIPELINE_LATENCY)
 
     async def run(self) -> None:
         state = self.state
@@ -192,17 +196,28 @@ class Ticker:
         return applied
 
     async def flush_histograms(self) -> None:
-        """Add the histograms observed since the last flush to Redis (one round trip);
-        kept for the next flush if it fails."""
-        observed = (self.apply_seconds, self.freshness)
-        if not any(h.count for h in observed):
+        """Add the histograms observed since the last flush to Redis (one round trip, one
+        atomic ``histogram_add`` per histogram). One whose script answered an error is
+        kept for the next flush (it did not land); when the round trip itself failed,
+        each may have landed or not: dropped, never counted twice."""
+        histograms = (self.apply_seconds, self.freshness, self.pipeline_latency)
+        observed = [h for h in histograms if h.count]
+        if not observed:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for histogram in observed:
-                histogram.queue(pipe)
-            await pipe.execute()
-        for histogram in observed:
-            histogram.clear()
+                await self.scripts.histogram_add.queue(
+                    pipe, keys.histogram(histogram.spec.key), histogram.sum, histogram.increments()
+                )
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except BaseException:
+                for histogram in observed:
+                    histogram.clear()
+                raise
+        for histogram, reply in zip(observed, replies, strict=True):
+            if not isinstance(reply, Exception):
+                histogram.clear()
 
     def _evaluation_due(self) -> bool:
         """Evaluate the profiles touched since the last evaluation now?
@@ -251,6 +266,9 @@ class Ticker:
                 state.requeue(calls + [(p, chunk) for p, chunk, _ in suspects])
                 raise
             elapsed = time.monotonic() - sent_at
+        if calls:
+            self.apply_seconds.observe(elapsed)  # one round trip, however many slices
+        applied_ms = await self._applied_ms(ctx)
         for (_, name), value in state.unflushed.items():
             state.stats[name] += value
         state.unflushed.clear()
@@ -262,9 +280,8 @@ class Ticker:
                 state.log.warning("apply refused by redis; retried next tick", error=str(reply))
                 state.requeue([(p, chunk)])  # OOM, READONLY...: nothing wrong with the events
             else:
-                self.apply_seconds.observe(elapsed)
                 result = self.scripts.apply_batch.decode(reply)
-                applied += self._settled(p, chunk, result, ctx.now_ms)
+                applied += self._settled(p, chunk, result, applied_ms)
         for index, (p, chunk, error) in enumerate(suspects):
             try:
                 applied += await self.dead_letters.retry_alone(p, chunk, ctx, error, self._count)
@@ -320,7 +337,7 @@ class Ticker:
                     )
                 else:
                     self.apply_seconds.observe(time.monotonic() - sent_at)
-                    applied += self._settled(p, chunk, result, ctx.now_ms)
+                    applied += self._settled(p, chunk, result, await self._applied_ms(ctx))
             except BaseException:
                 state.requeue(calls[index + 1 :])
                 raise
@@ -355,16 +372,26 @@ class Ticker:
                 pipe.xack(keys.stream(p), keys.GROUP, *ids)
             await pipe.execute()
 
-    def _settled(self, partition: int, chunk: Chunk, result: BatchResult, now_ms: int) -> int:
+    async def _applied_ms(self, ctx: ApplyContext) -> int:
+        """The clock read once an apply answered (free on the system clock); should the
+        read fail (a test's Redis clock), the tick's read plus the monotonic time since."""
+        try:
+            return await self.clock.now_ms()
+        except RedisError:
+            return ctx.now_ms + int((time.monotonic() - self._clock_read.monotonic) * 1000)
+
+    def _settled(self, partition: int, chunk: Chunk, result: BatchResult, applied_ms: int) -> int:
         """A slice's result: its entries settled (or the partition forgotten when its
-        lease was lost); returns events applied."""
+        lease was lost); returns events applied. ``applied_ms``: the clock once the
+        apply answered, for the freshness and pipeline-latency histograms."""
         if result.lease_lost:
             self.state.forget(partition)
             return 0
         for entry_id, _ in chunk:
             self.state.settle(partition, entry_id)
-        for ts in fresh_ts([event for _, event in chunk], result):
-            self.freshness.observe(max(0, now_ms - ts) / 1000)
+        for event in fresh_events([event for _, event in chunk], result):
+            self.freshness.observe(max(0, applied_ms - event.ts) / 1000)
+            self.pipeline_latency.observe(max(0, applied_ms - event.receivedAt) / 1000)
         return self._count(result)
 
     def _count(self, result: BatchResult) -> int:
@@ -377,10 +404,16 @@ class Ticker:
 
 
 def fresh_ts(events: list[StreamEvent], result: BatchResult) -> list[int]:
-    """The ts of each event of a slice its apply applied live (not mode=import), for
-    the freshness histogram. The reply names one profile per such event, in order, but
-    not which event: when it names as many as the slice has live events (the usual
-    case), every one was applied; otherwise (some were duplicates, discarded as
-    erased, or named no identifier) the slice is left out rather than guessed at."""
-    live = [event.ts for event in events if event.mode != "import"]
+    """The ts of ``fresh_events``."""
+    return [event.ts for event in fresh_events(events, result)]
+
+
+def fresh_events(events: list[StreamEvent], result: BatchResult) -> list[StreamEvent]:
+    """The events of a slice its apply applied live (not mode=import), for the
+    freshness and pipeline-latency histograms. The reply names one profile per such
+    event, in order, but not which event: when it names as many as the slice has live
+    events (the usual case), every one was applied; otherwise (some were duplicates,
+    discarded as erased, or named no identifier) the slice is left out rather than
+    guessed at."""
+    live = [event for event in events if event.mode != "import"]
     return live if len(live) == len(result.profiles) else []

@@ -5,8 +5,10 @@
 ``/v1/*`` routes (not their CORS preflights): the message the client got, the body as
 ``read_body`` read it (``BODY``, stashed on the request), the write key's source when
 it was known (``SOURCE``, stashed by the tracking routes, else the HTTP Basic key's),
-never the key itself. The XADD runs in a task of its own: the answer never waits for
-it, and a failure is logged (rate-limited) and forgotten. A 2xx costs one comparison.
+never the key itself. A batch's calls refused one by one (200 with ``rejected[]``)
+come through ``note_calls``: one entry per call (its JSON as the body), all in one
+pipeline. The XADDs run in a task of their own: the answer never waits for them, and a
+failure is logged (rate-limited) and forgotten. A 2xx costs one comparison.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from aiohttp import web
 
 from cdp.api.appkeys import BODY, REDIS, SETTINGS, SOURCE, TROUBLE
 from cdp.clock import wall_ms
-from cdp.rejections import record_rejection, rejection_fields
+from cdp.rejections import record_rejections, rejection_fields
 
 
 class RejectionRecorder:
@@ -42,13 +44,34 @@ class RejectionRecorder:
             source=request.get(SOURCE) or _basic_source(request),
             body=request.get(BODY) or b"",
         )
-        task = asyncio.create_task(self._record(request.app, fields))
+        self._spawn(request.app, [fields])
+
+    def note_calls(self, request: web.Request, refused: list[tuple[int, str, Any]]) -> None:
+        """The calls of a batch refused one by one: (status, reason, the call as sent)."""
+        at = wall_ms()
+        entries = [
+            rejection_fields(
+                at=at,
+                method=request.method,
+                route=request.path,
+                status=status,
+                reason=reason,
+                source=request.get(SOURCE),
+                body=json.dumps(call, ensure_ascii=False).encode("utf-8", "replace"),
+            )
+            for status, reason, call in refused
+        ]
+        if entries:
+            self._spawn(request.app, entries)
+
+    def _spawn(self, app: web.Application, entries: list[dict[Any, Any]]) -> None:
+        task = asyncio.create_task(self._record(app, entries))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _record(self, app: web.Application, fields: dict[Any, Any]) -> None:
+    async def _record(self, app: web.Application, entries: list[dict[Any, Any]]) -> None:
         try:
-            await record_rejection(app[REDIS], fields, app[SETTINGS].rejections_maxlen)
+            await record_rejections(app[REDIS], entries, app[SETTINGS].rejections_maxlen)
         except Exception as exc:  # best-effort: never more than a log line
             app[TROUBLE].note("a refusal could not be recorded", error=str(exc))
 

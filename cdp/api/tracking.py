@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 
 from cdp.api.appkeys import CLOCK, PUBLISHER, SETTINGS, SOURCE
+from cdp.api.rejected import RECORDER
 from cdp.api.requests import RETRY_AFTER_S, json_body
 from cdp.api.tracking_spec import SHORT, TYPES, CallRejected, _time, to_stream_event
 from cdp.errors import PartlyStored
@@ -198,6 +199,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
     now = await request.app[CLOCK].now_ms()
     sent_at = _time(body.get("sentAt"), "sentAt")
     events, rejected, positions = [], [], []
+    refused: list[tuple[int, str, Any]] = []  # (status, reason, call as sent)
     for index, call in enumerate(calls):
         try:
             own_context = call.get("context") or {}
@@ -221,6 +223,7 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
             )
             positions.append(index)
         except CallRejected as exc:
+            refused.append((exc.status, str(exc), calls[index]))
             message_id = call.get("messageId")
             if not isinstance(message_id, str):
                 message_id = None
@@ -234,7 +237,14 @@ async def _batch(request: web.Request, mode: str | None) -> web.Response:
             return _partly_stored(exc, [positions[i] for i in exc.stored])
     if not rejected:
         return _success()
+    _record_refused(request, refused)
     return _answer({"success": True, "rejected": rejected})
+
+
+def _record_refused(request: web.Request, refused: list[tuple[int, str, Any]]) -> None:
+    """A batch's calls refused one by one go to cdp:rejections, as a refused request."""
+    if RECORDER in request.app:
+        request.app[RECORDER].note_calls(request, refused)
 
 
 async def preflight(request: web.Request) -> web.Response:

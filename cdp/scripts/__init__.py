@@ -68,6 +68,7 @@ class Scripts:
         self.lease_acquire = calls.lease_acquire.bind(redis)
         self.lease_release = calls.lease_release.bind(redis)
         self.metrics_tail = calls.metrics_tail.bind(redis)
+        self.histogram_add = calls.histogram_add.bind(redis)
         self.profile_view = calls.profile_view.bind(redis)
         self.segment_transition = calls.segment_transition.bind(redis)
         self.segment_forget = calls.segment_forget.bind(redis)

@@ -195,6 +195,16 @@ def metrics_tail(
     return Call([tail], [cursor_field, expected, cursor, *pairs])
 
 
+@script("histogram_add", keys=1, decode=_flag)
+def histogram_add(histogram: str, total: float, increments: Mapping[str, int]) -> Call:
+    """Add a flush of observations (their ``total``, bucket and count ``increments``) to
+    ``histogram``'s hash, atomically."""
+    pairs: list[str | int] = []
+    for name, n in increments.items():
+        pairs += [name, n]
+    return Call([histogram], [repr(float(total)), *pairs])
+
+
 # -- segments -----------------------------------------------------------------------
 
 

@@ -264,6 +264,68 @@ def test_a_refused_call_is_in_the_rejections_with_its_body_cut(live: Stack) -> N
     assert call(live, "GET", "/cdp/console/rejections?after=x").status == 400
 
 
+def rejections_of(stack: Stack, count: int) -> list[dict[str, Any]]:
+    """The newest ``count`` rejections, once that many are recorded."""
+    page = wait_until(
+        lambda: len((p := ok(stack, "/cdp/console/rejections"))["rejections"]) >= count and p,
+        message=f"{count} refusals recorded",
+    )
+    return list(page["rejections"])
+
+
+def test_write_keys_tried_are_redacted_from_the_rejections(live: Stack) -> None:
+    plain = {"Content-Type": "text/plain"}
+    wrong = {"writeKey": "wrong-key-1", "event": "E", "userId": "u1"}
+    assert live.request("POST", "/v1/track", json.dumps(wrong).encode(), plain).status == 401
+    batch = {
+        "writeKey": WRITE_KEY,
+        "batch": [{"writeKey": "item-key-2", "type": "track", "event": "E"}, 7],
+    }
+    assert live.request("POST", "/v1/batch", json.dumps(batch).encode(), plain).status == 400
+    cut = b'{"writeKey": "cut-key-3", "event": "E", "userId": ' + b"1" * 3000
+    assert live.request("POST", "/v1/track", cut, plain).status == 400
+    assert live.request("GET", "/v1/projects/guessed-key-4/settings").status == 404
+    long_route = "/v1/" + "x" * 500
+    assert live.request("POST", long_route, b"{}", plain).status in (404, 405)
+    by_route = {}
+    for r in rejections_of(live, 5):
+        by_route.setdefault(r["route"], []).append(r)
+    (refused_key,) = (r for r in by_route["/v1/track"] if r["status"] == 401)
+    assert json.loads(refused_key["body"]) == {**wrong, "writeKey": "[redacted]"}
+    (shape,) = by_route["/v1/batch"]
+    assert json.loads(shape["body"]) == {
+        "writeKey": "[redacted]",
+        "batch": [{"writeKey": "[redacted]", "type": "track", "event": "E"}, 7],
+    }
+    (not_json,) = (r for r in by_route["/v1/track"] if r["status"] == 400)
+    assert not_json["body"].startswith('{"writeKey": "[redacted]", "event": "E"')
+    assert "/v1/projects/[redacted]/settings" in by_route
+    assert long_route[:200] in by_route
+    raw = json.dumps(live.r.xrange(keys.REJECTIONS), default=repr)
+    for key in (WRITE_KEY, "wrong-key-1", "item-key-2", "cut-key-3", "guessed-key-4"):
+        assert key not in raw
+
+
+def test_calls_a_batch_refused_one_by_one_are_in_the_rejections(live: Stack) -> None:
+    good = {"type": "track", "event": "Fine", "userId": "u1", "messageId": "m-ok"}
+    bad = {"type": "track", "event": "No one", "messageId": "m-bad", "writeKey": "k-5"}
+    worse = {"type": "nonsense", "userId": "u2", "messageId": "m-worse"}
+    resp = track(live, {"batch": [good, bad, worse]}, "/v1/batch")
+    assert resp.status == 200
+    answer = resp.json()
+    assert [r["index"] for r in answer["rejected"]] == [1, 2]
+    newest, oldest = rejections_of(live, 2)
+    assert {r["route"] for r in (newest, oldest)} == {"/v1/batch"}
+    assert {r["status"] for r in (newest, oldest)} == {400}
+    assert {r["source"] for r in (newest, oldest)} == {"web"}
+    recorded = {json.loads(r["body"])["messageId"]: r for r in (newest, oldest)}
+    assert json.loads(recorded["m-bad"]["body"]) == {**bad, "writeKey": "[redacted]"}
+    assert json.loads(recorded["m-worse"]["body"]) == worse
+    reasons = {r["messageId"]: r["message"] for r in answer["rejected"]}
+    assert {m: r["reason"] for m, r in recorded.items()} == reasons
+    assert "k-5" not in json.dumps(live.r.xrange(keys.REJECTIONS), default=repr)
+
+
 def apply(stack: Stack, clock: str, processed: int) -> None:
     """Move the clock past what was sent and wait until it is all applied."""
     stack.set_clock(clock)

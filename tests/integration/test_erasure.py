@@ -178,6 +178,33 @@ def test_erasure_removes_every_trace_and_leaves_an_anonymous_audit(live: Stack) 
         assert value.lower() not in job_text, (value, job_text)
 
 
+def test_erasure_purges_the_refused_requests_naming_the_person(live: Stack) -> None:
+    cid = seed_person(live)
+    headers = {"Content-Type": "text/plain"}
+    refused = [
+        # the email as sent (not lower-cased), in a body cut at 2 KiB by the record
+        {"writeKey": "wk1", "timestamp": "never", "traits": {"email": EMAIL}, "pad": "x" * 3000},
+        # the userId, in a batch call refused alone (200 with rejected[])
+        {"writeKey": "wk1", "batch": [{"type": "nonsense", "userId": USER}]},
+        # a bystander's: stays
+        {"writeKey": "wk1", "timestamp": "never", "traits": {"email": "other@example.com"}},
+    ]
+    for body, route in zip(refused, ("/v1/identify", "/v1/batch", "/v1/identify"), strict=True):
+        resp = live.request("POST", route, json.dumps(body).encode(), headers)
+        assert resp.status == 400 or resp.json()["rejected"], resp.body
+    wait_until(lambda: live.r.xlen(keys.REJECTIONS) == 3, message="3 refusals recorded")
+
+    job = erase(live, f"user:{USER}")
+    assert job["canonicalId"] == cid
+    assert job["purgedEvents"] == 2
+
+    (left,) = live.r.xrange(keys.REJECTIONS)
+    assert "other@example.com" in left[1]["body"]
+    flat = json.dumps(live.r.xrange(keys.REJECTIONS)).lower()
+    for value in PERSONAL:
+        assert value.lower() not in flat, value
+
+
 def test_erased_identifiers_are_suppressed_until_lifted(live: Stack) -> None:
     cid = seed_person(live)
     seq = live.r.get(keys.PROFILE_SEQ)

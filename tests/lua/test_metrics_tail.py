@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.metrics import COUNTERS, Tail, read_history
-from cdp.metrics_tail import count_all, count_pass, write_sample
+from cdp.metrics_tail import PASS_CAP, MetricsRole, count_all, count_pass, write_sample
 from cdp.scripts import Scripts, load_scripts
+from cdp.settings import Settings
 
 
 def run(make: Callable[[Redis], Awaitable[Any]], url: str) -> Any:
@@ -134,6 +135,7 @@ def test_history_samples_read_back_oldest_first(redis_url: str) -> None:
         await redis.hset(keys.metrics(0), mapping={"processed": 3, "accepted": 4})
         await redis.hset(keys.metrics(1), "processed", 2)
         await fill(redis)
+        await redis.hset(keys.SEGMENTS, "vip", "{}")  # a custom segment (power_user: built in)
         first = await write_sample(redis, 2)  # before counting: no segments yet
         await count_all(redis, scripts)
         second = await write_sample(redis, 2)
@@ -148,5 +150,43 @@ def test_history_samples_read_back_oldest_first(redis_url: str) -> None:
             "power_user": {"enter": 4, "exit": 2},
         }
         assert await read_history(redis, second["at"] + 60_000) == []
+
+    run(go, redis_url)
+
+
+def test_one_run_catches_up_with_a_backlog_larger_than_a_pass(redis_url: str) -> None:
+    async def go(redis: Redis) -> None:
+        n = 5 * PASS_CAP
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(n):
+                pipe.xadd(keys.SEGMENT_EVENTS, {"segment": "pro_plan", "transition": "ENTER"})
+                if i % 10 == 0:
+                    pipe.xadd(
+                        keys.MERGES, {"status": "merged", "survivor": "p1", "merged": f"m{i}"}
+                    )
+            await pipe.execute()
+        role = MetricsRole(redis, Scripts(redis), Settings(), log=None)
+        await role.run()
+        tail = await read_tail(redis)
+        assert tail.transitions["pro_plan"]["enter"] == n
+        assert tail.merges == n // 10
+
+    run(go, redis_url)
+
+
+def test_deleted_segments_leave_the_samples_and_keep_their_counts(redis_url: str) -> None:
+    async def go(redis: Redis) -> None:
+        scripts = Scripts(redis)
+        await redis.hset(keys.SEGMENTS, "vip", "{}")
+        await fill(redis)
+        await count_all(redis, scripts)
+        assert set((await write_sample(redis, 1))["segments"]) == {"vip", "power_user"}
+        await redis.hdel(keys.SEGMENTS, "vip")  # deleted: out of the samples...
+        assert set((await write_sample(redis, 1))["segments"]) == {"power_user"}
+        assert "vip" in (await read_tail(redis)).transitions  # ...its counts kept
+        await redis.hset(keys.SEGMENTS, "vip", "{}")  # created again: goes on counting
+        await fill(redis, 2)
+        await count_all(redis, scripts)
+        assert (await write_sample(redis, 1))["segments"]["vip"] == {"enter": 5, "exit": 2}
 
     run(go, redis_url)

@@ -60,9 +60,10 @@ def test_worker_histograms_are_summed_and_exposed_cumulatively() -> None:
             seen = Observed(APPLY_BATCH)
             for v in values:
                 seen.observe(v)
-            async with r.pipeline(transaction=False) as pipe:
-                seen.queue(pipe)
-                await pipe.execute()
+            key = keys.histogram(APPLY_BATCH.key)  # as lua/histogram_add-1.lua adds them
+            for name, n in seen.increments().items():
+                await r.hincrby(key, name, n)
+            await r.hincrbyfloat(key, "sum", seen.sum)
         snap = await read_snapshot(r, 1)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(SnapshotCollector(snap))
@@ -92,3 +93,17 @@ def test_freshness_is_observed_only_when_every_live_event_of_a_slice_was_applied
     assert fresh_ts([*live, imported], applied_all) == [1_000, 1_001, 1_002]
     one_duplicate = BatchResult(applied=3, duplicates=1, profiles=("p1", "p1"))
     assert fresh_ts([*live, imported], one_duplicate) == []
+
+
+def test_a_deleted_segment_leaves_the_snapshot_its_counts_kept() -> None:
+    async def run() -> None:
+        r = fakeredis.FakeAsyncRedis()
+        await r.hset(keys.SEGMENTS, "vip", "{}")
+        await r.hset(
+            keys.METRICS_TAIL, mapping={"enter:vip": 3, "enter:gone": 2, "exit:pro_plan": 1}
+        )
+        snap = await read_snapshot(r, 1)
+        assert set(snap.tail.transitions) == {"vip", "pro_plan"}  # "gone" was deleted
+        assert (await r.hget(keys.METRICS_TAIL, "enter:gone")) == b"2"
+
+    asyncio.run(run())

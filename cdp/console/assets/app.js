@@ -35,7 +35,7 @@ function loginPage(note) {
   nav.hidden = true;
   logout.hidden = true;
   document.title = "CDP console: log in";
-  const input = h("input", { type: "password", id: "token", name: "token", autocomplete: "current-password", required: true });
+  const input = h("input", { type: "password", id: "token", name: "token", autocomplete: "off", required: true });
   const status = h("div", { class: "login-status" }, note ? message("error", note) : null);
   const button = h("button", { type: "submit", id: "login" }, "Log in");
   const form = h(

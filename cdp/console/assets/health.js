@@ -113,6 +113,7 @@ export function render(root) {
   const body = h("div", {}, message("info", "Loading…"));
   const status = h("div", { class: "action-status" });
   const refresh = async () => {
+    if (!live) return;
     clearTimeout(timer);
     try {
       const data = await get("/cdp/console/health");

@@ -126,7 +126,7 @@ function editor(onSaved) {
   return { form, load };
 }
 
-function segmentRows(segments, history, edit, refresh) {
+function segmentRows(segments, history, edit, refresh, status) {
   return segments.map((segment) => {
     const actions = h("div", { class: "row-actions" });
     if (!segment.builtin) {
@@ -136,7 +136,13 @@ function segmentRows(segments, history, edit, refresh) {
       del.addEventListener("click", async () => {
         const ok = await confirmDialog({ title: `Delete ${segment.name}?`, body: "Its memberships end without EXIT events.", confirmLabel: "Delete", danger: true });
         if (!ok) return;
-        await call("DELETE", `/cdp/segments/${encodeURIComponent(segment.name)}`).catch(() => null);
+        try {
+          const { status: code, data } = await call("DELETE", `/cdp/segments/${encodeURIComponent(segment.name)}`);
+          if (code >= 400) throw new ApiError(code, data);
+          replace(status);
+        } catch (error) {
+          if (error.status !== 401) replace(status, message("error", `Could not delete ${segment.name}: ${error.message}`));
+        }
         refresh();
       });
       actions.append(editButton, del);
@@ -198,9 +204,11 @@ export function render(root) {
   let history = [];
   let historyAt = 0;
   const list = h("div", { class: "segment-list" });
+  const status = h("div", { class: "action-status" });
   const hooks = h("div", { class: "webhooks-view" }, message("info", "Loading…"));
   const ed = editor(() => refresh());
   const refresh = async () => {
+    if (!live) return;
     clearTimeout(timer);
     try {
       const stale = Date.now() - historyAt >= HISTORY_EVERY_MS;
@@ -212,7 +220,7 @@ export function render(root) {
       }
       replace(
         list,
-        table(["segment", "members", "ENTER", "EXIT", "backfill", ""], segmentRows(segments.segments || [], history, ed.load, refresh), { class: "segments" }),
+        table(["segment", "members", "ENTER", "EXIT", "backfill", ""], segmentRows(segments.segments || [], history, ed.load, refresh, status), { class: "segments" }),
       );
     } catch (error) {
       if (!live || error.status === 401) return;
@@ -229,7 +237,7 @@ export function render(root) {
   };
   root.append(
     h("div", { class: "toolbar" }, h("h2", {}, "Segments")),
-    h("section", { class: "card" }, list),
+    h("section", { class: "card" }, status, list),
     h("div", { class: "columns" }, ed.form, h("section", { class: "card grow" }, h("h3", {}, "Webhooks"), hooks)),
   );
   refresh();
