@@ -17,7 +17,7 @@ tick's pipeline with the batch protocol, each slice's ``apply_partition`` with t
 profile protocol; ``cdp_event_freshness_seconds`` and
 ``cdp_event_pipeline_latency_seconds``: the clock once the apply answered minus the
 event's ts, and minus its receivedAt, per applied live event) are added to their Redis
-hashes (``cdp.metrics.Observed``), one round trip of one atomic script per histogram.
+hashes (``cdp.histograms.Observed``), one round trip of one atomic script per histogram.
 
 When: the next tick comes when the watermark passes the earliest buffered event
 (its ts + window-size, estimated from the clock read at the last tick and the
@@ -40,7 +40,7 @@ from cdp import keys
 from cdp.clock import Clock
 from cdp.connect import Client, uses_profile_protocol
 from cdp.events import StreamEvent
-from cdp.metrics import APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY, Observed
+from cdp.histograms import APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY, Observed
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.pipeline.profile_apply import ProtocolBusy, apply_partition
 from cdp.scripts import BatchResult, Scripts, is_poison

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cdp import keys
-from cdp.metrics import APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY, Observed
+from cdp.histograms import APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY, Observed
 from cdp.scripts import Scripts, load_scripts
 from workers.ticking import Ticker
 

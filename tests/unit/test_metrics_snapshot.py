@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdp import keys
 from cdp.clock import wall_ms
-from cdp.metrics import APPLY_BATCH, Observed, SnapshotCollector, read_snapshot
+from cdp.histograms import APPLY_BATCH, Observed
+from cdp.metrics import SnapshotCollector, read_snapshot
 from cdp.scripts import BatchResult
 from tests.support.events import track
 from workers.ticking import fresh_ts
