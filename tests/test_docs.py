@@ -15,6 +15,7 @@ import yaml
 
 from cdp import keys
 from cdp.api.app import create_app
+from cdp.api.openapi import refs
 from cdp.cli import _parser
 from cdp.settings import describe, load_settings
 
@@ -237,20 +238,8 @@ def test_openapi_documents_the_answers_of_ingest(openapi: dict[str, Any]) -> Non
     assert "application/json" in post["requestBody"]["content"]
 
 
-def _refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref":
-                yield value
-            else:
-                yield from _refs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _refs(item)
-
-
 def test_every_openapi_reference_resolves(openapi: dict[str, Any]) -> None:
-    for ref in _refs(openapi):
+    for ref in refs(openapi):
         assert ref.startswith("#/"), ref
         node: Any = openapi
         for part in ref[2:].split("/"):

@@ -165,22 +165,23 @@ def build() -> dict[str, Any]:
     generated = schemas()
     document["components"] = {"schemas": generated, **components}
     prefix = SCHEMA_REF.format(name="")
-    for ref in sorted(set(_refs(document))):
+    for ref in sorted(set(refs(document))):
         if ref.startswith(prefix) and ref.removeprefix(prefix) not in generated:
             raise SchemaError(f"{ref} names no schema of cdp/api/schemas.py")
     return document
 
 
-def _refs(node: Any) -> Iterator[str]:
+def refs(node: Any) -> Iterator[str]:
+    """Every ``$ref`` string in ``node``, depth first."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str):
                 yield value
             else:
-                yield from _refs(value)
+                yield from refs(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _refs(item)
+            yield from refs(item)
 
 
 def render(document: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.segment_library import segment_library
 from tests.support.stack import ROOT, Stack
 from tests.support.tracking import WRITE_KEYS
 from tests.support.values import ADMIN_TOKEN
@@ -148,20 +149,5 @@ def shoot() -> Callable[[Any, str], Path]:
 def analytics(console: Stack) -> Iterator[tuple[Any, list[Any]]]:
     """The official Segment library's module-level client aimed at the console's API
     (write key wk1, source ``web``), reset afterwards, with the errors it reported."""
-    from segment import analytics as lib
-
-    saved = {
-        name: getattr(lib, name)
-        for name in ("write_key", "host", "on_error", "max_retries", "default_client")
-    }
-    errors: list[Any] = []
-    lib.write_key = "wk1"
-    lib.host = f"http://127.0.0.1:{console.api_port}"
-    lib.on_error = lambda error, items: errors.append((error, items))
-    lib.max_retries = 1
-    lib.default_client = None
-    yield lib, errors
-    if lib.default_client is not None:
-        lib.shutdown()
-    for name, value in saved.items():
-        setattr(lib, name, value)
+    with segment_library(console.api_port) as client:
+        yield client

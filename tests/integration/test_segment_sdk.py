@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.segment_library import segment_library
 from tests.support.stack import Stack
 from tests.support.tracking import WRITE_KEYS, assert_person, basic, read_doc, total, wait_doc
 from tests.support.values import ADMIN_TOKEN as TOKEN
@@ -32,23 +33,8 @@ FAST = {"clock": "system", "window_size": "200ms"}
 def analytics(stack: Stack) -> Iterator[tuple[Any, list[Any]]]:
     """The library's module-level client, aimed at our API and reset afterwards, and
     the errors its ``on_error`` reported."""
-    from segment import analytics as lib
-
-    saved = {
-        name: getattr(lib, name)
-        for name in ("write_key", "host", "on_error", "max_retries", "default_client")
-    }
-    errors: list[Any] = []
-    lib.write_key = "wk1"
-    lib.host = f"http://127.0.0.1:{stack.api_port}"
-    lib.on_error = lambda error, items: errors.append((error, items))
-    lib.max_retries = 1
-    lib.default_client = None
-    yield lib, errors
-    if lib.default_client is not None:
-        lib.shutdown()
-    for name, value in saved.items():
-        setattr(lib, name, value)
+    with segment_library(stack.api_port) as client:
+        yield client
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ whose round trip failed (it may have landed) is dropped, never counted twice."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,20 +13,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cdp import keys
 from cdp.histograms import APPLY_BATCH, FRESHNESS, PIPELINE_LATENCY, Observed
-from cdp.scripts import Scripts, load_scripts
+from cdp.scripts import Scripts
+from tests.support.lua import run_with_scripts
 from workers.ticking import Ticker
 
-
-def run(make: Callable[[Redis], Awaitable[Any]], url: str) -> Any:
-    async def go() -> Any:
-        redis = Redis.from_url(url)
-        try:
-            await load_scripts(redis)
-            return await make(redis)
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(go())
+run = run_with_scripts
 
 
 def flusher(redis: Redis) -> Any:

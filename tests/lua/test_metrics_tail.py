@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.metrics import COUNTERS, Tail, read_history
 from cdp.metrics_tail import PASS_CAP, MetricsRole, count_all, count_pass, write_sample
-from cdp.scripts import Scripts, load_scripts
+from cdp.scripts import Scripts
 from cdp.settings import Settings
+from tests.support.lua import run_with_scripts
 
-
-def run(make: Callable[[Redis], Awaitable[Any]], url: str) -> Any:
-    async def go() -> Any:
-        redis = Redis.from_url(url)
-        try:
-            await load_scripts(redis)
-            return await make(redis)
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(go())
+run = run_with_scripts
 
 
 async def fill(redis: Redis, n: int = 0) -> Counter[str]:

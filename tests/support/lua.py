@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import fakeredis
+from redis.asyncio import Redis
 
 from cdp import keys
 from cdp.events import StreamEvent, stream_encoder
@@ -36,7 +37,7 @@ from cdp.identity import partition_of, routing_id
 from cdp.metrics import counters_sync
 from cdp.pipeline.apply import ApplyContext, queue_apply
 from cdp.profiles import read_profile
-from cdp.scripts import BatchResult, Scripts
+from cdp.scripts import BatchResult, Scripts, load_scripts
 from cdp.settings import Settings
 from tests.support.values import T0_MS
 
@@ -242,3 +243,17 @@ def plan_calls(
             calls.append((0, order[:size]))
             order = order[size:]
     return calls
+
+
+def run_with_scripts(make: Callable[[Redis], Awaitable[Any]], url: str) -> Any:
+    """``make(redis)`` on a fresh client of the real Redis at ``url``, the scripts loaded."""
+
+    async def go() -> Any:
+        redis = Redis.from_url(url)
+        try:
+            await load_scripts(redis)
+            return await make(redis)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
