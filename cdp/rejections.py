@@ -72,14 +72,14 @@ def redact_body(body: bytes) -> bytes:
     """``body`` without the values of its ``writeKey`` members (see the docstring)."""
     try:
         doc = json.loads(body)
-    except ValueError:  # UnicodeDecodeError too
+        found = _redact_call(doc)
+        if isinstance(doc, dict) and isinstance(doc.get("batch"), list):
+            found = any([_redact_call(call) for call in doc["batch"]]) or found
+        if not found:
+            return body  # as the client sent it
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    except (ValueError, RecursionError):  # not JSON (or UTF-8), or nested too deeply
         return _WRITE_KEY.sub(rb'\1"' + REDACTED.encode() + rb'"', body)
-    found = _redact_call(doc)
-    if isinstance(doc, dict) and isinstance(doc.get("batch"), list):
-        found = any([_redact_call(call) for call in doc["batch"]]) or found
-    if not found:
-        return body  # as the client sent it
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 def redact_route(route: str) -> str:

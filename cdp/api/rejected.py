@@ -33,6 +33,21 @@ class RejectionRecorder:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def note(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Record a refused request of an ingest route; never raises (best-effort)."""
+        try:
+            self._note(request, response)
+        except Exception as exc:  # a record is never worth an answer
+            request.app[TROUBLE].note("a refusal could not be recorded", error=repr(exc))
+
+    def note_calls(self, request: web.Request, refused: list[tuple[int, str, Any]]) -> None:
+        """The calls of a batch refused one by one: (status, reason, the call as sent);
+        never raises (best-effort)."""
+        try:
+            self._note_calls(request, refused)
+        except Exception as exc:
+            request.app[TROUBLE].note("a refusal could not be recorded", error=repr(exc))
+
+    def _note(self, request: web.Request, response: web.StreamResponse) -> None:
         if not _is_ingest(request):
             return
         fields = rejection_fields(
@@ -46,8 +61,7 @@ class RejectionRecorder:
         )
         self._spawn(request.app, [fields])
 
-    def note_calls(self, request: web.Request, refused: list[tuple[int, str, Any]]) -> None:
-        """The calls of a batch refused one by one: (status, reason, the call as sent)."""
+    def _note_calls(self, request: web.Request, refused: list[tuple[int, str, Any]]) -> None:
         at = wall_ms()
         entries = [
             rejection_fields(

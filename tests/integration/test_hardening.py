@@ -38,6 +38,10 @@ def test_deeply_nested_json_is_a_400(api: Stack) -> None:
     assert api.post("/cdp/ingest", deep).status == 400
     status, body = v1(api, "/v1/track", deep)
     assert status == 400 and "nested" in str(body["message"])
+    # Both refusals are in the console's rejections, their bodies cut.
+    wait_until(lambda: api.r.xlen(keys.REJECTIONS) == 2, message="the two refusals recorded")
+    for _, fields in api.r.xrange(keys.REJECTIONS):
+        assert fields["status"] == "400" and fields["truncated"] == "1", fields
 
 
 def test_a_lone_surrogate_is_a_400_and_rejects_only_its_call(api: Stack) -> None:
