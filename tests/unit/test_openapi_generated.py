@@ -37,7 +37,7 @@ def test_every_model_is_a_schema_and_every_schema_is_used() -> None:
     schemas = document["components"]["schemas"]
     assert {m.__name__ for m in MODELS} | set(NAMED) <= set(schemas)
     prefix = "#/components/schemas/"
-    used = {r.removeprefix(prefix) for r in openapi._refs(document) if r.startswith(prefix)}
+    used = {r.removeprefix(prefix) for r in openapi.refs(document) if r.startswith(prefix)}
     # CallCommon is the shared part of the call Structs (each repeats its fields).
     assert set(schemas) - used == {"CallCommon"}
 
