@@ -6,7 +6,7 @@ page (``shoot``, see conftest):
   first; a filter narrows them; Pause stops the list; a row opens to its full JSON;
 - a bad request shows in the Rejected tab with its 400 reason;
 - a profile found by email shows its merged identifiers, traits and counters; Export
-  downloads its JSON; Erase asks for the id to be typed;
+  downloads its JSON after a confirmation; Erase asks for the id to be typed;
 - a custom segment saved with a mistake shows the error at the rule's field; fixed, it
   saves, and its members arrive in the list;
 - a trait holding HTML is shown as text and runs nothing;
@@ -164,9 +164,14 @@ def test_a_profile_found_by_email_shows_its_merged_identifiers(
     expect(page.locator(".facts")).to_contain_text(loser)  # merged from
     shoot(page, "profiles")
 
-    # Export: the profile's JSON through fetch and a Blob, no token in any URL
+    # Export, after a confirmation: the profile's JSON through fetch and a Blob, no token
+    # in any URL; Cancel downloads nothing.
+    page.get_by_role("button", name="Export JSON").click()
+    page.locator("dialog.confirm").get_by_role("button", name="Cancel").click()
+    expect(page.locator("dialog.confirm")).to_have_count(0)
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Export JSON").click()
+        page.locator("dialog.confirm").get_by_role("button", name="Export").click()
     exported = json.loads(Path(download_info.value.path()).read_text())
     assert exported["canonicalId"] == cid and f"user:{user}" in exported["identifiers"]
 

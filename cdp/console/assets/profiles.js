@@ -112,6 +112,12 @@ function segmentsView(segments) {
 }
 
 async function exportProfile(id, status) {
+  const confirmed = await confirmDialog({
+    title: "Export this person's data?",
+    body: `Downloads ${id}'s profile (traits, identifiers, counters, memberships) as JSON to this computer.`,
+    confirmLabel: "Export",
+  });
+  if (!confirmed) return;
   try {
     const response = await call("GET", profilePath(id), { raw: true });
     if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
