@@ -3,8 +3,8 @@ that hold what went wrong, and the last hour of metrics samples.
 
 ``read_health(redis, partitions, now_ms)`` is ``cdp.metrics.read_snapshot`` (the
 counters summed over the partitions, each partition's consumer lag and pending
-entries, each live worker's buffered events) plus, per partition, the live worker
-holding its lease (``cdp:lease:{pN}``), the lengths of ``cdp:events:dropped``,
+entries, each live worker's buffered events, the live worker holding each partition's
+lease ``cdp:lease:{pN}``) plus the lengths of ``cdp:events:dropped``,
 ``cdp:events:dead``, ``cdp:webhooks:dead`` and ``cdp:rejections``, and the samples of
 ``cdp:metrics:history`` since an hour ago, oldest first (``cdp.metrics.read_history``).
 """
@@ -16,7 +16,6 @@ from typing import Any
 from cdp import keys
 from cdp.connect import Client
 from cdp.metrics import COUNTERS, read_history, read_snapshot
-from cdp.streams import text
 
 HISTORY_MS = 3_600_000  # the history shown: the last hour
 
@@ -30,15 +29,11 @@ async def read_health(redis: Client, partitions: int, now_ms: int) -> dict[str, 
         "rejections": keys.REJECTIONS,
     }
     async with redis.pipeline(transaction=False) as pipe:
-        for p in range(partitions):
-            pipe.get(keys.lease(p))
         for stream in streams.values():
             pipe.xlen(stream)
-        replies = await pipe.execute()
+        lengths = await pipe.execute()
     alive = set(snap.buffered) | set(snap.partitions)
-    holders = [
-        text(h) if h is not None and text(h) in alive else None for h in replies[:partitions]
-    ]
+    holders = [snap.holders.get(p) for p in range(partitions)]
     held: dict[str, list[int]] = {worker: [] for worker in sorted(alive)}
     for p, holder in enumerate(holders):
         if holder is not None:
@@ -60,6 +55,6 @@ async def read_health(redis: Client, partitions: int, now_ms: int) -> dict[str, 
             }
             for p in range(partitions)
         ],
-        "streams": dict(zip(streams, (int(n) for n in replies[partitions:]), strict=True)),
+        "streams": dict(zip(streams, (int(n) for n in lengths), strict=True)),
         "history": await read_history(redis, now_ms - HISTORY_MS),
     }

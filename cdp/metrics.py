@@ -98,6 +98,7 @@ class Snapshot:
     pending: dict[int, int] = field(default_factory=dict)  # partition -> unacked entries
     buffered: dict[str, int] = field(default_factory=dict)  # live worker -> its buffer
     partitions: dict[str, int] = field(default_factory=dict)  # live worker -> leases held
+    holders: dict[int, str] = field(default_factory=dict)  # partition -> its live holder
     # subscription id -> its state hash's delivered, retries, dead (cdp:webhook:{<id>})
     webhooks: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     # HistogramSpec.key -> the workers' observations, summed (cdp:metrics:hist:<key>)
@@ -188,6 +189,7 @@ async def read_snapshot(redis: Client, partitions: int) -> Snapshot:
         group, holder = _group(per_partition[2 * p]), per_partition[2 * p + 1]
         if isinstance(holder, bytes | str) and _text(holder) in alive:
             holders[_text(holder)] += 1
+            snap.holders[p] = _text(holder)
         if group is None:
             snap.lag[p] = snap.pending[p] = 0
             continue
