@@ -1,7 +1,7 @@
 """The console's profile explorer: one profile with its history around it.
 
-``explore(redis, identifier)`` resolves the identifier (``cdp.profiles.resolve``: a
-typed identifier or any canonical id ever issued) and gathers
+``explore(redis, identifier)`` reads the profile behind the identifier (a typed
+identifier or any canonical id ever issued: ``cdp.profiles.read_resolved``) and gathers
 
 - ``profile``: exactly the document of ``GET /cdp/profiles/{id}``
   (``cdp.profiles.read_profiles``);
@@ -29,12 +29,11 @@ from typing import Any
 from cdp import keys
 from cdp.connect import Client
 from cdp.events import to_ms
-from cdp.profiles import read_profiles, resolve
+from cdp.profiles import read_resolved
 from cdp.streams import text
 
 MERGES_SCAN = 5_000  # newest cdp:merges records read per request
 SEGMENT_EVENTS_SCAN = 5_000  # newest cdp:segment-events records read per request
-READ_ATTEMPTS = 3  # a profile merged away between resolve and read is resolved again
 _MERGE_FIELDS = (b"survivor", b"merged", b"profile")
 
 
@@ -83,19 +82,10 @@ def _buckets(profile: dict[str, Any]) -> dict[str, list[list[int]]]:
     }
 
 
-async def _document(redis: Client, identifier: str) -> dict[str, Any] | None:
-    for _ in range(READ_ATTEMPTS):
-        cid = await resolve(redis, identifier)
-        docs = await read_profiles(redis, [cid])
-        if docs:
-            return docs[0]
-    return None
-
-
 async def explore(redis: Client, identifier: str) -> dict[str, Any] | None:
     """The explorer's view of the profile behind ``identifier`` (ProfileNotFound when
     none; None when it kept being merged away while read: the caller's 409)."""
-    profile = await _document(redis, identifier)
+    profile = await read_resolved(redis, identifier)
     if profile is None:
         return None
     ids = {profile["canonicalId"], *profile["mergedFrom"]}

@@ -166,6 +166,22 @@ def _memberships(raw: dict[Any, Any], defined: frozenset[str]) -> dict[str, Any]
     return out
 
 
+# A profile merged away between resolving an identifier and reading it is resolved again.
+READ_ATTEMPTS = 3
+
+
+async def read_resolved(
+    redis: Client, identifier: str, *, counters: bool = True
+) -> dict[str, Any] | None:
+    """The document of the live profile behind ``identifier`` (ProfileNotFound when
+    none); None when it was merged away under every one of READ_ATTEMPTS reads."""
+    for _ in range(READ_ATTEMPTS):
+        docs = await read_profiles(redis, [await resolve(redis, identifier)], counters=counters)
+        if docs:
+            return docs[0]
+    return None
+
+
 async def read_profiles(
     redis: Client, cids: Sequence[str], *, counters: bool = True
 ) -> list[dict[str, Any]]:

@@ -22,14 +22,12 @@ from cdp.api.auth import Handler, admin
 from cdp.api.requests import PAGE_MAX, Conflict, NotFound, int_param
 from cdp.errors import EventRejected, ProfileNotFound
 from cdp.export import ndjson_chunks
-from cdp.profiles import read_page, read_profiles, resolve
+from cdp.profiles import read_page, read_resolved
 
 log = structlog.get_logger("cdp.api")
 
 # A typed identifier or a canonical id (also the OpenAPI document's pattern for {id}).
 PROFILE_ID = re.compile(r"^((user|anon|email):[\s\S]*\S[\s\S]*|p[0-9]+)$")
-# A profile merged away between resolving an id and reading it is resolved again.
-READ_ATTEMPTS = 3
 
 
 def _identifier(request: web.Request) -> str:
@@ -45,15 +43,13 @@ def _identifier(request: web.Request) -> str:
 async def _document(request: web.Request, counters: bool = True) -> dict[str, Any]:
     identifier = _identifier(request)
     redis = request.app[REDIS]
-    for _ in range(READ_ATTEMPTS):
-        try:
-            cid = await resolve(redis, identifier)
-        except ProfileNotFound as exc:
-            raise NotFound(str(exc)) from None
-        docs = await read_profiles(redis, [cid], counters=counters)
-        if docs:
-            return docs[0]
-    raise Conflict(f"the profile of {identifier!r} is being merged; retry")
+    try:
+        doc = await read_resolved(redis, identifier, counters=counters)
+    except ProfileNotFound as exc:
+        raise NotFound(str(exc)) from None
+    if doc is None:
+        raise Conflict(f"the profile of {identifier!r} is being merged; retry")
+    return doc
 
 
 @admin
